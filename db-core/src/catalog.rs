@@ -1,0 +1,704 @@
+//! The catalog: databases → tables → columns, plus API tokens.
+//!
+//! The catalog is created on first write (databases, tables and columns appear as line
+//! protocol names them) and only grows: a column's type never changes once set, so a line
+//! that disagrees with it is rejected. Deleted databases are kept as tombstones (their id
+//! is never reused), which lets WAL replay tell "deleted" apart from "not yet persisted".
+//!
+//! Persistence: the whole catalog is one versioned JSON object (`catalog/catalog.json`)
+//! written with [`Storage::put_durable`]. DDL (create/delete database, tokens) persists
+//! before it returns; schema growth from writes marks the catalog dirty and is persisted
+//! by the snapshot before any WAL file is retired — until then WAL replay re-derives it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use bytes::Bytes;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{self, Storage};
+
+#[cfg(test)]
+mod tests;
+
+/// Current catalog format version.
+pub const CATALOG_FORMAT_VERSION: u32 = 1;
+
+/// Longest database name accepted.
+pub const MAX_DB_NAME_LEN: usize = 64;
+
+/// Name of the time column in every table.
+pub const TIME_COLUMN: &str = "time";
+
+/// Catalog errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Invalid database name.
+    #[error("invalid database name {name:?}: {reason}")]
+    InvalidDbName {
+        /// The name.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// Database already exists.
+    #[error("database {0:?} already exists")]
+    DbExists(String),
+    /// Database does not exist.
+    #[error("database {0:?} not found")]
+    DbNotFound(String),
+    /// Token name already used.
+    #[error("token {0:?} already exists")]
+    TokenExists(String),
+    /// Persisting or loading failed.
+    #[error("catalog storage: {0}")]
+    Storage(#[from] storage::Error),
+    /// The persisted catalog cannot be decoded.
+    #[error("catalog at {path} is unreadable: {message}")]
+    Corrupt {
+        /// Object path.
+        path: String,
+        /// Decoder message.
+        message: String,
+    },
+    /// The persisted catalog is from a newer Weir.
+    #[error("catalog format version {found} is newer than this server supports ({supported})")]
+    UnsupportedVersion {
+        /// Version found.
+        found: u32,
+        /// Highest supported.
+        supported: u32,
+    },
+}
+
+/// Result type of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Type of a field column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldType {
+    /// `12i`
+    Int64,
+    /// `12u`
+    UInt64,
+    /// `1.5`
+    Float64,
+    /// `t` / `false`
+    Boolean,
+    /// `"text"`
+    String,
+}
+
+impl FieldType {
+    /// Arrow type of the column.
+    pub fn arrow_type(self) -> DataType {
+        match self {
+            Self::Int64 => DataType::Int64,
+            Self::UInt64 => DataType::UInt64,
+            Self::Float64 => DataType::Float64,
+            Self::Boolean => DataType::Boolean,
+            Self::String => DataType::Utf8,
+        }
+    }
+
+    /// InfluxDB 3's name for the type in conflict messages (`iox::column_type::field::<name>`).
+    pub fn iox_name(self) -> &'static str {
+        match self {
+            Self::Int64 => "integer",
+            Self::UInt64 => "uinteger",
+            Self::Float64 => "float",
+            Self::Boolean => "boolean",
+            Self::String => "string",
+        }
+    }
+
+    /// Human name used in error messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Int64 => "integer",
+            Self::UInt64 => "unsigned integer",
+            Self::Float64 => "float",
+            Self::Boolean => "boolean",
+            Self::String => "string",
+        }
+    }
+}
+
+/// What a column holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "type")]
+pub enum ColumnKind {
+    /// A tag (string, part of the series key).
+    Tag,
+    /// A field of the given type.
+    Field(FieldType),
+    /// The time column.
+    Time,
+}
+
+/// Arrow type of tag columns.
+pub fn tag_arrow_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
+/// Arrow type of the time column.
+pub fn time_arrow_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, None)
+}
+
+impl ColumnKind {
+    /// Arrow type of the column.
+    pub fn arrow_type(self) -> DataType {
+        match self {
+            Self::Tag => tag_arrow_type(),
+            Self::Field(t) => t.arrow_type(),
+            Self::Time => time_arrow_type(),
+        }
+    }
+}
+
+/// One column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnDef {
+    /// Column name.
+    pub name: Arc<str>,
+    /// Kind and type.
+    #[serde(flatten)]
+    pub kind: ColumnKind,
+}
+
+/// One table. Column ids are positions in `columns`, which only grows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableDef {
+    /// Table id, unique within its database.
+    pub id: u32,
+    /// Table name.
+    pub name: Arc<str>,
+    /// Columns in creation order; `time` is always column 0.
+    pub columns: Vec<ColumnDef>,
+    #[serde(skip)]
+    by_name: HashMap<Arc<str>, usize>,
+    #[serde(skip)]
+    schema: Option<SchemaRef>,
+}
+
+impl PartialEq for TableDef {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.name == other.name && self.columns == other.columns
+    }
+}
+
+impl TableDef {
+    fn new(id: u32, name: Arc<str>) -> Self {
+        let mut t = Self {
+            id,
+            name,
+            columns: vec![ColumnDef {
+                name: Arc::from(TIME_COLUMN),
+                kind: ColumnKind::Time,
+            }],
+            by_name: HashMap::new(),
+            schema: None,
+        };
+        t.reindex();
+        t
+    }
+
+    fn reindex(&mut self) {
+        self.by_name = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (Arc::clone(&c.name), i))
+            .collect();
+        self.schema = Some(Arc::new(self.build_schema()));
+    }
+
+    /// Column id by name.
+    pub fn column_id(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Column by name.
+    pub fn column(&self, name: &str) -> Option<&ColumnDef> {
+        self.column_id(name).map(|i| &self.columns[i])
+    }
+
+    /// Ids of the tag columns, sorted by tag name (the series key order).
+    pub fn tag_ids_sorted(&self) -> Vec<usize> {
+        let mut ids: Vec<usize> = (0..self.columns.len())
+            .filter(|&i| self.columns[i].kind == ColumnKind::Tag)
+            .collect();
+        ids.sort_by(|&a, &b| self.columns[a].name.cmp(&self.columns[b].name));
+        ids
+    }
+
+    /// Arrow schema as queries see it: tags (sorted by name), fields (sorted by name), time.
+    pub fn schema(&self) -> SchemaRef {
+        match &self.schema {
+            Some(s) => Arc::clone(s),
+            None => Arc::new(self.build_schema()),
+        }
+    }
+
+    /// Column ids in schema order (matching [`TableDef::schema`]).
+    pub fn schema_column_ids(&self) -> Vec<usize> {
+        let mut tags = Vec::new();
+        let mut fields = Vec::new();
+        let mut time = Vec::new();
+        for (i, c) in self.columns.iter().enumerate() {
+            match c.kind {
+                ColumnKind::Tag => tags.push(i),
+                ColumnKind::Field(_) => fields.push(i),
+                ColumnKind::Time => time.push(i),
+            }
+        }
+        tags.sort_by(|&a, &b| self.columns[a].name.cmp(&self.columns[b].name));
+        fields.sort_by(|&a, &b| self.columns[a].name.cmp(&self.columns[b].name));
+        tags.into_iter().chain(fields).chain(time).collect()
+    }
+
+    fn build_schema(&self) -> Schema {
+        let fields: Vec<Field> = self
+            .schema_column_ids()
+            .into_iter()
+            .map(|i| {
+                let c = &self.columns[i];
+                Field::new(
+                    c.name.as_ref(),
+                    c.kind.arrow_type(),
+                    c.kind != ColumnKind::Time,
+                )
+            })
+            .collect();
+        Schema::new(fields)
+    }
+}
+
+/// One database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseSchema {
+    /// Database id; never reused.
+    pub id: u32,
+    /// Database name.
+    pub name: Arc<str>,
+    /// Soft-deleted: hidden, name free for reuse, id kept as a tombstone.
+    #[serde(default)]
+    pub deleted: bool,
+    /// Next table id.
+    pub next_table_id: u32,
+    /// Tables by id.
+    pub tables: BTreeMap<u32, Arc<TableDef>>,
+}
+
+impl DatabaseSchema {
+    /// Table by name.
+    pub fn table(&self, name: &str) -> Option<&Arc<TableDef>> {
+        // Table counts are small; a scan avoids keeping a second index in sync.
+        self.tables.values().find(|t| t.name.as_ref() == name)
+    }
+
+    /// Table by id.
+    pub fn table_by_id(&self, id: u32) -> Option<&Arc<TableDef>> {
+        self.tables.get(&id)
+    }
+}
+
+/// A stored API token (only its hash is kept).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Token id.
+    pub id: u32,
+    /// Token name.
+    pub name: String,
+    /// Hex SHA-256 of the token text.
+    pub hash: String,
+    /// Creation time, ns since the epoch.
+    pub created_at: i64,
+    /// Admin tokens may do everything.
+    pub admin: bool,
+}
+
+/// The persisted catalog document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogState {
+    /// Format version ([`CATALOG_FORMAT_VERSION`]).
+    pub format_version: u32,
+    /// Bumped on every change.
+    pub sequence: u64,
+    /// Next database id.
+    pub next_db_id: u32,
+    /// Databases by id, tombstones included.
+    pub databases: BTreeMap<u32, Arc<DatabaseSchema>>,
+    /// API tokens.
+    #[serde(default)]
+    pub tokens: Vec<TokenInfo>,
+    /// Next token id.
+    #[serde(default)]
+    pub next_token_id: u32,
+}
+
+impl Default for CatalogState {
+    fn default() -> Self {
+        Self {
+            format_version: CATALOG_FORMAT_VERSION,
+            sequence: 0,
+            next_db_id: 1,
+            databases: BTreeMap::new(),
+            tokens: Vec::new(),
+            next_token_id: 1,
+        }
+    }
+}
+
+impl CatalogState {
+    /// Live (not deleted) database by name.
+    pub fn db(&self, name: &str) -> Option<&Arc<DatabaseSchema>> {
+        self.databases
+            .values()
+            .find(|d| !d.deleted && d.name.as_ref() == name)
+    }
+
+    /// Decode a persisted catalog.
+    pub fn decode(bytes: &[u8], path: &str) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Probe {
+            format_version: u32,
+        }
+        let probe: Probe = serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+        if probe.format_version > CATALOG_FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                found: probe.format_version,
+                supported: CATALOG_FORMAT_VERSION,
+            });
+        }
+        let mut state: Self = serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+        for db in state.databases.values_mut() {
+            let db = Arc::make_mut(db);
+            for t in db.tables.values_mut() {
+                Arc::make_mut(t).reindex();
+            }
+        }
+        Ok(state)
+    }
+
+    /// Encode for persistence (pretty JSON: operators read it).
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain data structures cannot fail.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+}
+
+/// Check a database name against InfluxDB 3's rules: 1–64 characters, ASCII letters,
+/// digits, `_` and `-`, starting with a letter or digit.
+pub fn validate_db_name(name: &str) -> Result<()> {
+    let invalid = |reason| {
+        Err(Error::InvalidDbName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return invalid("name is empty");
+    }
+    if name.len() > MAX_DB_NAME_LEN {
+        return invalid("name is longer than 64 characters");
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return invalid("name must start with a letter or digit");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return invalid("only ASCII letters, digits, '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+/// A schema addition requested by a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnAddition {
+    /// Table name.
+    pub table: Arc<str>,
+    /// Column name.
+    pub column: Arc<str>,
+    /// Kind.
+    pub kind: ColumnKind,
+}
+
+/// The catalog: in-memory state plus its persisted copy.
+pub struct Catalog {
+    state: RwLock<Arc<CatalogState>>,
+    storage: Storage,
+    dirty: AtomicBool,
+    persist_lock: tokio::sync::Mutex<()>,
+}
+
+impl fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Catalog")
+            .field("sequence", &self.state.read().sequence)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Catalog {
+    /// Load the catalog from storage, or start an empty one.
+    pub async fn load(storage: Storage) -> Result<Self> {
+        let path = storage.catalog_path();
+        let state = match storage.get(&path).await? {
+            Some(bytes) => CatalogState::decode(&bytes, path.as_ref())?,
+            None => CatalogState::default(),
+        };
+        Ok(Self {
+            state: RwLock::new(Arc::new(state)),
+            storage,
+            dirty: AtomicBool::new(false),
+            persist_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// A consistent snapshot of the whole catalog.
+    pub fn snapshot(&self) -> Arc<CatalogState> {
+        Arc::clone(&self.state.read())
+    }
+
+    /// Live database by name.
+    pub fn db(&self, name: &str) -> Option<Arc<DatabaseSchema>> {
+        self.state.read().db(name).cloned()
+    }
+
+    /// Database (live or tombstone) by id.
+    pub fn db_by_id(&self, id: u32) -> Option<Arc<DatabaseSchema>> {
+        self.state.read().databases.get(&id).cloned()
+    }
+
+    /// Live databases, sorted by name.
+    pub fn databases(&self) -> Vec<Arc<DatabaseSchema>> {
+        let mut dbs: Vec<_> = self
+            .state
+            .read()
+            .databases
+            .values()
+            .filter(|d| !d.deleted)
+            .cloned()
+            .collect();
+        dbs.sort_by(|a, b| a.name.cmp(&b.name));
+        dbs
+    }
+
+    fn mutate<R>(&self, f: impl FnOnce(&mut CatalogState) -> Result<R>) -> Result<R> {
+        let mut guard = self.state.write();
+        let mut next = CatalogState::clone(&guard);
+        let r = f(&mut next)?;
+        next.sequence += 1;
+        *guard = Arc::new(next);
+        self.dirty.store(true, Ordering::Release);
+        Ok(r)
+    }
+
+    /// Get a live database by name, creating it when missing (writes auto-create).
+    /// Returns the schema and whether it was created.
+    pub fn db_or_create(&self, name: &str) -> Result<(Arc<DatabaseSchema>, bool)> {
+        if let Some(db) = self.db(name) {
+            return Ok((db, false));
+        }
+        validate_db_name(name)?;
+        self.mutate(|s| {
+            if let Some(db) = s.db(name) {
+                return Ok((Arc::clone(db), false));
+            }
+            let db = Arc::new(DatabaseSchema {
+                id: s.next_db_id,
+                name: Arc::from(name),
+                deleted: false,
+                next_table_id: 1,
+                tables: BTreeMap::new(),
+            });
+            s.next_db_id += 1;
+            s.databases.insert(db.id, Arc::clone(&db));
+            Ok((db, true))
+        })
+    }
+
+    /// Re-create a database seen in the WAL under its original id, unless that id is a
+    /// tombstone (then `None`: the data was deleted).
+    pub fn db_for_replay(&self, id: u32, name: &str) -> Result<Option<Arc<DatabaseSchema>>> {
+        if let Some(db) = self.db_by_id(id) {
+            return Ok((!db.deleted).then_some(db));
+        }
+        self.mutate(|s| {
+            if s.db(name).is_some() {
+                // The name was reused after this id's data was written: the older id was
+                // deleted before the catalog got persisted. Treat its WAL data as deleted.
+                return Ok(None);
+            }
+            let db = Arc::new(DatabaseSchema {
+                id,
+                name: Arc::from(name),
+                deleted: false,
+                next_table_id: 1,
+                tables: BTreeMap::new(),
+            });
+            s.next_db_id = s.next_db_id.max(id + 1);
+            s.databases.insert(id, Arc::clone(&db));
+            Ok(Some(db))
+        })
+    }
+
+    /// Create a database explicitly and persist the catalog.
+    pub async fn create_db(&self, name: &str) -> Result<Arc<DatabaseSchema>> {
+        validate_db_name(name)?;
+        let db = self.mutate(|s| {
+            if s.db(name).is_some() {
+                return Err(Error::DbExists(name.to_string()));
+            }
+            let db = Arc::new(DatabaseSchema {
+                id: s.next_db_id,
+                name: Arc::from(name),
+                deleted: false,
+                next_table_id: 1,
+                tables: BTreeMap::new(),
+            });
+            s.next_db_id += 1;
+            s.databases.insert(db.id, Arc::clone(&db));
+            Ok(db)
+        })?;
+        self.persist().await?;
+        Ok(db)
+    }
+
+    /// Soft-delete a database and persist the catalog. Returns its id.
+    pub async fn delete_db(&self, name: &str) -> Result<u32> {
+        let id = self.mutate(|s| {
+            let id = s
+                .db(name)
+                .map(|d| d.id)
+                .ok_or_else(|| Error::DbNotFound(name.to_string()))?;
+            if let Some(db) = s.databases.get_mut(&id) {
+                let db = Arc::make_mut(db);
+                db.deleted = true;
+                db.tables.clear();
+            }
+            Ok(id)
+        })?;
+        self.persist().await?;
+        Ok(id)
+    }
+
+    /// Apply column additions to a database under the catalog lock. Tables are created as
+    /// needed; an addition whose column already exists (a concurrent writer added it
+    /// first, possibly with another type) is skipped, so the caller must re-validate its
+    /// lines against the returned schema.
+    pub fn add_columns(&self, db_id: u32, additions: &[ColumnAddition]) -> Result<Arc<DatabaseSchema>> {
+        self.mutate(|s| {
+            let db = s
+                .databases
+                .get_mut(&db_id)
+                .ok_or_else(|| Error::DbNotFound(format!("id {db_id}")))?;
+            let db = Arc::make_mut(db);
+            for add in additions {
+                let table_id = match db.table(&add.table) {
+                    Some(t) => t.id,
+                    None => {
+                        let id = db.next_table_id;
+                        db.next_table_id += 1;
+                        db.tables
+                            .insert(id, Arc::new(TableDef::new(id, Arc::clone(&add.table))));
+                        id
+                    }
+                };
+                let Some(table) = db.tables.get_mut(&table_id) else {
+                    continue;
+                };
+                if table.column(&add.column).is_some() {
+                    // Someone else added it first; the caller re-validates.
+                    continue;
+                }
+                let table = Arc::make_mut(table);
+                table.columns.push(ColumnDef {
+                    name: Arc::clone(&add.column),
+                    kind: add.kind,
+                });
+                table.reindex();
+            }
+            Ok(Arc::clone(s.databases.get(&db_id).ok_or_else(|| {
+                Error::DbNotFound(format!("id {db_id}"))
+            })?))
+        })
+    }
+
+    /// Add an admin token (by hash) and persist.
+    pub async fn add_token(&self, name: &str, hash: String, admin: bool, now_ns: i64) -> Result<TokenInfo> {
+        let info = self.mutate(|s| {
+            if s.tokens.iter().any(|t| t.name == name) {
+                return Err(Error::TokenExists(name.to_string()));
+            }
+            let info = TokenInfo {
+                id: s.next_token_id,
+                name: name.to_string(),
+                hash,
+                created_at: now_ns,
+                admin,
+            };
+            s.next_token_id += 1;
+            s.tokens.push(info.clone());
+            Ok(info)
+        })?;
+        self.persist().await?;
+        Ok(info)
+    }
+
+    /// Whether any admin token exists.
+    pub fn has_admin_token(&self) -> bool {
+        self.state.read().tokens.iter().any(|t| t.admin)
+    }
+
+    /// Token by hash.
+    pub fn token_by_hash(&self, hash: &str) -> Option<TokenInfo> {
+        self.state
+            .read()
+            .tokens
+            .iter()
+            .find(|t| t.hash == hash)
+            .cloned()
+    }
+
+    /// Whether there are changes not yet persisted.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Acquire)
+    }
+
+    /// Persist the current state durably.
+    pub async fn persist(&self) -> Result<()> {
+        let _guard = self.persist_lock.lock().await;
+        self.dirty.store(false, Ordering::Release);
+        let state = self.snapshot();
+        let bytes = Bytes::from(state.encode());
+        if let Err(e) = self
+            .storage
+            .put_durable(&self.storage.catalog_path(), bytes)
+            .await
+        {
+            self.dirty.store(true, Ordering::Release);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}

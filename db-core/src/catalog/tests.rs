@@ -1,0 +1,163 @@
+//! Catalog tests: name rules, growth, persistence round trip, golden file, tombstones.
+
+use super::*;
+
+fn add(table: &str, column: &str, kind: ColumnKind) -> ColumnAddition {
+    ColumnAddition {
+        table: Arc::from(table),
+        column: Arc::from(column),
+        kind,
+    }
+}
+
+#[test]
+fn db_name_rules() {
+    for ok in ["a", "db1", "my-db", "my_db", "1db", &"x".repeat(64)] {
+        assert!(validate_db_name(ok).is_ok(), "{ok}");
+    }
+    for (bad, why) in [
+        ("", "empty"),
+        ("_db", "start with a letter or digit"),
+        ("-db", "start with a letter or digit"),
+        ("my db", "only ASCII"),
+        ("db/x", "only ASCII"),
+        ("dé", "only ASCII"),
+        (&"x".repeat(65), "longer than 64"),
+    ] {
+        let e = validate_db_name(bad).unwrap_err().to_string();
+        assert!(e.contains(why), "{bad:?}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn grows_and_persists() {
+    let storage = Storage::in_memory();
+    let cat = Catalog::load(storage.clone()).await.unwrap();
+    let (db, created) = cat.db_or_create("metrics").unwrap();
+    assert!(created);
+    let db = cat
+        .add_columns(
+            db.id,
+            &[
+                add("cpu", "host", ColumnKind::Tag),
+                add("cpu", "usage", ColumnKind::Field(FieldType::Float64)),
+            ],
+        )
+        .unwrap();
+    let cpu = db.table("cpu").unwrap();
+    assert_eq!(cpu.columns.len(), 3);
+    assert_eq!(cpu.column("time").unwrap().kind, ColumnKind::Time);
+    // Schema order: tags, fields, time.
+    let names: Vec<_> = cpu.schema().fields().iter().map(|f| f.name().clone()).collect();
+    assert_eq!(names, ["host", "usage", "time"]);
+    assert_eq!(cpu.schema().field(0).data_type(), &tag_arrow_type());
+    assert!(cat.is_dirty());
+    cat.persist().await.unwrap();
+    assert!(!cat.is_dirty());
+
+    let again = Catalog::load(storage).await.unwrap();
+    assert_eq!(again.snapshot().databases, cat.snapshot().databases);
+    let cpu2 = again.db("metrics").unwrap().table("cpu").cloned().unwrap();
+    assert_eq!(cpu2.column_id("usage"), Some(2));
+    assert_eq!(cpu2.schema(), cpu.schema());
+}
+
+#[tokio::test]
+async fn create_and_delete_databases() {
+    let cat = Catalog::load(Storage::in_memory()).await.unwrap();
+    cat.create_db("a").await.unwrap();
+    assert!(matches!(cat.create_db("a").await, Err(Error::DbExists(_))));
+    assert!(matches!(cat.create_db("bad name").await, Err(Error::InvalidDbName { .. })));
+    let id = cat.delete_db("a").await.unwrap();
+    assert!(cat.db("a").is_none());
+    assert!(cat.db_by_id(id).unwrap().deleted);
+    assert!(matches!(cat.delete_db("a").await, Err(Error::DbNotFound(_))));
+    // The name is free again, with a new id; the old id stays a tombstone.
+    let b = cat.create_db("a").await.unwrap();
+    assert_ne!(b.id, id);
+    // Replaying WAL data of the deleted id does not resurrect it.
+    assert!(cat.db_for_replay(id, "a").unwrap().is_none());
+}
+
+#[tokio::test]
+async fn replay_recreates_unpersisted_auto_created_databases() {
+    let cat = Catalog::load(Storage::in_memory()).await.unwrap();
+    let db = cat.db_for_replay(7, "late").unwrap().unwrap();
+    assert_eq!(db.id, 7);
+    // New databases get ids after it.
+    let (next, _) = cat.db_or_create("next").unwrap();
+    assert_eq!(next.id, 8);
+}
+
+#[tokio::test]
+async fn concurrent_additions_keep_the_first_type() {
+    let cat = Catalog::load(Storage::in_memory()).await.unwrap();
+    let (db, _) = cat.db_or_create("d").unwrap();
+    cat.add_columns(db.id, &[add("t", "f", ColumnKind::Field(FieldType::Int64))]).unwrap();
+    let db = cat
+        .add_columns(db.id, &[add("t", "f", ColumnKind::Field(FieldType::String))])
+        .unwrap();
+    assert_eq!(db.table("t").unwrap().column("f").unwrap().kind, ColumnKind::Field(FieldType::Int64));
+}
+
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/golden/catalog-v1.json");
+
+fn golden_state() -> CatalogState {
+    let mut cpu = TableDef::new(1, Arc::from("cpu"));
+    cpu.columns.push(ColumnDef { name: Arc::from("host"), kind: ColumnKind::Tag });
+    cpu.columns.push(ColumnDef { name: Arc::from("usage"), kind: ColumnKind::Field(FieldType::Float64) });
+    cpu.columns.push(ColumnDef { name: Arc::from("count"), kind: ColumnKind::Field(FieldType::UInt64) });
+    cpu.columns.push(ColumnDef { name: Arc::from("ok"), kind: ColumnKind::Field(FieldType::Boolean) });
+    cpu.columns.push(ColumnDef { name: Arc::from("note"), kind: ColumnKind::Field(FieldType::String) });
+    cpu.columns.push(ColumnDef { name: Arc::from("n"), kind: ColumnKind::Field(FieldType::Int64) });
+    cpu.reindex();
+    let db = DatabaseSchema {
+        id: 1,
+        name: Arc::from("metrics"),
+        deleted: false,
+        next_table_id: 2,
+        tables: [(1, Arc::new(cpu))].into_iter().collect(),
+    };
+    let gone = DatabaseSchema {
+        id: 2,
+        name: Arc::from("old"),
+        deleted: true,
+        next_table_id: 1,
+        tables: BTreeMap::new(),
+    };
+    CatalogState {
+        format_version: 1,
+        sequence: 9,
+        next_db_id: 3,
+        databases: [(1, Arc::new(db)), (2, Arc::new(gone))].into_iter().collect(),
+        tokens: vec![TokenInfo {
+            id: 1,
+            name: "_admin".into(),
+            hash: "ab".repeat(32),
+            created_at: 1_700_000_000_000_000_000,
+            admin: true,
+        }],
+        next_token_id: 2,
+    }
+}
+
+/// The v1 catalog format is frozen: the golden file must keep decoding.
+#[test]
+fn golden_v1_catalog_decodes() {
+    if std::env::var_os("WEIR_UPDATE_GOLDEN").is_some() {
+        std::fs::write(GOLDEN, golden_state().encode()).unwrap();
+    }
+    let bytes = std::fs::read(GOLDEN).expect("golden file present");
+    let state = CatalogState::decode(&bytes, GOLDEN).unwrap();
+    assert_eq!(state, golden_state());
+    let cpu = state.db("metrics").unwrap().table("cpu").unwrap();
+    assert_eq!(cpu.column_id("note"), Some(5));
+}
+
+#[test]
+fn newer_and_corrupt_catalogs_are_refused() {
+    let e = CatalogState::decode(br#"{"format_version": 99}"#, "p").unwrap_err();
+    assert!(matches!(e, Error::UnsupportedVersion { found: 99, .. }), "{e}");
+    let e = CatalogState::decode(b"{not json", "p").unwrap_err();
+    assert!(e.to_string().contains("unreadable"), "{e}");
+}

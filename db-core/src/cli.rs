@@ -1,0 +1,61 @@
+//! The `weir` command line: `serve` runs the database; every other command is a client
+//! of a running server's admin gRPC service.
+
+pub mod client;
+pub mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// Weir: a time-series database that speaks InfluxDB 3 and runs its Python plugins out of
+/// process.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter in EnvFilter syntax, e.g. `info` or `info,db_core::wal=debug`.
+    #[arg(long, global = true, env = "WEIR_LOG_FILTER", default_value = "info")]
+    pub log_filter: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the database server (HTTP, gRPC and Flight on one port).
+    Serve(Box<serve::ServeConfig>),
+    /// Write line protocol from arguments, a file or standard input.
+    Write(client::WriteArgs),
+    /// Run a SQL query and print or save the answer.
+    Query(client::QueryArgs),
+    /// Create a database or a token.
+    #[command(subcommand)]
+    Create(client::CreateCommand),
+    /// Show databases.
+    #[command(subcommand)]
+    Show(client::ShowCommand),
+    /// Delete a database.
+    #[command(subcommand)]
+    Delete(client::DeleteCommand),
+}
+
+/// Entry point of the `weir` binary.
+pub fn startup() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    crate::telemetry::init_logging(&cli.log_filter);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("weir")
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(cfg) => serve::run(*cfg).await,
+            Command::Write(a) => client::write(a).await,
+            Command::Query(a) => client::query(a).await,
+            Command::Create(c) => client::create(c).await,
+            Command::Show(c) => client::show(c).await,
+            Command::Delete(c) => client::delete(c).await,
+        }
+    })
+}

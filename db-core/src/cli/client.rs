@@ -1,0 +1,469 @@
+//! Client commands: they talk to a running server over the admin gRPC service.
+
+use std::{
+    io::{IsTerminal, Read, Write},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use arrow::{ipc::reader::StreamReader, record_batch::RecordBatch};
+use clap::{Args, Subcommand};
+use datafusion::physical_plan::memory::MemoryStream;
+use tonic::{
+    Request, Status,
+    metadata::MetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
+use weir_proto::admin::v1::{self as pb, admin_client::AdminClient};
+
+use crate::{
+    lp,
+    query::format::{self, Format},
+};
+
+/// Flags every client command takes.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Server URL.
+    #[arg(long, env = "WEIR_HOST", default_value = "http://127.0.0.1:8181")]
+    pub host: String,
+    /// API token (`apiv3_...`).
+    #[arg(long, env = "WEIR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// `weir write`
+#[derive(Debug, Args)]
+pub struct WriteArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Database to write to (created on first write).
+    #[arg(short = 'd', long, env = "WEIR_DATABASE")]
+    database: String,
+    /// Read line protocol from this file instead of the arguments or standard input.
+    #[arg(short = 'f', long)]
+    file: Option<PathBuf>,
+    /// Timestamp precision: auto, s, ms, us, ns.
+    #[arg(long, default_value = "auto")]
+    precision: String,
+    /// Lines per request when sending large inputs.
+    #[arg(long, default_value_t = 10_000)]
+    batch_lines: usize,
+    /// Retries of a batch after a server error or timeout (with exponential backoff).
+    #[arg(long, default_value_t = 5)]
+    retries: u32,
+    /// Acknowledge before the WAL is durable (faster, may lose the newest writes on a crash).
+    #[arg(long)]
+    no_sync: bool,
+    /// Line protocol lines (when neither --file nor standard input is used).
+    lines: Vec<String>,
+}
+
+/// `weir query`
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Database to query.
+    #[arg(short = 'd', long, env = "WEIR_DATABASE")]
+    database: String,
+    /// Output format: pretty, json, jsonl, csv, parquet (parquet needs --output).
+    #[arg(long, default_value = "pretty")]
+    format: String,
+    /// Write the answer to this file instead of standard output.
+    #[arg(short = 'o', long)]
+    output: Option<PathBuf>,
+    /// Bind a `$name` placeholder: `--param name=value` (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    params: Vec<String>,
+    /// The SQL query.
+    sql: String,
+}
+
+/// `weir create ...`
+#[derive(Debug, Subcommand)]
+pub enum CreateCommand {
+    /// Create a database.
+    Database {
+        #[command(flatten)]
+        common: Common,
+        /// Database name (letters, digits, `_`, `-`; at most 64 characters).
+        name: String,
+    },
+    /// Create a token.
+    Token {
+        #[command(flatten)]
+        common: Common,
+        /// Create an admin token (the only kind today). The first one needs no --token.
+        #[arg(long, required = true)]
+        admin: bool,
+        /// Token name (default `_admin` for the first one).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+/// `weir show ...`
+#[derive(Debug, Subcommand)]
+pub enum ShowCommand {
+    /// List databases.
+    Databases {
+        #[command(flatten)]
+        common: Common,
+        /// Output format: pretty, json, jsonl, csv.
+        #[arg(long, default_value = "pretty")]
+        format: String,
+    },
+}
+
+/// `weir delete ...`
+#[derive(Debug, Subcommand)]
+pub enum DeleteCommand {
+    /// Delete a database and all its data.
+    Database {
+        #[command(flatten)]
+        common: Common,
+        /// Database name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Client = AdminClient<InterceptedService<Channel, Auth>>;
+
+async fn connect(c: &Common) -> anyhow::Result<Client> {
+    let endpoint = Endpoint::from_shared(c.host.clone())
+        .with_context(|| format!("invalid --host {:?}", c.host))?
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(300));
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {}", c.host))?;
+    let auth = match &c.token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .context("the token contains characters not allowed in a header")?,
+        ),
+        None => None,
+    };
+    Ok(AdminClient::with_interceptor(channel, Auth(auth))
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024))
+}
+
+fn status_error(s: Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", s.message(), s.code())
+}
+
+fn retryable(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Internal | tonic::Code::Unknown
+    )
+}
+
+/// One batch of logical lines: the body sent, and for each logical line the physical line
+/// it starts on within the body and its line number in the input.
+struct Batch {
+    body: String,
+    starts: Vec<(usize, usize)>,
+}
+
+impl Batch {
+    fn input_line(&self, body_line: usize) -> usize {
+        match self.starts.binary_search_by_key(&body_line, |(b, _)| *b) {
+            Ok(i) => self.starts[i].1,
+            Err(i) => self.starts[i.saturating_sub(1)].1,
+        }
+    }
+}
+
+fn batches(input: &str, per_batch: usize) -> Vec<Batch> {
+    let per_batch = per_batch.max(1);
+    let mut out = Vec::new();
+    let mut cur = Batch {
+        body: String::new(),
+        starts: Vec::new(),
+    };
+    let mut body_line = 1;
+    for item in lp::parse_lines(input) {
+        let (n, text): (usize, std::borrow::Cow<'_, str>) = match item {
+            Ok((n, raw, _)) => (n, raw.into()),
+            Err(e) => (e.line_number, e.original_line.into()),
+        };
+        if !cur.body.is_empty() {
+            cur.body.push('\n');
+        }
+        cur.starts.push((body_line, n));
+        body_line += 1 + text.matches('\n').count();
+        cur.body.push_str(&text);
+        if cur.starts.len() >= per_batch {
+            out.push(std::mem::replace(
+                &mut cur,
+                Batch {
+                    body: String::new(),
+                    starts: Vec::new(),
+                },
+            ));
+            body_line = 1;
+        }
+    }
+    if !cur.starts.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn precision_code(p: &str) -> anyhow::Result<i32> {
+    let p: lp::Precision = p.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    Ok(match p {
+        lp::Precision::Auto => pb::Precision::Auto,
+        lp::Precision::Second => pb::Precision::Second,
+        lp::Precision::Millisecond => pb::Precision::Millisecond,
+        lp::Precision::Microsecond => pb::Precision::Microsecond,
+        lp::Precision::Nanosecond => pb::Precision::Nanosecond,
+    } as i32)
+}
+
+/// `weir write`: send in batches, retry server errors with backoff, report every line.
+pub async fn write(a: WriteArgs) -> anyhow::Result<()> {
+    let precision = precision_code(&a.precision)?;
+    let input = match (&a.file, a.lines.is_empty()) {
+        (Some(f), _) => std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
+        (None, false) => a.lines.join("\n"),
+        (None, true) => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("cannot read standard input")?;
+            s
+        }
+    };
+    let batches = batches(&input, a.batch_lines);
+    let total: usize = batches.iter().map(|b| b.starts.len()).sum();
+    let mut client = connect(&a.common).await?;
+    let bar = if std::io::stderr().is_terminal() && batches.len() > 1 {
+        indicatif::ProgressBar::new(total as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut accepted = 0u64;
+    let mut rejected: Vec<(usize, String, String)> = Vec::new();
+    let mut failed: Vec<(usize, usize, String)> = Vec::new();
+    for batch in &batches {
+        let req = pb::WriteRequest {
+            database: a.database.clone(),
+            lines: batch.body.clone(),
+            precision,
+            reject_partial: false,
+            no_sync: a.no_sync,
+        };
+        let mut attempt = 0;
+        let result = loop {
+            match client.write(req.clone()).await {
+                Ok(r) => break Ok(r.into_inner()),
+                Err(s) if retryable(&s) && attempt < a.retries => {
+                    attempt += 1;
+                    let backoff = Duration::from_millis(100 * (1 << attempt.min(6)));
+                    bar.println(format!("server error ({}); retry {attempt}/{} in {backoff:?}", s.message(), a.retries));
+                    tokio::time::sleep(backoff).await;
+                }
+                Err(s) => break Err(s),
+            }
+        };
+        match result {
+            Ok(r) => {
+                accepted += r.accepted_lines;
+                for e in r.rejected {
+                    rejected.push((batch.input_line(e.line_number as usize), e.original_line, e.error_message));
+                }
+            }
+            Err(s) => {
+                let first = batch.starts.first().map(|x| x.1).unwrap_or(0);
+                let last = batch.starts.last().map(|x| x.1).unwrap_or(0);
+                failed.push((first, last, s.message().to_string()));
+                if !retryable(&s) {
+                    bar.finish_and_clear();
+                    report(accepted, &rejected, &failed, total);
+                    return Err(status_error(s));
+                }
+            }
+        }
+        bar.inc(batch.starts.len() as u64);
+    }
+    bar.finish_and_clear();
+    report(accepted, &rejected, &failed, total);
+    if !rejected.is_empty() || !failed.is_empty() {
+        bail!("{} line(s) rejected, {} batch(es) failed", rejected.len(), failed.len());
+    }
+    Ok(())
+}
+
+fn report(accepted: u64, rejected: &[(usize, String, String)], failed: &[(usize, usize, String)], total: usize) {
+    eprintln!("accepted {accepted} of {total} line(s)");
+    for (n, line, msg) in rejected.iter().take(50) {
+        eprintln!("  rejected line {n}: {msg}: {line}");
+    }
+    if rejected.len() > 50 {
+        eprintln!("  ... and {} more rejected line(s)", rejected.len() - 50);
+    }
+    for (first, last, msg) in failed {
+        eprintln!("  NOT WRITTEN: lines {first}-{last}: {msg}");
+    }
+}
+
+fn write_output(out: Option<&PathBuf>, bytes: &[u8]) -> anyhow::Result<()> {
+    match out {
+        Some(p) => std::fs::write(p, bytes).with_context(|| format!("cannot write {}", p.display())),
+        None => {
+            let mut so = std::io::stdout().lock();
+            so.write_all(bytes)?;
+            so.flush()?;
+            Ok(())
+        }
+    }
+}
+
+async fn encode_batches(fmt: Format, batches: Vec<RecordBatch>, schema: arrow::datatypes::SchemaRef) -> anyhow::Result<Vec<u8>> {
+    let stream = MemoryStream::try_new(batches, schema, None)?;
+    Ok(format::encode_all(fmt, Box::pin(stream)).await?)
+}
+
+/// `weir query`
+pub async fn query(a: QueryArgs) -> anyhow::Result<()> {
+    let fmt: Format = a.format.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    if fmt == Format::Parquet && a.output.is_none() {
+        bail!("--format parquet writes a binary file: give --output FILE");
+    }
+    let mut params = Vec::new();
+    for p in &a.params {
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("--param {p:?} must be NAME=VALUE"))?;
+        params.push(pb::QueryParam {
+            name: k.to_string(),
+            value: v.to_string(),
+        });
+    }
+    let mut client = connect(&a.common).await?;
+    let mut stream = client
+        .query(pb::QueryRequest {
+            database: a.database.clone(),
+            sql: a.sql.clone(),
+            params,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut ipc = Vec::new();
+    while let Some(msg) = stream.message().await.map_err(status_error)? {
+        ipc.extend_from_slice(&msg.arrow_ipc);
+    }
+    let reader = StreamReader::try_new(std::io::Cursor::new(ipc), None)?;
+    let schema = reader.schema();
+    let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>()?;
+    let bytes = encode_batches(fmt, batches, schema).await?;
+    write_output(a.output.as_ref(), &bytes)
+}
+
+/// `weir create ...`
+pub async fn create(c: CreateCommand) -> anyhow::Result<()> {
+    match c {
+        CreateCommand::Database { common, name } => {
+            connect(&common)
+                .await?
+                .create_database(pb::CreateDatabaseRequest { name: name.clone() })
+                .await
+                .map_err(status_error)?;
+            println!("Database {name:?} created");
+        }
+        CreateCommand::Token { common, admin: _, name } => {
+            let r = connect(&common)
+                .await?
+                .create_admin_token(pb::CreateAdminTokenRequest {
+                    name: name.unwrap_or_default(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("Token {:?} created (shown once; the server keeps only its hash):", r.name);
+            println!("{}", r.token);
+        }
+    }
+    Ok(())
+}
+
+/// `weir show ...`
+pub async fn show(c: ShowCommand) -> anyhow::Result<()> {
+    match c {
+        ShowCommand::Databases { common, format: f } => {
+            let fmt: Format = f.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let r = connect(&common)
+                .await?
+                .list_databases(pb::ListDatabasesRequest { include_deleted: false })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+                arrow::datatypes::Field::new("iox::database", arrow::datatypes::DataType::Utf8, false),
+            ]));
+            let names: Vec<String> = r.databases.into_iter().map(|d| d.name).collect();
+            let batch = RecordBatch::try_new(
+                std::sync::Arc::clone(&schema),
+                vec![std::sync::Arc::new(arrow::array::StringArray::from(names))],
+            )?;
+            let bytes = encode_batches(fmt, vec![batch], schema).await?;
+            write_output(None, &bytes)?;
+        }
+    }
+    Ok(())
+}
+
+/// `weir delete ...`
+pub async fn delete(c: DeleteCommand) -> anyhow::Result<()> {
+    match c {
+        DeleteCommand::Database { common, name } => {
+            connect(&common)
+                .await?
+                .delete_database(pb::DeleteDatabaseRequest { name: name.clone() })
+                .await
+                .map_err(status_error)?;
+            println!("Database {name:?} deleted");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_keep_input_line_numbers() {
+        let input = "# comment\na v=1 1\n\nb s=\"x\ny\" 2\nbad line\nc v=3 3\n";
+        let b = batches(input, 2);
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].body, "a v=1 1\nb s=\"x\ny\" 2");
+        // Body line 1 is input line 2; body line 2 (the multi-line string) is input line 4.
+        assert_eq!(b[0].input_line(1), 2);
+        assert_eq!(b[0].input_line(2), 4);
+        assert_eq!(b[1].body, "bad line\nc v=3 3");
+        assert_eq!(b[1].input_line(1), 6);
+        assert_eq!(b[1].input_line(2), 7);
+    }
+}

@@ -1,0 +1,272 @@
+//! `weir serve`: configuration and startup.
+//!
+//! Startup order: object store → catalog → write buffer (Parquet manifest, WAL replay) →
+//! auth bootstrap → query executor → listener. Shutdown order: stop accepting, drain
+//! connections, flush the WAL.
+
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use object_store::ObjectStore;
+
+use crate::{
+    auth::{ADMIN_TOKEN_NAME, Authenticator},
+    catalog::Catalog,
+    query::{SqlExecutor, SqlExecutorArgs},
+    server::{self, ServerState},
+    storage::Storage,
+    telemetry::Metrics,
+    time::SystemTime,
+    wal::WalConfig,
+    write_buffer::{WriteBuffer, WriteBufferArgs, WriteBufferConfig},
+};
+
+/// Where data lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ObjectStoreKind {
+    /// Files under `--data-dir` (default).
+    File,
+    /// In memory: everything is lost at exit (tests, demos).
+    Memory,
+    /// An S3-compatible bucket (`--bucket`, `--aws-*`).
+    S3,
+}
+
+/// Object store settings.
+#[derive(Debug, Clone, Args)]
+pub struct ObjectStoreConfig {
+    /// Object store kind.
+    #[arg(long, env = "WEIR_OBJECT_STORE", value_enum, default_value = "file")]
+    pub object_store: ObjectStoreKind,
+
+    /// Directory of the file object store.
+    #[arg(long, env = "WEIR_DATA_DIR", default_value = ".weir/data")]
+    pub data_dir: PathBuf,
+
+    /// Bucket of the S3 object store.
+    #[arg(long, env = "WEIR_BUCKET")]
+    pub bucket: Option<String>,
+
+    /// S3 endpoint URL (for S3-compatible servers such as MinIO); AWS when absent.
+    #[arg(long, env = "WEIR_AWS_ENDPOINT")]
+    pub aws_endpoint: Option<String>,
+
+    /// S3 region.
+    #[arg(long, env = "WEIR_AWS_REGION", default_value = "us-east-1")]
+    pub aws_region: String,
+
+    /// S3 access key id (also read from AWS_ACCESS_KEY_ID).
+    #[arg(long, env = "WEIR_AWS_ACCESS_KEY_ID")]
+    pub aws_access_key_id: Option<String>,
+
+    /// S3 secret access key (also read from AWS_SECRET_ACCESS_KEY).
+    #[arg(long, env = "WEIR_AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub aws_secret_access_key: Option<String>,
+
+    /// Allow plain-HTTP S3 endpoints.
+    #[arg(long, env = "WEIR_AWS_ALLOW_HTTP")]
+    pub aws_allow_http: bool,
+}
+
+/// `weir serve` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address for HTTP, gRPC and Flight (port 0 picks a free port; the bound address is
+    /// printed as `Weir listening on http://ADDR`).
+    #[arg(long, env = "WEIR_HTTP_BIND", default_value = "127.0.0.1:8181")]
+    pub http_bind: SocketAddr,
+
+    /// Object store settings.
+    #[command(flatten)]
+    pub store: ObjectStoreConfig,
+
+    /// Node id: the prefix of everything this server writes to the object store.
+    #[arg(long, env = "WEIR_NODE_ID", default_value = "weir-node")]
+    pub node_id: String,
+
+    /// Longest a write waits before its WAL flush starts. Flushes start as soon as writes
+    /// are waiting and the previous flush finished; this caps `--wal-min-spacing`.
+    #[arg(long, env = "WEIR_WAL_FLUSH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub wal_flush_interval: Duration,
+
+    /// Minimum time between WAL flushes, to bound the PUT rate on S3 (0 = flush
+    /// immediately, best latency).
+    #[arg(long, env = "WEIR_WAL_MIN_SPACING", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub wal_min_spacing: Duration,
+
+    /// Persist buffered data to Parquet at least this often.
+    #[arg(long, env = "WEIR_SNAPSHOT_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub snapshot_interval: Duration,
+
+    /// Persist to Parquet as soon as this many rows are buffered.
+    #[arg(long, env = "WEIR_SNAPSHOT_ROWS", default_value_t = 5_000_000)]
+    pub snapshot_rows: usize,
+
+    /// Turn authentication off (development only: every request is allowed).
+    #[arg(long, env = "WEIR_WITHOUT_AUTH")]
+    pub without_auth: bool,
+
+    /// Use this value as the first admin token instead of generating one (for automated
+    /// deployments). Ignored once an admin token exists.
+    #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Largest request body accepted, after decompression (bytes; suffixes KiB, MiB).
+    #[arg(long, env = "WEIR_MAX_HTTP_REQUEST_SIZE", default_value = "10MiB", value_parser = parse_bytes)]
+    pub max_http_request_size: usize,
+}
+
+/// Parse a byte size: `1024`, `64KiB`, `10MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of
+/// 1000).
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected a number with an optional unit"))?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("unknown size unit {other:?}: use B, KiB, MiB, GiB, KB, MB or GB")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// Build the object store and its durable-write wrapper.
+pub fn build_storage(cfg: &ObjectStoreConfig, node_id: &str) -> anyhow::Result<Storage> {
+    Ok(match cfg.object_store {
+        ObjectStoreKind::File => {
+            std::fs::create_dir_all(&cfg.data_dir)
+                .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+            let root = cfg
+                .data_dir
+                .canonicalize()
+                .with_context(|| format!("cannot resolve data dir {}", cfg.data_dir.display()))?;
+            let store = object_store::local::LocalFileSystem::new_with_prefix(&root)?;
+            Storage::new(Arc::new(store), Some(root), node_id)
+        }
+        ObjectStoreKind::Memory => Storage::new(Arc::new(object_store::memory::InMemory::new()), None, node_id),
+        ObjectStoreKind::S3 => {
+            let bucket = cfg
+                .bucket
+                .as_deref()
+                .context("--object-store s3 needs --bucket (or WEIR_BUCKET)")?;
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_region(&cfg.aws_region)
+                .with_allow_http(cfg.aws_allow_http);
+            if let Some(e) = &cfg.aws_endpoint {
+                b = b.with_endpoint(e);
+            }
+            if let Some(k) = &cfg.aws_access_key_id {
+                b = b.with_access_key_id(k);
+            }
+            if let Some(s) = &cfg.aws_secret_access_key {
+                b = b.with_secret_access_key(s);
+            }
+            let store: Arc<dyn ObjectStore> = Arc::new(b.build().context("invalid S3 configuration")?);
+            Storage::new(store, None, node_id)
+        }
+    })
+}
+
+/// Run the server until Ctrl-C / SIGTERM.
+pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+    let storage = build_storage(&cfg.store, &cfg.node_id)?;
+    let catalog = Arc::new(Catalog::load(storage.clone()).await.context("loading the catalog")?);
+    let metrics = Arc::new(Metrics::new());
+    let buffer = WriteBuffer::open(WriteBufferArgs {
+        catalog: Arc::clone(&catalog),
+        storage: storage.clone(),
+        config: WriteBufferConfig {
+            wal: WalConfig {
+                flush_interval: cfg.wal_flush_interval,
+                min_spacing: cfg.wal_min_spacing,
+            },
+            snapshot_interval: cfg.snapshot_interval,
+            snapshot_rows: cfg.snapshot_rows,
+        },
+        time: Arc::new(SystemTime),
+        metrics: Arc::clone(&metrics),
+    })
+    .await
+    .context("restoring data (catalog, Parquet files, WAL replay)")?;
+
+    let auth = Authenticator::new(Arc::clone(&catalog), !cfg.without_auth);
+    if auth.enabled() && !auth.has_admin_token() {
+        match &cfg.admin_token {
+            Some(t) => {
+                auth.register_admin_token(ADMIN_TOKEN_NAME, t).await?;
+                tracing::info!("admin token registered from --admin-token");
+            }
+            None => {
+                let token = auth.create_admin_token(ADMIN_TOKEN_NAME).await?;
+                println!("Admin token (shown once; store it safely, the server keeps only its hash):");
+                println!("  {token}");
+                println!("Use it as: Authorization: Bearer <token>   or   weir --token <token> / WEIR_TOKEN");
+            }
+        }
+    }
+
+    let executor = SqlExecutor::new(SqlExecutorArgs {
+        catalog: Arc::clone(&catalog),
+        buffer: Arc::clone(&buffer),
+        metrics: Arc::clone(&metrics),
+        object_store: storage.object_store(),
+    })?;
+    let state = Arc::new(ServerState {
+        catalog,
+        buffer: Arc::clone(&buffer),
+        query: Arc::new(executor),
+        auth,
+        metrics,
+        max_request_bytes: cfg.max_http_request_size,
+    });
+
+    let listener = tokio::net::TcpListener::bind(cfg.http_bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.http_bind))?;
+    let addr = listener.local_addr()?;
+    println!("Weir listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+    tracing::info!(%addr, auth = !cfg.without_auth, "server started");
+
+    server::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("shutting down: flushing the WAL");
+    buffer.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,29 @@
+//! Weir's database server (`weir serve`) and the `weir` command-line client.
+//!
+//! Module map (dependencies point downwards only):
+//!
+//! | module | role |
+//! |---|---|
+//! | [`cli`] | `weir` subcommands: `serve` and the admin client commands |
+//! | [`server`] | HTTP API (axum), admin gRPC service, one port |
+//! | [`auth`] | API tokens (hashed), bearer/token headers |
+//! | [`query`] | DataFusion SQL over buffer + Parquet, system tables, output formats |
+//! | [`write_buffer`] | validation, WAL-backed buffer, Parquet snapshots, restart |
+//! | [`wal`] | group-commit write-ahead log on the object store |
+//! | [`catalog`] | databases, tables, columns, tokens; persisted JSON |
+//! | [`lp`] | line protocol parser |
+//! | [`storage`] | object store paths and durable writes |
+//! | [`telemetry`] | Prometheus metrics, logging |
+//! | [`time`] | injectable clocks |
+
+pub mod auth;
+pub mod catalog;
+pub mod cli;
+pub mod lp;
+pub mod query;
+pub mod server;
+pub mod storage;
+pub mod telemetry;
+pub mod time;
+pub mod wal;
+pub mod write_buffer;

@@ -1,0 +1,320 @@
+//! SQL over the write buffer and Parquet files, with DataFusion.
+//!
+//! Each query gets a session whose default catalog is `public` with two schemas: `iox`
+//! (the database's tables, as InfluxDB 3 names it) and `system` (server state: queries,
+//! databases, tables, Parquet files). `information_schema` and `SHOW TABLES` come from
+//! DataFusion. `$name` placeholders are bound from string parameters; comparisons such as
+//! `time >= $start` coerce the string to the column's type.
+
+pub mod dedup;
+pub mod format;
+pub mod provider;
+pub mod system;
+
+use std::{
+    collections::HashMap,
+    fmt,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use arrow::{datatypes::SchemaRef, record_batch::RecordBatch};
+use async_trait::async_trait;
+use datafusion::{
+    catalog::{CatalogProvider, SchemaProvider},
+    common::{ParamValues, ScalarValue},
+    datasource::TableProvider,
+    error::DataFusionError,
+    execution::{
+        SendableRecordBatchStream, SessionStateBuilder, context::SessionState,
+        runtime_env::RuntimeEnvBuilder,
+    },
+    physical_plan::RecordBatchStream,
+    prelude::{SQLOptions, SessionConfig, SessionContext},
+};
+use futures::Stream;
+
+use self::{provider::WeirTable, system::{QueryLog, SystemSchema}};
+use crate::{
+    catalog::{Catalog, DatabaseSchema},
+    telemetry::Metrics,
+    write_buffer::WriteBuffer,
+};
+
+/// Catalog name user tables live under (InfluxDB 3 compatible).
+pub const CATALOG_NAME: &str = "public";
+/// Schema of user tables (InfluxDB 3 compatible).
+pub const USER_SCHEMA: &str = "iox";
+/// Schema of system tables.
+pub const SYSTEM_SCHEMA: &str = "system";
+
+/// Query errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database does not exist.
+    #[error("database not found: {0}")]
+    DbNotFound(String),
+    /// The query is invalid (parse, plan, types, parameters).
+    #[error("{0}")]
+    Invalid(DataFusionError),
+    /// Execution failed.
+    #[error("query execution failed: {0}")]
+    Execution(DataFusionError),
+}
+
+impl From<DataFusionError> for Error {
+    fn from(e: DataFusionError) -> Self {
+        match e {
+            DataFusionError::SQL(..)
+            | DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_)
+            | DataFusionError::Configuration(_) => Self::Invalid(e),
+            DataFusionError::Context(ctx, inner) => match Self::from(*inner) {
+                Self::Invalid(i) => Self::Invalid(DataFusionError::Context(ctx, Box::new(i))),
+                Self::Execution(i) => Self::Execution(DataFusionError::Context(ctx, Box::new(i))),
+                other => other,
+            },
+            DataFusionError::Diagnostic(_, inner) => Self::from(*inner),
+            other => Self::Execution(other),
+        }
+    }
+}
+
+/// Result type of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The query seam used by the servers (HTTP, gRPC admin, Flight).
+#[async_trait]
+pub trait QueryExecutor: Send + Sync + fmt::Debug {
+    /// Plan and start a SQL query against `db`; the stream yields the answer.
+    async fn query_sql(
+        &self,
+        db: &str,
+        sql: &str,
+        params: &HashMap<String, String>,
+    ) -> Result<SendableRecordBatchStream>;
+}
+
+/// Arguments of [`SqlExecutor::new`].
+#[derive(Debug, Clone)]
+pub struct SqlExecutorArgs {
+    /// Catalog.
+    pub catalog: Arc<Catalog>,
+    /// Write buffer.
+    pub buffer: Arc<WriteBuffer>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Object store (registered with DataFusion for Parquet scans).
+    pub object_store: Arc<dyn object_store::ObjectStore>,
+}
+
+/// The DataFusion-backed executor.
+pub struct SqlExecutor {
+    catalog: Arc<Catalog>,
+    buffer: Arc<WriteBuffer>,
+    metrics: Arc<Metrics>,
+    state: SessionState,
+    log: Arc<QueryLog>,
+}
+
+impl fmt::Debug for SqlExecutor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlExecutor").finish_non_exhaustive()
+    }
+}
+
+impl SqlExecutor {
+    /// Build the executor (one session template shared by all queries).
+    pub fn new(args: SqlExecutorArgs) -> Result<Self> {
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema(CATALOG_NAME, USER_SCHEMA)
+            .with_create_default_catalog_and_schema(false);
+        let runtime = RuntimeEnvBuilder::new().build_arc()?;
+        let url = datafusion::execution::object_store::ObjectStoreUrl::parse(provider::STORE_URL)?;
+        runtime.register_object_store(url.as_ref(), args.object_store);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .build();
+        Ok(Self {
+            catalog: args.catalog,
+            buffer: args.buffer,
+            metrics: args.metrics,
+            state,
+            log: Arc::new(QueryLog::default()),
+        })
+    }
+
+    /// The query log behind `system.queries`.
+    pub fn query_log(&self) -> &Arc<QueryLog> {
+        &self.log
+    }
+
+    fn context(&self, db: Arc<DatabaseSchema>) -> SessionContext {
+        let ctx = SessionContext::new_with_state(self.state.clone());
+        let catalog = WeirCatalog {
+            user: Arc::new(UserSchema {
+                db: Arc::clone(&db),
+                buffer: Arc::clone(&self.buffer),
+            }),
+            system: Arc::new(SystemSchema::new(
+                Arc::clone(&self.catalog),
+                Arc::clone(&self.buffer),
+                db,
+                Arc::clone(&self.log),
+            )),
+        };
+        ctx.register_catalog(CATALOG_NAME, Arc::new(catalog));
+        ctx
+    }
+}
+
+#[async_trait]
+impl QueryExecutor for SqlExecutor {
+    async fn query_sql(
+        &self,
+        db: &str,
+        sql: &str,
+        params: &HashMap<String, String>,
+    ) -> Result<SendableRecordBatchStream> {
+        let started = Instant::now();
+        let entry = self.log.start(db, "sql", sql);
+        let result = async {
+            let db = self
+                .catalog
+                .db(db)
+                .ok_or_else(|| Error::DbNotFound(db.to_string()))?;
+            let ctx = self.context(db);
+            let options = SQLOptions::new()
+                .with_allow_ddl(false)
+                .with_allow_dml(false)
+                .with_allow_statements(false);
+            let mut df = ctx.sql_with_options(sql, options).await?;
+            if !params.is_empty() {
+                let values: Vec<(String, ScalarValue)> = params
+                    .iter()
+                    .map(|(k, v)| (k.clone(), ScalarValue::Utf8(Some(v.clone()))))
+                    .collect();
+                df = df.with_param_values(ParamValues::from(values))?;
+            }
+            Ok::<_, Error>(df.execute_stream().await?)
+        }
+        .await;
+        match result {
+            Ok(stream) => Ok(Box::pin(LoggedStream {
+                inner: stream,
+                finish: Some(Finish {
+                    log: Arc::clone(&self.log),
+                    metrics: Arc::clone(&self.metrics),
+                    entry,
+                    started,
+                    ok: true,
+                }),
+            })),
+            Err(e) => {
+                self.log.finish(entry, started.elapsed(), false);
+                self.metrics.observe_query(started.elapsed(), false);
+                Err(e)
+            }
+        }
+    }
+}
+
+struct Finish {
+    log: Arc<QueryLog>,
+    metrics: Arc<Metrics>,
+    entry: u64,
+    started: Instant,
+    ok: bool,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let d = self.started.elapsed();
+        self.log.finish(self.entry, d, self.ok);
+        self.metrics.observe_query(d, self.ok);
+    }
+}
+
+/// Records the query's end (success, duration) when the stream ends or is dropped.
+struct LoggedStream {
+    inner: SendableRecordBatchStream,
+    finish: Option<Finish>,
+}
+
+impl Stream for LoggedStream {
+    type Item = datafusion::error::Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let r = self.inner.as_mut().poll_next(cx);
+        match &r {
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(f) = self.finish.as_mut() {
+                    f.ok = false;
+                }
+            }
+            Poll::Ready(None) => {
+                self.finish.take();
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+impl RecordBatchStream for LoggedStream {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+}
+
+#[derive(Debug)]
+struct WeirCatalog {
+    user: Arc<UserSchema>,
+    system: Arc<SystemSchema>,
+}
+
+impl CatalogProvider for WeirCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        vec![USER_SCHEMA.to_string(), SYSTEM_SCHEMA.to_string()]
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        match name {
+            USER_SCHEMA => Some(Arc::clone(&self.user) as Arc<dyn SchemaProvider>),
+            SYSTEM_SCHEMA => Some(Arc::clone(&self.system) as Arc<dyn SchemaProvider>),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct UserSchema {
+    db: Arc<DatabaseSchema>,
+    buffer: Arc<WriteBuffer>,
+}
+
+#[async_trait]
+impl SchemaProvider for UserSchema {
+    fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.db.tables.values().map(|t| t.name.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+        Ok(self.db.table(name).map(|t| {
+            Arc::new(WeirTable::new(self.db.id, Arc::clone(t), Arc::clone(&self.buffer)))
+                as Arc<dyn TableProvider>
+        }))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.db.table(name).is_some()
+    }
+}

@@ -1,0 +1,246 @@
+//! The `system` schema: server state as tables.
+//!
+//! | table | rows |
+//! |---|---|
+//! | `system.queries` | recent queries (newest 1,000): text, database, timing, outcome |
+//! | `system.databases` | every live database |
+//! | `system.tables` | tables of the current database |
+//! | `system.parquet_files` | Parquet files of the current database |
+//!
+//! Tables are materialised when a query names them; they are small by construction.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use arrow::{
+    array::{ArrayRef, BooleanArray, Int64Array, StringArray, TimestampNanosecondArray, UInt32Array, UInt64Array},
+    datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit},
+    record_batch::RecordBatch,
+};
+use async_trait::async_trait;
+use datafusion::{
+    catalog::SchemaProvider,
+    datasource::{MemTable, TableProvider},
+    error::Result as DfResult,
+};
+use parking_lot::Mutex;
+
+use crate::{
+    catalog::{Catalog, DatabaseSchema},
+    time::{SystemTime, TimeProvider},
+    write_buffer::WriteBuffer,
+};
+
+/// How many finished queries `system.queries` keeps.
+pub const QUERY_LOG_SIZE: usize = 1_000;
+
+#[derive(Debug, Clone)]
+struct QueryEntry {
+    id: u64,
+    database: String,
+    query_type: &'static str,
+    text: String,
+    issue_time: i64,
+    duration: Option<Duration>,
+    success: bool,
+    running: bool,
+}
+
+/// The recent-query log.
+#[derive(Debug, Default)]
+pub struct QueryLog {
+    next: AtomicU64,
+    entries: Mutex<VecDeque<QueryEntry>>,
+}
+
+impl QueryLog {
+    /// Record a query start; returns its id.
+    pub fn start(&self, database: &str, query_type: &'static str, text: &str) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut e = self.entries.lock();
+        if e.len() >= QUERY_LOG_SIZE {
+            e.pop_front();
+        }
+        e.push_back(QueryEntry {
+            id,
+            database: database.to_string(),
+            query_type,
+            text: text.to_string(),
+            issue_time: SystemTime.now_ns(),
+            duration: None,
+            success: false,
+            running: true,
+        });
+        id
+    }
+
+    /// Record a query's end.
+    pub fn finish(&self, id: u64, duration: Duration, success: bool) {
+        let mut e = self.entries.lock();
+        if let Some(q) = e.iter_mut().rev().find(|q| q.id == id) {
+            q.duration = Some(duration);
+            q.success = success;
+            q.running = false;
+        }
+    }
+
+    fn batch(&self) -> DfResult<RecordBatch> {
+        let e: Vec<QueryEntry> = self.entries.lock().iter().cloned().collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::UInt64, false),
+            Field::new("database", DataType::Utf8, false),
+            Field::new("query_type", DataType::Utf8, false),
+            Field::new("query_text", DataType::Utf8, false),
+            Field::new("issue_time", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+            Field::new("end2end_duration_ms", DataType::Float64, true),
+            Field::new("success", DataType::Boolean, false),
+            Field::new("running", DataType::Boolean, false),
+        ]));
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(UInt64Array::from_iter_values(e.iter().map(|q| q.id))),
+            Arc::new(StringArray::from_iter_values(e.iter().map(|q| q.database.as_str()))),
+            Arc::new(StringArray::from_iter_values(e.iter().map(|q| q.query_type))),
+            Arc::new(StringArray::from_iter_values(e.iter().map(|q| q.text.as_str()))),
+            Arc::new(TimestampNanosecondArray::from_iter_values(e.iter().map(|q| q.issue_time))),
+            Arc::new(arrow::array::Float64Array::from_iter(
+                e.iter().map(|q| q.duration.map(|d| d.as_secs_f64() * 1e3)),
+            )),
+            Arc::new(BooleanArray::from_iter(e.iter().map(|q| Some(q.success)))),
+            Arc::new(BooleanArray::from_iter(e.iter().map(|q| Some(q.running)))),
+        ];
+        Ok(RecordBatch::try_new(schema, cols)?)
+    }
+}
+
+/// The `system` schema of one query's database.
+#[derive(Debug)]
+pub struct SystemSchema {
+    catalog: Arc<Catalog>,
+    buffer: Arc<WriteBuffer>,
+    db: Arc<DatabaseSchema>,
+    log: Arc<QueryLog>,
+}
+
+const TABLES: &[&str] = &["databases", "parquet_files", "queries", "tables"];
+
+impl SystemSchema {
+    /// The system tables as seen from `db`.
+    pub fn new(
+        catalog: Arc<Catalog>,
+        buffer: Arc<WriteBuffer>,
+        db: Arc<DatabaseSchema>,
+        log: Arc<QueryLog>,
+    ) -> Self {
+        Self {
+            catalog,
+            buffer,
+            db,
+            log,
+        }
+    }
+
+    fn databases(&self) -> DfResult<RecordBatch> {
+        let dbs = self.catalog.databases();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("database_name", DataType::Utf8, false),
+            Field::new("database_id", DataType::UInt32, false),
+            Field::new("table_count", DataType::UInt64, false),
+        ]));
+        Ok(RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(dbs.iter().map(|d| d.name.as_ref()))),
+                Arc::new(UInt32Array::from_iter_values(dbs.iter().map(|d| d.id))),
+                Arc::new(UInt64Array::from_iter_values(dbs.iter().map(|d| d.tables.len() as u64))),
+            ],
+        )?)
+    }
+
+    fn tables(&self) -> DfResult<RecordBatch> {
+        let tables: Vec<_> = self.db.tables.values().collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("database_name", DataType::Utf8, false),
+            Field::new("table_name", DataType::Utf8, false),
+            Field::new("table_id", DataType::UInt32, false),
+            Field::new("column_count", DataType::UInt64, false),
+        ]));
+        Ok(RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(tables.iter().map(|_| self.db.name.as_ref()))),
+                Arc::new(StringArray::from_iter_values(tables.iter().map(|t| t.name.as_ref()))),
+                Arc::new(UInt32Array::from_iter_values(tables.iter().map(|t| t.id))),
+                Arc::new(UInt64Array::from_iter_values(tables.iter().map(|t| t.columns.len() as u64))),
+            ],
+        )?)
+    }
+
+    fn parquet_files(&self) -> DfResult<RecordBatch> {
+        let files: Vec<_> = self
+            .buffer
+            .parquet_files()
+            .into_iter()
+            .filter(|f| f.db_id == self.db.id)
+            .collect();
+        let table_name = |id: u32| {
+            self.db
+                .table_by_id(id)
+                .map(|t| t.name.to_string())
+                .unwrap_or_default()
+        };
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("table_name", DataType::Utf8, false),
+            Field::new("path", DataType::Utf8, false),
+            Field::new("size_bytes", DataType::Int64, false),
+            Field::new("row_count", DataType::Int64, false),
+            Field::new("min_time", DataType::Int64, false),
+            Field::new("max_time", DataType::Int64, false),
+        ]));
+        Ok(RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(files.iter().map(|f| table_name(f.table_id)))),
+                Arc::new(StringArray::from_iter_values(files.iter().map(|f| f.path.as_str()))),
+                Arc::new(Int64Array::from_iter_values(files.iter().map(|f| f.size_bytes as i64))),
+                Arc::new(Int64Array::from_iter_values(files.iter().map(|f| f.row_count as i64))),
+                Arc::new(Int64Array::from_iter_values(files.iter().map(|f| f.min_time))),
+                Arc::new(Int64Array::from_iter_values(files.iter().map(|f| f.max_time))),
+            ],
+        )?)
+    }
+
+    fn build(&self, name: &str) -> DfResult<Option<RecordBatch>> {
+        Ok(Some(match name {
+            "databases" => self.databases()?,
+            "tables" => self.tables()?,
+            "parquet_files" => self.parquet_files()?,
+            "queries" => self.log.batch()?,
+            _ => return Ok(None),
+        }))
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for SystemSchema {
+    fn table_names(&self) -> Vec<String> {
+        TABLES.iter().map(|s| s.to_string()).collect()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let Some(batch) = self.build(name)? else {
+            return Ok(None);
+        };
+        let schema: SchemaRef = batch.schema();
+        Ok(Some(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?)))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        TABLES.contains(&name)
+    }
+}

@@ -1,0 +1,148 @@
+//! The network front: HTTP (axum) and gRPC (tonic) on one port.
+//!
+//! Requests whose `content-type` starts with `application/grpc` go to the gRPC services
+//! (the `weir.admin.v1.Admin` service today); everything else goes to the HTTP API. Both
+//! HTTP/1.1 and HTTP/2 (cleartext, as gRPC clients use) are accepted on the same socket.
+
+pub mod admin;
+pub mod http;
+
+use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, task::{Context, Poll}};
+
+use axum::body::Body;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
+use tokio::net::TcpListener;
+use tower::Service;
+
+use crate::{
+    auth::Authenticator, catalog::Catalog, query::QueryExecutor, telemetry::Metrics,
+    write_buffer::WriteBuffer,
+};
+
+/// Everything request handlers need.
+#[derive(Debug)]
+pub struct ServerState {
+    /// Catalog.
+    pub catalog: Arc<Catalog>,
+    /// Write path.
+    pub buffer: Arc<WriteBuffer>,
+    /// Query path.
+    pub query: Arc<dyn QueryExecutor>,
+    /// Token checks.
+    pub auth: Authenticator,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Largest request body accepted, after decompression, in bytes.
+    pub max_request_bytes: usize,
+}
+
+/// Shared handle to the server state.
+pub type SharedState = Arc<ServerState>;
+
+/// Routes a request to gRPC or HTTP by content type.
+#[derive(Clone)]
+pub struct Hybrid {
+    http: axum::Router,
+    grpc: tonic::service::Routes,
+}
+
+impl std::fmt::Debug for Hybrid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hybrid").finish_non_exhaustive()
+    }
+}
+
+impl Hybrid {
+    /// Build the combined service.
+    pub fn new(state: SharedState) -> Self {
+        Self {
+            http: http::router(Arc::clone(&state)),
+            grpc: tonic::service::Routes::new(admin::service(state)),
+        }
+    }
+}
+
+fn is_grpc<B>(req: &hyper::Request<B>) -> bool {
+    req.headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<hyper::Response<Body>, Infallible>> + Send>>;
+
+impl<B> Service<hyper::Request<B>> for Hybrid
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = hyper::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: hyper::Request<B>) -> Self::Future {
+        if is_grpc(&req) {
+            let mut grpc = self.grpc.clone();
+            Box::pin(async move {
+                let resp = grpc.call(req.map(Body::new)).await?;
+                Ok(resp.map(Body::new))
+            })
+        } else {
+            let mut http = self.http.clone();
+            Box::pin(async move { http.call(req.map(Body::new)).await })
+        }
+    }
+}
+
+/// Serve until `shutdown` resolves, then stop accepting and drain open connections.
+pub async fn serve(
+    listener: TcpListener,
+    state: SharedState,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let service = Hybrid::new(state);
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer): (tokio::net::TcpStream, SocketAddr) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let svc = TowerToHyperService::new(service.clone());
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {
+            tracing::warn!("connections still open after 10s; closing");
+        }
+    }
+    Ok(())
+}
+

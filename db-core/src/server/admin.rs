@@ -1,0 +1,253 @@
+//! The `weir.admin.v1.Admin` gRPC service used by the `weir` CLI.
+//!
+//! Authentication: `authorization: Bearer <token>` metadata, same tokens as HTTP. The
+//! first admin token may be created without one.
+
+use std::{collections::HashMap, pin::Pin, sync::Arc};
+
+use arrow::ipc::writer::StreamWriter;
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+use weir_proto::admin::v1::{
+    self as pb,
+    admin_server::{Admin, AdminServer},
+};
+
+use super::SharedState;
+use crate::{
+    auth::{self, ADMIN_TOKEN_NAME, AuthError},
+    catalog,
+    lp::Precision,
+    query, write_buffer,
+};
+
+/// Build the tonic service.
+pub fn service(state: SharedState) -> AdminServer<AdminService> {
+    AdminServer::new(AdminService { state })
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024)
+}
+
+/// The admin service implementation.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    state: SharedState,
+}
+
+/// Map errors to gRPC statuses in one place.
+pub trait IntoStatus {
+    /// The status for this error.
+    fn into_status(self) -> Status;
+}
+
+impl IntoStatus for AuthError {
+    fn into_status(self) -> Status {
+        Status::unauthenticated(self.to_string())
+    }
+}
+
+impl IntoStatus for catalog::Error {
+    fn into_status(self) -> Status {
+        match self {
+            catalog::Error::InvalidDbName { .. } => Status::invalid_argument(self.to_string()),
+            catalog::Error::DbExists(_) | catalog::Error::TokenExists(_) => {
+                Status::already_exists(self.to_string())
+            }
+            catalog::Error::DbNotFound(_) => Status::not_found(self.to_string()),
+            catalog::Error::Storage(_)
+            | catalog::Error::Corrupt { .. }
+            | catalog::Error::UnsupportedVersion { .. } => Status::internal(self.to_string()),
+        }
+    }
+}
+
+impl IntoStatus for write_buffer::Error {
+    fn into_status(self) -> Status {
+        match self {
+            write_buffer::Error::Catalog(c) => c.into_status(),
+            write_buffer::Error::Rejected(errors) => Status::invalid_argument(format!(
+                "write rejected, nothing written: {}",
+                errors
+                    .first()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default()
+            )),
+            write_buffer::Error::Wal(w) => Status::unavailable(format!("write was not persisted: {w}")),
+            write_buffer::Error::Persist(p) => Status::internal(p.to_string()),
+        }
+    }
+}
+
+impl IntoStatus for query::Error {
+    fn into_status(self) -> Status {
+        match self {
+            query::Error::DbNotFound(_) => Status::not_found(self.to_string()),
+            query::Error::Invalid(_) => Status::invalid_argument(self.to_string()),
+            query::Error::Execution(_) => Status::internal(self.to_string()),
+        }
+    }
+}
+
+fn bearer<T>(req: &Request<T>) -> Result<Option<String>, AuthError> {
+    match req.metadata().get("authorization") {
+        Some(v) => {
+            let v = v.to_str().map_err(|_| AuthError::Malformed)?;
+            auth::token_from_header(v).map(Some)
+        }
+        None => Ok(None),
+    }
+}
+
+impl AdminService {
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let token = bearer(req).map_err(IntoStatus::into_status)?;
+        self.state
+            .auth
+            .check_token(token.as_deref())
+            .map(|_| ())
+            .map_err(IntoStatus::into_status)
+    }
+}
+
+fn precision(p: i32) -> Precision {
+    match pb::Precision::try_from(p).unwrap_or(pb::Precision::Auto) {
+        pb::Precision::Auto => Precision::Auto,
+        pb::Precision::Second => Precision::Second,
+        pb::Precision::Millisecond => Precision::Millisecond,
+        pb::Precision::Microsecond => Precision::Microsecond,
+        pb::Precision::Nanosecond => Precision::Nanosecond,
+    }
+}
+
+type QueryStream = Pin<Box<dyn Stream<Item = Result<pb::QueryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_database(
+        &self,
+        req: Request<pb::CreateDatabaseRequest>,
+    ) -> Result<Response<pb::CreateDatabaseResponse>, Status> {
+        self.authorize(&req)?;
+        self.state
+            .catalog
+            .create_db(&req.into_inner().name)
+            .await
+            .map_err(IntoStatus::into_status)?;
+        Ok(Response::new(pb::CreateDatabaseResponse {}))
+    }
+
+    async fn list_databases(
+        &self,
+        req: Request<pb::ListDatabasesRequest>,
+    ) -> Result<Response<pb::ListDatabasesResponse>, Status> {
+        self.authorize(&req)?;
+        let include_deleted = req.into_inner().include_deleted;
+        let snapshot = self.state.catalog.snapshot();
+        let mut databases: Vec<pb::DatabaseInfo> = snapshot
+            .databases
+            .values()
+            .filter(|d| include_deleted || !d.deleted)
+            .map(|d| pb::DatabaseInfo {
+                name: d.name.to_string(),
+                id: d.id,
+                deleted: d.deleted,
+                table_count: d.tables.len() as u32,
+            })
+            .collect();
+        databases.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(pb::ListDatabasesResponse { databases }))
+    }
+
+    async fn delete_database(
+        &self,
+        req: Request<pb::DeleteDatabaseRequest>,
+    ) -> Result<Response<pb::DeleteDatabaseResponse>, Status> {
+        self.authorize(&req)?;
+        let id = self
+            .state
+            .catalog
+            .delete_db(&req.into_inner().name)
+            .await
+            .map_err(IntoStatus::into_status)?;
+        self.state.buffer.drop_db(id);
+        Ok(Response::new(pb::DeleteDatabaseResponse {}))
+    }
+
+    async fn create_admin_token(
+        &self,
+        req: Request<pb::CreateAdminTokenRequest>,
+    ) -> Result<Response<pb::CreateAdminTokenResponse>, Status> {
+        if self.state.auth.has_admin_token() {
+            let token = bearer(&req).map_err(IntoStatus::into_status)?;
+            let info = token
+                .and_then(|t| self.state.catalog.token_by_hash(&auth::hash_token(&t)))
+                .ok_or_else(|| AuthError::Invalid.into_status())?;
+            if !info.admin {
+                return Err(Status::permission_denied("creating tokens requires an admin token"));
+            }
+        }
+        let name = match req.into_inner().name {
+            n if n.is_empty() => ADMIN_TOKEN_NAME.to_string(),
+            n => n,
+        };
+        let token = self
+            .state
+            .auth
+            .create_admin_token(&name)
+            .await
+            .map_err(IntoStatus::into_status)?;
+        Ok(Response::new(pb::CreateAdminTokenResponse { name, token }))
+    }
+
+    async fn write(&self, req: Request<pb::WriteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let outcome = self
+            .state
+            .buffer
+            .write_lp(&r.database, &r.lines, precision(r.precision), !r.reject_partial, r.no_sync)
+            .await
+            .map_err(IntoStatus::into_status)?;
+        Ok(Response::new(pb::WriteResponse {
+            accepted_lines: outcome.accepted_lines as u64,
+            rejected: outcome
+                .errors
+                .into_iter()
+                .map(|e| pb::LineError {
+                    line_number: e.line_number as u64,
+                    original_line: e.original_line,
+                    error_message: e.message,
+                })
+                .collect(),
+        }))
+    }
+
+    type QueryStream = QueryStream;
+
+    async fn query(&self, req: Request<pb::QueryRequest>) -> Result<Response<Self::QueryStream>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let params: HashMap<String, String> = r.params.into_iter().map(|p| (p.name, p.value)).collect();
+        let stream = self
+            .state
+            .query
+            .query_sql(&r.database, &r.sql, &params)
+            .await
+            .map_err(IntoStatus::into_status)?;
+        let schema = stream.schema();
+        let mut writer = StreamWriter::try_new(Vec::new(), &schema)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let header = std::mem::take(writer.get_mut());
+        let writer = Arc::new(parking_lot::Mutex::new(writer));
+        let first = futures::stream::once(async move { Ok(pb::QueryResponse { arrow_ipc: header }) });
+        let batches = stream.map(move |batch| {
+            let batch = batch.map_err(|e| query::Error::from(e).into_status())?;
+            let mut w = writer.lock();
+            w.write(&batch).map_err(|e| Status::internal(e.to_string()))?;
+            Ok(pb::QueryResponse {
+                arrow_ipc: std::mem::take(w.get_mut()),
+            })
+        });
+        Ok(Response::new(Box::pin(first.chain(batches))))
+    }
+}

@@ -1,0 +1,312 @@
+//! The HTTP API. One module per area: [`write`], [`query`], [`configure`]; this module holds
+//! the router, authentication, body reading and the single error → response mapping.
+
+pub mod configure;
+pub mod query;
+pub mod write;
+
+use std::{collections::HashMap, io::Read};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::json;
+
+use super::SharedState;
+use crate::{
+    auth::{self, AuthError},
+    catalog, lp::LineError, query as q, write_buffer,
+};
+
+#[cfg(test)]
+mod tests;
+
+/// Every way an HTTP request can fail, mapped to a status and a JSON body in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed request.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Not found.
+    #[error("{0}")]
+    NotFound(String),
+    /// Already exists.
+    #[error("{0}")]
+    Conflict(String),
+    /// Authentication failed.
+    #[error(transparent)]
+    Unauthorized(#[from] AuthError),
+    /// Authenticated but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Body over the limit.
+    #[error("request body exceeds the limit of {0} bytes")]
+    TooLarge(usize),
+    /// Some lines of a write were rejected; the rest were written.
+    #[error("partial write of line protocol occurred")]
+    PartialWrite(Vec<LineError>),
+    /// `accept_partial=false` and a line was rejected; nothing was written.
+    #[error("parsing failed for write_lp endpoint")]
+    WriteRejected(LineError),
+    /// Not implemented.
+    #[error("{0}")]
+    NotImplemented(String),
+    /// Server-side failure.
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn line_json(e: &LineError) -> serde_json::Value {
+    json!({
+        "original_line": e.original_line,
+        "line_number": e.line_number,
+        "error_message": e.message,
+    })
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::BadRequest(_) | Self::PartialWrite(_) | Self::WriteRejected(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        } else {
+            tracing::info!(error = %self, status = status.as_u16(), "request rejected");
+        }
+        let body = match &self {
+            Self::PartialWrite(errors) => json!({
+                "error": self.to_string(),
+                "data": errors.iter().map(line_json).collect::<Vec<_>>(),
+            }),
+            Self::WriteRejected(e) => json!({"error": self.to_string(), "data": line_json(e)}),
+            _ => json!({"error": self.to_string()}),
+        };
+        (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    }
+}
+
+impl From<catalog::Error> for ApiError {
+    fn from(e: catalog::Error) -> Self {
+        match e {
+            catalog::Error::InvalidDbName { .. } => Self::BadRequest(e.to_string()),
+            catalog::Error::DbExists(_) | catalog::Error::TokenExists(_) => Self::Conflict(e.to_string()),
+            catalog::Error::DbNotFound(_) => Self::NotFound(e.to_string()),
+            catalog::Error::Storage(_)
+            | catalog::Error::Corrupt { .. }
+            | catalog::Error::UnsupportedVersion { .. } => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<write_buffer::Error> for ApiError {
+    fn from(e: write_buffer::Error) -> Self {
+        match e {
+            write_buffer::Error::Catalog(c) => c.into(),
+            write_buffer::Error::Rejected(mut errors) => {
+                if errors.is_empty() {
+                    Self::BadRequest("write rejected".to_string())
+                } else {
+                    Self::WriteRejected(errors.swap_remove(0))
+                }
+            }
+            write_buffer::Error::Wal(w) => Self::Internal(format!("write was not persisted: {w}")),
+            write_buffer::Error::Persist(p) => Self::Internal(p.to_string()),
+        }
+    }
+}
+
+impl From<q::Error> for ApiError {
+    fn from(e: q::Error) -> Self {
+        match e {
+            q::Error::DbNotFound(_) => Self::NotFound(e.to_string()),
+            q::Error::Invalid(_) => Self::BadRequest(e.to_string()),
+            q::Error::Execution(_) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+/// Build the HTTP router.
+pub fn router(state: SharedState) -> Router {
+    let protected = Router::new()
+        .route("/api/v3/write_lp", post(write::write_lp))
+        .route("/api/v2/write", post(write::write_v2))
+        .route("/write", post(write::write_v1))
+        .route("/api/v3/query_sql", get(query::query_sql_get).post(query::query_sql_post))
+        .route(
+            "/api/v3/query_influxql",
+            get(query::query_influxql).post(query::query_influxql),
+        )
+        .route(
+            "/api/v3/configure/database",
+            get(configure::list_databases)
+                .post(configure::create_database)
+                .delete(configure::delete_database),
+        )
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
+    Router::new()
+        .merge(protected)
+        // Creating the first admin token needs no token; later ones do (checked inside).
+        .route("/api/v3/configure/token/admin", post(configure::create_admin_token))
+        .route("/health", get(health))
+        .route("/ping", get(ping).head(ping))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// The token a request presents: `Authorization` header, or the v1 `p` query parameter.
+pub fn presented_token(headers: &HeaderMap, query: Option<&str>) -> Result<Option<String>, AuthError> {
+    if let Some(h) = headers.get(header::AUTHORIZATION) {
+        let h = h.to_str().map_err(|_| AuthError::Malformed)?;
+        return auth::token_from_header(h).map(Some);
+    }
+    let from_query = query.and_then(|q| {
+        url_params(q)
+            .into_iter()
+            .find(|(k, _)| k == "p")
+            .map(|(_, v)| v)
+    });
+    Ok(from_query)
+}
+
+/// Decode a query string (application/x-www-form-urlencoded).
+pub fn url_params(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = (b[i] == b'%')
+            .then(|| b.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (_, Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, None) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn require_auth(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    if !state.auth.enabled() {
+        return next.run(req).await;
+    }
+    let token = match presented_token(req.headers(), req.uri().query()) {
+        Ok(t) => t,
+        Err(e) => return ApiError::Unauthorized(e).into_response(),
+    };
+    match state.auth.check_token(token.as_deref()) {
+        Ok(_) => next.run(req).await,
+        Err(e) => ApiError::Unauthorized(e).into_response(),
+    }
+}
+
+/// Read a request body up to `limit` bytes, gunzipping it when `Content-Encoding: gzip`.
+/// The limit applies to the decompressed size too, and decompression stops as soon as it
+/// is exceeded, so a gzip bomb costs at most `limit` bytes of memory.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let raw = match Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(ApiError::TooLarge(limit)),
+        Err(e) => return Err(ApiError::BadRequest(format!("cannot read request body: {e}"))),
+    };
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some("") | Some("identity") => Ok(raw),
+        Some("gzip") | Some("x-gzip") => {
+            let decoder = flate2::read::MultiGzDecoder::new(raw.as_ref());
+            let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(limit));
+            decoder
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| ApiError::BadRequest(format!("invalid gzip body: {e}")))?;
+            if out.len() > limit {
+                return Err(ApiError::TooLarge(limit));
+            }
+            Ok(Bytes::from(out))
+        }
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "unsupported Content-Encoding {other:?}: use gzip or identity"
+        ))),
+    }
+}
+
+/// Parse a boolean query parameter (`true`/`false`, `1`/`0`).
+pub fn bool_param(params: &HashMap<String, String>, name: &str, default: bool) -> Result<bool, ApiError> {
+    match params.get(name).map(|s| s.as_str()) {
+        None | Some("") => Ok(default),
+        Some("true") | Some("1") => Ok(true),
+        Some("false") | Some("0") => Ok(false),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "invalid value {other:?} for {name}: expected true or false"
+        ))),
+    }
+}
+
+async fn health() -> &'static str {
+    "OK"
+}
+
+async fn ping() -> Response {
+    (
+        StatusCode::OK,
+        [
+            ("x-influxdb-version", env!("CARGO_PKG_VERSION")),
+            ("x-influxdb-build", "Weir"),
+        ],
+        axum::Json(json!({"version": env!("CARGO_PKG_VERSION"), "revision": "weir"})),
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<SharedState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound(format!("no route for {} {}", req.method(), req.uri().path()))
+}

@@ -1,0 +1,127 @@
+//! `GET|POST /api/v3/query_sql`: SQL with `db`, `q`, `format` and `params`.
+//!
+//! GET takes query parameters (`params` as a JSON object string); POST takes a JSON body
+//! `{"db", "q", "format", "params": {"name": value}}`. Parameter values bind `$name`
+//! placeholders as strings (numbers and booleans are sent as their text).
+
+use std::collections::HashMap;
+
+use axum::{
+    body::Body,
+    extract::{RawQuery, State},
+    http::{HeaderMap, header},
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+
+use super::{ApiError, read_body, url_params};
+use crate::{query::format::{self, Format}, server::SharedState};
+
+/// A query request, from either method.
+#[derive(Debug, Default, Deserialize)]
+pub struct QueryRequest {
+    /// Database.
+    #[serde(default)]
+    pub db: Option<String>,
+    /// SQL text.
+    #[serde(default)]
+    pub q: Option<String>,
+    /// Output format.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// `$name` parameters.
+    #[serde(default)]
+    pub params: Option<HashMap<String, serde_json::Value>>,
+}
+
+fn param_strings(params: Option<HashMap<String, serde_json::Value>>) -> Result<HashMap<String, String>, ApiError> {
+    params
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| {
+            let s = match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(ApiError::BadRequest(format!(
+                        "parameter {k:?} must be a string, number or boolean, got {other}"
+                    )));
+                }
+            };
+            Ok((k, s))
+        })
+        .collect()
+}
+
+async fn run(state: SharedState, req: QueryRequest) -> Result<Response, ApiError> {
+    let db = req
+        .db
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("missing required parameter 'db'".to_string()))?;
+    let sql = req
+        .q
+        .filter(|q| !q.trim().is_empty())
+        .ok_or_else(|| ApiError::BadRequest("missing required parameter 'q'".to_string()))?;
+    let fmt: Format = match req.format.as_deref() {
+        None | Some("") => Format::Json,
+        Some(f) => f.parse().map_err(ApiError::BadRequest)?,
+    };
+    let params = param_strings(req.params)?;
+    let stream = state.query.query_sql(&db, &sql, &params).await?;
+    let body = Body::from_stream(format::encode(fmt, stream));
+    Ok(([(header::CONTENT_TYPE, fmt.content_type())], body).into_response())
+}
+
+/// `GET /api/v3/query_sql?db=&q=&format=&params=`
+pub async fn query_sql_get(
+    State(state): State<SharedState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let p: HashMap<String, String> = url_params(raw.as_deref().unwrap_or("")).into_iter().collect();
+    let params = match p.get("params") {
+        Some(s) if !s.is_empty() => Some(serde_json::from_str(s).map_err(|e| {
+            ApiError::BadRequest(format!("'params' must be a JSON object: {e}"))
+        })?),
+        _ => None,
+    };
+    let req = QueryRequest {
+        db: p.get("db").cloned(),
+        q: p.get("q").cloned(),
+        format: p.get("format").cloned(),
+        params,
+    };
+    run(state, req).await
+}
+
+/// `POST /api/v3/query_sql` with a JSON body.
+pub async fn query_sql_post(
+    State(state): State<SharedState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, state.max_request_bytes).await?;
+    let mut req: QueryRequest = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        QueryRequest::default()
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
+    };
+    // Query-string values fill in what the body leaves out.
+    let p: HashMap<String, String> = url_params(raw.as_deref().unwrap_or("")).into_iter().collect();
+    if req.db.is_none() {
+        req.db = p.get("db").cloned();
+    }
+    if req.format.is_none() {
+        req.format = p.get("format").cloned();
+    }
+    run(state, req).await
+}
+
+/// `/api/v3/query_influxql`: not supported yet.
+pub async fn query_influxql() -> ApiError {
+    ApiError::NotImplemented(
+        "InfluxQL is not supported by Weir yet; use /api/v3/query_sql".to_string(),
+    )
+}

@@ -1,0 +1,246 @@
+//! Object-store access: where every persisted object lives, and durable writes.
+//!
+//! Everything Weir persists goes through [`Storage`]: the catalog, WAL files, snapshot
+//! manifests and Parquet files. All paths are below the node prefix (`--node-id`):
+//!
+//! ```text
+//! <node>/catalog/catalog.json                  catalog (versioned JSON)
+//! <node>/wal/<seq:020>.wal                     WAL files, one per group commit
+//! <node>/snapshots/<wal_seq:020>.json          snapshot manifests (Parquet file lists)
+//! <node>/dbs/<db_id>/<table_id>/<partition>/<file_id:020>.parquet
+//! ```
+//!
+//! [`Storage::put_durable`] is the only way a WAL file or the catalog is written. On the
+//! local file store it writes a temporary file, fsyncs it, renames it into place and fsyncs
+//! the directory, so an acknowledged object survives power loss; on S3-compatible stores a
+//! completed PUT is durable by contract.
+
+use std::{
+    fmt,
+    io::Write as _,
+    path::{Path as FsPath, PathBuf},
+    sync::Arc,
+};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path};
+
+/// Errors from the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object store failed.
+    #[error("object store error at {path}: {source}")]
+    ObjectStore {
+        /// Object path.
+        path: String,
+        /// Underlying error.
+        source: object_store::Error,
+    },
+    /// A local file operation failed.
+    #[error("local file error at {path}: {source}")]
+    Io {
+        /// File path.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// A blocking task was cancelled.
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+/// Result type of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Object store handle with the node prefix and durable writes.
+#[derive(Clone)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    /// Set when the store is a local directory: durable writes then bypass the object store
+    /// to fsync the file and its directory.
+    local_root: Option<PathBuf>,
+    node: String,
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Storage")
+            .field("store", &self.store.to_string())
+            .field("local_root", &self.local_root)
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+impl Storage {
+    /// Wrap an object store. `local_root` must be the directory a `LocalFileSystem` store
+    /// is rooted at (it enables fsync-based durable writes), or `None`.
+    pub fn new(store: Arc<dyn ObjectStore>, local_root: Option<PathBuf>, node: &str) -> Self {
+        Self {
+            store,
+            local_root,
+            node: node.to_string(),
+        }
+    }
+
+    /// An in-memory store, for tests.
+    pub fn in_memory() -> Self {
+        Self::new(Arc::new(object_store::memory::InMemory::new()), None, "node0")
+    }
+
+    /// The underlying object store.
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(&self.store)
+    }
+
+    /// A path below the node prefix.
+    pub fn path(&self, rel: &str) -> Path {
+        Path::from(format!("{}/{}", self.node, rel))
+    }
+
+    /// Path of the catalog object.
+    pub fn catalog_path(&self) -> Path {
+        self.path("catalog/catalog.json")
+    }
+
+    /// Prefix of the WAL files.
+    pub fn wal_dir(&self) -> Path {
+        self.path("wal")
+    }
+
+    /// Path of WAL file `seq`.
+    pub fn wal_path(&self, seq: u64) -> Path {
+        self.path(&format!("wal/{seq:020}.wal"))
+    }
+
+    /// Prefix of the snapshot manifests.
+    pub fn snapshot_dir(&self) -> Path {
+        self.path("snapshots")
+    }
+
+    /// Path of the snapshot manifest covering the WAL up to `wal_seq`.
+    pub fn snapshot_path(&self, wal_seq: u64) -> Path {
+        self.path(&format!("snapshots/{wal_seq:020}.json"))
+    }
+
+    /// Path of a Parquet file.
+    pub fn parquet_path(&self, db_id: u32, table_id: u32, partition: &str, file_id: u64) -> Path {
+        self.path(&format!(
+            "dbs/{db_id}/{table_id}/{partition}/{file_id:020}.parquet"
+        ))
+    }
+
+    /// Write an object so that it survives a crash once this returns.
+    pub async fn put_durable(&self, path: &Path, bytes: Bytes) -> Result<()> {
+        match &self.local_root {
+            Some(root) => {
+                let full = root.join(path.as_ref());
+                let display = full.display().to_string();
+                tokio::task::spawn_blocking(move || write_file_durable(&full, &bytes))
+                    .await
+                    .map_err(|e| Error::Task(e.to_string()))?
+                    .map_err(|source| Error::Io {
+                        path: display,
+                        source,
+                    })
+            }
+            None => self.put(path, bytes).await,
+        }
+    }
+
+    /// Plain PUT (Parquet files: their durability is established by the manifest that
+    /// references them, which is written with [`Storage::put_durable`] afterwards; on the
+    /// local store they are fsynced too).
+    pub async fn put(&self, path: &Path, bytes: Bytes) -> Result<()> {
+        if self.local_root.is_some() {
+            return Box::pin(self.put_durable(path, bytes)).await;
+        }
+        self.store
+            .put(path, PutPayload::from_bytes(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|source| Error::ObjectStore {
+                path: path.to_string(),
+                source,
+            })
+    }
+
+    /// Read an object; `None` when it does not exist.
+    pub async fn get(&self, path: &Path) -> Result<Option<Bytes>> {
+        match self.store.get(path).await {
+            Ok(r) => r.bytes().await.map(Some).map_err(|source| Error::ObjectStore {
+                path: path.to_string(),
+                source,
+            }),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(Error::ObjectStore {
+                path: path.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// List object paths below a prefix, sorted.
+    pub async fn list(&self, prefix: &Path) -> Result<Vec<Path>> {
+        let mut out: Vec<Path> = self
+            .store
+            .list(Some(prefix))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(|source| Error::ObjectStore {
+                path: prefix.to_string(),
+                source,
+            })?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// Delete an object; a missing object is not an error.
+    pub async fn delete(&self, path: &Path) -> Result<()> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(Error::ObjectStore {
+                path: path.to_string(),
+                source,
+            }),
+        }
+    }
+}
+
+/// Write `bytes` to `path` atomically and durably: temp file, fsync, rename, fsync dir.
+fn write_file_durable(path: &FsPath, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("path has no parent directory"))?;
+    if !dir.exists() {
+        // Remember the deepest directory that already exists: every directory created
+        // below it, and it itself, must be fsynced for the new entries to be durable.
+        let existing = dir.ancestors().find(|a| a.exists()).map(FsPath::to_path_buf);
+        std::fs::create_dir_all(dir)?;
+        for d in dir.ancestors() {
+            sync_dir(d)?;
+            if Some(d) == existing.as_deref() {
+                break;
+            }
+        }
+    }
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("path has no file name"))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = dir.join(format!(".{file_name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &FsPath) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}

@@ -1,0 +1,153 @@
+//! Prometheus metrics (served at `/metrics`) and logging setup.
+
+use std::{fmt, time::Duration};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Accepted line-protocol lines.
+pub const WRITE_LINES: &str = "weir_write_lines";
+/// Rejected line-protocol lines.
+pub const WRITE_LINES_REJECTED: &str = "weir_write_lines_rejected";
+/// Line-protocol bytes received.
+pub const WRITE_BYTES: &str = "weir_write_bytes";
+/// WAL flush latency.
+pub const WAL_FLUSH_DURATION: &str = "weir_wal_flush_duration_seconds";
+/// WAL bytes written.
+pub const WAL_FLUSH_BYTES: &str = "weir_wal_flush_bytes";
+/// Failed WAL flushes.
+pub const WAL_FLUSH_ERRORS: &str = "weir_wal_flush_errors";
+/// Queries run.
+pub const QUERIES: &str = "weir_queries";
+/// Failed queries.
+pub const QUERY_ERRORS: &str = "weir_query_errors";
+/// Query latency (planning and execution to the last batch).
+pub const QUERY_DURATION: &str = "weir_query_duration_seconds";
+/// Snapshots persisted.
+pub const SNAPSHOTS: &str = "weir_snapshots";
+
+/// The server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    write_lines: Counter,
+    write_lines_rejected: Counter,
+    write_bytes: Counter,
+    wal_flush_duration: Histogram,
+    wal_flush_bytes: Counter,
+    wal_flush_errors: Counter,
+    queries: Counter,
+    query_errors: Counter,
+    query_duration: Histogram,
+    snapshots: Counter,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+    ]
+    .into_iter()
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Self {
+            write_lines: Counter::default(),
+            write_lines_rejected: Counter::default(),
+            write_bytes: Counter::default(),
+            wal_flush_duration: Histogram::new(latency_buckets()),
+            wal_flush_bytes: Counter::default(),
+            wal_flush_errors: Counter::default(),
+            queries: Counter::default(),
+            query_errors: Counter::default(),
+            query_duration: Histogram::new(latency_buckets()),
+            snapshots: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(WRITE_LINES, "Line-protocol lines accepted", m.write_lines.clone());
+        registry.register(
+            WRITE_LINES_REJECTED,
+            "Line-protocol lines rejected",
+            m.write_lines_rejected.clone(),
+        );
+        registry.register(WRITE_BYTES, "Line-protocol bytes received", m.write_bytes.clone());
+        registry.register(
+            WAL_FLUSH_DURATION,
+            "Time to write one WAL file durably",
+            m.wal_flush_duration.clone(),
+        );
+        registry.register(WAL_FLUSH_BYTES, "Bytes written to WAL files", m.wal_flush_bytes.clone());
+        registry.register(WAL_FLUSH_ERRORS, "WAL files that failed to write", m.wal_flush_errors.clone());
+        registry.register(QUERIES, "SQL queries run", m.queries.clone());
+        registry.register(QUERY_ERRORS, "SQL queries that failed", m.query_errors.clone());
+        registry.register(QUERY_DURATION, "SQL query latency", m.query_duration.clone());
+        registry.register(SNAPSHOTS, "Snapshots persisted to Parquet", m.snapshots.clone());
+        Self { registry, ..m }
+    }
+
+    /// Record a write request.
+    pub fn observe_write(&self, accepted: usize, rejected: usize, bytes: usize) {
+        self.write_lines.inc_by(accepted as u64);
+        self.write_lines_rejected.inc_by(rejected as u64);
+        self.write_bytes.inc_by(bytes as u64);
+    }
+
+    /// Record a WAL flush.
+    pub fn observe_wal_flush(&self, duration: Duration, bytes: usize, ok: bool) {
+        self.wal_flush_duration.observe(duration.as_secs_f64());
+        if ok {
+            self.wal_flush_bytes.inc_by(bytes as u64);
+        } else {
+            self.wal_flush_errors.inc();
+        }
+    }
+
+    /// Record a query.
+    pub fn observe_query(&self, duration: Duration, ok: bool) {
+        self.queries.inc();
+        self.query_duration.observe(duration.as_secs_f64());
+        if !ok {
+            self.query_errors.inc();
+        }
+    }
+
+    /// Record a snapshot.
+    pub fn observe_snapshot(&self) {
+        self.snapshots.inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Install the global tracing subscriber with an EnvFilter expression.
+pub fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,605 @@
+//! The write buffer: validated writes → WAL → in-memory buffer → Parquet snapshots.
+//!
+//! * [`WriteBuffer::write_lp`] validates a body against the catalog, queues the accepted
+//!   lines in the WAL and (unless `no_sync`) waits until their WAL file is durable. The
+//!   WAL flusher applies every flushed file to the open buffer, in log order, before it
+//!   wakes the writers — so an acknowledged write is immediately queryable.
+//! * A snapshot freezes the open buffer (queries keep reading it), writes it as sorted,
+//!   hour-partitioned Parquet files, persists the catalog, writes a manifest listing every
+//!   live file and covering the WAL up to the frozen sequence, swaps the files in for the
+//!   frozen buffer in one step, and only then deletes the WAL files it covers.
+//! * [`WriteBuffer::open`] restores: catalog → newest manifest → WAL replay of the files
+//!   after it (a damaged newest file keeps its valid prefix; damage in an older file stops
+//!   startup with an error naming the file).
+
+pub mod persist;
+pub mod table_buffer;
+pub mod validate;
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use arrow::record_batch::RecordBatch;
+use parking_lot::RwLock;
+use tokio::sync::Notify;
+
+use self::{
+    persist::{Manifest, ParquetFile},
+    table_buffer::TableBuffer,
+    validate::TableRows,
+};
+use crate::{
+    catalog::{self, Catalog},
+    lp::{LineError, Precision},
+    storage::Storage,
+    telemetry::Metrics,
+    time::TimeProvider,
+    wal::{self, FlushObserver, Wal, WalConfig, WalEntry, WalFileNotifier},
+};
+
+#[cfg(test)]
+mod tests;
+
+/// Write buffer errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Catalog failure (bad database name, storage).
+    #[error(transparent)]
+    Catalog(#[from] catalog::Error),
+    /// The WAL write failed: nothing was acknowledged.
+    #[error(transparent)]
+    Wal(#[from] wal::Error),
+    /// `accept_partial=false` and some lines were invalid: nothing was written.
+    #[error("parsing failed for write_lp endpoint")]
+    Rejected(Vec<LineError>),
+    /// Persistence failed.
+    #[error("persist: {0}")]
+    Persist(#[from] persist::Error),
+}
+
+/// Result type of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Tuning of the write buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteBufferConfig {
+    /// WAL group-commit timing.
+    pub wal: WalConfig,
+    /// Snapshot at least this often when the buffer holds data.
+    pub snapshot_interval: Duration,
+    /// Snapshot as soon as the open buffer holds this many rows.
+    pub snapshot_rows: usize,
+}
+
+impl Default for WriteBufferConfig {
+    fn default() -> Self {
+        Self {
+            wal: WalConfig::default(),
+            snapshot_interval: Duration::from_secs(600),
+            snapshot_rows: 5_000_000,
+        }
+    }
+}
+
+/// Result of a write.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOutcome {
+    /// Lines accepted (durable unless `no_sync`).
+    pub accepted_lines: usize,
+    /// Lines rejected, with line numbers.
+    pub errors: Vec<LineError>,
+    /// Bytes of line protocol accepted.
+    pub accepted_bytes: usize,
+}
+
+/// What the WAL carries to the buffer for one write.
+#[derive(Debug)]
+pub struct WriteItem {
+    db_id: u32,
+    tables: Vec<TableRows>,
+}
+
+type DbBuffers = HashMap<u32, HashMap<u32, TableBuffer>>;
+
+#[derive(Debug)]
+struct Frozen {
+    wal_seq: u64,
+    dbs: DbBuffers,
+}
+
+#[derive(Debug, Default)]
+struct BufferState {
+    open: DbBuffers,
+    open_rows: usize,
+    /// Last WAL file applied to `open`.
+    last_seq: u64,
+    /// Buffers being persisted, oldest first; still queryable.
+    frozen: Vec<Arc<Frozen>>,
+    manifest: Arc<Manifest>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    catalog: Arc<Catalog>,
+    state: RwLock<BufferState>,
+    snapshot_wanted: Notify,
+    snapshot_rows: usize,
+}
+
+impl Shared {
+    fn apply(&self, state: &mut BufferState, seq: u64, items: Vec<WriteItem>) {
+        for item in items {
+            let Some(db) = self.catalog.db_by_id(item.db_id) else {
+                continue;
+            };
+            if db.deleted {
+                continue;
+            }
+            let tables = state.open.entry(item.db_id).or_default();
+            for t in item.tables {
+                let Some(def) = db.table_by_id(t.table_id) else {
+                    continue;
+                };
+                let buf = tables.entry(t.table_id).or_default();
+                let before = buf.len();
+                buf.apply(def, &t.rows);
+                state.open_rows += buf.len() - before;
+            }
+        }
+        state.last_seq = state.last_seq.max(seq);
+    }
+}
+
+impl WalFileNotifier<WriteItem> for Shared {
+    fn flushed(&self, seq: u64, items: Vec<WriteItem>) {
+        let wanted = {
+            let mut state = self.state.write();
+            self.apply(&mut state, seq, items);
+            state.open_rows >= self.snapshot_rows
+        };
+        if wanted {
+            self.snapshot_wanted.notify_one();
+        }
+    }
+}
+
+/// Everything a table scan needs: buffered batches and Parquet files, in write order.
+#[derive(Debug, Clone, Default)]
+pub struct TableData {
+    /// Parquet files, oldest snapshot first.
+    pub files: Vec<ParquetFile>,
+    /// Buffered batches, oldest buffer first (frozen buffers, then the open one).
+    pub buffers: Vec<Vec<RecordBatch>>,
+    /// True when two sources may hold the same point, so the scan must deduplicate.
+    pub overlapping: bool,
+}
+
+/// Arguments of [`WriteBuffer::open`].
+#[derive(Debug, Clone)]
+pub struct WriteBufferArgs {
+    /// Catalog (already loaded).
+    pub catalog: Arc<Catalog>,
+    /// Object store.
+    pub storage: Storage,
+    /// Tuning.
+    pub config: WriteBufferConfig,
+    /// Clock for lines without a timestamp.
+    pub time: Arc<dyn TimeProvider>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The write buffer.
+pub struct WriteBuffer {
+    shared: Arc<Shared>,
+    wal: Arc<Wal<WriteItem>>,
+    storage: Storage,
+    time: Arc<dyn TimeProvider>,
+    config: WriteBufferConfig,
+    snapshot_lock: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
+    replayed_files: AtomicU64,
+}
+
+impl fmt::Debug for WriteBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteBuffer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WriteBuffer {
+    /// Restore state from storage (manifest, then WAL replay) and start the WAL flusher
+    /// and the snapshot task.
+    pub async fn open(args: WriteBufferArgs) -> Result<Arc<Self>> {
+        let WriteBufferArgs {
+            catalog,
+            storage,
+            config,
+            time,
+            metrics,
+        } = args;
+        let manifest = persist::load_latest_manifest(&storage)
+            .await?
+            .map(|(_, m)| m)
+            .unwrap_or_default();
+        let shared = Arc::new(Shared {
+            catalog: Arc::clone(&catalog),
+            state: RwLock::new(BufferState {
+                last_seq: manifest.wal_seq,
+                manifest: Arc::new(manifest.clone()),
+                ..Default::default()
+            }),
+            snapshot_wanted: Notify::new(),
+            snapshot_rows: config.snapshot_rows,
+        });
+
+        // Replay the WAL written after the snapshot.
+        let files = wal::list_files(&storage).await?;
+        let to_replay: Vec<_> = files
+            .into_iter()
+            .filter(|(seq, _)| *seq > manifest.wal_seq)
+            .collect();
+        let mut last_seq = manifest.wal_seq;
+        let count = to_replay.len();
+        for (i, (seq, path)) in to_replay.iter().enumerate() {
+            let Some(bytes) = storage.get(path).await.map_err(wal::Error::from)? else {
+                continue;
+            };
+            let decoded = wal::decode_file(&bytes, path.as_ref());
+            let decoded = match decoded {
+                Ok(d) => d,
+                Err(e) if i + 1 == count => {
+                    tracing::warn!(file = %path, error = %e, "newest wal file is unreadable; nothing recovered from it");
+                    last_seq = last_seq.max(*seq);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if let Some((offset, reason)) = &decoded.damage {
+                if i + 1 == count {
+                    tracing::warn!(
+                        file = %path, offset, reason = %reason, recovered = decoded.entries.len(),
+                        "newest wal file has a damaged tail; recovered its valid prefix"
+                    );
+                } else {
+                    return Err(wal::Error::Corrupt {
+                        path: path.to_string(),
+                        offset: *offset,
+                        reason: format!(
+                            "{reason} (not the newest WAL file: refusing to start rather than skip acknowledged writes)"
+                        ),
+                    }
+                    .into());
+                }
+            }
+            let mut items = Vec::with_capacity(decoded.entries.len());
+            for entry in &decoded.entries {
+                let Some(db) = catalog.db_for_replay(entry.db_id, &entry.db_name)? else {
+                    continue;
+                };
+                let v = validate::validate(
+                    &catalog,
+                    &db.name,
+                    &entry.text,
+                    entry.precision,
+                    entry.default_time,
+                )?;
+                for e in &v.errors {
+                    tracing::warn!(file = %path, error = %e, "wal line no longer valid on replay");
+                }
+                items.push(WriteItem {
+                    db_id: db.id,
+                    tables: v.tables,
+                });
+            }
+            {
+                let mut state = shared.state.write();
+                shared.apply(&mut state, *seq, items);
+            }
+            last_seq = last_seq.max(*seq);
+        }
+        tracing::info!(
+            replayed_files = count,
+            parquet_files = manifest.files.len(),
+            "write buffer restored"
+        );
+
+        let observer: FlushObserver = {
+            let metrics = Arc::clone(&metrics);
+            Arc::new(move |stats: &wal::FlushStats, ok: bool| {
+                metrics.observe_wal_flush(stats.duration, stats.bytes, ok);
+            })
+        };
+        let wal = Wal::start(
+            storage.clone(),
+            config.wal,
+            last_seq + 1,
+            Arc::clone(&shared) as Arc<dyn WalFileNotifier<WriteItem>>,
+            Some(observer),
+        );
+        let wb = Arc::new(Self {
+            shared,
+            wal,
+            storage,
+            time,
+            config,
+            snapshot_lock: tokio::sync::Mutex::new(()),
+            metrics,
+            replayed_files: AtomicU64::new(count as u64),
+        });
+        tokio::spawn(Self::snapshot_loop(Arc::downgrade(&wb)));
+        Ok(wb)
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.shared.catalog
+    }
+
+    /// Number of WAL files replayed at startup.
+    pub fn replayed_files(&self) -> u64 {
+        self.replayed_files.load(Ordering::Relaxed)
+    }
+
+    /// Write line protocol to `db`.
+    pub async fn write_lp(
+        &self,
+        db: &str,
+        body: &str,
+        precision: Precision,
+        accept_partial: bool,
+        no_sync: bool,
+    ) -> Result<WriteOutcome> {
+        let default_time = self.time.now_ns();
+        let v = validate::validate(&self.shared.catalog, db, body, precision, default_time)?;
+        self.metrics.observe_write(v.accepted_lines, v.errors.len(), body.len());
+        if !accept_partial && !v.errors.is_empty() {
+            return Err(Error::Rejected(v.errors));
+        }
+        let Some(db) = v.db.filter(|_| v.accepted_lines > 0) else {
+            return Ok(WriteOutcome {
+                accepted_lines: 0,
+                errors: v.errors,
+                accepted_bytes: 0,
+            });
+        };
+        let accepted_bytes = v.accepted_text.len();
+        let entry = WalEntry {
+            db_id: db.id,
+            db_name: db.name.to_string(),
+            precision,
+            default_time,
+            text: v.accepted_text,
+        };
+        let rx = self.wal.write(
+            entry,
+            WriteItem {
+                db_id: db.id,
+                tables: v.tables,
+            },
+        );
+        if !no_sync {
+            rx.await.map_err(|_| wal::Error::Shutdown)??;
+        }
+        Ok(WriteOutcome {
+            accepted_lines: v.accepted_lines,
+            errors: v.errors,
+            accepted_bytes,
+        })
+    }
+
+    /// The data of one table for a scan, restricted to files overlapping `time_range`
+    /// (inclusive bounds in ns).
+    pub fn table_data(&self, db_id: u32, table_id: u32, time_range: Option<(i64, i64)>) -> TableData {
+        let Some(def) = self
+            .shared
+            .catalog
+            .db_by_id(db_id)
+            .and_then(|d| d.table_by_id(table_id).cloned())
+        else {
+            return TableData::default();
+        };
+        let (lo, hi) = time_range.unwrap_or((i64::MIN, i64::MAX));
+        let overlaps = |min: i64, max: i64| max >= lo && min <= hi;
+        let state = self.shared.state.read();
+        let mut ranges: Vec<(i64, i64)> = Vec::new();
+        let files: Vec<ParquetFile> = state
+            .manifest
+            .files
+            .iter()
+            .filter(|f| f.db_id == db_id && f.table_id == table_id && overlaps(f.min_time, f.max_time))
+            .cloned()
+            .collect();
+        ranges.extend(files.iter().map(|f| (f.min_time, f.max_time)));
+        let mut buffers = Vec::new();
+        let buffered = state
+            .frozen
+            .iter()
+            .map(|f| &f.dbs)
+            .chain(std::iter::once(&state.open));
+        for dbs in buffered {
+            let Some(tb) = dbs.get(&db_id).and_then(|t| t.get(&table_id)) else {
+                continue;
+            };
+            let Some((min, max)) = tb.time_range() else {
+                continue;
+            };
+            if !overlaps(min, max) {
+                continue;
+            }
+            match tb.record_batches(&def) {
+                Ok(b) => {
+                    ranges.push((min, max));
+                    buffers.push(b);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot convert buffered rows"),
+            }
+        }
+        ranges.sort_unstable();
+        let overlapping = ranges.windows(2).any(|w| w[1].0 <= w[0].1);
+        TableData {
+            files,
+            buffers,
+            overlapping,
+        }
+    }
+
+    /// All live Parquet files.
+    pub fn parquet_files(&self) -> Vec<ParquetFile> {
+        self.shared.state.read().manifest.files.clone()
+    }
+
+    /// Rows in the open buffer.
+    pub fn buffered_rows(&self) -> usize {
+        self.shared.state.read().open_rows
+    }
+
+    /// Forget buffered data of a deleted database.
+    pub fn drop_db(&self, db_id: u32) {
+        self.shared.state.write().open.remove(&db_id);
+    }
+
+    async fn snapshot_loop(this: std::sync::Weak<Self>) {
+        loop {
+            let (interval, wanted) = match this.upgrade() {
+                Some(wb) => (wb.config.snapshot_interval, Arc::clone(&wb.shared)),
+                None => return,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = wanted.snapshot_wanted.notified() => {}
+            }
+            drop(wanted);
+            let Some(wb) = this.upgrade() else { return };
+            if let Err(e) = wb.snapshot().await {
+                tracing::error!(error = %e, "snapshot failed; will retry");
+            }
+        }
+    }
+
+    /// Persist everything buffered so far as Parquet and retire the WAL it covers.
+    pub async fn snapshot(&self) -> Result<()> {
+        let _guard = self.snapshot_lock.lock().await;
+        {
+            let mut state = self.shared.state.write();
+            if state.open_rows > 0 {
+                let frozen = Frozen {
+                    wal_seq: state.last_seq,
+                    dbs: std::mem::take(&mut state.open),
+                };
+                state.open_rows = 0;
+                state.frozen.push(Arc::new(frozen));
+            }
+        }
+        loop {
+            let next = self.shared.state.read().frozen.first().cloned();
+            let Some(frozen) = next else { break };
+            self.persist_frozen(&frozen).await?;
+        }
+        Ok(())
+    }
+
+    async fn persist_frozen(&self, frozen: &Arc<Frozen>) -> Result<()> {
+        let catalog = self.shared.catalog.snapshot();
+        let base = Arc::clone(&self.shared.state.read().manifest);
+        let mut next_file_id = base.next_file_id;
+        let mut new_files = Vec::new();
+        for (db_id, tables) in &frozen.dbs {
+            let Some(db) = catalog.databases.get(db_id).filter(|d| !d.deleted) else {
+                continue;
+            };
+            for (table_id, tb) in tables {
+                let Some(def) = db.table_by_id(*table_id) else {
+                    continue;
+                };
+                let batches = tb.record_batches(def).map_err(persist::Error::from)?;
+                let parts = persist::partition_batches(def, &def.schema(), &batches)?;
+                for part in &parts {
+                    let f = persist::write_file(
+                        &self.storage,
+                        *db_id,
+                        *table_id,
+                        next_file_id,
+                        frozen.wal_seq,
+                        part,
+                    )
+                    .await?;
+                    next_file_id += 1;
+                    new_files.push(f);
+                }
+            }
+        }
+        // The catalog must know every table a file belongs to before the WAL that could
+        // re-create them is retired.
+        self.shared.catalog.persist().await?;
+        let live = |f: &ParquetFile| {
+            catalog
+                .databases
+                .get(&f.db_id)
+                .is_some_and(|d| !d.deleted)
+        };
+        let (kept, dropped): (Vec<ParquetFile>, Vec<ParquetFile>) =
+            base.files.iter().cloned().partition(|f| live(f));
+        let manifest = Manifest {
+            format_version: persist::MANIFEST_FORMAT_VERSION,
+            wal_seq: frozen.wal_seq,
+            next_file_id,
+            files: kept.into_iter().chain(new_files).collect(),
+        };
+        self.storage
+            .put_durable(
+                &self.storage.snapshot_path(frozen.wal_seq),
+                bytes::Bytes::from(manifest.encode()),
+            )
+            .await
+            .map_err(persist::Error::from)?;
+        {
+            let mut state = self.shared.state.write();
+            state.manifest = Arc::new(manifest);
+            state.frozen.retain(|f| !Arc::ptr_eq(f, frozen));
+        }
+        self.metrics.observe_snapshot();
+        // Retire what the snapshot covers: WAL files, older manifests, deleted data.
+        let wal_files = wal::list_files(&self.storage).await?;
+        for (seq, path) in wal_files {
+            if seq <= frozen.wal_seq
+                && let Err(e) = self.storage.delete(&path).await
+            {
+                tracing::warn!(file = %path, error = %e, "cannot delete retired wal file");
+            }
+        }
+        if let Ok(paths) = self.storage.list(&self.storage.snapshot_dir()).await {
+            for p in paths {
+                let seq = p
+                    .filename()
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .and_then(|n| n.parse::<u64>().ok());
+                if seq.is_some_and(|s| s < frozen.wal_seq) {
+                    let _ = self.storage.delete(&p).await;
+                }
+            }
+        }
+        for f in dropped {
+            let _ = self
+                .storage
+                .delete(&object_store::path::Path::from(f.path.as_str()))
+                .await;
+        }
+        tracing::info!(wal_seq = frozen.wal_seq, "snapshot persisted");
+        Ok(())
+    }
+
+    /// Flush the WAL and stop accepting writes.
+    pub async fn shutdown(&self) {
+        self.wal.shutdown().await;
+    }
+}

@@ -1,0 +1,226 @@
+//! Write buffer tests, in process: validation outcomes, point identity, WAL replay,
+//! snapshots to Parquet, dedup across sources, and recovery from damaged WAL files.
+
+use std::{collections::HashMap, sync::Arc};
+
+use arrow::util::pretty::pretty_format_batches;
+use futures::TryStreamExt;
+
+use super::*;
+use crate::{
+    query::{QueryExecutor, SqlExecutor, SqlExecutorArgs},
+    time::MockTime,
+};
+
+#[derive(Debug)]
+struct Db {
+    buffer: Arc<WriteBuffer>,
+    exec: SqlExecutor,
+}
+
+async fn open(storage: &Storage) -> Result<Db> {
+    let catalog = Arc::new(Catalog::load(storage.clone()).await?);
+    let metrics = Arc::new(Metrics::new());
+    let buffer = WriteBuffer::open(WriteBufferArgs {
+        catalog: Arc::clone(&catalog),
+        storage: storage.clone(),
+        config: WriteBufferConfig {
+            snapshot_interval: Duration::from_secs(3600),
+            ..Default::default()
+        },
+        time: Arc::new(MockTime::new(1_000_000_000_000)),
+        metrics: Arc::clone(&metrics),
+    })
+    .await?;
+    let exec = SqlExecutor::new(SqlExecutorArgs {
+        catalog,
+        buffer: Arc::clone(&buffer),
+        metrics,
+        object_store: storage.object_store(),
+    })
+    .unwrap();
+    Ok(Db { buffer, exec })
+}
+
+impl Db {
+    async fn write(&self, lp: &str) -> WriteOutcome {
+        self.buffer
+            .write_lp("db", lp, Precision::Nanosecond, true, false)
+            .await
+            .unwrap()
+    }
+
+    async fn sql(&self, sql: &str) -> String {
+        let stream = self.exec.query_sql("db", sql, &HashMap::new()).await.unwrap();
+        let batches: Vec<_> = stream.try_collect().await.unwrap();
+        pretty_format_batches(&batches).unwrap().to_string()
+    }
+}
+
+fn lines(s: &str) -> Vec<&str> {
+    s.lines().collect()
+}
+
+#[tokio::test]
+async fn later_writes_win_field_by_field_in_the_buffer() {
+    let db = open(&Storage::in_memory()).await.unwrap();
+    db.write("cpu,host=a usage=1,idle=9 10\ncpu,host=b usage=2 10").await;
+    db.write("cpu,host=a usage=5 10\ncpu,host=a usage=6 20").await;
+    let out = db.sql("SELECT host, usage, idle, time FROM cpu ORDER BY host, time").await;
+    assert_eq!(
+        lines(&out),
+        [
+            "+------+-------+------+-------------------------------+",
+            "| host | usage | idle | time                          |",
+            "+------+-------+------+-------------------------------+",
+            "| a    | 5.0   | 9.0  | 1970-01-01T00:00:00.000000010 |",
+            "| a    | 6.0   |      | 1970-01-01T00:00:00.000000020 |",
+            "| b    | 2.0   |      | 1970-01-01T00:00:00.000000010 |",
+            "+------+-------+------+-------------------------------+",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn partial_writes_and_type_conflicts() {
+    let db = open(&Storage::in_memory()).await.unwrap();
+    let out = db.write("m,t=a v=1 1\nbad\nm,t=a v=\"x\" 2\nm,t=a v=3 3").await;
+    assert_eq!(out.accepted_lines, 2);
+    let errs: Vec<(usize, &str)> = out.errors.iter().map(|e| (e.line_number, e.original_line.as_str())).collect();
+    assert_eq!(errs, [(2, "bad"), (3, "m,t=a v=\"x\" 2")]);
+    assert_eq!(
+        out.errors[1].message,
+        "invalid column type for column 'v', expected iox::column_type::field::float, got iox::column_type::field::string"
+    );
+    // accept_partial=false: nothing is written.
+    let err = db
+        .buffer
+        .write_lp("db", "m,t=a v=4 4\nm,t=a v=true 5", Precision::Nanosecond, false, false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Rejected(ref e) if e.len() == 1 && e[0].line_number == 2), "{err}");
+    let out = db.sql("SELECT count(*) AS n FROM m").await;
+    assert!(out.contains("| 2 |"), "{out}");
+}
+
+#[tokio::test]
+async fn restart_replays_the_wal() {
+    let storage = Storage::in_memory();
+    {
+        let db = open(&storage).await.unwrap();
+        db.write("cpu,host=a usage=1 10\ncpu,host=a usage=2 20").await;
+        db.write("cpu,host=a usage=3 10").await;
+        db.buffer.shutdown().await;
+    }
+    let db = open(&storage).await.unwrap();
+    assert_eq!(db.buffer.replayed_files(), 2);
+    let out = db.sql("SELECT usage FROM cpu ORDER BY time").await;
+    assert_eq!(lines(&out)[3..5], ["| 3.0   |", "| 2.0   |"]);
+}
+
+#[tokio::test]
+async fn snapshot_persists_parquet_retires_wal_and_survives_restart() {
+    let storage = Storage::in_memory();
+    {
+        let db = open(&storage).await.unwrap();
+        db.write("cpu,host=a usage=1,idle=5 10\ncpu,host=b usage=2 7200000000000").await;
+        db.buffer.snapshot().await.unwrap();
+        let files = db.buffer.parquet_files();
+        // Two hour partitions.
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert!(crate::wal::list_files(&storage).await.unwrap().is_empty());
+        // Still queryable, now from Parquet.
+        let out = db.sql("SELECT host, usage FROM cpu ORDER BY host").await;
+        assert!(out.contains("| a    | 1.0   |") && out.contains("| b    | 2.0   |"), "{out}");
+        // A later write of the same point in the buffer overrides one field only.
+        db.write("cpu,host=a usage=9 10").await;
+        let out = db.sql("SELECT host, usage, idle FROM cpu WHERE host = 'a'").await;
+        assert!(out.contains("| a    | 9.0   | 5.0  |"), "{out}");
+        db.buffer.shutdown().await;
+    }
+    let db = open(&storage).await.unwrap();
+    let out = db.sql("SELECT host, usage, idle FROM cpu ORDER BY host").await;
+    assert_eq!(
+        lines(&out)[3..5],
+        ["| a    | 9.0   | 5.0  |", "| b    | 2.0   |      |"],
+        "{out}"
+    );
+    // Persist the override too: two overlapping Parquet generations, still one row per point.
+    db.buffer.snapshot().await.unwrap();
+    let out = db.sql("SELECT count(*) AS n, max(usage) AS u FROM cpu WHERE host = 'a'").await;
+    assert!(out.contains("| 1 | 9.0 |"), "{out}");
+    let out = db.sql("SELECT count(*) FROM system.parquet_files").await;
+    assert!(out.contains("| 3 "), "{out}");
+}
+
+#[tokio::test]
+async fn time_filters_prune_files() {
+    let db = open(&Storage::in_memory()).await.unwrap();
+    db.write("cpu,host=a usage=1 10\ncpu,host=a usage=2 7200000000000").await;
+    db.buffer.snapshot().await.unwrap();
+    let data = db.buffer.table_data(1, 1, Some((0, 100)));
+    assert_eq!(data.files.len(), 1);
+    assert!(!data.overlapping);
+    let out = db.sql("SELECT usage FROM cpu WHERE time < '1970-01-01T01:00:00Z'").await;
+    assert!(out.contains("1.0") && !out.contains("2.0"), "{out}");
+}
+
+async fn corrupt(storage: &Storage, seq: u64, f: impl FnOnce(&mut Vec<u8>)) {
+    let p = storage.wal_path(seq);
+    let mut b = storage.get(&p).await.unwrap().unwrap().to_vec();
+    f(&mut b);
+    storage.put(&p, bytes::Bytes::from(b)).await.unwrap();
+}
+
+#[tokio::test]
+async fn damaged_newest_wal_file_keeps_its_valid_prefix() {
+    let storage = Storage::in_memory();
+    {
+        let db = open(&storage).await.unwrap();
+        db.write("m v=1 1").await;
+        db.write("m v=2 2").await;
+        db.buffer.shutdown().await;
+    }
+    // Cut into the only frame of the newest file (12-byte end marker + 3 bytes).
+    corrupt(&storage, 2, |b| {
+        let n = b.len();
+        b.truncate(n - 15);
+    })
+    .await;
+    let db = open(&storage).await.unwrap();
+    let out = db.sql("SELECT v FROM m ORDER BY time").await;
+    assert!(out.contains("1.0") && !out.contains("2.0"), "{out}");
+}
+
+#[tokio::test]
+async fn damage_in_an_older_wal_file_refuses_to_start() {
+    let storage = Storage::in_memory();
+    {
+        let db = open(&storage).await.unwrap();
+        db.write("m v=1 1").await;
+        db.write("m v=2 2").await;
+        db.buffer.shutdown().await;
+    }
+    corrupt(&storage, 1, |b| {
+        let n = b.len();
+        b[n - 14] ^= 0xff;
+    })
+    .await;
+    let err = open(&storage).await.unwrap_err().to_string();
+    assert!(err.contains("00000000000000000001.wal") && err.contains("checksum mismatch"), "{err}");
+    assert!(err.contains("refusing to start"), "{err}");
+}
+
+#[tokio::test]
+async fn deleted_databases_stay_deleted_after_replay() {
+    let storage = Storage::in_memory();
+    {
+        let db = open(&storage).await.unwrap();
+        db.write("m v=1 1").await;
+        let id = db.buffer.catalog().delete_db("db").await.unwrap();
+        db.buffer.drop_db(id);
+        db.buffer.shutdown().await;
+    }
+    let db = open(&storage).await.unwrap();
+    assert!(db.buffer.catalog().db("db").is_none());
+}

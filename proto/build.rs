@@ -1,0 +1,18 @@
+//! Generates Rust code for the `.proto` files with protox (a pure-Rust protobuf compiler),
+//! so building Weir never needs a system `protoc`.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let protos = [root.join("weir/admin/v1/admin.proto")];
+    for p in &protos {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
+    let fds = protox::compile(&protos, [&root])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
