@@ -56,9 +56,12 @@ pub enum Error {
     /// The database does not exist.
     #[error("database not found: {0}")]
     DbNotFound(String),
-    /// The query is invalid (parse, plan, types, parameters).
+    /// The query is invalid (parse, plan, types).
     #[error("{0}")]
     Invalid(DataFusionError),
+    /// A `$name` placeholder has no value.
+    #[error("no value for query parameter {0}")]
+    MissingParam(String),
     /// Execution failed.
     #[error("query execution failed: {0}")]
     Execution(DataFusionError),
@@ -195,6 +198,11 @@ impl QueryExecutor for SqlExecutor {
                 .with_allow_dml(false)
                 .with_allow_statements(false);
             let mut df = ctx.sql_with_options(sql, options).await?;
+            let mut wanted: Vec<String> = df.logical_plan().get_parameter_names()?.into_iter().collect();
+            wanted.sort();
+            if let Some(missing) = wanted.iter().find(|p| !params.contains_key(p.trim_start_matches('$'))) {
+                return Err(Error::MissingParam(missing.clone()));
+            }
             if !params.is_empty() {
                 let values: Vec<(String, ScalarValue)> = params
                     .iter()

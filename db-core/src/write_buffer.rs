@@ -255,21 +255,31 @@ impl WriteBuffer {
                 continue;
             };
             let decoded = wal::decode_file(&bytes, path.as_ref());
+            let newest = i + 1 == count;
             let decoded = match decoded {
                 Ok(d) => d,
-                Err(e) if i + 1 == count => {
+                Err(e) if newest => {
                     tracing::warn!(file = %path, error = %e, "newest wal file is unreadable; nothing recovered from it");
-                    last_seq = last_seq.max(*seq);
-                    continue;
+                    wal::DecodedFile {
+                        seq: *seq,
+                        entries: Vec::new(),
+                        damage: Some((0, e.to_string())),
+                    }
                 }
                 Err(e) => return Err(e.into()),
             };
             if let Some((offset, reason)) = &decoded.damage {
-                if i + 1 == count {
+                if newest {
                     tracing::warn!(
                         file = %path, offset, reason = %reason, recovered = decoded.entries.len(),
                         "newest wal file has a damaged tail; recovered its valid prefix"
                     );
+                    // Rewrite it as exactly that prefix, so it is a well-formed *older*
+                    // file once new writes follow it.
+                    storage
+                        .put_durable(path, bytes::Bytes::from(wal::encode_file(*seq, &decoded.entries)))
+                        .await
+                        .map_err(wal::Error::from)?;
                 } else {
                     return Err(wal::Error::Corrupt {
                         path: path.to_string(),
@@ -292,6 +302,7 @@ impl WriteBuffer {
                     &entry.text,
                     entry.precision,
                     entry.default_time,
+                    true,
                 )?;
                 for e in &v.errors {
                     tracing::warn!(file = %path, error = %e, "wal line no longer valid on replay");
@@ -360,7 +371,14 @@ impl WriteBuffer {
         no_sync: bool,
     ) -> Result<WriteOutcome> {
         let default_time = self.time.now_ns();
-        let v = validate::validate(&self.shared.catalog, db, body, precision, default_time)?;
+        let v = validate::validate(
+            &self.shared.catalog,
+            db,
+            body,
+            precision,
+            default_time,
+            accept_partial,
+        )?;
         self.metrics.observe_write(v.accepted_lines, v.errors.len(), body.len());
         if !accept_partial && !v.errors.is_empty() {
             return Err(Error::Rejected(v.errors));

@@ -82,7 +82,9 @@ impl IntoStatus for query::Error {
     fn into_status(self) -> Status {
         match self {
             query::Error::DbNotFound(_) => Status::not_found(self.to_string()),
-            query::Error::Invalid(_) => Status::invalid_argument(self.to_string()),
+            query::Error::Invalid(_) | query::Error::MissingParam(_) => {
+                Status::invalid_argument(self.to_string())
+            }
             query::Error::Execution(_) => Status::internal(self.to_string()),
         }
     }

@@ -135,7 +135,7 @@ impl From<q::Error> for ApiError {
     fn from(e: q::Error) -> Self {
         match e {
             q::Error::DbNotFound(_) => Self::NotFound(e.to_string()),
-            q::Error::Invalid(_) => Self::BadRequest(e.to_string()),
+            q::Error::Invalid(_) | q::Error::MissingParam(_) => Self::BadRequest(e.to_string()),
             q::Error::Execution(_) => Self::Internal(e.to_string()),
         }
     }

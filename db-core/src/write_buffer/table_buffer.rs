@@ -8,7 +8,7 @@
 //! batch is cached until a write touches that segment or the table's schema grows, so a
 //! query over a mostly-static buffer converts only what changed.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use arrow::{
     array::{
@@ -20,6 +20,10 @@ use arrow::{
     record_batch::RecordBatch,
 };
 use parking_lot::Mutex;
+
+/// Hash maps on the write hot path use a fast non-cryptographic hasher (keys are not
+/// attacker-chosen in a way that matters: a flood of distinct series costs memory anyway).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 use super::validate::{Row, Value};
 use crate::catalog::{ColumnKind, FieldType, TableDef};

@@ -190,6 +190,14 @@ async fn damaged_newest_wal_file_keeps_its_valid_prefix() {
     let db = open(&storage).await.unwrap();
     let out = db.sql("SELECT v FROM m ORDER BY time").await;
     assert!(out.contains("1.0") && !out.contains("2.0"), "{out}");
+    // After new writes the recovered file is an older file: it must be well-formed now,
+    // or the next start would refuse.
+    db.write("m v=3 3").await;
+    db.buffer.shutdown().await;
+    drop(db);
+    let db = open(&storage).await.unwrap();
+    let out = db.sql("SELECT v FROM m ORDER BY time").await;
+    assert!(out.contains("1.0") && out.contains("3.0") && !out.contains("2.0"), "{out}");
 }
 
 #[tokio::test]

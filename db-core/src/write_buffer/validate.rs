@@ -110,12 +110,16 @@ enum Outcome {
 
 /// Validate a body: parse, resolve the database (auto-created when at least one line
 /// parses), check every line against the catalog and create what is missing.
+///
+/// With `accept_partial = false`, a body with any unparsable line returns before touching
+/// the catalog, so a rejected request creates no database, table or column.
 pub fn validate(
     catalog: &Catalog,
     db_name: &str,
     body: &str,
     precision: Precision,
     default_time: i64,
+    accept_partial: bool,
 ) -> catalog::Result<ValidatedWrite> {
     let mut parsed: Vec<(usize, &str, ParsedLine<'_>)> = Vec::new();
     let mut errors: Vec<LineError> = Vec::new();
@@ -125,7 +129,7 @@ pub fn validate(
             Err(e) => errors.push(e),
         }
     }
-    if parsed.is_empty() {
+    if parsed.is_empty() || (!accept_partial && !errors.is_empty()) {
         return Ok(ValidatedWrite {
             db: catalog.db(db_name),
             tables: Vec::new(),
