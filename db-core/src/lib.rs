@@ -24,6 +24,8 @@ pub mod query;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+#[cfg(test)]
+mod test_util;
 pub mod time;
 pub mod wal;
 pub mod write_buffer;

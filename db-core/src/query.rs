@@ -11,6 +11,9 @@ pub mod format;
 pub mod provider;
 pub mod system;
 
+#[cfg(test)]
+mod tests;
+
 use std::{
     collections::HashMap,
     fmt,

@@ -40,7 +40,7 @@ use crate::{
 };
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// File magic.
 pub const WAL_MAGIC: &[u8; 8] = b"WEIRWAL\0";

@@ -1,60 +1,11 @@
 //! Write buffer tests, in process: validation outcomes, point identity, WAL replay,
 //! snapshots to Parquet, dedup across sources, and recovery from damaged WAL files.
 
-use std::{collections::HashMap, sync::Arc};
-
-use arrow::util::pretty::pretty_format_batches;
-use futures::TryStreamExt;
-
 use super::*;
-use crate::{
-    query::{QueryExecutor, SqlExecutor, SqlExecutorArgs},
-    time::MockTime,
-};
+use crate::test_util::TestDb;
 
-#[derive(Debug)]
-struct Db {
-    buffer: Arc<WriteBuffer>,
-    exec: SqlExecutor,
-}
-
-async fn open(storage: &Storage) -> Result<Db> {
-    let catalog = Arc::new(Catalog::load(storage.clone()).await?);
-    let metrics = Arc::new(Metrics::new());
-    let buffer = WriteBuffer::open(WriteBufferArgs {
-        catalog: Arc::clone(&catalog),
-        storage: storage.clone(),
-        config: WriteBufferConfig {
-            snapshot_interval: Duration::from_secs(3600),
-            ..Default::default()
-        },
-        time: Arc::new(MockTime::new(1_000_000_000_000)),
-        metrics: Arc::clone(&metrics),
-    })
-    .await?;
-    let exec = SqlExecutor::new(SqlExecutorArgs {
-        catalog,
-        buffer: Arc::clone(&buffer),
-        metrics,
-        object_store: storage.object_store(),
-    })
-    .unwrap();
-    Ok(Db { buffer, exec })
-}
-
-impl Db {
-    async fn write(&self, lp: &str) -> WriteOutcome {
-        self.buffer
-            .write_lp("db", lp, Precision::Nanosecond, true, false)
-            .await
-            .unwrap()
-    }
-
-    async fn sql(&self, sql: &str) -> String {
-        let stream = self.exec.query_sql("db", sql, &HashMap::new()).await.unwrap();
-        let batches: Vec<_> = stream.try_collect().await.unwrap();
-        pretty_format_batches(&batches).unwrap().to_string()
-    }
+async fn open(storage: &Storage) -> Result<TestDb> {
+    TestDb::open(storage).await
 }
 
 fn lines(s: &str) -> Vec<&str> {

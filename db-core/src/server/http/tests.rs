@@ -422,3 +422,46 @@ async fn metrics_count_writes_and_queries() {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
 }
+
+#[tokio::test]
+async fn failed_wal_write_is_a_500_and_nothing_is_acknowledged() {
+    let (storage, fail) = crate::wal::tests::flaky_storage();
+    let catalog = Arc::new(Catalog::load(storage.clone()).await.unwrap());
+    let metrics = Arc::new(Metrics::new());
+    let buffer = WriteBuffer::open(WriteBufferArgs {
+        catalog: Arc::clone(&catalog),
+        storage: storage.clone(),
+        config: WriteBufferConfig::default(),
+        time: Arc::new(MockTime::new(1)),
+        metrics: Arc::clone(&metrics),
+    })
+    .await
+    .unwrap();
+    let query = SqlExecutor::new(SqlExecutorArgs {
+        catalog: Arc::clone(&catalog),
+        buffer: Arc::clone(&buffer),
+        metrics: Arc::clone(&metrics),
+        object_store: storage.object_store(),
+    })
+    .unwrap();
+    let s = Arc::new(ServerState {
+        auth: Authenticator::new(Arc::clone(&catalog), false),
+        catalog,
+        buffer,
+        query: Arc::new(query),
+        metrics,
+        max_request_bytes: LIMIT,
+    });
+    fail.store(1, std::sync::atomic::Ordering::SeqCst);
+    let r = call(&s, post("/api/v3/write_lp?db=f", "m v=1 1")).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(r.json()["error"].as_str().unwrap().contains("write was not persisted"), "{}", r.text());
+    fail.store(0, std::sync::atomic::Ordering::SeqCst);
+    let r = call(&s, post("/api/v3/write_lp?db=f", "m v=2 2")).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    // Only the acknowledged write is visible.
+    let r = call(&s, get("/api/v3/query_sql?db=f&format=csv&q=SELECT%20v%20FROM%20m")).await;
+    assert_eq!(r.text(), "v\n2.0\n");
+    let m = call(&s, get("/metrics")).await.text();
+    assert!(m.contains("weir_wal_flush_errors_total 1"), "{m}");
+}

@@ -1,0 +1,74 @@
+//! Shared fixtures for in-process tests: a write buffer and SQL executor on a given store.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use arrow::util::pretty::pretty_format_batches;
+use futures::TryStreamExt;
+
+use crate::{
+    catalog::Catalog,
+    lp::Precision,
+    query::{QueryExecutor, SqlExecutor, SqlExecutorArgs},
+    storage::Storage,
+    telemetry::Metrics,
+    time::MockTime,
+    write_buffer::{self, WriteBuffer, WriteBufferArgs, WriteBufferConfig, WriteOutcome},
+};
+
+/// A database in process: write buffer plus executor, clock fixed at 1,000 s.
+#[derive(Debug)]
+pub(crate) struct TestDb {
+    pub(crate) buffer: Arc<WriteBuffer>,
+    pub(crate) exec: SqlExecutor,
+}
+
+impl TestDb {
+    /// Open (or restore) a database on `storage`.
+    pub(crate) async fn open(storage: &Storage) -> write_buffer::Result<Self> {
+        let catalog = Arc::new(Catalog::load(storage.clone()).await?);
+        let metrics = Arc::new(Metrics::new());
+        let buffer = WriteBuffer::open(WriteBufferArgs {
+            catalog: Arc::clone(&catalog),
+            storage: storage.clone(),
+            config: WriteBufferConfig {
+                snapshot_interval: Duration::from_secs(3600),
+                ..Default::default()
+            },
+            time: Arc::new(MockTime::new(1_000_000_000_000)),
+            metrics: Arc::clone(&metrics),
+        })
+        .await?;
+        let exec = SqlExecutor::new(SqlExecutorArgs {
+            catalog,
+            buffer: Arc::clone(&buffer),
+            metrics,
+            object_store: storage.object_store(),
+        })
+        .expect("executor");
+        Ok(Self { buffer, exec })
+    }
+
+    /// Write to database `db` with ns precision; panics on a request-level error.
+    pub(crate) async fn write(&self, lp: &str) -> WriteOutcome {
+        self.buffer
+            .write_lp("db", lp, Precision::Nanosecond, true, false)
+            .await
+            .expect("write")
+    }
+
+    /// Run SQL on `db` and pretty-print the answer; panics on error.
+    pub(crate) async fn sql(&self, sql: &str) -> String {
+        self.try_sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Run SQL on `db` and pretty-print the answer.
+    pub(crate) async fn try_sql(&self, sql: &str) -> Result<String, String> {
+        let stream = self
+            .exec
+            .query_sql("db", sql, &HashMap::new())
+            .await
+            .map_err(|e| e.to_string())?;
+        let batches: Vec<_> = stream.try_collect().await.map_err(|e| e.to_string())?;
+        Ok(pretty_format_batches(&batches).map_err(|e| e.to_string())?.to_string())
+    }
+}
