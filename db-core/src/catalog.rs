@@ -285,7 +285,7 @@ impl TableDef {
 }
 
 /// One database.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DatabaseSchema {
     /// Database id; never reused.
     pub id: u32,
@@ -298,13 +298,50 @@ pub struct DatabaseSchema {
     pub next_table_id: u32,
     /// Tables by id.
     pub tables: BTreeMap<u32, Arc<TableDef>>,
+    /// Table ids by name (derived; rebuilt by [`DatabaseSchema::reindex`]).
+    #[serde(skip)]
+    table_ids: HashMap<Arc<str>, u32>,
+}
+
+impl PartialEq for DatabaseSchema {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.name == other.name
+            && self.deleted == other.deleted
+            && self.next_table_id == other.next_table_id
+            && self.tables == other.tables
+    }
 }
 
 impl DatabaseSchema {
+    /// An empty database.
+    pub fn new(id: u32, name: Arc<str>) -> Self {
+        Self {
+            id,
+            name,
+            deleted: false,
+            next_table_id: 1,
+            tables: BTreeMap::new(),
+            table_ids: HashMap::new(),
+        }
+    }
+
+    fn reindex(&mut self) {
+        self.table_ids = self
+            .tables
+            .values()
+            .map(|t| (Arc::clone(&t.name), t.id))
+            .collect();
+    }
+
+    fn insert_table(&mut self, table: TableDef) {
+        self.table_ids.insert(Arc::clone(&table.name), table.id);
+        self.tables.insert(table.id, Arc::new(table));
+    }
+
     /// Table by name.
     pub fn table(&self, name: &str) -> Option<&Arc<TableDef>> {
-        // Table counts are small; a scan avoids keeping a second index in sync.
-        self.tables.values().find(|t| t.name.as_ref() == name)
+        self.table_ids.get(name).and_then(|id| self.tables.get(id))
     }
 
     /// Table by id.
@@ -393,6 +430,7 @@ impl CatalogState {
             for t in db.tables.values_mut() {
                 Arc::make_mut(t).reindex();
             }
+            db.reindex();
         }
         Ok(state)
     }
@@ -524,13 +562,7 @@ impl Catalog {
             if let Some(db) = s.db(name) {
                 return Ok((Arc::clone(db), false));
             }
-            let db = Arc::new(DatabaseSchema {
-                id: s.next_db_id,
-                name: Arc::from(name),
-                deleted: false,
-                next_table_id: 1,
-                tables: BTreeMap::new(),
-            });
+            let db = Arc::new(DatabaseSchema::new(s.next_db_id, Arc::from(name)));
             s.next_db_id += 1;
             s.databases.insert(db.id, Arc::clone(&db));
             Ok((db, true))
@@ -549,13 +581,7 @@ impl Catalog {
                 // deleted before the catalog got persisted. Treat its WAL data as deleted.
                 return Ok(None);
             }
-            let db = Arc::new(DatabaseSchema {
-                id,
-                name: Arc::from(name),
-                deleted: false,
-                next_table_id: 1,
-                tables: BTreeMap::new(),
-            });
+            let db = Arc::new(DatabaseSchema::new(id, Arc::from(name)));
             s.next_db_id = s.next_db_id.max(id + 1);
             s.databases.insert(id, Arc::clone(&db));
             Ok(Some(db))
@@ -569,13 +595,7 @@ impl Catalog {
             if s.db(name).is_some() {
                 return Err(Error::DbExists(name.to_string()));
             }
-            let db = Arc::new(DatabaseSchema {
-                id: s.next_db_id,
-                name: Arc::from(name),
-                deleted: false,
-                next_table_id: 1,
-                tables: BTreeMap::new(),
-            });
+            let db = Arc::new(DatabaseSchema::new(s.next_db_id, Arc::from(name)));
             s.next_db_id += 1;
             s.databases.insert(db.id, Arc::clone(&db));
             Ok(db)
@@ -595,6 +615,7 @@ impl Catalog {
                 let db = Arc::make_mut(db);
                 db.deleted = true;
                 db.tables.clear();
+                db.reindex();
             }
             Ok(id)
         })?;
@@ -619,8 +640,7 @@ impl Catalog {
                     None => {
                         let id = db.next_table_id;
                         db.next_table_id += 1;
-                        db.tables
-                            .insert(id, Arc::new(TableDef::new(id, Arc::clone(&add.table))));
+                        db.insert_table(TableDef::new(id, Arc::clone(&add.table)));
                         id
                     }
                 };

@@ -111,20 +111,11 @@ fn golden_state() -> CatalogState {
     cpu.columns.push(ColumnDef { name: Arc::from("note"), kind: ColumnKind::Field(FieldType::String) });
     cpu.columns.push(ColumnDef { name: Arc::from("n"), kind: ColumnKind::Field(FieldType::Int64) });
     cpu.reindex();
-    let db = DatabaseSchema {
-        id: 1,
-        name: Arc::from("metrics"),
-        deleted: false,
-        next_table_id: 2,
-        tables: [(1, Arc::new(cpu))].into_iter().collect(),
-    };
-    let gone = DatabaseSchema {
-        id: 2,
-        name: Arc::from("old"),
-        deleted: true,
-        next_table_id: 1,
-        tables: BTreeMap::new(),
-    };
+    let mut db = DatabaseSchema::new(1, Arc::from("metrics"));
+    db.insert_table(cpu);
+    db.next_table_id = 2;
+    let mut gone = DatabaseSchema::new(2, Arc::from("old"));
+    gone.deleted = true;
     CatalogState {
         format_version: 1,
         sequence: 9,
