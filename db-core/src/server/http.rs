@@ -167,6 +167,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/health", get(health))
         .route("/ping", get(ping).head(ping))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -303,6 +304,17 @@ async fn metrics(State(state): State<SharedState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    let msg = format!("method {} is not allowed for {}", req.method(), req.uri().path());
+    tracing::info!(error = %msg, "request rejected");
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({ "error": msg }).to_string(),
     )
         .into_response()
 }

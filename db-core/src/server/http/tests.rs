@@ -402,6 +402,7 @@ async fn unknown_routes_and_methods_give_json() {
     assert_eq!(r.json()["error"], "no route for GET /api/v3/nope");
     let r = call(&s, req(Method::GET, "/api/v3/write_lp?db=a", Body::empty(), None)).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.json()["error"], "method GET is not allowed for /api/v3/write_lp");
 }
 
 #[tokio::test]
