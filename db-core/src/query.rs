@@ -9,6 +9,7 @@
 pub mod dedup;
 pub mod format;
 pub mod provider;
+pub mod runtime;
 pub mod system;
 
 #[cfg(test)]
@@ -115,6 +116,8 @@ pub struct SqlExecutorArgs {
     pub metrics: Arc<Metrics>,
     /// Object store (registered with DataFusion for Parquet scans).
     pub object_store: Arc<dyn object_store::ObjectStore>,
+    /// Where DataFusion work runs.
+    pub runtime: runtime::QueryRuntime,
 }
 
 /// The DataFusion-backed executor.
@@ -124,6 +127,7 @@ pub struct SqlExecutor {
     metrics: Arc<Metrics>,
     state: SessionState,
     log: Arc<QueryLog>,
+    runtime: runtime::QueryRuntime,
 }
 
 impl fmt::Debug for SqlExecutor {
@@ -153,6 +157,7 @@ impl SqlExecutor {
             metrics: args.metrics,
             state,
             log: Arc::new(QueryLog::default()),
+            runtime: args.runtime,
         })
     }
 
@@ -190,32 +195,23 @@ impl QueryExecutor for SqlExecutor {
     ) -> Result<SendableRecordBatchStream> {
         let started = Instant::now();
         let entry = self.log.start(db, "sql", sql);
-        let result = async {
-            let db = self
-                .catalog
-                .db(db)
-                .ok_or_else(|| Error::DbNotFound(db.to_string()))?;
-            let ctx = self.context(db);
-            let options = SQLOptions::new()
-                .with_allow_ddl(false)
-                .with_allow_dml(false)
-                .with_allow_statements(false);
-            let mut df = ctx.sql_with_options(sql, options).await?;
-            let mut wanted: Vec<String> = df.logical_plan().get_parameter_names()?.into_iter().collect();
-            wanted.sort();
-            if let Some(missing) = wanted.iter().find(|p| !params.contains_key(p.trim_start_matches('$'))) {
-                return Err(Error::MissingParam(missing.clone()));
+        let db = self
+            .catalog
+            .db(db)
+            .ok_or_else(|| Error::DbNotFound(db.to_string()));
+        let result = match db {
+            Ok(db) => {
+                let ctx = self.context(db);
+                let sql = sql.to_string();
+                let params = params.clone();
+                match self.runtime.run(plan_and_execute(ctx, sql, params)).await {
+                    Ok(Ok(stream)) => Ok(self.runtime.bridge(stream.schema(), stream)),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(Error::Execution(e)),
+                }
             }
-            if !params.is_empty() {
-                let values: Vec<(String, ScalarValue)> = params
-                    .iter()
-                    .map(|(k, v)| (k.clone(), ScalarValue::Utf8(Some(v.clone()))))
-                    .collect();
-                df = df.with_param_values(ParamValues::from(values))?;
-            }
-            Ok::<_, Error>(df.execute_stream().await?)
-        }
-        .await;
+            Err(e) => Err(e),
+        };
         match result {
             Ok(stream) => Ok(Box::pin(LoggedStream {
                 inner: stream,
@@ -234,6 +230,32 @@ impl QueryExecutor for SqlExecutor {
             }
         }
     }
+}
+
+/// Plan `sql` in `ctx`, bind parameters, and start execution (runs on the query runtime).
+async fn plan_and_execute(
+    ctx: SessionContext,
+    sql: String,
+    params: HashMap<String, String>,
+) -> Result<SendableRecordBatchStream> {
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let mut df = ctx.sql_with_options(&sql, options).await?;
+    let mut wanted: Vec<String> = df.logical_plan().get_parameter_names()?.into_iter().collect();
+    wanted.sort();
+    if let Some(missing) = wanted.iter().find(|p| !params.contains_key(p.trim_start_matches('$'))) {
+        return Err(Error::MissingParam(missing.clone()));
+    }
+    if !params.is_empty() {
+        let values: Vec<(String, ScalarValue)> = params
+            .into_iter()
+            .map(|(k, v)| (k, ScalarValue::Utf8(Some(v))))
+            .collect();
+        df = df.with_param_values(ParamValues::from(values))?;
+    }
+    Ok(df.execute_stream().await?)
 }
 
 struct Finish {

@@ -8,12 +8,18 @@ use futures::TryStreamExt;
 use crate::{
     catalog::Catalog,
     lp::Precision,
-    query::{QueryExecutor, SqlExecutor, SqlExecutorArgs},
+    query::{QueryExecutor, SqlExecutor, SqlExecutorArgs, runtime::QueryRuntime},
     storage::Storage,
     telemetry::Metrics,
     time::MockTime,
     write_buffer::{self, WriteBuffer, WriteBufferArgs, WriteBufferConfig, WriteOutcome},
 };
+
+/// One query runtime shared by all tests of this process.
+pub(crate) fn test_runtime() -> QueryRuntime {
+    static RT: std::sync::OnceLock<QueryRuntime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| QueryRuntime::start(2).expect("query runtime")).clone()
+}
 
 /// A database in process: write buffer plus executor, clock fixed at 1,000 s.
 #[derive(Debug)]
@@ -43,6 +49,7 @@ impl TestDb {
             buffer: Arc::clone(&buffer),
             metrics,
             object_store: storage.object_store(),
+            runtime: test_runtime(),
         })
         .expect("executor");
         Ok(Self { buffer, exec })

@@ -19,7 +19,7 @@ use object_store::ObjectStore;
 use crate::{
     auth::{ADMIN_TOKEN_NAME, Authenticator},
     catalog::Catalog,
-    query::{SqlExecutor, SqlExecutorArgs},
+    query::{SqlExecutor, SqlExecutorArgs, runtime::QueryRuntime},
     server::{self, ServerState},
     storage::Storage,
     telemetry::Metrics,
@@ -226,6 +226,9 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         buffer: Arc::clone(&buffer),
         metrics: Arc::clone(&metrics),
         object_store: storage.object_store(),
+        runtime: QueryRuntime::start(
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        )?,
     })?;
     let state = Arc::new(ServerState {
         catalog,

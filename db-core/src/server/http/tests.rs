@@ -44,6 +44,7 @@ async fn state(auth: bool) -> SharedState {
         buffer: Arc::clone(&buffer),
         metrics: Arc::clone(&metrics),
         object_store: storage.object_store(),
+        runtime: crate::test_util::test_runtime(),
     })
     .unwrap();
     Arc::new(ServerState {
@@ -443,6 +444,7 @@ async fn failed_wal_write_is_a_500_and_nothing_is_acknowledged() {
         buffer: Arc::clone(&buffer),
         metrics: Arc::clone(&metrics),
         object_store: storage.object_store(),
+        runtime: crate::test_util::test_runtime(),
     })
     .unwrap();
     let s = Arc::new(ServerState {
