@@ -25,7 +25,10 @@ const TOKEN: &str = "apiv3_test-token";
 const LIMIT: usize = 64 * 1024;
 
 async fn state(auth: bool) -> SharedState {
-    let storage = Storage::in_memory();
+    state_on(Storage::in_memory(), auth).await
+}
+
+async fn state_on(storage: Storage, auth: bool) -> SharedState {
     let catalog = Arc::new(Catalog::load(storage.clone()).await.unwrap());
     let metrics = Arc::new(Metrics::new());
     let buffer = WriteBuffer::open(WriteBufferArgs {
@@ -428,33 +431,7 @@ async fn metrics_count_writes_and_queries() {
 #[tokio::test]
 async fn failed_wal_write_is_a_500_and_nothing_is_acknowledged() {
     let (storage, fail) = crate::wal::tests::flaky_storage();
-    let catalog = Arc::new(Catalog::load(storage.clone()).await.unwrap());
-    let metrics = Arc::new(Metrics::new());
-    let buffer = WriteBuffer::open(WriteBufferArgs {
-        catalog: Arc::clone(&catalog),
-        storage: storage.clone(),
-        config: WriteBufferConfig::default(),
-        time: Arc::new(MockTime::new(1)),
-        metrics: Arc::clone(&metrics),
-    })
-    .await
-    .unwrap();
-    let query = SqlExecutor::new(SqlExecutorArgs {
-        catalog: Arc::clone(&catalog),
-        buffer: Arc::clone(&buffer),
-        metrics: Arc::clone(&metrics),
-        object_store: storage.object_store(),
-        runtime: crate::test_util::test_runtime(),
-    })
-    .unwrap();
-    let s = Arc::new(ServerState {
-        auth: Authenticator::new(Arc::clone(&catalog), false),
-        catalog,
-        buffer,
-        query: Arc::new(query),
-        metrics,
-        max_request_bytes: LIMIT,
-    });
+    let s = state_on(storage, false).await;
     fail.store(1, std::sync::atomic::Ordering::SeqCst);
     let r = call(&s, post("/api/v3/write_lp?db=f", "m v=1 1")).await;
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
