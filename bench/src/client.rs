@@ -33,6 +33,14 @@ impl WriteResponse {
     pub(crate) fn ok(&self) -> bool {
         self.status == Some(204)
     }
+
+    /// `status 400: <body>` or `no response: <error>`.
+    pub(crate) fn describe(&self) -> String {
+        match self.status {
+            Some(s) => format!("status {s}: {}", self.detail),
+            None => format!("no response: {}", self.detail),
+        }
+    }
 }
 
 /// Where a write goes and how.
@@ -105,7 +113,7 @@ impl Api {
             },
             Err(e) => WriteResponse {
                 status: None,
-                detail: format!("{e:#}"),
+                detail: error_chain(&e),
                 latency,
             },
         }
@@ -119,12 +127,7 @@ impl Api {
     ) -> anyhow::Result<Duration> {
         let r = self.write(target, body).await;
         if !r.ok() {
-            bail!(
-                "write to {} failed: status {:?}: {}",
-                target.url,
-                r.status,
-                r.detail
-            );
+            bail!("write to {} failed: {}", target.url, r.describe());
         }
         Ok(r.latency)
     }
@@ -201,6 +204,18 @@ impl Api {
         }
         Some(Metrics::parse(&resp.text().await.ok()?))
     }
+}
+
+/// An error and its causes, `a: b: c`.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Unlabelled samples of a Prometheus text exposition (`name value`).

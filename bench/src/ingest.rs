@@ -46,8 +46,19 @@ pub(crate) struct Outcome {
     pub(crate) failures: usize,
     pub(crate) first_failure: Option<String>,
     pub(crate) server: ServerDelta,
-    /// Rows counted by SQL afterwards (excluding the warm-up lines), if verification ran.
-    pub(crate) rows_counted: Option<u64>,
+    /// Row counts by SQL afterwards (excluding the warm-up lines), if verification ran.
+    pub(crate) verify: Option<Visibility>,
+}
+
+/// What SQL saw after the last write returned.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Visibility {
+    /// Rows counted right after the last response.
+    pub(crate) first_count: u64,
+    /// Rows counted last (equal to the lines written unless it timed out).
+    pub(crate) final_count: u64,
+    /// From the last response until every row was counted (`None`: timed out).
+    pub(crate) all_visible_after: Option<Duration>,
 }
 
 impl Outcome {
@@ -71,15 +82,30 @@ impl Outcome {
                 self.first_failure.as_deref().unwrap_or("?")
             ));
         }
-        if let Some(n) = self.rows_counted
-            && n != self.lines
-        {
-            p.push(format!(
-                "{}: wrote {} lines but SQL counts {} rows",
-                self.spec.name,
-                thousands(self.lines),
-                thousands(n)
-            ));
+        if let Some(v) = self.verify {
+            if v.final_count != self.lines && self.failures == 0 {
+                p.push(format!(
+                    "{}: wrote {} lines but SQL counts {} rows (waited {} s)",
+                    self.spec.name,
+                    thousands(self.lines),
+                    thousands(v.final_count),
+                    VISIBILITY_TIMEOUT.as_secs()
+                ));
+            } else if v.final_count != self.lines {
+                p.push(format!(
+                    "{}: SQL counts {} of {} rows sent",
+                    self.spec.name,
+                    thousands(v.final_count),
+                    thousands(self.lines)
+                ));
+            } else if !self.spec.no_sync && v.first_count != self.lines {
+                p.push(format!(
+                    "{}: durable writes were acknowledged but right after the last 204 SQL counted only {} of {} rows",
+                    self.spec.name,
+                    thousands(v.first_count),
+                    thousands(self.lines)
+                ));
+            }
         }
         p
     }
@@ -104,7 +130,9 @@ impl Outcome {
             "latency": self.latency.to_json(),
             "non_204": self.failures,
             "first_failure": self.first_failure,
-            "rows_counted": self.rows_counted,
+            "rows_counted_immediately": self.verify.map(|v| v.first_count),
+            "rows_counted": self.verify.map(|v| v.final_count),
+            "all_rows_visible_after_ms": self.verify.and_then(|v| v.all_visible_after).map(|d| round3(d.as_secs_f64() * 1e3)),
             "server": self.server.to_json(),
         })
     }
@@ -120,10 +148,6 @@ struct SenderLog {
 /// Run one scenario: generate, warm up (create the database and tables), send everything,
 /// then count the rows.
 pub(crate) async fn run(api: &Api, spec: Spec, verify: bool) -> anyhow::Result<Outcome> {
-    println!(
-        "\n== {} ({} senders, no_sync={}, db {}) ==",
-        spec.name, spec.senders, spec.no_sync, spec.db
-    );
     let g0 = Instant::now();
     let shape = spec.shape;
     let gzip = spec.gzip;
@@ -172,10 +196,9 @@ pub(crate) async fn run(api: &Api, spec: Spec, verify: bool) -> anyhow::Result<O
                     if !r.ok() {
                         log.failures += 1;
                         if log.first_failure.is_none() {
-                            let mut d = r.detail;
+                            let mut d = r.describe();
                             d.truncate(500);
-                            log.first_failure =
-                                Some(format!("batch {i}: status {:?}: {d}", r.status));
+                            log.first_failure = Some(format!("batch {i}: {d}"));
                         }
                     }
                 }
@@ -195,17 +218,24 @@ pub(crate) async fn run(api: &Api, spec: Spec, verify: bool) -> anyhow::Result<O
         }
     }
     let wall = started.elapsed();
+    drop(batches);
+
+    let verify = if verify {
+        // Wait for stragglers only when every write was accepted.
+        let patience = if failures == 0 {
+            VISIBILITY_TIMEOUT
+        } else {
+            Duration::ZERO
+        };
+        Some(wait_visible(api, &spec.db, payloads.lines, patience).await?)
+    } else {
+        None
+    };
+    // After the rows are visible, so that no_sync's trailing WAL flushes are counted.
     let after = api.metrics().await;
     let server = match (&before, &after) {
         (Some(b), Some(a)) => Metrics::delta(b, a),
         _ => ServerDelta::default(),
-    };
-    drop(batches);
-
-    let rows_counted = if verify {
-        Some(count_rows(api, &spec.db).await? - MEASUREMENTS.len() as u64)
-    } else {
-        None
     };
 
     let outcome = Outcome {
@@ -219,7 +249,7 @@ pub(crate) async fn run(api: &Api, spec: Spec, verify: bool) -> anyhow::Result<O
         failures,
         first_failure,
         server,
-        rows_counted,
+        verify,
         spec,
     };
     let l = &outcome.latency;
@@ -235,16 +265,51 @@ pub(crate) async fn run(api: &Api, spec: Spec, verify: bool) -> anyhow::Result<O
         l.max,
         outcome.failures
     );
-    if let Some(n) = outcome.rows_counted {
+    if let Some(v) = outcome.verify {
         println!(
-            "   verified: SQL count(*) over cpu, mem, disk = {}",
-            thousands(n)
+            "   verified: SQL count(*) over cpu, mem, disk = {} right after the last response{}",
+            thousands(v.first_count),
+            match v.all_visible_after {
+                Some(d) if v.first_count != v.final_count => {
+                    format!(
+                        "; all {} after {:.0} ms",
+                        thousands(v.final_count),
+                        d.as_secs_f64() * 1e3
+                    )
+                }
+                _ => String::new(),
+            }
         );
     }
     for p in outcome.problems() {
         eprintln!("!! FAILED: {p}");
     }
     Ok(outcome)
+}
+
+/// How long to wait for rows written with `no_sync` to become visible.
+const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Count the rows written (excluding the warm-up lines) until all `lines` are there.
+async fn wait_visible(
+    api: &Api,
+    db: &str,
+    lines: u64,
+    patience: Duration,
+) -> anyhow::Result<Visibility> {
+    let started = Instant::now();
+    let warmup = MEASUREMENTS.len() as u64;
+    let first_count = count_rows(api, db).await?.saturating_sub(warmup);
+    let mut count = first_count;
+    while count < lines && started.elapsed() < patience {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        count = count_rows(api, db).await?.saturating_sub(warmup);
+    }
+    Ok(Visibility {
+        first_count,
+        final_count: count,
+        all_visible_after: (count == lines).then(|| started.elapsed()),
+    })
 }
 
 /// Rows in all ingest tables of `db`.

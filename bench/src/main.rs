@@ -13,20 +13,16 @@ mod report;
 mod server;
 mod stats;
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
 use serde_json::json;
 
 use crate::{
-    client::Api,
     datagen::IngestShape,
     report::{Machine, Report},
-    server::{Server, SpawnArgs},
+    server::Fleet,
 };
 
 /// Which scenarios to run.
@@ -63,21 +59,26 @@ struct Cli {
     #[arg(long)]
     weir_bin: Option<PathBuf>,
 
-    /// Data directory of the started server (must be empty or absent) [default: a fresh
-    /// temporary directory].
+    /// Data directory of the started servers (must be empty or absent; with a fresh server
+    /// per scenario each uses DIR/<scenario>) [default: fresh temporary directories].
     #[arg(long)]
     data_dir: Option<PathBuf>,
 
-    /// Keep the temporary directory (server log and data) after the run.
+    /// Keep the temporary directories (server log and data) after the run.
     #[arg(long)]
     keep_data: bool,
+
+    /// Start one server for all scenarios instead of a fresh one for each scenario (later
+    /// scenarios then run on a server that holds the earlier scenarios' data).
+    #[arg(long)]
+    shared_server: bool,
 
     /// Extra argument for `weir serve` (repeat it), e.g. --server-arg=--snapshot-rows=1000000
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
 
     /// Lines written by each ingest scenario.
-    #[arg(long, default_value_t = 2_000_000)]
+    #[arg(long, default_value_t = 3_000_000)]
     lines: u64,
 
     /// Lines per write request.
@@ -121,6 +122,15 @@ impl Cli {
         if self.hosts > 999 {
             bail!("--hosts must be at most 999 (host names are host-NNN)");
         }
+        if let Some(d) = &self.data_dir
+            && d.exists()
+            && std::fs::read_dir(d)?.next().is_some()
+        {
+            bail!(
+                "--data-dir {} is not empty; the benchmark needs a fresh directory",
+                d.display()
+            );
+        }
         Ok(())
     }
 
@@ -139,6 +149,7 @@ impl Cli {
             "query_old_hours": self.query_old_hours,
             "lone_writes": self.lone_writes,
             "server_args": self.server_args,
+            "fresh_server_per_scenario": self.host.is_none() && !self.shared_server,
         })
     }
 }
@@ -168,81 +179,66 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     cli.validate()?;
     let weir_bin = cli.weir_bin.clone().unwrap_or_else(default_weir_bin);
     let mut machine = Machine::collect(&weir_bin);
-
-    let mut server = None;
-    let base = match &cli.host {
-        Some(h) => {
-            machine.server = format!("external: {h}");
-            h.clone()
-        }
-        None => {
-            let s = Server::spawn(SpawnArgs {
-                bin: &weir_bin,
-                data_dir: cli.data_dir.as_deref(),
-                extra_args: &cli.server_args,
-                startup_timeout: Duration::from_secs(120),
-            })
-            .await?;
-            machine.server = format!(
-                "started by weir-bench: pid {}, {}, data dir {} (file object store, fsync'd WAL{})",
-                s.pid().map_or_else(|| "?".to_string(), |p| p.to_string()),
-                s.url,
-                s.data_dir.display(),
-                if cli.server_args.is_empty() {
-                    String::new()
-                } else {
-                    format!("; extra args: {}", cli.server_args.join(" "))
-                }
-            );
-            let url = s.url.clone();
-            server = Some(s);
-            url
-        }
+    let fresh = cli.host.is_none() && !cli.shared_server;
+    machine.server = match &cli.host {
+        Some(h) => format!("external: {h}"),
+        None => format!(
+            "{} (weir serve --object-store file --without-auth, fresh temp data dir, fsync'd WAL{})",
+            if fresh {
+                "a fresh server started by weir-bench for each scenario"
+            } else {
+                "one server started by weir-bench for all scenarios"
+            },
+            if cli.server_args.is_empty() {
+                String::new()
+            } else {
+                format!(", extra args: {}", cli.server_args.join(" "))
+            }
+        ),
     };
+    if cli.host.is_some() {
+        machine
+            .weir_version
+            .push_str(" (local binary; the external server may differ)");
+    }
     print!("{}", machine.render());
+
+    let mut fleet = Fleet::new(
+        weir_bin,
+        cli.data_dir.clone(),
+        cli.server_args.clone(),
+        cli.keep_data,
+        fresh,
+        cli.host.clone(),
+        cli.token.clone(),
+    );
+    let mut report = Report {
+        machine,
+        ..Report::default()
+    };
 
     // Run the scenarios, stopping the server whatever happens (error, Ctrl-C).
     let result = tokio::select! {
-        r = scenarios(&cli, &base, server.as_mut()) => r,
+        r = scenarios(&cli, &mut fleet, &mut report) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
-    let mut report = match result {
-        Ok(r) => r,
-        Err(e) => {
-            if let Some(mut s) = server {
-                let log = s.log_path.clone();
-                let (_, how) = s.stop(Duration::from_secs(10)).await;
-                eprintln!(
-                    "weir serve {how}; last server log lines:\n{}",
-                    server::log_tail(&log, 20)
-                );
-                if cli.keep_data {
-                    eprintln!("kept {}", s.keep_files().display());
-                }
+    if let Err(e) = result {
+        let tail = fleet.log_tail(20);
+        if let Some(stats) = fleet.stop().await {
+            eprintln!("weir serve (pid {:?}) {}", stats.pid, stats.how);
+            if let Some(k) = &stats.kept {
+                eprintln!("kept {}", k.display());
             }
-            return Err(e);
         }
-    };
-
-    if let Some(mut s) = server {
-        let data_bytes = server::dir_size(&s.data_dir);
-        let (took, how) = s.stop(Duration::from_secs(60)).await;
-        println!(
-            "\nweir serve {how} in {:.2} s; data dir held {:.1} MB",
-            took.as_secs_f64(),
-            data_bytes as f64 / 1e6
-        );
-        report.shutdown = Some(json!({
-            "how": how,
-            "seconds": stats::round3(took.as_secs_f64()),
-            "data_dir_bytes": data_bytes,
-        }));
-        if cli.keep_data {
-            println!("kept {} (server.log, data)", s.keep_files().display());
+        if let Some(t) = tail {
+            eprintln!("last server log lines:\n{t}");
         }
+        return Err(e);
+    }
+    if let Some(stats) = fleet.stop().await {
+        report.servers.push(stats);
     }
 
-    report.machine = machine;
     print!("{}", report.render());
     if let Some(path) = &cli.json {
         write_json(path, &report.to_json(cli.config_json()))?;
@@ -260,37 +256,31 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     }
 }
 
-fn check_alive(server: &mut Option<&mut Server>) -> anyhow::Result<()> {
-    match server {
-        Some(s) => s.check_alive(),
-        None => Ok(()),
-    }
-}
-
 fn write_json(path: &Path, v: &serde_json::Value) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(v)?;
     std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
 }
 
-async fn scenarios(
-    cli: &Cli,
-    base: &str,
-    mut server: Option<&mut Server>,
-) -> anyhow::Result<Report> {
-    let api = Api::new(base, cli.token.clone(), 64)?;
-    api.wait_healthy(Duration::from_secs(30)).await?;
-    // Unique database names on a shared server; plain ones on our own fresh server.
+/// After a scenario: check the server and, with fresh servers, stop it and keep its stats.
+async fn release(fleet: &mut Fleet, report: &mut Report) -> anyhow::Result<()> {
+    if let Some(stats) = fleet.release().await? {
+        report.servers.push(stats);
+    }
+    Ok(())
+}
+
+async fn scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> anyhow::Result<()> {
+    // Unique database names on an external server; plain ones on our own.
     let suffix = if cli.host.is_some() {
         format!("_{}", query::now_ns() / 1_000_000_000)
     } else {
         String::new()
     };
-    let mut report = Report::default();
 
     if cli.runs(Scenario::Ingest) {
         const HOUR_NS: i64 = 3_600 * 1_000_000_000;
         let now = query::now_ns();
-        // Line i at start + i ms: strictly increasing, inside one or two hour partitions.
+        // Line i at start + i ms: strictly increasing, 6 h ago on an hour boundary.
         let start_ns = now - now.rem_euclid(HOUR_NS) - 6 * HOUR_NS;
         let specs = [
             ("ingest_c16_sync", "durable ingest, 16 senders", 16, false),
@@ -314,14 +304,22 @@ async fn scenarios(
                 },
                 gzip: cli.gzip,
             };
+            println!(
+                "\n== {name} ({senders} senders, no_sync={no_sync}, db {}) ==",
+                spec.db
+            );
+            let api = fleet.acquire(id).await?;
             report
                 .ingest
                 .push(ingest::run(&api, spec, !cli.no_verify).await?);
-            check_alive(&mut server)?;
+            release(fleet, report).await?;
         }
     }
 
     if cli.runs(Scenario::Query) {
+        let db = format!("bench_query{suffix}");
+        println!("\n== query latency (db {db}) ==");
+        let api = fleet.acquire("query").await?;
         let args = query::QueryArgs {
             hosts: cli.hosts,
             runs: cli.query_runs,
@@ -329,12 +327,13 @@ async fn scenarios(
             batch_lines: cli.batch_lines,
             senders: 4,
         };
-        report.query = Some(query::run(&api, &format!("bench_query{suffix}"), args).await?);
-        check_alive(&mut server)?;
+        report.query = Some(query::run(&api, &db, args).await?);
+        release(fleet, report).await?;
     }
 
     if cli.runs(Scenario::Lone) {
         println!("\n== lone writes (one line per request, one request at a time) ==");
+        let api = fleet.acquire("lone").await?;
         let durable = query::lone_writes(
             &api,
             &format!("bench_lone_sync{suffix}"),
@@ -352,7 +351,7 @@ async fn scenarios(
         )
         .await?;
         report.lone = vec![durable, nosync];
-        check_alive(&mut server)?;
+        release(fleet, report).await?;
     }
-    Ok(report)
+    Ok(())
 }

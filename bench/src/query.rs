@@ -97,7 +97,6 @@ pub(crate) struct QueryArgs {
 /// Write `cpu` for every host (10 s interval over the last 2 h, 60 s interval for
 /// `old_hours` before that), then time the last-hour queries.
 pub(crate) async fn run(api: &Api, db: &str, args: QueryArgs) -> anyhow::Result<QueryOutcome> {
-    println!("\n== query latency (db {db}) ==");
     let recent_interval_s = 10;
     let recent_span_s = 2 * 3600;
     let now = now_ns();
@@ -272,7 +271,7 @@ pub(crate) async fn lone_writes(
     for i in 1..=count {
         let r = api.write(&target, line(i)).await;
         if !r.ok() {
-            bail!("{name}: write {i} returned {:?}: {}", r.status, r.detail);
+            bail!("{name}: write {i} failed: {}", r.describe());
         }
         samples.push(r.latency);
     }

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::{
     ingest,
     query::{self, LoneOutcome, QueryOutcome},
-    server,
+    server::{self, ProcStats},
     stats::{ms, thousands},
 };
 
@@ -112,7 +112,8 @@ pub(crate) struct Report {
     pub(crate) ingest: Vec<ingest::Outcome>,
     pub(crate) query: Option<QueryOutcome>,
     pub(crate) lone: Vec<LoneOutcome>,
-    pub(crate) shutdown: Option<Value>,
+    /// Server processes started by the benchmark.
+    pub(crate) servers: Vec<ProcStats>,
 }
 
 /// A plain text table with right-aligned columns (except the first).
@@ -211,7 +212,16 @@ impl Report {
                         }),
                         opt(d.wal_bytes, |b| format!("{:.1}", b / 1e6)),
                         opt(d.snapshots, |v| format!("{v:.0}")),
-                        o.rows_counted.map_or_else(|| "-".to_string(), thousands),
+                        o.verify
+                            .map_or_else(|| "-".to_string(), |v| thousands(v.first_count)),
+                        o.verify.map_or_else(
+                            || "-".to_string(),
+                            |v| match v.all_visible_after {
+                                Some(_) if v.first_count == v.final_count => "0".to_string(),
+                                Some(d) => format!("{:.0}", d.as_secs_f64() * 1e3),
+                                None => "timeout".to_string(),
+                            },
+                        ),
                     ]
                 })
                 .collect();
@@ -223,7 +233,8 @@ impl Report {
                     "reqs/flush",
                     "WAL MB",
                     "snapshots",
-                    "rows (SQL count)",
+                    "SQL count at end",
+                    "all rows after ms",
                 ],
                 &rows,
             ));
@@ -295,6 +306,41 @@ impl Report {
                 &rows,
             ));
         }
+        if !self.servers.is_empty() {
+            s.push_str("\nServer processes (started by weir-bench; RSS = resident memory):\n");
+            let rows: Vec<Vec<String>> = self
+                .servers
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.served.clone(),
+                        p.pid.map_or_else(|| "?".to_string(), |v| v.to_string()),
+                        opt(p.peak_rss_bytes.map(|b| b as f64), |b| {
+                            format!("{:.0}", b / 1e6)
+                        }),
+                        format!("{:.1}", p.data_dir_bytes as f64 / 1e6),
+                        format!("{:.2}", p.shutdown.as_secs_f64()),
+                        p.how.clone(),
+                    ]
+                })
+                .collect();
+            s.push_str(&table(
+                &[
+                    "scenarios",
+                    "pid",
+                    "peak RSS MB",
+                    "data dir MB",
+                    "stop s",
+                    "stopped",
+                ],
+                &rows,
+            ));
+            for p in &self.servers {
+                if let Some(k) = &p.kept {
+                    let _ = writeln!(s, "  kept {} (server.log, data)", k.display());
+                }
+            }
+        }
         s.push('\n');
         s
     }
@@ -306,7 +352,7 @@ impl Report {
             "ingest": self.ingest.iter().map(ingest::Outcome::to_json).collect::<Vec<_>>(),
             "query": self.query.as_ref().map(QueryOutcome::to_json),
             "lone_writes": self.lone.iter().map(LoneOutcome::to_json).collect::<Vec<_>>(),
-            "shutdown": self.shutdown,
+            "servers": self.servers.iter().map(ProcStats::to_json).collect::<Vec<_>>(),
             "problems": self.problems(),
             "generated_at_unix_ns": query::now_ns(),
         })

@@ -76,6 +76,7 @@ impl Server {
             .arg(&data_dir)
             .arg("--without-auth")
             .args(args.extra_args)
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -133,6 +134,20 @@ impl Server {
     /// Process id.
     pub(crate) fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// Resident memory of the server process now and at its peak (VmRSS, VmHWM), in bytes.
+    pub(crate) fn memory(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()?)).ok()?;
+        let kb = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(|v| v * 1024)
+        };
+        Some((kb("VmRSS:")?, kb("VmHWM:")?))
     }
 
     /// Keep the scratch directory (log, data) after exit.
@@ -218,5 +233,202 @@ pub(crate) fn weir_version(bin: &Path) -> String {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
         Ok(o) => format!("unknown ({} --version failed: {})", bin.display(), o.status),
         Err(e) => format!("unknown ({}: {e})", bin.display()),
+    }
+}
+
+/// CPU time (user + system, in clock ticks) used so far by process `pid`.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at field 3 (state);
+    // utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Figures about one server process, taken when it was stopped.
+#[derive(Debug, Clone)]
+pub(crate) struct ProcStats {
+    /// Scenarios it served.
+    pub(crate) served: String,
+    pub(crate) pid: Option<u32>,
+    pub(crate) peak_rss_bytes: Option<u64>,
+    pub(crate) data_dir_bytes: u64,
+    pub(crate) shutdown: Duration,
+    pub(crate) how: String,
+    pub(crate) kept: Option<PathBuf>,
+}
+
+impl ProcStats {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "served": self.served,
+            "pid": self.pid,
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "data_dir_bytes": self.data_dir_bytes,
+            "shutdown_s": crate::stats::round3(self.shutdown.as_secs_f64()),
+            "shutdown": self.how,
+            "kept": self.kept.as_ref().map(|p| p.display().to_string()),
+        })
+    }
+}
+
+/// The server(s) under test: an external one, one started for the whole run, or a fresh
+/// one started for each scenario.
+#[derive(Debug)]
+pub(crate) struct Fleet {
+    pub(crate) bin: PathBuf,
+    pub(crate) data_root: Option<PathBuf>,
+    pub(crate) extra_args: Vec<String>,
+    pub(crate) keep: bool,
+    /// A new server for every scenario (otherwise one for the whole run).
+    pub(crate) fresh: bool,
+    /// URL of an external server.
+    pub(crate) external: Option<String>,
+    pub(crate) token: Option<String>,
+    current: Option<(Server, crate::client::Api)>,
+    external_api: Option<crate::client::Api>,
+    served: Vec<String>,
+}
+
+impl Fleet {
+    pub(crate) fn new(
+        bin: PathBuf,
+        data_root: Option<PathBuf>,
+        extra_args: Vec<String>,
+        keep: bool,
+        fresh: bool,
+        external: Option<String>,
+        token: Option<String>,
+    ) -> Self {
+        Self {
+            bin,
+            data_root,
+            extra_args,
+            keep,
+            fresh,
+            external,
+            token,
+            current: None,
+            external_api: None,
+            served: Vec::new(),
+        }
+    }
+
+    /// A client for the server that runs scenario `id`, starting one if needed. On a
+    /// shared server this first waits until the server is idle (e.g. a snapshot or WAL
+    /// flushes triggered by the previous scenario have finished).
+    pub(crate) async fn acquire(&mut self, id: &str) -> anyhow::Result<crate::client::Api> {
+        const POOL: usize = 64;
+        if let Some(url) = &self.external {
+            if self.external_api.is_none() {
+                let api = crate::client::Api::new(url, self.token.clone(), POOL)?;
+                api.wait_healthy(Duration::from_secs(30)).await?;
+                self.external_api = Some(api);
+            }
+            return Ok(self.external_api.clone().expect("set above"));
+        }
+        if let Some((server, api)) = &mut self.current {
+            server.check_alive()?;
+            let waited = server.wait_idle(Duration::from_secs(120)).await;
+            if waited > Duration::from_secs(1) {
+                println!(
+                    "   (waited {:.1} s for the server to become idle)",
+                    waited.as_secs_f64()
+                );
+            }
+            self.served.push(id.to_string());
+            return Ok(api.clone());
+        }
+        let data_dir = self
+            .data_root
+            .as_ref()
+            .map(|r| if self.fresh { r.join(id) } else { r.clone() });
+        let server = Server::spawn(SpawnArgs {
+            bin: &self.bin,
+            data_dir: data_dir.as_deref(),
+            extra_args: &self.extra_args,
+            startup_timeout: Duration::from_secs(120),
+        })
+        .await?;
+        println!(
+            "   server: pid {} at {}, data dir {}",
+            server
+                .pid()
+                .map_or_else(|| "?".to_string(), |p| p.to_string()),
+            server.url,
+            server.data_dir.display()
+        );
+        let api = crate::client::Api::new(&server.url, None, POOL)?;
+        api.wait_healthy(Duration::from_secs(30)).await?;
+        self.served = vec![id.to_string()];
+        self.current = Some((server, api.clone()));
+        Ok(api)
+    }
+
+    /// After a scenario: fail if the server died; stop it when every scenario gets a fresh
+    /// one.
+    pub(crate) async fn release(&mut self) -> anyhow::Result<Option<ProcStats>> {
+        let Some((server, _)) = &mut self.current else {
+            return Ok(None);
+        };
+        server.check_alive()?;
+        if self.fresh {
+            Ok(self.stop().await)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Stop the current server, if any (end of run, error, interruption).
+    pub(crate) async fn stop(&mut self) -> Option<ProcStats> {
+        let (mut server, _) = self.current.take()?;
+        let data_dir_bytes = dir_size(&server.data_dir);
+        let peak_rss_bytes = server.memory().map(|m| m.1);
+        let pid = server.pid();
+        let (shutdown, how) = server.stop(Duration::from_secs(60)).await;
+        let kept = self.keep.then(|| server.keep_files());
+        Some(ProcStats {
+            served: std::mem::take(&mut self.served).join(", "),
+            pid,
+            peak_rss_bytes,
+            data_dir_bytes,
+            shutdown,
+            how,
+            kept,
+        })
+    }
+
+    /// The current server's log tail (for error reports).
+    pub(crate) fn log_tail(&self, n: usize) -> Option<String> {
+        self.current.as_ref().map(|(s, _)| log_tail(&s.log_path, n))
+    }
+}
+
+impl Server {
+    /// Wait until the server uses (almost) no CPU for 250 ms, at most `max`. Returns how
+    /// long it waited.
+    pub(crate) async fn wait_idle(&self, max: Duration) -> Duration {
+        let started = Instant::now();
+        let Some(pid) = self.child.id() else {
+            return Duration::ZERO;
+        };
+        let Some(mut last) = cpu_ticks(pid) else {
+            return Duration::ZERO;
+        };
+        while started.elapsed() < max {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let Some(now) = cpu_ticks(pid) else {
+                break;
+            };
+            // Clock ticks are usually 10 ms: at most 20 ms of CPU in 250 ms counts as idle.
+            if now.saturating_sub(last) <= 2 {
+                break;
+            }
+            last = now;
+        }
+        started.elapsed()
     }
 }
