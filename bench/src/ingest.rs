@@ -30,6 +30,11 @@ pub(crate) struct Spec {
     pub(crate) db: String,
     pub(crate) shape: IngestShape,
     pub(crate) gzip: bool,
+    /// Offered load in lines/s across all senders (`None`: as fast as the server takes
+    /// them, i.e. a closed loop). With a rate, batch `i` is not sent before
+    /// `start + i * batch_lines / rate`, so latency measures service time at that load
+    /// rather than queueing behind other senders of a saturated server.
+    pub(crate) rate: Option<f64>,
 }
 
 /// Figures of one ingest scenario.
@@ -118,6 +123,7 @@ impl Outcome {
             "senders": self.spec.senders,
             "no_sync": self.spec.no_sync,
             "gzip": self.spec.gzip,
+            "offered_lines_per_s": self.spec.rate,
             "batch_lines": self.spec.shape.batch_lines,
             "lines": self.lines,
             "bytes": self.raw_bytes,
@@ -180,6 +186,9 @@ pub(crate) async fn run(api: &Api, spec: Spec, verify: bool) -> anyhow::Result<O
     let batches = Arc::new(payloads.batches);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
+    let pace = spec
+        .rate
+        .map(|r| Duration::from_secs_f64(shape.batch_lines as f64 / r));
     let tasks: Vec<_> = (0..spec.senders)
         .map(|_| {
             let api = api.clone();
@@ -191,6 +200,9 @@ pub(crate) async fn run(api: &Api, spec: Spec, verify: bool) -> anyhow::Result<O
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(body) = batches.get(i) else { break };
+                    if let Some(p) = pace {
+                        tokio::time::sleep_until((started + p * i as u32).into()).await;
+                    }
                     let r = api.write(&target, body.clone()).await;
                     log.latencies.push(r.latency);
                     if !r.ok() {

@@ -85,6 +85,10 @@ struct Cli {
     #[arg(long, default_value_t = 10_000)]
     batch_lines: u64,
 
+    /// Offered load (lines/s, all senders together) of the paced 16-sender scenario.
+    #[arg(long, default_value_t = 450_000.0)]
+    offered_rate: f64,
+
     /// Number of hosts (series per measurement).
     #[arg(long, default_value_t = 100)]
     hosts: u32,
@@ -283,11 +287,18 @@ async fn scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> anyhow:
         // Line i at start + i ms: strictly increasing, 6 h ago on an hour boundary.
         let start_ns = now - now.rem_euclid(HOUR_NS) - 6 * HOUR_NS;
         let specs = [
-            ("ingest_c16_sync", "durable ingest, 16 senders", 16, false),
-            ("ingest_c4_sync", "durable ingest, 4 senders", 4, false),
-            ("ingest_c4_nosync", "no_sync ingest, 4 senders", 4, true),
+            ("ingest_c16_sync", "durable ingest, 16 senders", 16, false, None),
+            (
+                "ingest_c16_sync_rate",
+                "durable ingest, 16 senders, offered 450k lines/s",
+                16,
+                false,
+                Some(cli.offered_rate),
+            ),
+            ("ingest_c4_sync", "durable ingest, 4 senders", 4, false, None),
+            ("ingest_c4_nosync", "no_sync ingest, 4 senders", 4, true, None),
         ];
-        for (n, (id, name, senders, no_sync)) in specs.into_iter().enumerate() {
+        for (n, (id, name, senders, no_sync, rate)) in specs.into_iter().enumerate() {
             let spec = ingest::Spec {
                 name: name.to_string(),
                 id,
@@ -303,6 +314,7 @@ async fn scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> anyhow:
                     seed: 0x5eed_0000 + n as u64,
                 },
                 gzip: cli.gzip,
+                rate,
             };
             println!(
                 "\n== {name} ({senders} senders, no_sync={no_sync}, db {}) ==",
