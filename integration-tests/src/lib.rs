@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub args: Vec<String>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// Address to bind (default `127.0.0.1:0`, a free port).
+    pub bind: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +58,7 @@ impl Default for ServerConfig {
             admin_token: None,
             args: Vec::new(),
             env: Vec::new(),
+            bind: None,
         }
     }
 }
@@ -99,7 +102,7 @@ impl Server {
         let mut cmd = Command::new(bin("weir"));
         cmd.arg("serve")
             .arg("--http-bind")
-            .arg("127.0.0.1:0")
+            .arg(config.bind.as_deref().unwrap_or("127.0.0.1:0"))
             .arg("--data-dir")
             .arg(data_dir.join("store"))
             .args(&config.args)

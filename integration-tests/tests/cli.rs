@@ -105,3 +105,25 @@ fn help_explains_itself() {
         assert!(out.contains(cmd), "--help lacks {cmd}");
     }
 }
+
+/// `weir write` retries with backoff while the server is unavailable, then succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_retries_until_the_server_is_up() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let host = format!("http://127.0.0.1:{port}");
+    // Start the CLI first: nothing listens yet.
+    let cli = {
+        let host = host.clone();
+        std::thread::spawn(move || weir_cli(&["write", "-d", "late", "--host", &host, "--retries", "8", "m v=1 1"], None))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let s = Server::start(ServerConfig {
+        bind: Some(format!("127.0.0.1:{port}")),
+        ..Default::default()
+    });
+    let (ok, _, err) = cli.join().unwrap();
+    assert!(ok, "{err}");
+    assert!(err.contains("retry 1/8"), "the first attempt failed and was retried: {err}");
+    assert!(err.contains("accepted 1 of 1 line(s)"), "{err}");
+    assert_eq!(s.query("late", "SELECT v FROM m", "csv").await, "v\n1.0\n");
+}

@@ -145,14 +145,24 @@ impl Interceptor for Auth {
 type Client = AdminClient<InterceptedService<Channel, Auth>>;
 
 async fn connect(c: &Common) -> anyhow::Result<Client> {
+    connect_with(c, false).await
+}
+
+/// Connect now (`lazy = false`: a down server is an immediate error), or on first use
+/// (`lazy = true`: a down server surfaces as a retryable `Unavailable` per request).
+async fn connect_with(c: &Common, lazy: bool) -> anyhow::Result<Client> {
     let endpoint = Endpoint::from_shared(c.host.clone())
         .with_context(|| format!("invalid --host {:?}", c.host))?
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(300));
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {}", c.host))?;
+    let channel = if lazy {
+        endpoint.connect_lazy()
+    } else {
+        endpoint
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {}", c.host))?
+    };
     let auth = match &c.token {
         Some(t) => Some(
             format!("Bearer {t}")
@@ -256,7 +266,8 @@ pub async fn write(a: WriteArgs) -> anyhow::Result<()> {
     };
     let batches = batches(&input, a.batch_lines);
     let total: usize = batches.iter().map(|b| b.starts.len()).sum();
-    let mut client = connect(&a.common).await?;
+    // Lazy: a server that is restarting or not up yet is retried like any 5xx.
+    let mut client = connect_with(&a.common, true).await?;
     let bar = if std::io::stderr().is_terminal() && batches.len() > 1 {
         indicatif::ProgressBar::new(total as u64)
     } else {
@@ -280,7 +291,10 @@ pub async fn write(a: WriteArgs) -> anyhow::Result<()> {
                 Err(s) if retryable(&s) && attempt < a.retries => {
                     attempt += 1;
                     let backoff = Duration::from_millis(100 * (1 << attempt.min(6)));
-                    bar.println(format!("server error ({}); retry {attempt}/{} in {backoff:?}", s.message(), a.retries));
+                    // suspend() prints even when the bar is hidden (no terminal); println() would not.
+                    bar.suspend(|| {
+                        eprintln!("server error ({}); retry {attempt}/{} in {backoff:?}", s.message(), a.retries)
+                    });
                     tokio::time::sleep(backoff).await;
                 }
                 Err(s) => break Err(s),
