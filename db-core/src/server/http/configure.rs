@@ -18,7 +18,7 @@ use datafusion::physical_plan::memory::MemoryStream;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, presented_token, read_body, url_params};
+use super::{ApiError, json_body_or_default, presented_token, read_body, url_params};
 use crate::{auth::ADMIN_TOKEN_NAME, query::format::{self, Format}, server::SharedState};
 
 fn query_map(raw: Option<String>) -> HashMap<String, String> {
@@ -94,11 +94,7 @@ pub async fn create_admin_token(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, state.max_request_bytes).await?;
-    let req: CreateToken = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        CreateToken::default()
-    } else {
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
-    };
+    let req: CreateToken = json_body_or_default(&bytes)?;
     if state.auth.has_admin_token() {
         // Token management always needs an admin token once one exists, even with
         // --without-auth, so a dev server cannot mint credentials for anyone.

@@ -14,7 +14,7 @@ use axum::{
 };
 use serde::Deserialize;
 
-use super::{ApiError, read_body, url_params};
+use super::{ApiError, json_body_or_default, read_body, url_params};
 use crate::{query::format::{self, Format}, server::SharedState};
 
 /// A query request, from either method.
@@ -102,12 +102,7 @@ pub async fn query_sql_post(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, state.max_request_bytes).await?;
-    let mut req: QueryRequest = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        QueryRequest::default()
-    } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
-    };
+    let mut req: QueryRequest = json_body_or_default(&bytes)?;
     // Query-string values fill in what the body leaves out.
     let p: HashMap<String, String> = url_params(raw.as_deref().unwrap_or("")).into_iter().collect();
     if req.db.is_none() {

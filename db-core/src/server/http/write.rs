@@ -77,16 +77,18 @@ pub async fn write_lp(
     write(state, headers, body, wp).await
 }
 
-/// `POST /api/v2/write?bucket=&org=&precision=` (precision defaults to ns, as in v2).
-pub async fn write_v2(
-    State(state): State<SharedState>,
-    RawQuery(raw): RawQuery,
+/// The v1 and v2 endpoints: the database comes from `db_param`, precision defaults to ns
+/// (as in those APIs), partial writes are always accepted and writes are always durable.
+async fn write_compat(
+    state: SharedState,
+    raw: Option<String>,
     headers: HeaderMap,
     body: Body,
+    db_param: &str,
 ) -> Result<Response, ApiError> {
     let p = params(raw);
     let wp = WriteParams {
-        db: required(&p, "bucket")?,
+        db: required(&p, db_param)?,
         precision: precision(&p, Precision::Nanosecond)?,
         accept_partial: true,
         no_sync: false,
@@ -94,19 +96,22 @@ pub async fn write_v2(
     write(state, headers, body, wp).await
 }
 
-/// `POST /write?db=&precision=` (v1; precision defaults to ns, `rp` is ignored).
+/// `POST /api/v2/write?bucket=&org=&precision=`
+pub async fn write_v2(
+    State(state): State<SharedState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    write_compat(state, raw, headers, body, "bucket").await
+}
+
+/// `POST /write?db=&precision=` (v1; `rp` is ignored).
 pub async fn write_v1(
     State(state): State<SharedState>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let p = params(raw);
-    let wp = WriteParams {
-        db: required(&p, "db")?,
-        precision: precision(&p, Precision::Nanosecond)?,
-        accept_partial: true,
-        no_sync: false,
-    };
-    write(state, headers, body, wp).await
+    write_compat(state, raw, headers, body, "db").await
 }
