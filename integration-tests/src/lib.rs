@@ -37,7 +37,7 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// How to start a server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ServerConfig {
     /// Data directory (file object store); a temp dir when `None`.
     pub data_dir: Option<PathBuf>,
@@ -49,18 +49,6 @@ pub struct ServerConfig {
     pub env: Vec<(String, String)>,
     /// Address to bind (default `127.0.0.1:0`, a free port).
     pub bind: Option<String>,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            data_dir: None,
-            admin_token: None,
-            args: Vec::new(),
-            env: Vec::new(),
-            bind: None,
-        }
-    }
 }
 
 /// A running `weir serve`.

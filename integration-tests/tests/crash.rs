@@ -37,7 +37,7 @@ fn batch(client: usize, round: usize, first: u64) -> (String, Vec<u64>, Option<u
         let n = first + i;
         // Unique timestamps per (client, n): distinct points.
         let ts = 1_700_000_000_000_000_000i64 + (client as i64) * 1_000_000_000_000 + n as i64 * 1_000;
-        if i == 3 && (first / BATCH as u64) % 7 == 0 {
+        if i == 3 && (first / BATCH as u64).is_multiple_of(7) {
             lp.push_str(&format!("load,client=c{client} n={n}i,v=\"oops\",round={round}i {ts}\n"));
             bad = Some(n);
         } else {
@@ -96,7 +96,7 @@ async fn kill9_under_load_loses_no_acknowledged_write() {
     };
     let mut server = Server::start(config);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let mut next = vec![0u64; CLIENTS];
+    let mut next = [0u64; CLIENTS];
     for round in 0..ROUNDS {
         let stop = Arc::new(AtomicBool::new(false));
         let handles: Vec<_> = (0..CLIENTS)
