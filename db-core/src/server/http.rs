@@ -17,7 +17,7 @@ use axum::{
     routing::{get, post},
 };
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde_json::json;
 
 use super::SharedState;
@@ -239,15 +239,38 @@ async fn require_auth(State(state): State<SharedState>, req: Request, next: Next
     }
 }
 
+/// How much of an over-limit body is read and discarded so the client, still sending, gets
+/// the 413 answer instead of a reset connection. Beyond this the connection is dropped.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
 /// Read a request body up to `limit` bytes, gunzipping it when `Content-Encoding: gzip`.
 /// The limit applies to the decompressed size too, and decompression stops as soon as it
-/// is exceeded, so a gzip bomb costs at most `limit` bytes of memory.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    let raw = match Limited::new(body, limit).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(ApiError::TooLarge(limit)),
-        Err(e) => return Err(ApiError::BadRequest(format!("cannot read request body: {e}"))),
-    };
+/// is exceeded, so a gzip bomb costs at most `limit` bytes of memory. An over-limit body
+/// is drained (not stored, at most [`DRAIN_LIMIT`] more bytes) before the 413 is sent.
+pub async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let mut raw: Vec<u8> = Vec::new();
+    let mut over = false;
+    let mut drained = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::BadRequest(format!("cannot read request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if over {
+            drained += data.len();
+            if drained > DRAIN_LIMIT {
+                break;
+            }
+        } else if raw.len() + data.len() > limit {
+            over = true;
+            drained = raw.len() + data.len();
+            raw = Vec::new();
+        } else {
+            raw.extend_from_slice(&data);
+        }
+    }
+    if over {
+        return Err(ApiError::TooLarge(limit));
+    }
+    let raw = Bytes::from(raw);
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
