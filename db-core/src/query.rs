@@ -195,23 +195,20 @@ impl QueryExecutor for SqlExecutor {
     ) -> Result<SendableRecordBatchStream> {
         let started = Instant::now();
         let entry = self.log.start(db, "sql", sql);
-        let db = self
-            .catalog
-            .db(db)
-            .ok_or_else(|| Error::DbNotFound(db.to_string()));
-        let result = match db {
-            Ok(db) => {
-                let ctx = self.context(db);
-                let sql = sql.to_string();
-                let params = params.clone();
-                match self.runtime.run(plan_and_execute(ctx, sql, params)).await {
-                    Ok(Ok(stream)) => Ok(self.runtime.bridge(stream.schema(), stream)),
-                    Ok(Err(e)) => Err(e),
-                    Err(e) => Err(Error::Execution(e)),
-                }
-            }
-            Err(e) => Err(e),
-        };
+        let result = async {
+            let db = self
+                .catalog
+                .db(db)
+                .ok_or_else(|| Error::DbNotFound(db.to_string()))?;
+            let ctx = self.context(db);
+            let stream = self
+                .runtime
+                .run(plan_and_execute(ctx, sql.to_string(), params.clone()))
+                .await
+                .map_err(Error::Execution)??;
+            Ok::<_, Error>(self.runtime.bridge(stream))
+        }
+        .await;
         match result {
             Ok(stream) => Ok(Box::pin(LoggedStream {
                 inner: stream,

@@ -26,6 +26,7 @@ pub(crate) fn test_runtime() -> QueryRuntime {
 pub(crate) struct TestDb {
     pub(crate) buffer: Arc<WriteBuffer>,
     pub(crate) exec: SqlExecutor,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl TestDb {
@@ -47,12 +48,16 @@ impl TestDb {
         let exec = SqlExecutor::new(SqlExecutorArgs {
             catalog,
             buffer: Arc::clone(&buffer),
-            metrics,
+            metrics: Arc::clone(&metrics),
             object_store: storage.object_store(),
             runtime: test_runtime(),
         })
         .expect("executor");
-        Ok(Self { buffer, exec })
+        Ok(Self {
+            buffer,
+            exec,
+            metrics,
+        })
     }
 
     /// Write to database `db` with ns precision; panics on a request-level error.

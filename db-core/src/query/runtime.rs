@@ -7,7 +7,6 @@
 
 use std::{fmt, future::Future};
 
-use arrow::datatypes::SchemaRef;
 use datafusion::{
     error::DataFusionError, execution::SendableRecordBatchStream,
     physical_plan::stream::RecordBatchStreamAdapter,
@@ -56,7 +55,8 @@ impl QueryRuntime {
     }
 
     /// Drive `stream` on the query runtime; the returned stream receives its batches.
-    pub fn bridge(&self, schema: SchemaRef, mut stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
+    pub fn bridge(&self, mut stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
+        let schema = stream.schema();
         let (tx, rx) = mpsc::channel(2);
         self.handle.spawn(async move {
             while let Some(item) = stream.next().await {

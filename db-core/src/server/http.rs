@@ -38,6 +38,9 @@ pub enum ApiError {
     /// Not found.
     #[error("{0}")]
     NotFound(String),
+    /// The route exists but not for this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// Already exists.
     #[error("{0}")]
     Conflict(String),
@@ -77,6 +80,7 @@ impl IntoResponse for ApiError {
         let status = match &self {
             Self::BadRequest(_) | Self::PartialWrite(_) | Self::WriteRejected(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -339,15 +343,12 @@ async fn metrics(State(state): State<SharedState>) -> Response {
         .into_response()
 }
 
-async fn method_not_allowed(req: Request) -> Response {
-    let msg = format!("method {} is not allowed for {}", req.method(), req.uri().path());
-    tracing::info!(error = %msg, "request rejected");
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        [(header::CONTENT_TYPE, "application/json")],
-        json!({ "error": msg }).to_string(),
-    )
-        .into_response()
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "method {} is not allowed for {}",
+        req.method(),
+        req.uri().path()
+    ))
 }
 
 async fn not_found(req: Request) -> ApiError {

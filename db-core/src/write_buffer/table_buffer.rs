@@ -21,12 +21,12 @@ use arrow::{
 };
 use parking_lot::Mutex;
 
+use super::validate::{Row, Value};
+use crate::catalog::{ColumnKind, FieldType, TableDef};
+
 /// Hash maps on the write hot path use a fast non-cryptographic hasher (keys are not
 /// attacker-chosen in a way that matters: a flood of distinct series costs memory anyway).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-
-use super::validate::{Row, Value};
-use crate::catalog::{ColumnKind, FieldType, TableDef};
 
 /// Rows per cached record batch.
 pub const SEGMENT_ROWS: usize = 16 * 1024;

@@ -12,13 +12,9 @@ use tower::ServiceExt;
 
 use crate::{
     auth::Authenticator,
-    catalog::Catalog,
-    query::{SqlExecutor, SqlExecutorArgs},
     server::{Hybrid, ServerState, SharedState},
     storage::Storage,
-    telemetry::Metrics,
-    time::MockTime,
-    write_buffer::{WriteBuffer, WriteBufferArgs, WriteBufferConfig},
+    test_util::TestDb,
 };
 
 const TOKEN: &str = "apiv3_test-token";
@@ -28,32 +24,23 @@ async fn state(auth: bool) -> SharedState {
     state_on(Storage::in_memory(), auth).await
 }
 
+/// A server on `storage` whose admin token is [`TOKEN`].
 async fn state_on(storage: Storage, auth: bool) -> SharedState {
-    let catalog = Arc::new(Catalog::load(storage.clone()).await.unwrap());
-    let metrics = Arc::new(Metrics::new());
-    let buffer = WriteBuffer::open(WriteBufferArgs {
-        catalog: Arc::clone(&catalog),
-        storage: storage.clone(),
-        config: WriteBufferConfig::default(),
-        time: Arc::new(MockTime::new(1_700_000_000_000_000_000)),
-        metrics: Arc::clone(&metrics),
-    })
-    .await
-    .unwrap();
+    server(storage, auth, Some(TOKEN)).await
+}
+
+/// A server on `storage`, with `token` registered as the admin token if given.
+async fn server(storage: Storage, auth: bool, token: Option<&str>) -> SharedState {
+    let TestDb { buffer, exec, metrics } = TestDb::open(&storage).await.unwrap();
+    let catalog = Arc::clone(buffer.catalog());
     let auth = Authenticator::new(Arc::clone(&catalog), auth);
-    auth.register_admin_token("_admin", TOKEN).await.unwrap();
-    let query = SqlExecutor::new(SqlExecutorArgs {
-        catalog: Arc::clone(&catalog),
-        buffer: Arc::clone(&buffer),
-        metrics: Arc::clone(&metrics),
-        object_store: storage.object_store(),
-        runtime: crate::test_util::test_runtime(),
-    })
-    .unwrap();
+    if let Some(t) = token {
+        auth.register_admin_token("_admin", t).await.unwrap();
+    }
     Arc::new(ServerState {
         catalog,
         buffer,
-        query: Arc::new(query),
+        query: Arc::new(exec),
         auth,
         metrics,
         max_request_bytes: LIMIT,
@@ -367,16 +354,7 @@ async fn configure_databases() {
 #[tokio::test]
 async fn admin_token_bootstrap() {
     // A server without tokens: the first admin token needs no authentication.
-    let s = state(true).await;
-    let fresh = {
-        let storage = Storage::in_memory();
-        let catalog = Arc::new(Catalog::load(storage).await.unwrap());
-        Arc::new(ServerState {
-            auth: Authenticator::new(Arc::clone(&catalog), true),
-            catalog,
-            ..Arc::into_inner(state(true).await).unwrap()
-        })
-    };
+    let fresh = server(Storage::in_memory(), true, None).await;
     let r = call(&fresh, req(Method::POST, "/api/v3/configure/token/admin", Body::empty(), None)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     let j = r.json();
@@ -395,7 +373,6 @@ async fn admin_token_bootstrap() {
     // The new token works for the API.
     let r = call(&fresh, req(Method::POST, "/api/v3/write_lp?db=x", "m v=1 1", Some(&ci))).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    drop(s);
 }
 
 #[tokio::test]
