@@ -16,6 +16,7 @@ pub mod system;
 mod tests;
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     fmt,
     pin::Pin,
@@ -24,17 +25,25 @@ use std::{
     time::Instant,
 };
 
-use arrow::{datatypes::SchemaRef, record_batch::RecordBatch};
+use arrow::{
+    datatypes::{DataType, Field, SchemaRef},
+    record_batch::RecordBatch,
+};
 use async_trait::async_trait;
 use datafusion::{
-    catalog::{CatalogProvider, SchemaProvider},
-    common::{ParamValues, ScalarValue},
-    datasource::TableProvider,
+    catalog::{
+        CatalogProvider, SchemaProvider,
+        information_schema::{INFORMATION_SCHEMA, INFORMATION_SCHEMA_TABLES},
+    },
+    common::{ParamValues, ScalarValue, TableReference},
+    dataframe::DataFrame,
+    datasource::{TableProvider, TableType},
     error::DataFusionError,
     execution::{
         SendableRecordBatchStream, SessionStateBuilder, context::SessionState,
         runtime_env::RuntimeEnvBuilder,
     },
+    logical_expr::LogicalPlan,
     physical_plan::RecordBatchStream,
     prelude::{SQLOptions, SessionConfig, SessionContext},
 };
@@ -93,6 +102,72 @@ impl From<DataFusionError> for Error {
 /// Result type of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Values for a query's placeholders.
+#[derive(Debug, Clone)]
+pub enum QueryParams {
+    /// `$name` placeholders bound from strings (HTTP `params`, `weir query --param`).
+    /// Comparisons coerce the string to the other side's type.
+    Named(HashMap<String, String>),
+    /// `$1`, `$2`, ... (or `?`, numbered left to right) bound by position, with their own
+    /// types (Flight SQL prepared statements).
+    Positional(Vec<ScalarValue>),
+}
+
+impl QueryParams {
+    /// Named parameters from a JSON object (HTTP `params`, the InfluxDB Flight ticket):
+    /// strings, numbers and booleans are accepted and bound as their text.
+    pub fn from_json(
+        params: impl IntoIterator<Item = (String, serde_json::Value)>,
+    ) -> Result<Self, String> {
+        let mut out = HashMap::new();
+        for (k, v) in params {
+            let s = match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(format!(
+                        "parameter {k:?} must be a string, number or boolean, got {other}"
+                    ));
+                }
+            };
+            out.insert(k, s);
+        }
+        Ok(Self::Named(out))
+    }
+}
+
+impl Default for QueryParams {
+    fn default() -> Self {
+        Self::Named(HashMap::new())
+    }
+}
+
+/// What a query returns and which parameters it takes, found by planning it.
+#[derive(Debug, Clone)]
+pub struct QueryShape {
+    /// Schema of the answer.
+    pub schema: SchemaRef,
+    /// One field per placeholder (`$1`, `$2`, ... in order, then named ones by name); the
+    /// type is `Null` where planning could not infer it.
+    pub params: Vec<Field>,
+}
+
+/// A table visible to a database's queries, for catalog listings (Flight SQL `GetTables`).
+#[derive(Debug, Clone)]
+pub struct TableListing {
+    /// Catalog name (`public`).
+    pub catalog: String,
+    /// Schema name (`iox`, `system`, `information_schema`).
+    pub schema: String,
+    /// Table name.
+    pub name: String,
+    /// `BASE TABLE`, `VIEW` or `LOCAL TEMPORARY`.
+    pub table_type: &'static str,
+    /// Arrow schema of the table.
+    pub arrow_schema: SchemaRef,
+}
+
 /// The query seam used by the servers (HTTP, gRPC admin, Flight).
 #[async_trait]
 pub trait QueryExecutor: Send + Sync + fmt::Debug {
@@ -101,8 +176,14 @@ pub trait QueryExecutor: Send + Sync + fmt::Debug {
         &self,
         db: &str,
         sql: &str,
-        params: &HashMap<String, String>,
+        params: QueryParams,
     ) -> Result<SendableRecordBatchStream>;
+
+    /// Plan `sql` without running it: the answer's schema and the placeholders.
+    async fn describe(&self, db: &str, sql: &str) -> Result<QueryShape>;
+
+    /// Every table `db`'s queries can see, in catalog order.
+    async fn list_tables(&self, db: &str) -> Result<Vec<TableListing>>;
 }
 
 /// Arguments of [`SqlExecutor::new`].
@@ -191,19 +272,15 @@ impl QueryExecutor for SqlExecutor {
         &self,
         db: &str,
         sql: &str,
-        params: &HashMap<String, String>,
+        params: QueryParams,
     ) -> Result<SendableRecordBatchStream> {
         let started = Instant::now();
         let entry = self.log.start(db, "sql", sql);
         let result = async {
-            let db = self
-                .catalog
-                .db(db)
-                .ok_or_else(|| Error::DbNotFound(db.to_string()))?;
-            let ctx = self.context(db);
+            let ctx = self.context(self.db(db)?);
             let stream = self
                 .runtime
-                .run(plan_and_execute(ctx, sql.to_string(), params.clone()))
+                .run(plan_and_execute(ctx, sql.to_string(), params))
                 .await
                 .map_err(Error::Execution)??;
             Ok::<_, Error>(self.runtime.bridge(stream))
@@ -227,30 +304,185 @@ impl QueryExecutor for SqlExecutor {
             }
         }
     }
+
+    async fn describe(&self, db: &str, sql: &str) -> Result<QueryShape> {
+        let ctx = self.context(self.db(db)?);
+        let sql = sql.to_string();
+        self.runtime
+            .run(async move {
+                let plan = plan(&ctx, &sql).await?;
+                let schema = Arc::new(plan.schema().as_arrow().clone());
+                let mut params: Vec<(String, Option<DataType>)> =
+                    plan.get_parameter_types()?.into_iter().collect();
+                params.sort_by_key(|(name, _)| placeholder_order(name));
+                let params = params
+                    .into_iter()
+                    .map(|(name, ty)| Field::new(name, ty.unwrap_or(DataType::Null), true))
+                    .collect();
+                Ok(QueryShape { schema, params })
+            })
+            .await
+            .map_err(Error::Execution)?
+    }
+
+    async fn list_tables(&self, db: &str) -> Result<Vec<TableListing>> {
+        let ctx = self.context(self.db(db)?);
+        let mut out = Vec::new();
+        let mut push = |schema: &str, name: &str, table: &Arc<dyn TableProvider>| {
+            out.push(TableListing {
+                catalog: CATALOG_NAME.to_string(),
+                schema: schema.to_string(),
+                name: name.to_string(),
+                table_type: match table.table_type() {
+                    TableType::Base => "BASE TABLE",
+                    TableType::View => "VIEW",
+                    TableType::Temporary => "LOCAL TEMPORARY",
+                },
+                arrow_schema: table.schema(),
+            });
+        };
+        let catalog = ctx.catalog(CATALOG_NAME).ok_or_else(|| {
+            Error::Execution(DataFusionError::Internal("catalog not registered".into()))
+        })?;
+        for schema_name in catalog.schema_names() {
+            let Some(schema) = catalog.schema(&schema_name) else { continue };
+            for name in schema.table_names() {
+                if let Some(table) = schema.table(&name).await? {
+                    push(&schema_name, &name, &table);
+                }
+            }
+        }
+        for name in INFORMATION_SCHEMA_TABLES {
+            let reference = TableReference::full(CATALOG_NAME, INFORMATION_SCHEMA, *name);
+            if let Ok(table) = ctx.table_provider(reference).await {
+                push(INFORMATION_SCHEMA, name, &table);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl SqlExecutor {
+    fn db(&self, name: &str) -> Result<Arc<DatabaseSchema>> {
+        self.catalog
+            .db(name)
+            .ok_or_else(|| Error::DbNotFound(name.to_string()))
+    }
+}
+
+/// Sort key for placeholders: positional ones (`$1`, `$2`, ...) by number, then named ones.
+fn placeholder_order(name: &str) -> (usize, String) {
+    match name.trim_start_matches('$').parse::<usize>() {
+        Ok(n) => (n, String::new()),
+        Err(_) => (usize::MAX, name.to_string()),
+    }
+}
+
+/// Number `?` placeholders `$1`, `$2`, ... left to right, leaving string literals, quoted
+/// identifiers and comments alone. DataFusion only understands the numbered form, while
+/// JDBC/ADBC users write `?`.
+pub fn number_question_marks(sql: &str) -> Cow<'_, str> {
+    if !sql.contains('?') {
+        return Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' => {
+                out.push(c);
+                // Copy through the closing quote; a doubled quote is an escaped one and the
+                // loop simply re-enters the quoted state.
+                for d in chars.by_ref() {
+                    out.push(d);
+                    if d == c {
+                        break;
+                    }
+                }
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                out.push(c);
+                for d in chars.by_ref() {
+                    out.push(d);
+                    if d == '\n' {
+                        break;
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                out.push(c);
+                let mut prev = '\0';
+                for d in chars.by_ref() {
+                    out.push(d);
+                    if prev == '*' && d == '/' {
+                        break;
+                    }
+                    prev = d;
+                }
+            }
+            '?' => {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            }
+            _ => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Parse and plan `sql` with writes and statements refused.
+async fn plan(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan> {
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let sql = number_question_marks(sql);
+    let state = ctx.state();
+    let plan = state.create_logical_plan(&sql).await?;
+    options.verify_plan(&plan)?;
+    Ok(plan)
 }
 
 /// Plan `sql` in `ctx`, bind parameters, and start execution (runs on the query runtime).
 async fn plan_and_execute(
     ctx: SessionContext,
     sql: String,
-    params: HashMap<String, String>,
+    params: QueryParams,
 ) -> Result<SendableRecordBatchStream> {
-    let options = SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false);
-    let mut df = ctx.sql_with_options(&sql, options).await?;
-    let mut wanted: Vec<String> = df.logical_plan().get_parameter_names()?.into_iter().collect();
-    wanted.sort();
-    if let Some(missing) = wanted.iter().find(|p| !params.contains_key(p.trim_start_matches('$'))) {
-        return Err(Error::MissingParam(missing.clone()));
-    }
-    if !params.is_empty() {
-        let values: Vec<(String, ScalarValue)> = params
-            .into_iter()
-            .map(|(k, v)| (k, ScalarValue::Utf8(Some(v))))
-            .collect();
-        df = df.with_param_values(ParamValues::from(values))?;
+    let plan = plan(&ctx, &sql).await?;
+    let mut wanted: Vec<String> = plan.get_parameter_names()?.into_iter().collect();
+    wanted.sort_by_key(|name| placeholder_order(name));
+    let mut df = DataFrame::new(ctx.state(), plan);
+    match params {
+        QueryParams::Named(params) => {
+            if let Some(missing) =
+                wanted.iter().find(|p| !params.contains_key(p.trim_start_matches('$')))
+            {
+                return Err(Error::MissingParam(missing.clone()));
+            }
+            if !params.is_empty() {
+                let values: Vec<(String, ScalarValue)> = params
+                    .into_iter()
+                    .map(|(k, v)| (k, ScalarValue::Utf8(Some(v))))
+                    .collect();
+                df = df.with_param_values(ParamValues::from(values))?;
+            }
+        }
+        QueryParams::Positional(values) => {
+            let bound = |name: &str| {
+                name.trim_start_matches('$')
+                    .parse::<usize>()
+                    .is_ok_and(|i| i >= 1 && i <= values.len())
+            };
+            if let Some(missing) = wanted.iter().find(|p| !bound(p)) {
+                return Err(Error::MissingParam(missing.clone()));
+            }
+            if !values.is_empty() {
+                df = df.with_param_values(ParamValues::from(values))?;
+            }
+        }
     }
     Ok(df.execute_stream().await?)
 }

@@ -1,10 +1,12 @@
 //! The network front: HTTP (axum) and gRPC (tonic) on one port.
 //!
 //! Requests whose `content-type` starts with `application/grpc` go to the gRPC services
-//! (the `weir.admin.v1.Admin` service today); everything else goes to the HTTP API. Both
+//! (the `weir.admin.v1.Admin` service and Arrow Flight / Flight SQL); everything else goes
+//! to the HTTP API. Both
 //! HTTP/1.1 and HTTP/2 (cleartext, as gRPC clients use) are accepted on the same socket.
 
 pub mod admin;
+pub mod flight;
 pub mod http;
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, task::{Context, Poll}};
@@ -61,7 +63,8 @@ impl Hybrid {
     pub fn new(state: SharedState) -> Self {
         Self {
             http: http::router(Arc::clone(&state)),
-            grpc: tonic::service::Routes::new(admin::service(state)),
+            grpc: tonic::service::Routes::new(admin::service(Arc::clone(&state)))
+                .add_service(flight::service(state)),
         }
     }
 }

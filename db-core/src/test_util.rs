@@ -1,14 +1,16 @@
 //! Shared fixtures for in-process tests: a write buffer and SQL executor on a given store.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use arrow::util::pretty::pretty_format_batches;
 use futures::TryStreamExt;
 
 use crate::{
+    auth::Authenticator,
     catalog::Catalog,
     lp::Precision,
     query::{QueryExecutor, SqlExecutor, SqlExecutorArgs, runtime::QueryRuntime},
+    server::{ServerState, SharedState},
     storage::Storage,
     telemetry::Metrics,
     time::MockTime,
@@ -60,6 +62,28 @@ impl TestDb {
         })
     }
 
+    /// Server state over this database, with `token` registered as the admin token.
+    pub(crate) async fn into_server(
+        self,
+        auth: bool,
+        token: Option<&str>,
+        max_request_bytes: usize,
+    ) -> SharedState {
+        let catalog = Arc::clone(self.buffer.catalog());
+        let auth = Authenticator::new(Arc::clone(&catalog), auth);
+        if let Some(t) = token {
+            auth.register_admin_token("_admin", t).await.expect("register token");
+        }
+        Arc::new(ServerState {
+            catalog,
+            buffer: self.buffer,
+            query: Arc::new(self.exec),
+            auth,
+            metrics: self.metrics,
+            max_request_bytes,
+        })
+    }
+
     /// Write to database `db` with ns precision; panics on a request-level error.
     pub(crate) async fn write(&self, lp: &str) -> WriteOutcome {
         self.buffer
@@ -77,7 +101,7 @@ impl TestDb {
     pub(crate) async fn try_sql(&self, sql: &str) -> Result<String, String> {
         let stream = self
             .exec
-            .query_sql("db", sql, &HashMap::new())
+            .query_sql("db", sql, crate::query::QueryParams::default())
             .await
             .map_err(|e| e.to_string())?;
         let batches: Vec<_> = stream.try_collect().await.map_err(|e| e.to_string())?;

@@ -90,8 +90,9 @@ impl IntoStatus for query::Error {
     }
 }
 
-fn bearer<T>(req: &Request<T>) -> Result<Option<String>, AuthError> {
-    match req.metadata().get("authorization") {
+/// The token in `authorization` metadata (`Bearer`, `Token` or `Basic`), if any.
+pub(crate) fn metadata_token(md: &tonic::metadata::MetadataMap) -> Result<Option<String>, AuthError> {
+    match md.get("authorization") {
         Some(v) => {
             let v = v.to_str().map_err(|_| AuthError::Malformed)?;
             auth::token_from_header(v).map(Some)
@@ -102,7 +103,7 @@ fn bearer<T>(req: &Request<T>) -> Result<Option<String>, AuthError> {
 
 impl AdminService {
     fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let token = bearer(req).map_err(IntoStatus::into_status)?;
+        let token = metadata_token(req.metadata()).map_err(IntoStatus::into_status)?;
         self.state
             .auth
             .check_token(token.as_deref())
@@ -180,7 +181,7 @@ impl Admin for AdminService {
         req: Request<pb::CreateAdminTokenRequest>,
     ) -> Result<Response<pb::CreateAdminTokenResponse>, Status> {
         if self.state.auth.has_admin_token() {
-            let token = bearer(&req).map_err(IntoStatus::into_status)?;
+            let token = metadata_token(req.metadata()).map_err(IntoStatus::into_status)?;
             let info = token
                 .and_then(|t| self.state.catalog.token_by_hash(&auth::hash_token(&t)))
                 .ok_or_else(|| AuthError::Invalid.into_status())?;
@@ -233,7 +234,7 @@ impl Admin for AdminService {
         let stream = self
             .state
             .query
-            .query_sql(&r.database, &r.sql, &params)
+            .query_sql(&r.database, &r.sql, query::QueryParams::Named(params))
             .await
             .map_err(IntoStatus::into_status)?;
         let schema = stream.schema();

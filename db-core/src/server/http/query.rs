@@ -15,7 +15,13 @@ use axum::{
 use serde::Deserialize;
 
 use super::{ApiError, json_body_or_default, read_body, url_params};
-use crate::{query::format::{self, Format}, server::SharedState};
+use crate::{
+    query::{
+        QueryParams,
+        format::{self, Format},
+    },
+    server::SharedState,
+};
 
 /// A query request, from either method.
 #[derive(Debug, Default, Deserialize)]
@@ -34,25 +40,6 @@ pub struct QueryRequest {
     pub params: Option<HashMap<String, serde_json::Value>>,
 }
 
-fn param_strings(params: Option<HashMap<String, serde_json::Value>>) -> Result<HashMap<String, String>, ApiError> {
-    params
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| {
-            let s = match v {
-                serde_json::Value::String(s) => s,
-                serde_json::Value::Number(n) => n.to_string(),
-                serde_json::Value::Bool(b) => b.to_string(),
-                other => {
-                    return Err(ApiError::BadRequest(format!(
-                        "parameter {k:?} must be a string, number or boolean, got {other}"
-                    )));
-                }
-            };
-            Ok((k, s))
-        })
-        .collect()
-}
 
 async fn run(state: SharedState, req: QueryRequest) -> Result<Response, ApiError> {
     let db = req
@@ -67,8 +54,8 @@ async fn run(state: SharedState, req: QueryRequest) -> Result<Response, ApiError
         None | Some("") => Format::Json,
         Some(f) => f.parse().map_err(ApiError::BadRequest)?,
     };
-    let params = param_strings(req.params)?;
-    let stream = state.query.query_sql(&db, &sql, &params).await?;
+    let params = QueryParams::from_json(req.params.unwrap_or_default()).map_err(ApiError::BadRequest)?;
+    let stream = state.query.query_sql(&db, &sql, params).await?;
     let body = Body::from_stream(format::encode(fmt, stream));
     Ok(([(header::CONTENT_TYPE, fmt.content_type())], body).into_response())
 }

@@ -11,8 +11,7 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 use crate::{
-    auth::Authenticator,
-    server::{Hybrid, ServerState, SharedState},
+    server::{Hybrid, SharedState},
     storage::Storage,
     test_util::TestDb,
 };
@@ -31,20 +30,7 @@ async fn state_on(storage: Storage, auth: bool) -> SharedState {
 
 /// A server on `storage`, with `token` registered as the admin token if given.
 async fn server(storage: Storage, auth: bool, token: Option<&str>) -> SharedState {
-    let TestDb { buffer, exec, metrics } = TestDb::open(&storage).await.unwrap();
-    let catalog = Arc::clone(buffer.catalog());
-    let auth = Authenticator::new(Arc::clone(&catalog), auth);
-    if let Some(t) = token {
-        auth.register_admin_token("_admin", t).await.unwrap();
-    }
-    Arc::new(ServerState {
-        catalog,
-        buffer,
-        query: Arc::new(exec),
-        auth,
-        metrics,
-        max_request_bytes: LIMIT,
-    })
+    TestDb::open(&storage).await.unwrap().into_server(auth, token, LIMIT).await
 }
 
 struct Resp {
