@@ -68,6 +68,34 @@ impl Api {
         })
     }
 
+    /// Base URL (`http://host:port`).
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Bearer token, if any.
+    pub(crate) fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Start `GET /api/v3/query_sql` in `format` and return the response with its body
+    /// unread, for streaming measurements.
+    pub(crate) async fn query_raw(
+        &self,
+        db: &str,
+        sql: &str,
+        format: &str,
+    ) -> anyhow::Result<reqwest::Response> {
+        let rb = self
+            .client
+            .get(format!("{}/api/v3/query_sql", self.base))
+            .query(&[("db", db), ("q", sql), ("format", format)]);
+        self.auth(rb)
+            .send()
+            .await
+            .with_context(|| format!("query failed: {sql}"))
+    }
+
     fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.token {
             Some(t) => rb.bearer_auth(t),

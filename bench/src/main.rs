@@ -10,6 +10,7 @@ mod datagen;
 mod ingest;
 mod query;
 mod report;
+mod scan;
 mod server;
 mod stats;
 
@@ -28,7 +29,7 @@ use crate::{
 /// Which scenarios to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
-    /// Everything: ingest, query, lone writes.
+    /// Everything: ingest, query, lone writes, scans.
     All,
     /// The three ingest scenarios.
     Ingest,
@@ -36,6 +37,8 @@ enum Scenario {
     Query,
     /// Sequential single-line writes.
     Lone,
+    /// Query-result throughput: full scans over Flight and HTTP JSON/CSV.
+    Scan,
 }
 
 /// Benchmark a Weir server: ingest throughput, query latency, lone-write latency.
@@ -109,6 +112,14 @@ struct Cli {
     #[arg(long, default_value_t = 200)]
     lone_writes: usize,
 
+    /// Data sizes (rows) of the scan scenario, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "2000000,10000000")]
+    scan_rows: Vec<u64>,
+
+    /// Timed reads per transport and size in the scan scenario.
+    #[arg(long, default_value_t = 3)]
+    scan_runs: usize,
+
     /// Skip counting rows with SQL after each ingest scenario.
     #[arg(long)]
     no_verify: bool,
@@ -120,6 +131,9 @@ struct Cli {
 
 impl Cli {
     fn validate(&self) -> anyhow::Result<()> {
+        if self.scan_runs == 0 || self.scan_rows.iter().any(|&r| r < 100) {
+            bail!("--scan-runs must be positive and every --scan-rows at least 100");
+        }
         if self.lines == 0 || self.batch_lines == 0 || self.hosts == 0 {
             bail!("--lines, --batch-lines and --hosts must be positive");
         }
@@ -152,6 +166,8 @@ impl Cli {
             "query_runs": self.query_runs,
             "query_old_hours": self.query_old_hours,
             "lone_writes": self.lone_writes,
+            "scan_rows": self.scan_rows,
+            "scan_runs": self.scan_runs,
             "server_args": self.server_args,
             "fresh_server_per_scenario": self.host.is_none() && !self.shared_server,
         })
@@ -364,6 +380,23 @@ async fn scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> anyhow:
         .await?;
         report.lone = vec![durable, nosync];
         release(fleet, report).await?;
+    }
+
+    if cli.runs(Scenario::Scan) {
+        for &rows in &cli.scan_rows {
+            let db = format!("bench_scan_{rows}{suffix}");
+            println!("\n== full-scan result throughput, {} rows (db {db}) ==", stats::thousands(rows));
+            let api = fleet.acquire(&format!("scan_{rows}")).await?;
+            let args = scan::ScanArgs {
+                rows,
+                hosts: cli.hosts,
+                batch_lines: cli.batch_lines,
+                runs: cli.scan_runs,
+                pid: fleet.pid(),
+            };
+            report.scan.push(scan::run(&api, &db, args).await?);
+            release(fleet, report).await?;
+        }
     }
     Ok(())
 }

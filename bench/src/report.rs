@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use crate::{
     ingest,
     query::{self, LoneOutcome, QueryOutcome},
+    scan,
     server::{self, ProcStats},
     stats::{ms, thousands},
 };
@@ -112,6 +113,7 @@ pub(crate) struct Report {
     pub(crate) ingest: Vec<ingest::Outcome>,
     pub(crate) query: Option<QueryOutcome>,
     pub(crate) lone: Vec<LoneOutcome>,
+    pub(crate) scan: Vec<scan::ScanOutcome>,
     /// Server processes started by the benchmark.
     pub(crate) servers: Vec<ProcStats>,
 }
@@ -158,6 +160,7 @@ impl Report {
         if let Some(q) = &self.query {
             p.extend(q.problems());
         }
+        p.extend(self.scan.iter().flat_map(scan::ScanOutcome::problems));
         p
     }
 
@@ -272,6 +275,43 @@ impl Report {
                 let _ = writeln!(s, "    {}: {}", f.name, f.sql);
             }
         }
+        if !self.scan.is_empty() {
+            s.push_str(
+                "\nFull-scan result throughput (SELECT * FROM cpu; median of the runs; rows/s \
+                 vs target; first batch = first Flight batch or first HTTP body byte):\n",
+            );
+            let rows: Vec<Vec<String>> = self
+                .scan
+                .iter()
+                .flat_map(|o| {
+                    o.transports.iter().map(move |t| {
+                        let m = t.median();
+                        vec![
+                            thousands(o.rows),
+                            t.transport.label().to_string(),
+                            thousands(m.rows_per_s() as u64),
+                            format!("{:.1}x", m.rows_per_s() / t.transport.target_rows_per_s()),
+                            format!("{:.2}", m.total.as_secs_f64()),
+                            ms(m.first.as_secs_f64() * 1e3),
+                            t.max_rss_growth()
+                                .map_or_else(|| "-".to_string(), |g| format!("{:.0}", g as f64 / 1e6)),
+                        ]
+                    })
+                })
+                .collect();
+            s.push_str(&table(
+                &[
+                    "rows",
+                    "transport",
+                    "rows/s",
+                    "of target",
+                    "total s",
+                    "first ms",
+                    "server RSS growth MB",
+                ],
+                &rows,
+            ));
+        }
         if !self.lone.is_empty() {
             s.push_str("\nLone writes (one line per request, sequential):\n");
             let rows: Vec<Vec<String>> = self
@@ -352,6 +392,7 @@ impl Report {
             "ingest": self.ingest.iter().map(ingest::Outcome::to_json).collect::<Vec<_>>(),
             "query": self.query.as_ref().map(QueryOutcome::to_json),
             "lone_writes": self.lone.iter().map(LoneOutcome::to_json).collect::<Vec<_>>(),
+            "scan": self.scan.iter().map(scan::ScanOutcome::to_json).collect::<Vec<_>>(),
             "servers": self.servers.iter().map(ProcStats::to_json).collect::<Vec<_>>(),
             "problems": self.problems(),
             "generated_at_unix_ns": query::now_ns(),

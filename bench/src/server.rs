@@ -368,6 +368,11 @@ impl Fleet {
         Ok(api)
     }
 
+    /// Process id of the server this benchmark started (none for an external server).
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.current.as_ref().and_then(|(s, _)| s.pid())
+    }
+
     /// After a scenario: fail if the server died; stop it when every scenario gets a fresh
     /// one.
     pub(crate) async fn release(&mut self) -> anyhow::Result<Option<ProcStats>> {

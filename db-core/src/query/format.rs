@@ -68,7 +68,11 @@ impl Format {
 type BoxedBytes = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, DataFusionError>> + Send>>;
 
 fn jsonl(batch: &RecordBatch) -> Result<Vec<u8>, DataFusionError> {
-    let mut buf = Vec::with_capacity(batch.num_rows() * 64);
+    jsonl_into(Vec::with_capacity(batch.num_rows() * 96), batch)
+}
+
+/// Append `batch` to `buf` as JSON lines.
+fn jsonl_into(mut buf: Vec<u8>, batch: &RecordBatch) -> Result<Vec<u8>, DataFusionError> {
     {
         let mut w: arrow::json::Writer<_, LineDelimited> =
             JsonWriterBuilder::new().with_explicit_nulls(false).build(&mut buf);
@@ -85,14 +89,25 @@ pub fn encode(format: Format, input: SendableRecordBatchStream) -> BoxedBytes {
         Format::Json => {
             let mut first = true;
             let body = input.map(move |r| {
-                let lines = jsonl(&r?)?;
-                let mut out = Vec::with_capacity(lines.len() + 1);
-                for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                    if !first {
-                        out.push(b',');
+                let batch = r?;
+                if batch.num_rows() == 0 {
+                    return Ok(Bytes::new());
+                }
+                // JSON lines turned into array elements in place: JSON escapes newlines
+                // inside strings, so every raw '\n' ends a row and becomes the separator.
+                let mut out = Vec::with_capacity(batch.num_rows() * 96 + 1);
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                let mut out = jsonl_into(out, &batch)?;
+                if out.last() == Some(&b'\n') {
+                    out.pop();
+                }
+                for b in &mut out {
+                    if *b == b'\n' {
+                        *b = b',';
                     }
-                    first = false;
-                    out.extend_from_slice(line);
                 }
                 Ok(Bytes::from(out))
             });
@@ -144,3 +159,57 @@ pub async fn encode_all(format: Format, input: SendableRecordBatchStream) -> Res
     Ok(out)
 }
 
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::{
+        array::{Int64Array, StringArray},
+        datatypes::{DataType, Field, Schema},
+    };
+    use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+
+    use super::*;
+
+    fn batches(sizes: &[usize]) -> SendableRecordBatchStream {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, false),
+        ]));
+        let mut next = 0i64;
+        let out: Vec<_> = sizes
+            .iter()
+            .map(|&len| {
+                let n: Vec<i64> = (next..next + len as i64).collect();
+                next += len as i64;
+                let s: Vec<String> = n.iter().map(|i| format!("line {i}\nwith \"quotes\"")).collect();
+                Ok(RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![Arc::new(Int64Array::from(n)), Arc::new(StringArray::from(s))],
+                )?)
+            })
+            .collect();
+        Box::pin(RecordBatchStreamAdapter::new(schema, stream::iter(out)))
+    }
+
+    #[tokio::test]
+    async fn json_array_spans_batches_including_empty_ones() {
+        let body = encode_all(Format::Json, batches(&[0, 3, 0, 2, 1])).await.unwrap();
+        let v: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+        let n: Vec<i64> = v.iter().map(|r| r["n"].as_i64().unwrap()).collect();
+        assert_eq!(n, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(v[4]["s"], "line 4\nwith \"quotes\"");
+
+        let empty = encode_all(Format::Json, batches(&[0, 0])).await.unwrap();
+        assert_eq!(empty, b"[]");
+    }
+
+    #[tokio::test]
+    async fn csv_has_one_header_across_batches() {
+        let body = encode_all(Format::Csv, batches(&[2, 1])).await.unwrap();
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.starts_with("n,s\n"), "{text}");
+        assert_eq!(text.matches("n,s").count(), 1);
+    }
+}
