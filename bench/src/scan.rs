@@ -60,11 +60,13 @@ impl Transport {
     }
 }
 
-/// One timed read of the whole answer.
+/// One timed read of the whole answer. `first` is the time to the first decoded Flight batch
+/// or to the first HTTP body chunk holding a row.
 #[derive(Debug, Clone)]
 pub(crate) struct Run {
     pub(crate) rows: u64,
-    pub(crate) bytes: u64,
+    /// HTTP body bytes (not counted for Flight, whose batches are decoded instead).
+    pub(crate) bytes: Option<u64>,
     pub(crate) total: Duration,
     pub(crate) first: Duration,
     /// Largest server RSS seen while streaming, minus the RSS just before.
@@ -180,7 +182,9 @@ fn lines(out: &mut Vec<u8>, range: std::ops::Range<u64>, hosts: u32, start_ns: i
 }
 
 async fn load(api: &Api, db: &str, args: &ScanArgs, start_ns: i64) -> anyhow::Result<u64> {
-    let target = api.write_target(db, true, false);
+    // Durable writes: acknowledged means queryable (a no_sync write may still be on its
+    // way into the buffer when the timed reads start).
+    let target = api.write_target(db, false, false);
     let duplicates = args.rows / 100;
     // Phase 1: every point once; phase 2: the newest 1% again, with different values.
     for (range, salt) in [(0..args.rows, 0), (args.rows - duplicates..args.rows, 0xdead_beef)] {
@@ -257,22 +261,30 @@ impl RssWatch {
     }
 }
 
-async fn flight_once(client: &mut FlightClient, db: &str, sql: &str) -> anyhow::Result<(u64, u64, Duration)> {
+async fn flight_once(
+    client: &mut FlightClient,
+    db: &str,
+    sql: &str,
+) -> anyhow::Result<(u64, Option<u64>, Duration)> {
     let ticket = json!({"database": db, "sql_query": sql, "query_type": "sql"}).to_string();
     let started = Instant::now();
     let mut stream = client.do_get(Ticket::new(ticket)).await.context("Flight DoGet")?;
     let mut first = None;
-    let (mut rows, mut bytes) = (0u64, 0u64);
+    let mut rows = 0u64;
     while let Some(batch) = stream.next().await {
         let batch = batch.context("Flight stream")?;
         first.get_or_insert_with(|| started.elapsed());
         rows += batch.num_rows() as u64;
-        bytes += batch.get_array_memory_size() as u64;
     }
-    Ok((rows, bytes, first.unwrap_or_default()))
+    Ok((rows, None, first.unwrap_or_default()))
 }
 
-async fn http_once(api: &Api, db: &str, sql: &str, format: &str) -> anyhow::Result<(u64, u64, Duration)> {
+async fn http_once(
+    api: &Api,
+    db: &str,
+    sql: &str,
+    format: &str,
+) -> anyhow::Result<(u64, Option<u64>, Duration)> {
     let started = Instant::now();
     let resp = api.query_raw(db, sql, format).await?;
     let status = resp.status();
@@ -284,14 +296,17 @@ async fn http_once(api: &Api, db: &str, sql: &str, format: &str) -> anyhow::Resu
     let (mut newlines, mut objects, mut bytes) = (0u64, 0u64, 0u64);
     while let Some(chunk) = body.next().await {
         let chunk = chunk.context("reading the body")?;
-        first.get_or_insert_with(|| started.elapsed());
         bytes += chunk.len() as u64;
         // Rows: CSV lines (minus the header) or JSON objects (values hold no braces).
         newlines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
         objects += chunk.iter().filter(|&&b| b == b'{').count() as u64;
+        // First row, not first byte: the JSON array's '[' goes out before any row exists.
+        if newlines > 1 || objects > 0 {
+            first.get_or_insert_with(|| started.elapsed());
+        }
     }
     let rows = if format == "csv" { newlines.saturating_sub(1) } else { objects };
-    Ok((rows, bytes, first.unwrap_or_default()))
+    Ok((rows, Some(bytes), first.unwrap_or_default()))
 }
 
 /// Load the data set into `db` and read it back over every transport `args.runs` times.
@@ -338,13 +353,13 @@ pub(crate) async fn run(api: &Api, db: &str, args: ScanArgs) -> anyhow::Result<S
             };
             let run = Run { rows, bytes, total, first, rss_growth };
             println!(
-                "   {:<22} {:>12} rows in {:>6.2} s = {:>10} rows/s, first batch {:>7.1} ms, {:>7.1} MB{}",
+                "   {:<22} {:>12} rows in {:>6.2} s = {:>10} rows/s, first batch {:>7.1} ms{}{}",
                 transport.label(),
                 thousands(rows),
                 total.as_secs_f64(),
                 thousands(run.rows_per_s() as u64),
                 first.as_secs_f64() * 1e3,
-                bytes as f64 / 1e6,
+                bytes.map_or(String::new(), |b| format!(", {:.1} MB", b as f64 / 1e6)),
                 rss_growth.map_or(String::new(), |g| format!(", server RSS +{:.0} MB", g as f64 / 1e6)),
             );
             runs.push(run);

@@ -82,34 +82,72 @@ fn jsonl_into(mut buf: Vec<u8>, batch: &RecordBatch) -> Result<Vec<u8>, DataFusi
     Ok(buf)
 }
 
+/// Batches encoded at the same time by the streaming text formats (answers still go out in
+/// order). Encoding, not the scan, bounds their throughput, so two batches are encoded in
+/// parallel off the async workers; memory stays bounded by these few batches.
+const ENCODE_AHEAD: usize = 2;
+
+/// Encode each batch with `f(batch, is_first_batch)` on the blocking pool, `ENCODE_AHEAD` at a
+/// time, keeping their order.
+fn encode_ordered(
+    input: SendableRecordBatchStream,
+    f: fn(&RecordBatch, bool) -> Result<Vec<u8>, DataFusionError>,
+) -> impl Stream<Item = Result<Bytes, DataFusionError>> + Send {
+    input
+        .enumerate()
+        .map(move |(i, r)| async move {
+            let batch = r?;
+            tokio::task::spawn_blocking(move || f(&batch, i == 0))
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
+                .map(Bytes::from)
+        })
+        .buffered(ENCODE_AHEAD)
+}
+
+/// One batch as JSON array elements, each preceded by a comma (the caller drops the very
+/// first one). JSON lines are rewritten in place: JSON escapes newlines inside strings, so
+/// every raw '\n' ends a row.
+fn json_elements(batch: &RecordBatch, _first: bool) -> Result<Vec<u8>, DataFusionError> {
+    if batch.num_rows() == 0 {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::with_capacity(batch.num_rows() * 96 + 1);
+    out.push(b',');
+    let mut out = jsonl_into(out, batch)?;
+    if out.last() == Some(&b'\n') {
+        out.pop();
+    }
+    for b in &mut out[1..] {
+        if *b == b'\n' {
+            *b = b',';
+        }
+    }
+    Ok(out)
+}
+
+fn csv(batch: &RecordBatch, header: bool) -> Result<Vec<u8>, DataFusionError> {
+    let mut buf = Vec::with_capacity(batch.num_rows() * 64 + 256);
+    {
+        let mut w = CsvWriterBuilder::new().with_header(header).build(&mut buf);
+        w.write(batch)?;
+    }
+    Ok(buf)
+}
+
 /// Encode a result stream.
 pub fn encode(format: Format, input: SendableRecordBatchStream) -> BoxedBytes {
     match format {
-        Format::JsonLines => Box::pin(input.map(|r| Ok(Bytes::from(jsonl(&r?)?)))),
+        Format::JsonLines => Box::pin(encode_ordered(input, |b, _| jsonl(b))),
         Format::Json => {
             let mut first = true;
-            let body = input.map(move |r| {
-                let batch = r?;
-                if batch.num_rows() == 0 {
-                    return Ok(Bytes::new());
-                }
-                // JSON lines turned into array elements in place: JSON escapes newlines
-                // inside strings, so every raw '\n' ends a row and becomes the separator.
-                let mut out = Vec::with_capacity(batch.num_rows() * 96 + 1);
-                if !first {
-                    out.push(b',');
+            let body = encode_ordered(input, json_elements).map(move |chunk| {
+                let chunk = chunk?;
+                if chunk.is_empty() || !first {
+                    return Ok(chunk);
                 }
                 first = false;
-                let mut out = jsonl_into(out, &batch)?;
-                if out.last() == Some(&b'\n') {
-                    out.pop();
-                }
-                for b in &mut out {
-                    if *b == b'\n' {
-                        *b = b',';
-                    }
-                }
-                Ok(Bytes::from(out))
+                Ok(chunk.slice(1..))
             });
             Box::pin(
                 stream::once(async { Ok(Bytes::from_static(b"[")) })
@@ -117,19 +155,7 @@ pub fn encode(format: Format, input: SendableRecordBatchStream) -> BoxedBytes {
                     .chain(stream::once(async { Ok(Bytes::from_static(b"]")) })),
             )
         }
-        Format::Csv => {
-            let mut header = true;
-            Box::pin(input.map(move |r| {
-                let batch = r?;
-                let mut buf = Vec::with_capacity(batch.num_rows() * 48);
-                {
-                    let mut w = CsvWriterBuilder::new().with_header(header).build(&mut buf);
-                    w.write(&batch)?;
-                }
-                header = false;
-                Ok(Bytes::from(buf))
-            }))
-        }
+        Format::Csv => Box::pin(encode_ordered(input, csv)),
         Format::Pretty => Box::pin(stream::once(async move {
             let batches: Vec<RecordBatch> = input.try_collect().await?;
             let table = pretty_format_batches(&batches)?;

@@ -438,10 +438,6 @@ impl WeirFlightSql {
         Ok(shape)
     }
 
-    fn tables_builder(query: CommandGetTables) -> arrow_flight::sql::metadata::GetTablesBuilder {
-        query.into_builder()
-    }
-
     async fn tables_batch(&self, md: &MetadataMap, query: CommandGetTables) -> Result<RecordBatch, Status> {
         let database = require_database(md)?;
         let tables = self
@@ -450,7 +446,7 @@ impl WeirFlightSql {
             .list_tables(&database)
             .await
             .map_err(IntoStatus::into_status)?;
-        let mut builder = Self::tables_builder(query);
+        let mut builder = query.into_builder();
         for t in tables {
             builder
                 .append(&t.catalog, &t.schema, &t.name, t.table_type, &wire_schema(&t.arrow_schema))
@@ -601,7 +597,7 @@ impl FlightSqlService for WeirFlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         let info = flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
         Ok(Response::new(info))
     }
@@ -642,7 +638,7 @@ impl FlightSqlService for WeirFlightSql {
         if self.state.catalog.db(&database).is_none() {
             return Err(query::Error::DbNotFound(database).into_status());
         }
-        let schema = Self::tables_builder(query.clone()).schema();
+        let schema = query.clone().into_builder().schema();
         let info = flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
         Ok(Response::new(info))
     }
