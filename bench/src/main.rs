@@ -120,6 +120,11 @@ struct Cli {
     #[arg(long, default_value_t = 3)]
     scan_runs: usize,
 
+    /// Python with influxdb3-python and requests installed (e.g. the test venv's): the scan
+    /// scenario then also reads each answer back with them (bench/clients/read_back.py).
+    #[arg(long)]
+    python: Option<PathBuf>,
+
     /// Skip counting rows with SQL after each ingest scenario.
     #[arg(long)]
     no_verify: bool,
@@ -393,6 +398,7 @@ async fn scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> anyhow:
                 batch_lines: cli.batch_lines,
                 runs: cli.scan_runs,
                 pid: fleet.pid(),
+                python: cli.python.clone(),
             };
             report.scan.push(scan::run(&api, &db, args).await?);
             release(fleet, report).await?;

@@ -314,6 +314,19 @@ impl Report {
                 ],
                 &rows,
             ));
+            let py: Vec<Vec<String>> = self
+                .scan
+                .iter()
+                .flat_map(|o| {
+                    o.python.iter().map(move |c| {
+                        vec![thousands(o.rows), c.name.clone(), thousands(c.median_rows_per_s() as u64)]
+                    })
+                })
+                .collect();
+            if !py.is_empty() {
+                s.push_str("\nThe same answers read with the Python clients (median rows/s):\n");
+                s.push_str(&table(&["rows", "client", "rows/s"], &py));
+            }
         }
         if !self.lone.is_empty() {
             s.push_str("\nLone writes (one line per request, sequential):\n");

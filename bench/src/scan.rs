@@ -108,11 +108,19 @@ pub(crate) struct ScanOutcome {
     pub(crate) load_time: Duration,
     pub(crate) rss_before: Option<u64>,
     pub(crate) transports: Vec<TransportFigures>,
+    pub(crate) python: Vec<PythonClient>,
 }
 
 impl ScanOutcome {
     pub(crate) fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
+        for c in &self.python {
+            for (rows, _) in &c.runs {
+                if *rows != self.rows {
+                    out.push(format!("scan {} rows with {}: got {rows} rows", self.rows, c.name));
+                }
+            }
+        }
         for t in &self.transports {
             for r in &t.runs {
                 if r.rows != self.rows {
@@ -155,6 +163,11 @@ impl ScanOutcome {
                     })).collect::<Vec<_>>(),
                 })
             }).collect::<Vec<_>>(),
+            "python_clients": self.python.iter().map(|c| json!({
+                "client": c.name,
+                "median_rows_per_s": c.median_rows_per_s().round(),
+                "runs": c.runs.iter().map(|(rows, s)| json!({"rows": rows, "seconds": round3(*s)})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
         })
     }
 }
@@ -168,6 +181,62 @@ pub(crate) struct ScanArgs {
     pub(crate) runs: usize,
     /// Server process to watch for memory (a server this benchmark started).
     pub(crate) pid: Option<u32>,
+    /// Python with influxdb3-python and requests: also read the answer back with them.
+    pub(crate) python: Option<std::path::PathBuf>,
+}
+
+/// Runs of one Python client (`bench/clients/read_back.py`).
+#[derive(Debug, Clone)]
+pub(crate) struct PythonClient {
+    pub(crate) name: String,
+    /// (rows, seconds) per run.
+    pub(crate) runs: Vec<(u64, f64)>,
+}
+
+impl PythonClient {
+    /// Median rows/s.
+    pub(crate) fn median_rows_per_s(&self) -> f64 {
+        let mut v: Vec<f64> = self.runs.iter().map(|(r, s)| *r as f64 / s).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    }
+}
+
+async fn python_read_back(
+    python: &std::path::Path,
+    api: &Api,
+    db: &str,
+    sql: &str,
+    runs: usize,
+) -> anyhow::Result<Vec<PythonClient>> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/read_back.py");
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.args([script, "--url", api.base(), "--db", db, "--sql", sql, "--runs", &runs.to_string()]);
+    if let Some(t) = api.token() {
+        cmd.args(["--token", t]);
+    }
+    let out = cmd.output().await.with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        bail!("{script} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).context("read_back.py output")?;
+    let clients = v
+        .as_object()
+        .context("read_back.py output is not an object")?
+        .iter()
+        .map(|(name, runs)| PythonClient {
+            name: name.clone(),
+            runs: runs
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|r| (r["rows"].as_u64().unwrap_or(0), r["seconds"].as_f64().unwrap_or(f64::NAN)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect();
+    Ok(clients)
 }
 
 const STEP_NS: i64 = 10_000_000_000;
@@ -366,6 +435,18 @@ pub(crate) async fn run(api: &Api, db: &str, args: ScanArgs) -> anyhow::Result<S
         }
         transports.push(TransportFigures { transport, runs });
     }
+    let mut python = Vec::new();
+    if let Some(py) = &args.python {
+        python = python_read_back(py, api, db, sql, args.runs).await?;
+        for c in &python {
+            println!(
+                "   python {:<16} median {:>10} rows/s over {} runs",
+                c.name,
+                thousands(c.median_rows_per_s() as u64),
+                c.runs.len()
+            );
+        }
+    }
     Ok(ScanOutcome {
         db: db.to_string(),
         rows: args.rows,
@@ -373,6 +454,7 @@ pub(crate) async fn run(api: &Api, db: &str, args: ScanArgs) -> anyhow::Result<S
         load_time,
         rss_before,
         transports,
+        python,
     })
 }
 

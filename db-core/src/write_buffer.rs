@@ -170,15 +170,77 @@ impl WalFileNotifier<WriteItem> for Shared {
     }
 }
 
-/// Everything a table scan needs: buffered batches and Parquet files, in write order.
+/// Where one piece of a table's data lives.
+#[derive(Debug, Clone)]
+pub enum PieceSource {
+    /// A Parquet file.
+    File(ParquetFile),
+    /// One buffer segment.
+    Batch(RecordBatch),
+}
+
+/// A piece of a table's data for a scan, with the time range of its rows.
+#[derive(Debug, Clone)]
+pub struct Piece {
+    /// Write generation: each snapshot's files, then each frozen buffer, then the open
+    /// buffer, oldest first. A point is held at most once per generation, so only pieces
+    /// of different generations can hold the same point.
+    pub generation: usize,
+    /// Smallest timestamp, ns.
+    pub min_time: i64,
+    /// Largest timestamp, ns.
+    pub max_time: i64,
+    /// The data.
+    pub source: PieceSource,
+}
+
+/// The data of one table for a scan.
 #[derive(Debug, Clone, Default)]
 pub struct TableData {
-    /// Parquet files, oldest snapshot first.
-    pub files: Vec<ParquetFile>,
-    /// Buffered batches, oldest buffer first (frozen buffers, then the open one).
-    pub buffers: Vec<Vec<RecordBatch>>,
-    /// True when two sources may hold the same point, so the scan must deduplicate.
-    pub overlapping: bool,
+    /// Every piece whose time range meets the scan's.
+    pub pieces: Vec<Piece>,
+}
+
+impl TableData {
+    /// Groups of pieces that may hold the same point and must be deduplicated together:
+    /// the connected components of "different generation and overlapping time ranges"
+    /// with two or more pieces. Every other piece can be read as it is. A point held twice
+    /// sits in pieces of different generations whose ranges both contain its time, so
+    /// both land in one group; a group holds only the data that overlaps, not the table.
+    pub fn dedup_groups(&self) -> Vec<Vec<usize>> {
+        let n = self.pieces.len();
+        let mut parent: Vec<usize> = (0..n).collect();
+        fn find(parent: &mut [usize], mut i: usize) -> usize {
+            while parent[i] != i {
+                parent[i] = parent[parent[i]];
+                i = parent[i];
+            }
+            i
+        }
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| self.pieces[i].min_time);
+        // Sweep by start time, keeping the pieces whose range is still open.
+        let mut active: Vec<usize> = Vec::new();
+        for &i in &order {
+            let p = &self.pieces[i];
+            active.retain(|&j| self.pieces[j].max_time >= p.min_time);
+            for &j in &active {
+                if self.pieces[j].generation != p.generation {
+                    let (a, b) = (find(&mut parent, i), find(&mut parent, j));
+                    parent[a] = b;
+                }
+            }
+            active.push(i);
+        }
+        let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
+        for i in 0..n {
+            let root = find(&mut parent, i);
+            groups.entry(root).or_default().push(i);
+        }
+        let mut out: Vec<Vec<usize>> = groups.into_values().filter(|g| g.len() > 1).collect();
+        out.sort();
+        out
+    }
 }
 
 /// Arguments of [`WriteBuffer::open`].
@@ -429,46 +491,55 @@ impl WriteBuffer {
         let (lo, hi) = time_range.unwrap_or((i64::MIN, i64::MAX));
         let overlaps = |min: i64, max: i64| max >= lo && min <= hi;
         let state = self.shared.state.read();
-        let mut ranges: Vec<(i64, i64)> = Vec::new();
-        let files: Vec<ParquetFile> = state
+        let mut files: Vec<&ParquetFile> = state
             .manifest
             .files
             .iter()
             .filter(|f| f.db_id == db_id && f.table_id == table_id && overlaps(f.min_time, f.max_time))
-            .cloned()
             .collect();
-        ranges.extend(files.iter().map(|f| (f.min_time, f.max_time)));
-        let mut buffers = Vec::new();
+        files.sort_by_key(|f| f.wal_seq);
+        let mut pieces = Vec::new();
+        let mut generation = 0;
+        for (i, f) in files.iter().enumerate() {
+            if i > 0 && files[i - 1].wal_seq != f.wal_seq {
+                generation += 1;
+            }
+            pieces.push(Piece {
+                generation,
+                min_time: f.min_time,
+                max_time: f.max_time,
+                source: PieceSource::File((*f).clone()),
+            });
+        }
         let buffered = state
             .frozen
             .iter()
             .map(|f| &f.dbs)
             .chain(std::iter::once(&state.open));
         for dbs in buffered {
+            generation += 1;
             let Some(tb) = dbs.get(&db_id).and_then(|t| t.get(&table_id)) else {
                 continue;
             };
-            let Some((min, max)) = tb.time_range() else {
-                continue;
-            };
-            if !overlaps(min, max) {
+            if !tb.time_range().is_some_and(|(min, max)| overlaps(min, max)) {
                 continue;
             }
-            match tb.record_batches(&def) {
-                Ok(b) => {
-                    ranges.push((min, max));
-                    buffers.push(b);
-                }
+            match tb.segments(&def) {
+                Ok(segments) => pieces.extend(
+                    segments
+                        .into_iter()
+                        .filter(|s| overlaps(s.min_time, s.max_time))
+                        .map(|s| Piece {
+                            generation,
+                            min_time: s.min_time,
+                            max_time: s.max_time,
+                            source: PieceSource::Batch(s.batch),
+                        }),
+                ),
                 Err(e) => tracing::error!(error = %e, "cannot convert buffered rows"),
             }
         }
-        ranges.sort_unstable();
-        let overlapping = ranges.windows(2).any(|w| w[1].0 <= w[0].1);
-        TableData {
-            files,
-            buffers,
-            overlapping,
-        }
+        TableData { pieces }
     }
 
     /// All live Parquet files.

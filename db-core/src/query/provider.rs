@@ -27,7 +27,7 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use super::dedup;
 use crate::{
     catalog::{TIME_COLUMN, TableDef},
-    write_buffer::WriteBuffer,
+    write_buffer::{PieceSource, WriteBuffer},
 };
 
 /// Object store URL under which the server's store is registered with DataFusion.
@@ -102,45 +102,62 @@ impl TableProvider for WeirTable {
         }
         let data = self.buffer.table_data(self.db_id, self.table.id, range);
         let target_partitions = state.config().target_partitions().max(1);
+        let groups = data.dedup_groups();
+        let mut in_group = vec![false; data.pieces.len()];
+        for &i in groups.iter().flatten() {
+            in_group[i] = true;
+        }
 
-        // Sources in write order: Parquet files (oldest snapshot first), then buffers.
-        let mut sources: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-        let scan_projection = if data.overlapping { None } else { projection.cloned() };
-        if !data.files.is_empty() {
-            if data.overlapping {
-                // One source per snapshot generation so dedup can order them.
-                let mut files = data.files.clone();
-                files.sort_by_key(|f| f.wal_seq);
-                for chunk in files.chunk_by(|a, b| a.wal_seq == b.wal_seq) {
-                    sources.push(parquet_exec(&schema, chunk, None, 1)?);
-                }
-            } else {
-                sources.push(parquet_exec(
-                    &schema,
-                    &data.files,
-                    scan_projection.clone(),
-                    target_partitions,
-                )?);
+        // Pieces no other generation overlaps are read as they are, projected.
+        let mut plans: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        let (mut files, mut batches) = (Vec::new(), Vec::new());
+        for (piece, _) in data.pieces.iter().zip(&in_group).filter(|(_, g)| !**g) {
+            match &piece.source {
+                PieceSource::File(f) => files.push(f.clone()),
+                PieceSource::Batch(b) => batches.push(b.clone()),
             }
         }
-        for batches in data.buffers {
-            let partitions = split_partitions(batches, target_partitions);
-            sources.push(MemorySourceConfig::try_new_exec(
-                &partitions,
+        if !files.is_empty() {
+            plans.push(parquet_exec(&schema, &files, projection.cloned(), target_partitions)?);
+        }
+        if !batches.is_empty() {
+            plans.push(MemorySourceConfig::try_new_exec(
+                &split_partitions(batches, target_partitions),
                 Arc::clone(&schema),
-                scan_projection.clone(),
+                projection.cloned(),
             )?);
         }
 
-        let plan: Arc<dyn ExecutionPlan> = if data.overlapping {
-            let deduped = dedup::plan(&self.table, &schema, sources)?;
-            dedup::project(deduped, projection)?
-        } else {
-            match sources.len() {
-                0 => Arc::new(EmptyExec::new(project(&schema, projection)?)),
-                1 => sources.remove(0),
-                _ => UnionExec::try_new(sources)?,
+        // Each group of overlapping pieces is deduplicated on its own: one source per
+        // generation, oldest first, so later writes win.
+        for group in &groups {
+            let mut generations: Vec<usize> = group.iter().map(|&i| data.pieces[i].generation).collect();
+            generations.sort_unstable();
+            generations.dedup();
+            let mut sources: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+            for g in generations {
+                let (mut files, mut batches) = (Vec::new(), Vec::new());
+                for piece in group.iter().map(|&i| &data.pieces[i]).filter(|p| p.generation == g) {
+                    match &piece.source {
+                        PieceSource::File(f) => files.push(f.clone()),
+                        PieceSource::Batch(b) => batches.push(b.clone()),
+                    }
+                }
+                if !files.is_empty() {
+                    sources.push(parquet_exec(&schema, &files, None, 1)?);
+                }
+                if !batches.is_empty() {
+                    sources.push(MemorySourceConfig::try_new_exec(&[batches], Arc::clone(&schema), None)?);
+                }
             }
+            let deduped = dedup::plan(&self.table, &schema, sources)?;
+            plans.push(dedup::project(deduped, projection)?);
+        }
+
+        let plan: Arc<dyn ExecutionPlan> = match plans.len() {
+            0 => Arc::new(EmptyExec::new(project(&schema, projection)?)),
+            1 => plans.remove(0),
+            _ => UnionExec::try_new(plans)?,
         };
         Ok(match limit {
             Some(n) => Arc::new(GlobalLimitExec::new(plan, 0, Some(n))),

@@ -124,7 +124,18 @@ impl TagDict {
 #[derive(Debug)]
 struct CachedSegment {
     schema: SchemaRef,
-    batch: RecordBatch,
+    batch: BufferedBatch,
+}
+
+/// One segment of a table buffer as Arrow, with the time range of its rows.
+#[derive(Debug, Clone)]
+pub struct BufferedBatch {
+    /// The rows.
+    pub batch: RecordBatch,
+    /// Smallest timestamp in the batch, ns.
+    pub min_time: i64,
+    /// Largest timestamp in the batch, ns.
+    pub max_time: i64,
 }
 
 /// Buffered rows of one table.
@@ -206,6 +217,12 @@ impl TableBuffer {
 
     /// The buffer as record batches with `table`'s current schema.
     pub fn record_batches(&self, table: &TableDef) -> Result<Vec<RecordBatch>, ArrowError> {
+        Ok(self.segments(table)?.into_iter().map(|b| b.batch).collect())
+    }
+
+    /// The buffer as one record batch per segment, with each segment's time range. Only
+    /// segments a write touched since the last call are converted again.
+    pub fn segments(&self, table: &TableDef) -> Result<Vec<BufferedBatch>, ArrowError> {
         let schema = table.schema();
         let ids = table.schema_column_ids();
         let segments = self.len().div_ceil(SEGMENT_ROWS);
@@ -221,7 +238,12 @@ impl TableBuffer {
             }
             let start = i * SEGMENT_ROWS;
             let end = (start + SEGMENT_ROWS).min(self.len());
-            let batch = self.build_batch(table, &schema, &ids, start, end)?;
+            let times = &self.time[start..end];
+            let batch = BufferedBatch {
+                batch: self.build_batch(table, &schema, &ids, start, end)?,
+                min_time: times.iter().copied().min().unwrap_or(i64::MAX),
+                max_time: times.iter().copied().max().unwrap_or(i64::MIN),
+            };
             *slot = Some(CachedSegment {
                 schema: Arc::clone(&schema),
                 batch: batch.clone(),

@@ -110,8 +110,9 @@ async fn time_filters_prune_files() {
     db.write("cpu,host=a usage=1 10\ncpu,host=a usage=2 7200000000000").await;
     db.buffer.snapshot().await.unwrap();
     let data = db.buffer.table_data(1, 1, Some((0, 100)));
-    assert_eq!(data.files.len(), 1);
-    assert!(!data.overlapping);
+    assert_eq!(data.pieces.len(), 1);
+    assert!(matches!(data.pieces[0].source, PieceSource::File(_)));
+    assert!(data.dedup_groups().is_empty());
     let out = db.sql("SELECT usage FROM cpu WHERE time < '1970-01-01T01:00:00Z'").await;
     assert!(out.contains("1.0") && !out.contains("2.0"), "{out}");
 }
@@ -182,4 +183,66 @@ async fn deleted_databases_stay_deleted_after_replay() {
     }
     let db = open(&storage).await.unwrap();
     assert!(db.buffer.catalog().db("db").is_none());
+}
+
+fn piece(generation: usize, min_time: i64, max_time: i64) -> Piece {
+    let schema = std::sync::Arc::new(arrow::datatypes::Schema::empty());
+    Piece {
+        generation,
+        min_time,
+        max_time,
+        source: PieceSource::Batch(arrow::record_batch::RecordBatch::new_empty(schema)),
+    }
+}
+
+#[test]
+fn dedup_groups_join_only_overlaps_across_generations() {
+    let groups = |pieces: Vec<Piece>| TableData { pieces }.dedup_groups();
+    // Same generation overlapping: no duplicates possible.
+    assert!(groups(vec![piece(0, 0, 10), piece(0, 5, 15)]).is_empty());
+    // Different generations, disjoint: nothing to do.
+    assert!(groups(vec![piece(0, 0, 10), piece(1, 11, 20)]).is_empty());
+    // A chain of same-generation segments joins only where another generation overlaps:
+    // pieces 0-3 are the open buffer's segments, 4 a Parquet file overlapping segment 1.
+    let g = groups(vec![
+        piece(1, 0, 10),
+        piece(1, 9, 20),
+        piece(1, 19, 30),
+        piece(1, 29, 40),
+        piece(0, 15, 16),
+    ]);
+    assert_eq!(g, [vec![1, 4]]);
+    // Transitive: a file overlapping two segments pulls both into one group, and a second
+    // file elsewhere forms its own group.
+    let g = groups(vec![
+        piece(2, 0, 10),
+        piece(2, 20, 30),
+        piece(0, 5, 25),
+        piece(1, 100, 110),
+        piece(2, 105, 106),
+    ]);
+    assert_eq!(g, [vec![0, 1, 2], vec![3, 4]]);
+}
+
+#[tokio::test]
+async fn overlap_dedup_reads_only_the_overlapping_pieces() {
+    let db = open(&Storage::in_memory()).await.unwrap();
+    // Hour 0 and hour 2 persisted, then hour 2 rewritten in the buffer.
+    db.write("cpu,host=a usage=1 10\ncpu,host=a usage=2 7200000000000").await;
+    db.buffer.snapshot().await.unwrap();
+    db.write("cpu,host=a usage=3 7200000000000\ncpu,host=b usage=4 7200000000001").await;
+    let data = db.buffer.table_data(1, 1, None);
+    assert_eq!(data.pieces.len(), 3);
+    let groups = data.dedup_groups();
+    assert_eq!(groups.len(), 1);
+    // The hour-0 file is not part of the group.
+    assert!(groups[0].iter().all(|&i| data.pieces[i].min_time >= 7_200_000_000_000));
+    let out = db.sql("SELECT host, usage FROM cpu ORDER BY time, host").await;
+    assert_eq!(
+        lines(&out)[3..6],
+        ["| a    | 1.0   |", "| a    | 3.0   |", "| b    | 4.0   |"],
+        "{out}"
+    );
+    let plan = db.sql("EXPLAIN SELECT * FROM cpu").await;
+    assert!(plan.contains("DedupExec"), "{plan}");
 }
