@@ -1,0 +1,165 @@
+"""The worker process over its real IPC channel, with this test playing the plugin host."""
+
+import marshal
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from weir_plugin.worker import Channel, ChannelClosed
+
+SDK = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Host:
+    def __init__(self, tmp_path, source, run_async=False, args=None):
+        path = tmp_path / "plugin.py"
+        path.write_text(textwrap.dedent(source))
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ, WEIR_IPC_FD=str(theirs.fileno()), PYTHONPATH=SDK, TZ="UTC")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "weir_plugin.worker"],
+            pass_fds=[theirs.fileno()], env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        theirs.close()
+        ours.settimeout(30)
+        self.ch = Channel(ours)
+        self.ch.send({"type": "init", "trigger": "t1", "database": "db", "plugin_path": str(path),
+                      "args": args, "run_async": run_async, "threads": 4})
+        header, _ = self.ch.recv()
+        assert header["type"] == "ready" and header["pid"] == self.proc.pid
+        self.logs = []
+
+    def invoke(self, rid, entry, *args):
+        self.ch.send({"type": "invoke", "id": rid, "entry": entry}, marshal.dumps(list(args)))
+
+    def until_done(self, answer=None):
+        """Collect messages until a `done`; `answer(header, body)` replies to requests."""
+        while True:
+            header, body = self.ch.recv()
+            if header["type"] == "log":
+                self.logs.append((header["level"], header["text"]))
+            elif header["type"] == "done":
+                return header
+            else:
+                answer(header, body)
+
+    def close(self):
+        try:
+            self.ch.send({"type": "shutdown"})
+        except OSError:
+            pass
+        self.proc.wait(timeout=30)
+
+
+def test_wal_invocation_with_query_print_and_writes(tmp_path):
+    h = Host(tmp_path, """
+        def process_writes(influxdb3_local, table_batches, args):
+            print("hello from print")
+            rows = influxdb3_local.query("SELECT n FROM t WHERE h = $h", {"h": 5})
+            for batch in table_batches:
+                influxdb3_local.write(LineBuilder("out").int64_field("n", len(batch["rows"]) + rows[0]["n"]))
+            influxdb3_local.warn("args", args)
+    """, args={"k": "v"})
+
+    def answer(header, body):
+        assert header["type"] == "query" and header["params"] == {"h": "5"} and header["database"] == "db"
+        h.ch.send({"type": "query_result", "id": header["id"], "error": None}, marshal.dumps([{"n": 40}]))
+
+    h.invoke(1, "process_writes", [{"table_name": "cpu", "rows": [{"a": 1}, {"a": 2}]}])
+    done = h.until_done(answer)
+    assert done == {"type": "done", "id": 1, "ok": True, "error": None, "traceback": None,
+                    "writes": {"db": ["out n=42i"]}, "value": None}
+    assert ("INFO", "hello from print") in h.logs
+    assert ("WARN", "args {'k': 'v'}") in h.logs
+    h.close()
+    assert h.proc.returncode == 0
+
+
+def test_errors_system_exit_and_query_failures_keep_the_worker_alive(tmp_path):
+    h = Host(tmp_path, """
+        import sys
+        def process_scheduled_call(influxdb3_local, call_time, args):
+            if call_time.year == 1970:
+                sys.exit(1)
+            influxdb3_local.info(call_time.isoformat(), call_time.tzinfo)
+            influxdb3_local.query("SELECT nope")
+    """)
+    h.invoke(1, "process_scheduled_call", 5)
+    done = h.until_done()
+    assert done["ok"] is False and done["error"] == "SystemExit: 1"
+
+    def answer(header, body):
+        h.ch.send({"type": "query_result", "id": header["id"], "error": "column nope not found"})
+
+    h.invoke(2, "process_scheduled_call", 1_700_000_000)
+    done = h.until_done(answer)
+    assert done["ok"] is False
+    assert done["error"] == "Exception: error: column nope not found executing query on db: SELECT nope"
+    assert ("INFO", "2023-11-14T22:13:20 None") in h.logs
+    h.close()
+
+
+def test_sync_trigger_runs_in_order_async_overlaps(tmp_path):
+    src = """
+        import time
+        def process_writes(influxdb3_local, table_batches, args):
+            time.sleep(table_batches[0])
+    """
+    for run_async, expect_overlap in [(False, False), (True, True)]:
+        h = Host(tmp_path, src, run_async=run_async)
+        started = time.monotonic()
+        h.invoke(1, "process_writes", [0.5])
+        h.invoke(2, "process_writes", [0.0])
+        order = [h.until_done()["id"], h.until_done()["id"]]
+        elapsed = time.monotonic() - started
+        if expect_overlap:
+            assert order == [2, 1], "the short async call finishes first"
+        else:
+            assert order == [1, 2], "a sync trigger keeps arrival order"
+            assert elapsed >= 0.5
+        h.close()
+
+
+def test_a_worker_that_dies_closes_the_channel(tmp_path):
+    h = Host(tmp_path, """
+        import os
+        def process_writes(influxdb3_local, table_batches, args):
+            os._exit(17)
+    """)
+    h.invoke(1, "process_writes", [])
+    with pytest.raises(ChannelClosed):
+        h.until_done()
+    assert h.proc.wait(timeout=30) == 17
+
+
+def test_global_cache_goes_to_the_host(tmp_path):
+    import pickle
+
+    h = Host(tmp_path, """
+        def process_writes(influxdb3_local, table_batches, args):
+            influxdb3_local.cache.put("k", {"x": 1}, ttl=5, use_global=True)
+            influxdb3_local.info(influxdb3_local.cache.get("k", use_global=True))
+    """)
+    store = {}
+
+    def answer(header, body):
+        assert header["type"] == "cache"
+        if header["op"] == "put":
+            store[header["key"]] = body
+            assert header["ttl"] == 5
+            h.ch.send({"type": "cache_result", "id": header["id"]})
+        else:
+            found = header["key"] in store
+            h.ch.send({"type": "cache_result", "id": header["id"], "found": found}, store.get(header["key"], b""))
+
+    h.invoke(1, "process_writes", [])
+    assert h.until_done(answer)["ok"] is True
+    assert pickle.loads(store["k"]) == {"x": 1}
+    assert ("INFO", "{'x': 1}") in h.logs
+    h.close()

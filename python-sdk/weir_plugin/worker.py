@@ -1,0 +1,295 @@
+"""The worker process the plugin host spawns for a trigger: `python -m weir_plugin.worker`.
+
+The host passes a connected socket as an inherited file descriptor (`WEIR_IPC_FD`); stdin,
+stdout and stderr are never the channel, so whatever a plugin prints is captured (and sent
+to the engine log) without corrupting it.
+
+Frames, both directions: `u32 LE n` then `n` bytes: `u32 LE h`, `h` bytes of UTF-8 JSON (the
+header, with a "type"), and the rest the body (marshal-encoded Python values for rows and
+call arguments, which the host writes directly; pickle for global-cache values).
+
+host → worker                              worker → host
+  init {trigger, database, plugin_path,      ready {pid, python}
+        args, run_async, threads}            log {level, text, invocation}
+  invoke {id, entry} + marshal([args...])    done {id, ok, error, traceback, writes, value}
+  query_result {id, error} + marshal(rows)   query {id, database, sql, params}
+  write_result {id, error}                   write {id, database, lines, no_sync}
+  cache_result {id, error, found}            cache {id, op, key, ttl, use_global} + pickle
+        + pickle(value)
+  shutdown {}
+
+A synchronous trigger runs one invocation at a time, in arrival order; an asynchronous one
+runs up to `threads` at once on threads of this process (one live trigger cache).
+"""
+
+import datetime
+import io
+import json
+import marshal
+import os
+import pickle
+import queue
+import socket
+import struct
+import sys
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, Optional, Tuple
+
+from .engine import BackendError, Trigger, install_builtins
+
+_LEN = struct.Struct("<I")
+
+
+class ChannelClosed(Exception):
+    """The plugin host went away."""
+
+
+class Channel:
+    """Framed messages over the inherited socket; sending is thread-safe."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self._reader = sock.makefile("rb", buffering=1 << 20)
+        self._send_lock = threading.Lock()
+
+    def send(self, header: Dict[str, Any], body: bytes = b"") -> None:
+        h = json.dumps(header, separators=(",", ":")).encode()
+        frame = _LEN.pack(4 + len(h) + len(body)) + _LEN.pack(len(h)) + h
+        with self._send_lock:
+            self._sock.sendall(frame)
+            if body:
+                self._sock.sendall(body)
+
+    def _read_exact(self, n: int) -> bytes:
+        data = self._reader.read(n)
+        if data is None or len(data) != n:
+            raise ChannelClosed()
+        return data
+
+    def recv(self) -> Tuple[Dict[str, Any], bytes]:
+        (n,) = _LEN.unpack(self._read_exact(4))
+        frame = self._read_exact(n)
+        (h,) = _LEN.unpack_from(frame, 0)
+        header = json.loads(frame[4 : 4 + h])
+        return header, frame[4 + h :]
+
+
+class _Pending:
+    """Replies the worker waits for, by request id."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._next = 0
+        self._waiting: Dict[int, list] = {}
+        self._closed = False
+
+    def open(self) -> Tuple[int, threading.Event, list]:
+        with self._lock:
+            if self._closed:
+                raise ChannelClosed()
+            self._next += 1
+            slot: list = []
+            event = threading.Event()
+            self._waiting[self._next] = [event, slot]
+            return self._next, event, slot
+
+    def resolve(self, rid: int, header, body) -> None:
+        with self._lock:
+            entry = self._waiting.pop(rid, None)
+        if entry is not None:
+            entry[1].append((header, body))
+            entry[0].set()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            waiting, self._waiting = self._waiting, {}
+        for event, _ in waiting.values():
+            event.set()
+
+
+_current_invocation = threading.local()
+
+
+class HostBackend:
+    """The plugin API's backend: everything goes to the plugin host over the channel."""
+
+    def __init__(self, channel: Channel):
+        self.channel = channel
+        self.pending = _Pending()
+        self._global = _GlobalCache(self)
+
+    def call(self, header: Dict[str, Any], body: bytes = b"") -> Tuple[Dict[str, Any], bytes]:
+        rid, event, slot = self.pending.open()
+        header["id"] = rid
+        self.channel.send(header, body)
+        event.wait()
+        if not slot:
+            raise BackendError("the plugin host connection closed")
+        return slot[0]
+
+    def log(self, level: str, text: str) -> None:
+        self.channel.send({"type": "log", "level": level, "text": text,
+                           "invocation": getattr(_current_invocation, "id", None)})
+
+    def query(self, database, sql, params):
+        if params is not None:
+            params = {str(k): v if isinstance(v, str) else str(v) for k, v in dict(params).items()}
+        header, body = self.call({"type": "query", "database": database, "sql": sql, "params": params})
+        if header.get("error"):
+            raise BackendError(header["error"])
+        return marshal.loads(body) if body else []
+
+    def write(self, database, lines, no_sync):
+        header, _ = self.call({"type": "write", "database": database, "lines": list(lines), "no_sync": no_sync})
+        if header.get("error"):
+            raise BackendError(header["error"])
+
+    def global_cache(self):
+        return self._global
+
+
+class _GlobalCache:
+    """The global cache scope, kept by the plugin host (values pickled)."""
+
+    def __init__(self, backend: HostBackend):
+        self._backend = backend
+
+    def _op(self, op: str, key: str, value: Any = None, ttl: Optional[float] = None):
+        body = pickle.dumps(value) if op == "put" else b""
+        header, body = self._backend.call({"type": "cache", "op": op, "key": key, "ttl": ttl}, body)
+        if header.get("error"):
+            raise BackendError(header["error"])
+        return header, body
+
+    def put(self, key: str, value: Any, ttl: Optional[float] = None) -> None:
+        self._op("put", key, value, ttl)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        header, body = self._op("get", key)
+        return pickle.loads(body) if header.get("found") else default
+
+    def delete(self, key: str) -> bool:
+        header, _ = self._op("delete", key)
+        return bool(header.get("found"))
+
+
+class _LogWriter(io.TextIOBase):
+    """Stands in for sys.stdout/sys.stderr: complete lines go to the engine log."""
+
+    def __init__(self, backend: HostBackend, level: str):
+        self._backend = backend
+        self._level = level
+        self._buf = threading.local()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        pending = getattr(self._buf, "text", "") + s
+        *lines, rest = pending.split("\n")
+        self._buf.text = rest
+        for line in lines:
+            try:
+                self._backend.log(self._level, line)
+            except OSError:
+                pass
+        return len(s)
+
+    def flush(self) -> None:
+        rest = getattr(self._buf, "text", "")
+        if rest:
+            self._buf.text = ""
+            self._backend.log(self._level, rest)
+
+
+def _call_args(entry: str, body: bytes):
+    args = marshal.loads(body) if body else []
+    if entry == "process_scheduled_call":
+        # A naive datetime from whole seconds; workers run with TZ=UTC, so naive UTC.
+        args = [datetime.datetime.fromtimestamp(int(args[0]))]
+    return args
+
+
+def _jsonable(value):
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def serve(channel: Channel) -> int:
+    """Run until the host says shutdown or goes away; the exit status."""
+    header, _ = channel.recv()
+    if header.get("type") != "init":
+        raise RuntimeError(f"expected init, got {header.get('type')}")
+    install_builtins()
+    os.environ.setdefault("TZ", "UTC")
+    backend = HostBackend(channel)
+    trigger = Trigger(header["trigger"], header["database"], header["plugin_path"], header.get("args"), backend)
+    sys.stdout = _LogWriter(backend, "INFO")
+    sys.stderr = _LogWriter(backend, "WARN")
+
+    def run(rid: int, entry: str, body: bytes) -> None:
+        _current_invocation.id = rid
+        try:
+            outcome = trigger.invoke(entry, *_call_args(entry, body))
+        except BaseException as e:  # bad arguments from the host: report, do not die
+            channel.send({"type": "done", "id": rid, "ok": False, "error": f"{type(e).__name__}: {e}",
+                          "traceback": traceback.format_exc(), "writes": {}})
+            return
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            _current_invocation.id = None
+        channel.send({"type": "done", "id": rid, "ok": outcome.ok, "error": outcome.error,
+                      "traceback": outcome.traceback, "writes": outcome.writes,
+                      "value": _jsonable(outcome.value)})
+
+    if header.get("run_async"):
+        pool = ThreadPoolExecutor(max_workers=max(1, int(header.get("threads") or 8)),
+                                  thread_name_prefix="invocation")
+        submit = lambda rid, entry, body: pool.submit(run, rid, entry, body)  # noqa: E731
+    else:
+        jobs: "queue.Queue" = queue.Queue()
+
+        def sequential():
+            while True:
+                job = jobs.get()
+                if job is None:
+                    return
+                run(*job)
+
+        threading.Thread(target=sequential, name="invocation", daemon=True).start()
+        submit = lambda rid, entry, body: jobs.put((rid, entry, body))  # noqa: E731
+
+    channel.send({"type": "ready", "pid": os.getpid(), "python": sys.version.split()[0]})
+    try:
+        while True:
+            header, body = channel.recv()
+            kind = header.get("type")
+            if kind == "invoke":
+                submit(header["id"], header["entry"], body)
+            elif kind in ("query_result", "write_result", "cache_result"):
+                backend.pending.resolve(header["id"], header, body)
+            elif kind == "shutdown":
+                return 0
+    except ChannelClosed:
+        return 0
+    finally:
+        backend.pending.close()
+
+
+def main() -> None:
+    fd = int(os.environ["WEIR_IPC_FD"])
+    sock = socket.socket(fileno=fd)
+    code = serve(Channel(sock))
+    # Invocation threads may still be running plugin code: do not wait for them.
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()
