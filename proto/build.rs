@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let protos = [root.join("weir/admin/v1/admin.proto")];
+    let protos = [
+        root.join("weir/admin/v1/admin.proto"),
+        root.join("weir/plugin/v1/plugin.proto"),
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={}", p.display());
     }

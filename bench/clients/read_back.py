@@ -32,7 +32,7 @@ def main():
     p.add_argument("--runs", type=int, default=3)
     a = p.parse_args()
 
-    client = InfluxDBClient3(host=a.url, token=a.token or "none", database=a.db)
+    client = InfluxDBClient3(host=a.url, token=a.token, database=a.db)
     headers = {"Authorization": f"Bearer {a.token}"} if a.token else {}
 
     def http(fmt):

@@ -391,7 +391,10 @@ async fn scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> anyhow:
         for &rows in &cli.scan_rows {
             let db = format!("bench_scan_{rows}{suffix}");
             println!("\n== full-scan result throughput, {} rows (db {db}) ==", stats::thousands(rows));
-            let api = fleet.acquire(&format!("scan_{rows}")).await?;
+            // A snapshot halfway, so the rewrite of the oldest points (in the buffer)
+            // overlaps Parquet files and the scan must deduplicate at query time.
+            let snapshot = vec![format!("--snapshot-rows={}", rows / 2)];
+            let api = fleet.acquire_with(&format!("scan_{rows}"), &snapshot).await?;
             let args = scan::ScanArgs {
                 rows,
                 hosts: cli.hosts,

@@ -2,9 +2,11 @@
 //! JSON ticket influxdb3-python sends) and over HTTP as JSON and CSV, with time to first
 //! batch / first byte and the server's memory growth while it streams.
 //!
-//! The data set is `rows` cpu points (100 hosts × 7 regions, 3 float fields), then the
-//! newest 1% written again with new values: the answer must still have exactly `rows`
-//! rows, so every run also checks that duplicate points were resolved.
+//! The data set is `rows` cpu points (100 hosts × 7 regions, 3 float fields) written by a
+//! server that snapshots halfway (`--snapshot-rows rows/2`), then the oldest 1% written
+//! again with new values. Those rewrites sit in the buffer while the originals are in
+//! Parquet, so the scan has to deduplicate at query time (the plan is checked for
+//! `DedupExec`), and every run checks that exactly `rows` rows came back.
 
 use std::{
     sync::{
@@ -107,6 +109,8 @@ pub(crate) struct ScanOutcome {
     pub(crate) duplicates_written: u64,
     pub(crate) load_time: Duration,
     pub(crate) rss_before: Option<u64>,
+    /// Whether the scan's plan deduplicates (it must: rewrites overlap Parquet files).
+    pub(crate) dedup_in_plan: bool,
     pub(crate) transports: Vec<TransportFigures>,
     pub(crate) python: Vec<PythonClient>,
 }
@@ -114,6 +118,12 @@ pub(crate) struct ScanOutcome {
 impl ScanOutcome {
     pub(crate) fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if !self.dedup_in_plan {
+            out.push(format!(
+                "scan {} rows: the plan has no DedupExec, so query-time deduplication was not exercised",
+                self.rows
+            ));
+        }
         for c in &self.python {
             for (rows, _) in &c.runs {
                 if *rows != self.rows {
@@ -143,6 +153,7 @@ impl ScanOutcome {
             "duplicates_written": self.duplicates_written,
             "load_s": round3(self.load_time.as_secs_f64()),
             "server_rss_before_bytes": self.rss_before,
+            "dedup_in_plan": self.dedup_in_plan,
             "transports": self.transports.iter().map(|t| {
                 let m = t.median();
                 json!({
@@ -255,8 +266,8 @@ async fn load(api: &Api, db: &str, args: &ScanArgs, start_ns: i64) -> anyhow::Re
     // way into the buffer when the timed reads start).
     let target = api.write_target(db, false, false);
     let duplicates = args.rows / 100;
-    // Phase 1: every point once; phase 2: the newest 1% again, with different values.
-    for (range, salt) in [(0..args.rows, 0), (args.rows - duplicates..args.rows, 0xdead_beef)] {
+    // Phase 1: every point once; phase 2: the oldest 1% again, with different values.
+    for (range, salt) in [(0..args.rows, 0), (0..duplicates, 0xdead_beef)] {
         let next = Arc::new(AtomicU64::new(range.start));
         let end = range.end;
         let tasks: Vec<_> = (0..4)
@@ -394,6 +405,10 @@ pub(crate) async fn run(api: &Api, db: &str, args: ScanArgs) -> anyhow::Result<S
         load_time.as_secs_f64()
     );
     let rss_before = args.pid.and_then(rss);
+    let sql = "SELECT * FROM cpu";
+    let (plan, _) = api.query(db, &format!("EXPLAIN {sql}")).await?;
+    let dedup_in_plan = plan.iter().any(|row| row.to_string().contains("DedupExec"));
+    println!("   plan deduplicates at query time: {dedup_in_plan}");
 
     let channel = tonic::transport::Channel::from_shared(api.base().to_string())?
         .connect()
@@ -403,7 +418,6 @@ pub(crate) async fn run(api: &Api, db: &str, args: ScanArgs) -> anyhow::Result<S
     if let Some(t) = api.token() {
         flight.add_header("authorization", &format!("Bearer {t}"))?;
     }
-    let sql = "SELECT * FROM cpu";
     let mut transports = Vec::new();
     for transport in [Transport::Flight, Transport::HttpJson, Transport::HttpCsv] {
         let mut runs = Vec::new();
@@ -453,6 +467,7 @@ pub(crate) async fn run(api: &Api, db: &str, args: ScanArgs) -> anyhow::Result<S
         duplicates_written,
         load_time,
         rss_before,
+        dedup_in_plan,
         transports,
         python,
     })

@@ -321,6 +321,16 @@ impl Fleet {
     /// shared server this first waits until the server is idle (e.g. a snapshot or WAL
     /// flushes triggered by the previous scenario have finished).
     pub(crate) async fn acquire(&mut self, id: &str) -> anyhow::Result<crate::client::Api> {
+        self.acquire_with(id, &[]).await
+    }
+
+    /// Like [`Fleet::acquire`], with extra `weir serve` arguments for a server started for
+    /// this scenario (ignored when the server is shared or external).
+    pub(crate) async fn acquire_with(
+        &mut self,
+        id: &str,
+        scenario_args: &[String],
+    ) -> anyhow::Result<crate::client::Api> {
         const POOL: usize = 64;
         if let Some(url) = &self.external {
             if self.external_api.is_none() {
@@ -346,10 +356,14 @@ impl Fleet {
             .data_root
             .as_ref()
             .map(|r| if self.fresh { r.join(id) } else { r.clone() });
+        let mut extra_args = self.extra_args.clone();
+        if self.fresh {
+            extra_args.extend_from_slice(scenario_args);
+        }
         let server = Server::spawn(SpawnArgs {
             bin: &self.bin,
             data_dir: data_dir.as_deref(),
-            extra_args: &self.extra_args,
+            extra_args: &extra_args,
             startup_timeout: Duration::from_secs(120),
         })
         .await?;

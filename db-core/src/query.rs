@@ -94,7 +94,30 @@ impl From<DataFusionError> for Error {
                 other => other,
             },
             DataFusionError::Diagnostic(_, inner) => Self::from(*inner),
+            // A value that does not parse or cast (a bound parameter, a literal) is the
+            // query's fault.
+            DataFusionError::ArrowError(ref a, _)
+                if matches!(
+                    **a,
+                    arrow::error::ArrowError::CastError(_)
+                        | arrow::error::ArrowError::ParseError(_)
+                        | arrow::error::ArrowError::InvalidArgumentError(_)
+                ) =>
+            {
+                Self::Invalid(e)
+            }
             other => Self::Execution(other),
+        }
+    }
+}
+
+impl Error {
+    /// Classify a DataFusion error as the query's fault, whatever its kind (parameter
+    /// binding).
+    fn invalid(e: DataFusionError) -> Self {
+        match Self::from(e) {
+            Self::Execution(e) => Self::Invalid(e),
+            other => other,
         }
     }
 }
@@ -314,6 +337,15 @@ impl QueryExecutor for SqlExecutor {
                 let schema = Arc::new(plan.schema().as_arrow().clone());
                 let mut params: Vec<(String, Option<DataType>)> =
                     plan.get_parameter_types()?.into_iter().collect();
+                // Positional placeholders are bound by index, so report $1..$max even when
+                // the statement skips one.
+                let max = params.iter().filter_map(|(n, _)| n.trim_start_matches('$').parse::<usize>().ok()).max();
+                for i in 1..=max.unwrap_or(0) {
+                    let name = format!("${i}");
+                    if !params.iter().any(|(n, _)| *n == name) {
+                        params.push((name, None));
+                    }
+                }
                 params.sort_by_key(|(name, _)| placeholder_order(name));
                 let params = params
                     .into_iter()
@@ -379,18 +411,20 @@ fn placeholder_order(name: &str) -> (usize, String) {
 }
 
 /// Number `?` placeholders `$1`, `$2`, ... left to right, leaving string literals, quoted
-/// identifiers and comments alone. DataFusion only understands the numbered form, while
-/// JDBC/ADBC users write `?`.
-pub fn number_question_marks(sql: &str) -> Cow<'_, str> {
+/// identifiers (`"..."` and `` `...` ``) and comments alone. DataFusion only understands the
+/// numbered form, while JDBC/ADBC users write `?`. Mixing `?` with `$1`-style placeholders
+/// is refused: the numbering would be ambiguous.
+pub fn number_question_marks(sql: &str) -> Result<Cow<'_, str>> {
     if !sql.contains('?') {
-        return Cow::Borrowed(sql);
+        return Ok(Cow::Borrowed(sql));
     }
     let mut out = String::with_capacity(sql.len() + 8);
     let mut n = 0;
+    let mut numbered = false;
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
-            '\'' | '"' => {
+            '\'' | '"' | '`' => {
                 out.push(c);
                 // Copy through the closing quote; a doubled quote is an escaped one and the
                 // loop simply re-enters the quoted state.
@@ -421,6 +455,10 @@ pub fn number_question_marks(sql: &str) -> Cow<'_, str> {
                     prev = d;
                 }
             }
+            '$' if chars.peek().is_some_and(char::is_ascii_digit) => {
+                numbered = true;
+                out.push(c);
+            }
             '?' => {
                 n += 1;
                 out.push('$');
@@ -429,7 +467,12 @@ pub fn number_question_marks(sql: &str) -> Cow<'_, str> {
             _ => out.push(c),
         }
     }
-    Cow::Owned(out)
+    if n > 0 && numbered {
+        return Err(Error::Invalid(DataFusionError::Plan(
+            "use either ? or $1-style placeholders in one statement, not both".to_string(),
+        )));
+    }
+    Ok(Cow::Owned(out))
 }
 
 /// Parse and plan `sql` with writes and statements refused.
@@ -438,7 +481,7 @@ async fn plan(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan> {
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false);
-    let sql = number_question_marks(sql);
+    let sql = number_question_marks(sql)?;
     let state = ctx.state();
     let plan = state.create_logical_plan(&sql).await?;
     options.verify_plan(&plan)?;
@@ -467,7 +510,7 @@ async fn plan_and_execute(
                     .into_iter()
                     .map(|(k, v)| (k, ScalarValue::Utf8(Some(v))))
                     .collect();
-                df = df.with_param_values(ParamValues::from(values))?;
+                df = df.with_param_values(ParamValues::from(values)).map_err(Error::invalid)?;
             }
         }
         QueryParams::Positional(values) => {
@@ -479,8 +522,16 @@ async fn plan_and_execute(
             if let Some(missing) = wanted.iter().find(|p| !bound(p)) {
                 return Err(Error::MissingParam(missing.clone()));
             }
+            let expected = wanted.iter().filter_map(|p| p.trim_start_matches('$').parse::<usize>().ok()).max();
+            if values.len() != expected.unwrap_or(0) && !values.is_empty() {
+                return Err(Error::Invalid(DataFusionError::Plan(format!(
+                    "the statement takes {} parameter(s) but {} were bound",
+                    expected.unwrap_or(0),
+                    values.len()
+                ))));
+            }
             if !values.is_empty() {
-                df = df.with_param_values(ParamValues::from(values))?;
+                df = df.with_param_values(ParamValues::from(values)).map_err(Error::invalid)?;
             }
         }
     }

@@ -477,8 +477,8 @@ impl WriteBuffer {
         })
     }
 
-    /// The data of one table for a scan, restricted to files overlapping `time_range`
-    /// (inclusive bounds in ns).
+    /// The data of one table for a scan: the Parquet files and buffer segments whose time
+    /// range meets `time_range` (inclusive bounds in ns), with their write generations.
     pub fn table_data(&self, db_id: u32, table_id: u32, time_range: Option<(i64, i64)>) -> TableData {
         let Some(def) = self
             .shared

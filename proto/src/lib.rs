@@ -10,3 +10,12 @@ pub mod admin {
         tonic::include_proto!("weir.admin.v1");
     }
 }
+
+/// `weir.plugin.v1`: the stream between `weir serve` and `weir-plugin-host`.
+pub mod plugin {
+    /// Version 1 of the plugin-host channel.
+    pub mod v1 {
+        #![allow(missing_docs, unreachable_pub, missing_debug_implementations, clippy::all)]
+        tonic::include_proto!("weir.plugin.v1");
+    }
+}

@@ -1,9 +1,11 @@
 //! The table provider for user tables: the in-memory buffer plus Parquet files.
 //!
-//! Files are pruned by the time range the query's filters imply. When every source covers
-//! a disjoint time range no point can appear twice, so the sources are simply unioned;
-//! otherwise the scan deduplicates (see [`super::dedup`]): later sources win field by
-//! field, exactly as later writes of the same point do in the buffer.
+//! Files and buffer segments are pruned by the time range the query's filters imply. A
+//! point can only be held twice by pieces of different write generations whose time ranges
+//! overlap ([`crate::write_buffer::TableData::dedup_groups`]); each such group is
+//! deduplicated on its own (see [`super::dedup`]: later generations win field by field,
+//! exactly as later writes of the same point do in the buffer), and every other piece is
+//! read as it is. The cost of deduplication follows the overlap, not the table size.
 
 use std::sync::Arc;
 

@@ -21,7 +21,7 @@ use std::{
 };
 
 use arrow::{
-    datatypes::{DataType, Field, Schema},
+    datatypes::{DataType, Field, FieldRef, Schema},
     ipc::writer::IpcWriteOptions,
     record_batch::RecordBatch,
 };
@@ -60,8 +60,10 @@ use crate::query::{self, CATALOG_NAME, QueryParams, SYSTEM_SCHEMA, USER_SCHEMA};
 /// gRPC headers that name the database, in the order they are consulted.
 const DATABASE_HEADERS: [&str; 4] = ["database", "bucket", "bucket-name", "iox-namespace-name"];
 
-/// Prepared statements kept per server; the oldest is dropped beyond this.
+/// Prepared statements kept per server, and the bytes their SQL and bound values may
+/// take together; beyond either, the least recently used are dropped.
 const MAX_PREPARED: usize = 10_000;
+const MAX_PREPARED_BYTES: usize = 64 * 1024 * 1024;
 
 /// Table types `GetTables` reports (DataFusion's names, as in `information_schema`).
 const TABLE_TYPES: [&str; 3] = ["BASE TABLE", "VIEW", "LOCAL TEMPORARY"];
@@ -117,17 +119,28 @@ fn internal(context: &str, e: impl std::fmt::Display) -> Status {
     Status::internal(format!("{context}: {e}"))
 }
 
-/// The schema clients receive: the encoder sends dictionary columns (tags) as plain values.
+/// The schema clients receive: the encoder sends dictionary columns (tags, and dictionaries
+/// nested in lists, structs and maps) as plain values.
 fn wire_schema(schema: &Schema) -> Schema {
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| match f.data_type() {
-            DataType::Dictionary(_, value) => f.as_ref().clone().with_data_type((**value).clone()),
-            _ => f.as_ref().clone(),
-        })
-        .collect();
+    let fields: Vec<Field> = schema.fields().iter().map(|f| wire_field(f)).collect();
     Schema::new_with_metadata(fields, schema.metadata().clone())
+}
+
+fn wire_field(f: &Field) -> Field {
+    f.clone().with_data_type(wire_type(f.data_type()))
+}
+
+fn wire_type(t: &DataType) -> DataType {
+    let field = |f: &FieldRef| Arc::new(wire_field(f));
+    match t {
+        DataType::Dictionary(_, value) => wire_type(value),
+        DataType::List(f) => DataType::List(field(f)),
+        DataType::LargeList(f) => DataType::LargeList(field(f)),
+        DataType::FixedSizeList(f, n) => DataType::FixedSizeList(field(f), *n),
+        DataType::Struct(fields) => DataType::Struct(fields.iter().map(field).collect()),
+        DataType::Map(f, sorted) => DataType::Map(field(f), *sorted),
+        other => other.clone(),
+    }
 }
 
 fn schema_bytes(schema: &Schema) -> Result<bytes::Bytes, Status> {
@@ -193,20 +206,50 @@ struct Prepared {
     database: String,
     sql: String,
     params: Vec<ScalarValue>,
+    /// Position in `recency` (larger = used more recently).
+    used: u64,
 }
 
-/// Open prepared statements by id; ids grow, so the map's first entry is the oldest.
+impl Prepared {
+    fn bytes(&self) -> usize {
+        self.database.len() + self.sql.len() + self.params.iter().map(ScalarValue::size).sum::<usize>()
+    }
+}
+
+/// Open prepared statements by id, with least-recently-used eviction.
 #[derive(Debug, Default)]
 struct PreparedStatements {
     next_id: u64,
+    clock: u64,
     open: BTreeMap<u64, Prepared>,
+    /// `used` → id.
+    recency: BTreeMap<u64, u64>,
+    bytes: usize,
 }
 
 impl PreparedStatements {
-    fn insert(&mut self, database: String, sql: String) -> Vec<u8> {
-        while self.open.len() >= MAX_PREPARED {
-            self.open.pop_first();
+    fn touch(&mut self, id: u64) {
+        self.clock += 1;
+        if let Some(p) = self.open.get_mut(&id) {
+            self.recency.remove(&p.used);
+            p.used = self.clock;
+            self.recency.insert(self.clock, id);
         }
+    }
+
+    /// Drop least recently used statements until `count` more statements and `bytes` more
+    /// bytes fit. Statements taken out of `recency` are never dropped.
+    fn make_room(&mut self, count: usize, bytes: usize) {
+        while self.open.len() + count > MAX_PREPARED || self.bytes + bytes > MAX_PREPARED_BYTES {
+            let Some((_, id)) = self.recency.pop_first() else { break };
+            if let Some(p) = self.open.remove(&id) {
+                self.bytes -= p.bytes();
+            }
+        }
+    }
+
+    fn insert(&mut self, database: String, sql: String) -> Vec<u8> {
+        self.make_room(1, database.len() + sql.len());
         self.next_id += 1;
         let mut nonce = [0u8; 8];
         // A random nonce makes handles unguessable; fall back to the id if the OS says no.
@@ -215,30 +258,66 @@ impl PreparedStatements {
             Err(_) => self.next_id.rotate_left(32),
         };
         let id = self.next_id;
-        self.open.insert(id, Prepared { nonce, database, sql, params: Vec::new() });
+        let p = Prepared { nonce, database, sql, params: Vec::new(), used: 0 };
+        self.bytes += p.bytes();
+        self.open.insert(id, p);
+        self.touch(id);
         let mut handle = id.to_be_bytes().to_vec();
         handle.extend_from_slice(&nonce.to_be_bytes());
         handle
     }
 
-    fn get_mut(&mut self, handle: &[u8]) -> Result<&mut Prepared, Status> {
+    fn id(&self, handle: &[u8]) -> Result<u64, Status> {
         let unknown = || {
             Status::not_found(
                 "unknown prepared statement handle (closed, evicted, or from before a restart)",
             )
         };
         let (id, nonce) = decode_handle(handle).ok_or_else(unknown)?;
-        match self.open.get_mut(&id) {
-            Some(p) if p.nonce == nonce => Ok(p),
+        match self.open.get(&id) {
+            Some(p) if p.nonce == nonce => Ok(id),
             _ => Err(unknown()),
         }
     }
 
+    /// The statement's database, SQL and bound values.
+    fn get(&mut self, handle: &[u8]) -> Result<(String, String, Vec<ScalarValue>), Status> {
+        let id = self.id(handle)?;
+        self.touch(id);
+        let p = &self.open[&id];
+        Ok((p.database.clone(), p.sql.clone(), p.params.clone()))
+    }
+
+    fn bind(&mut self, handle: &[u8], params: Vec<ScalarValue>) -> Result<(), Status> {
+        let id = self.id(handle)?;
+        let new_bytes: usize = params.iter().map(ScalarValue::size).sum();
+        if new_bytes > MAX_PREPARED_BYTES / 4 {
+            return Err(Status::invalid_argument(format!(
+                "bound parameters take {new_bytes} bytes; the limit is {}",
+                MAX_PREPARED_BYTES / 4
+            )));
+        }
+        let p = self.open.get_mut(&id).expect("id() checked it");
+        let old = p.bytes();
+        p.params = params;
+        let grown = p.bytes().saturating_sub(old);
+        self.bytes = self.bytes - old + p.bytes() - grown;
+        // Make room for the growth without evicting this statement itself.
+        let used = p.used;
+        self.recency.remove(&used);
+        self.make_room(0, grown);
+        self.bytes += grown;
+        self.recency.insert(used, id);
+        self.touch(id);
+        Ok(())
+    }
+
     fn remove(&mut self, handle: &[u8]) {
-        if let Some((id, nonce)) = decode_handle(handle)
-            && self.open.get(&id).is_some_and(|p| p.nonce == nonce)
+        if let Ok(id) = self.id(handle)
+            && let Some(p) = self.open.remove(&id)
         {
-            self.open.remove(&id);
+            self.recency.remove(&p.used);
+            self.bytes -= p.bytes();
         }
     }
 }
@@ -272,12 +351,14 @@ static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
 
 impl FlightFront {
     fn authorize(&self, md: &MetadataMap) -> Result<Option<String>, Status> {
+        let auth = &self.sql.state.auth;
+        if !auth.enabled() {
+            // Like HTTP: with auth off, whatever `authorization` holds (even an empty
+            // `Bearer `) is ignored.
+            return Ok(None);
+        }
         let token = metadata_token(md).map_err(IntoStatus::into_status)?;
-        self.sql
-            .state
-            .auth
-            .check_token(token.as_deref())
-            .map_err(IntoStatus::into_status)?;
+        auth.check_token(token.as_deref()).map_err(IntoStatus::into_status)?;
         Ok(token)
     }
 
@@ -328,7 +409,7 @@ impl FlightService for FlightFront {
         let reply = HandshakeResponse { protocol_version: 0, payload: Default::default() };
         let mut response: Response<Self::HandshakeStream> =
             Response::new(Box::pin(futures::stream::iter([Ok(reply)])));
-        if let Some(token) = token
+        if let Some(token) = token.filter(|t| !t.is_empty())
             && let Ok(v) = format!("Bearer {token}").parse()
         {
             response.metadata_mut().insert("authorization", v);
@@ -370,9 +451,9 @@ impl FlightService for FlightFront {
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         self.authorize(request.metadata())?;
-        // A protobuf `Any` starts with field 1's tag (0x0a); the InfluxDB ticket is JSON.
-        let first = request.get_ref().ticket.iter().find(|b| !b.is_ascii_whitespace());
-        if first == Some(&b'{') {
+        // A protobuf `Any` starts with field 1's tag (0x0a); the InfluxDB ticket is a JSON
+        // object (clients send it without leading whitespace).
+        if request.get_ref().ticket.first() == Some(&b'{') {
             return self.influx_ticket(request).await;
         }
         self.sql.do_get(request).await
@@ -537,7 +618,7 @@ impl FlightSqlService for WeirFlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         // Fail fast on a bad handle, before reading the parameters.
-        self.prepared.lock().get_mut(&query.prepared_statement_handle)?;
+        self.prepared.lock().id(&query.prepared_statement_handle)?;
         let data = request.into_inner().map_err(|s| FlightError::Tonic(Box::new(s)));
         let mut batches = FlightRecordBatchStream::new_from_flight_data(data);
         let mut row: Option<Vec<ScalarValue>> = None;
@@ -560,7 +641,7 @@ impl FlightSqlService for WeirFlightSql {
             row = Some(values);
         }
         let handle = query.prepared_statement_handle;
-        self.prepared.lock().get_mut(&handle)?.params = row.unwrap_or_default();
+        self.prepared.lock().bind(&handle, row.unwrap_or_default())?;
         Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(handle) })
     }
 
@@ -569,11 +650,7 @@ impl FlightSqlService for WeirFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let (database, sql) = {
-            let mut open = self.prepared.lock();
-            let p = open.get_mut(&query.prepared_statement_handle)?;
-            (p.database.clone(), p.sql.clone())
-        };
+        let (database, sql, _) = self.prepared.lock().get(&query.prepared_statement_handle)?;
         let shape = self.wire_shape(&database, &sql).await?;
         let info = flight_info(&shape.schema, query.as_any().encode_to_vec(), request.into_inner())?;
         Ok(Response::new(info))
@@ -584,11 +661,7 @@ impl FlightSqlService for WeirFlightSql {
         query: CommandPreparedStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let (database, sql, params) = {
-            let mut open = self.prepared.lock();
-            let p = open.get_mut(&query.prepared_statement_handle)?;
-            (p.database.clone(), p.sql.clone(), p.params.clone())
-        };
+        let (database, sql, params) = self.prepared.lock().get(&query.prepared_statement_handle)?;
         self.run(&database, &sql, QueryParams::Positional(params)).await
     }
 

@@ -117,7 +117,7 @@ async fn prepared_statements_bind_positional_parameters() {
     let mut c = sql_client(&f, Some(TOKEN), Some("db")).await;
 
     let mut ps = c
-        .prepare("SELECT n FROM cpu WHERE host = ? AND n >= $2 ORDER BY n".into(), None)
+        .prepare("SELECT n FROM cpu WHERE host = ? AND n >= ? ORDER BY n".into(), None)
         .await
         .unwrap();
     assert_eq!(ps.dataset_schema().unwrap().field(0).name(), "n");
@@ -149,6 +149,28 @@ async fn prepared_statements_bind_positional_parameters() {
         .collect();
     assert_eq!(n, [1, 3]);
     ps.close().await.unwrap();
+
+    // Too many values, and a value that cannot be compared with the column.
+    let mut ps = c.prepare("SELECT n FROM cpu WHERE time >= ?".into(), None).await.unwrap();
+    let two = RecordBatch::try_from_iter([
+        ("a", Arc::new(StringArray::from(vec!["1970-01-01T00:00:00Z"])) as _),
+        ("b", Arc::new(StringArray::from(vec!["x"])) as _),
+    ])
+    .unwrap();
+    ps.set_parameters(two).unwrap();
+    let info = ps.execute().await.unwrap();
+    let (code_, msg) = code(c.do_get(info.endpoint[0].ticket.clone().unwrap()).await.map(|_| ()));
+    assert_eq!(code_, Code::InvalidArgument, "{msg}");
+    assert!(msg.contains("1 parameter(s) but 2 were bound"), "{msg}");
+    let garbage = RecordBatch::try_from_iter([("a", Arc::new(StringArray::from(vec!["not a time"])) as _)]).unwrap();
+    ps.set_parameters(garbage).unwrap();
+    let info = ps.execute().await.unwrap();
+    let result = match c.do_get(info.endpoint[0].ticket.clone().unwrap()).await {
+        Ok(stream) => stream.try_collect::<Vec<_>>().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    let (code_, msg) = code(result);
+    assert_eq!(code_, Code::InvalidArgument, "{msg}");
 
     // Executing without binding names the missing placeholder.
     let mut unbound = c.prepare("SELECT n FROM cpu WHERE host = $1".into(), None).await.unwrap();
@@ -318,9 +340,42 @@ async fn without_auth_needs_no_token() {
 
 #[test]
 fn question_marks_are_numbered_outside_quotes_and_comments() {
-    use crate::query::number_question_marks as n;
+    let n = |s| crate::query::number_question_marks(s).unwrap().into_owned();
     assert_eq!(n("SELECT 1"), "SELECT 1");
     assert_eq!(n("a = ? AND b = ?"), "a = $1 AND b = $2");
     assert_eq!(n("a = '?' AND \"c?\" = ? -- why?\n AND d = ?"), "a = '?' AND \"c?\" = $1 -- why?\n AND d = $2");
     assert_eq!(n("/* ? */ x = ? AND y = 'it''s?'"), "/* ? */ x = $1 AND y = 'it''s?'");
+    assert_eq!(n("`a?` = ?"), "`a?` = $1");
+    // Both styles in one statement would be numbered ambiguously.
+    assert!(crate::query::number_question_marks("a = $1 AND b = ?").is_err());
+    assert_eq!(n("a = '$1' AND b = ?"), "a = '$1' AND b = $1");
+}
+
+#[test]
+fn prepared_statements_evict_the_least_recently_used() {
+    use super::{MAX_PREPARED, PreparedStatements};
+    let mut open = PreparedStatements::default();
+    let first = open.insert("db".into(), "SELECT 1".into());
+    let second = open.insert("db".into(), "SELECT 2".into());
+    // Using the first keeps it; the second becomes the oldest.
+    open.get(&first).unwrap();
+    for i in 2..MAX_PREPARED {
+        open.insert("db".into(), format!("SELECT {i}"));
+    }
+    assert_eq!(open.open.len(), MAX_PREPARED);
+    let newest = open.insert("db".into(), "SELECT newest".into());
+    assert_eq!(open.open.len(), MAX_PREPARED);
+    assert_eq!(open.get(&second).unwrap_err().code(), Code::NotFound);
+    assert_eq!(open.get(&first).unwrap().1, "SELECT 1");
+    assert_eq!(open.get(&newest).unwrap().1, "SELECT newest");
+    // Binding accounts bytes; closing gives them back.
+    let before = open.bytes;
+    open.bind(&newest, vec![datafusion::common::ScalarValue::Utf8(Some("x".repeat(1000)))]).unwrap();
+    assert!(open.bytes >= before + 1000);
+    open.remove(&newest);
+    assert!(open.bytes < before);
+    // A forged handle (right id, wrong nonce) is unknown.
+    let mut forged = first.clone();
+    forged[15] ^= 1;
+    assert_eq!(open.get(&forged).unwrap_err().code(), Code::NotFound);
 }
