@@ -336,6 +336,11 @@ async fn without_auth_needs_no_token() {
     let info = c.execute("SELECT count(*) AS c FROM cpu".into(), None).await.unwrap();
     let batches = fetch(&mut c, info).await;
     assert_eq!(batches[0].column(0).as_primitive::<Int64Type>().value(0), 3);
+    // Clients configured with an empty token send `Bearer ` (influxdb3-python with
+    // token=""): ignored like any other header when auth is off.
+    let mut c = sql_client(&f, Some(""), Some("db")).await;
+    let info = c.execute("SELECT 1".into(), None).await.unwrap();
+    assert_eq!(fetch(&mut c, info).await[0].num_rows(), 1);
 }
 
 #[test]
