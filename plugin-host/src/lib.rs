@@ -1,4 +1,17 @@
 //! `weir-plugin-host`: owns the plugin directory, the Python venv and the worker
-//! processes, and talks to `weir serve` over one bidirectional gRPC stream.
+//! processes, and serves `weir serve` over one bidirectional gRPC stream
+//! (`weir.plugin.v1.PluginHost/Session`).
 //!
-//! This crate is a placeholder until the processing-engine work lands; see README.md.
+//! - [`venv`]: `<plugin-dir>/.venv`, checked against the interpreter, with the embedded
+//!   `weir_plugin` runtime installed into it;
+//! - [`worker`]: one Python process per trigger on a private socket;
+//! - [`marshal`]: Arrow batches → Python objects for `process_writes` and query answers;
+//! - [`host`]: triggers, the session with the core, the link for plugin queries and writes;
+//! - [`cache`]: the global plugin cache.
+
+pub mod cache;
+pub mod cli;
+pub mod host;
+pub mod marshal;
+pub mod venv;
+pub mod worker;

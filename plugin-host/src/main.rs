@@ -1,6 +1,5 @@
-//! The `weir-plugin-host` binary (placeholder).
+//! The `weir-plugin-host` binary.
 
-fn main() {
-    eprintln!("weir-plugin-host: the processing engine is not implemented yet");
-    std::process::exit(2);
+fn main() -> std::process::ExitCode {
+    plugin_host::cli::main()
 }

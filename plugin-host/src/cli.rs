@@ -1,0 +1,140 @@
+//! Command line and server start-up of `weir-plugin-host`.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use clap::{Parser, ValueEnum};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+use weir_proto::plugin::v1::{self as pb, plugin_host_server::{PluginHost, PluginHostServer}};
+
+use crate::host::{Host, HostConfig};
+
+/// How packages get installed into the plugin venv.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PackageManager {
+    /// `python -m pip`.
+    Pip,
+    /// `uv pip`.
+    Uv,
+    /// Refuse installs.
+    Disabled,
+}
+
+/// Runs Weir's processing-engine plugins in isolated Python worker processes.
+///
+/// `weir serve` starts this process itself unless it is given `--plugin-host-url`; run it
+/// by hand (or in its own container) to keep plugins on another machine. It owns the
+/// plugin directory and its virtualenv (`<plugin-dir>/.venv`, created at start) and serves
+/// one gRPC session from `weir serve` at a time.
+#[derive(Debug, Parser)]
+#[command(name = "weir-plugin-host", version)]
+pub struct Args {
+    /// Address to serve the core's session on (port 0 picks a free port; the address is
+    /// printed as `Weir plugin host listening on http://ADDR`).
+    #[arg(long, env = "WEIR_PLUGIN_HOST_BIND", default_value = "127.0.0.1:8282")]
+    pub bind: SocketAddr,
+
+    /// Directory holding the plugins (`.py` files, or package directories with
+    /// `__init__.py`) and the venv.
+    #[arg(long, env = "WEIR_PLUGIN_DIR", default_value = "plugins")]
+    pub plugin_dir: PathBuf,
+
+    /// Python interpreter the venv is made from.
+    #[arg(long, env = "WEIR_PYTHON", default_value = "python3")]
+    pub python: String,
+
+    /// Longest a single plugin call may run; its worker process is killed past it.
+    #[arg(long, env = "WEIR_PLUGIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub plugin_timeout: Duration,
+
+    /// Address-space limit of each worker process, in MiB (0: no limit).
+    #[arg(long, env = "WEIR_WORKER_MEMORY_MB", default_value_t = 4096)]
+    pub worker_memory_mb: u64,
+
+    /// How `weir install package` installs into the venv.
+    #[arg(long, env = "WEIR_PACKAGE_MANAGER", value_enum, default_value = "pip")]
+    pub package_manager: PackageManager,
+
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "WEIR_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug)]
+struct Service {
+    host: Arc<Host>,
+}
+
+#[tonic::async_trait]
+impl PluginHost for Service {
+    type SessionStream = ReceiverStream<Result<pb::HostMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::CoreMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let (tx, rx) = mpsc::channel(1024);
+        let host = Arc::clone(&self.host);
+        tokio::spawn(host.session(request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Parse arguments, prepare the venv and serve until SIGINT/SIGTERM.
+pub fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weir-plugin-host: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir-plugin-host: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let venv = crate::venv::ensure(&args.plugin_dir, &args.python).await?;
+    tracing::info!(venv = %venv.dir.display(), python = %venv.version, "plugin venv ready");
+    let plugin_dir = args.plugin_dir.canonicalize()?;
+    let host = Host::new(
+        HostConfig {
+            plugin_dir,
+            plugin_timeout: args.plugin_timeout,
+            worker_memory: (args.worker_memory_mb > 0).then(|| args.worker_memory_mb * 1024 * 1024),
+        },
+        venv,
+    );
+    let listener = tokio::net::TcpListener::bind(args.bind).await?;
+    let addr = listener.local_addr()?;
+    println!("Weir plugin host listening on http://{addr}");
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    };
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(
+            PluginHostServer::new(Service { host })
+                .max_decoding_message_size(256 * 1024 * 1024)
+                .max_encoding_message_size(256 * 1024 * 1024),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! The host's state and the session with the core: triggers, their workers, and the link
+//! that carries plugin queries, writes and logs up to `weir serve`.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Cursor,
+    path::{Component, Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use arrow::{ipc::reader::StreamReader, record_batch::RecordBatch};
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Status, Streaming};
+use weir_proto::plugin::v1::{self as pb, core_message, host_message};
+
+use crate::{
+    cache::GlobalCache,
+    marshal,
+    venv::Venv,
+    worker::{Done, InvokeError, Level, TriggerId, Upstream, Worker, WorkerSpec},
+};
+
+/// How long a plugin's query or write may wait for the core.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Host settings.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// `--plugin-dir`.
+    pub plugin_dir: PathBuf,
+    /// Per-invocation timeout.
+    pub plugin_timeout: Duration,
+    /// Address-space limit per worker process.
+    pub worker_memory: Option<u64>,
+}
+
+/// The link to the connected core: where host messages go, and the replies we wait for.
+#[derive(Debug, Default)]
+pub struct CoreLink {
+    tx: Mutex<Option<mpsc::Sender<Result<pb::HostMessage, Status>>>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<core_message::Body>>>,
+    next_id: AtomicU64,
+}
+
+fn level(l: Level) -> pb::LogLevel {
+    match l {
+        Level::Info => pb::LogLevel::Info,
+        Level::Warn => pb::LogLevel::Warn,
+        Level::Error => pb::LogLevel::Error,
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+impl CoreLink {
+    fn sender(&self) -> Option<mpsc::Sender<Result<pb::HostMessage, Status>>> {
+        self.tx.lock().clone()
+    }
+
+    /// Send a request to the core and wait for its reply.
+    async fn request(&self, body: host_message::Body) -> Result<core_message::Body, String> {
+        let tx = self.sender().ok_or("weir serve is not connected to the plugin host")?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.pending.lock().insert(id, reply_tx);
+        let msg = pb::HostMessage { id, body: Some(body) };
+        if tx.send(Ok(msg)).await.is_err() {
+            self.pending.lock().remove(&id);
+            return Err("the connection to weir serve closed".to_string());
+        }
+        match tokio::time::timeout(UPSTREAM_TIMEOUT, reply_rx).await {
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(_)) => Err("the connection to weir serve closed".to_string()),
+            Err(_) => {
+                self.pending.lock().remove(&id);
+                Err(format!("weir serve did not answer within {UPSTREAM_TIMEOUT:?}"))
+            }
+        }
+    }
+
+    fn resolve(&self, id: u64, body: core_message::Body) {
+        if let Some(tx) = self.pending.lock().remove(&id) {
+            let _ = tx.send(body);
+        }
+    }
+
+    /// Send without waiting (events, replies).
+    async fn send(&self, id: u64, body: host_message::Body) {
+        if let Some(tx) = self.sender() {
+            let _ = tx.send(Ok(pb::HostMessage { id, body: Some(body) })).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Upstream for CoreLink {
+    async fn query(&self, trigger: &TriggerId, database: &str, sql: &str, params: BTreeMap<String, String>) -> Result<Vec<u8>, String> {
+        let body = host_message::Body::Query(pb::Query {
+            database: database.to_string(),
+            sql: sql.to_string(),
+            params: params.into_iter().collect(),
+            trigger: trigger.name.clone(),
+        });
+        match self.request(body).await? {
+            core_message::Body::QueryResult(r) if r.error.is_empty() => {
+                let reader = StreamReader::try_new(Cursor::new(r.arrow_ipc), None).map_err(|e| e.to_string())?;
+                let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+                marshal::query_rows(&batches).map_err(|e| e.to_string())
+            }
+            core_message::Body::QueryResult(r) => Err(r.error),
+            other => Err(format!("unexpected reply to a query: {other:?}")),
+        }
+    }
+
+    async fn write(&self, trigger: &TriggerId, database: &str, lines: Vec<String>, no_sync: bool) -> Result<(), String> {
+        let body = host_message::Body::Write(pb::Write {
+            database: database.to_string(),
+            lines,
+            no_sync,
+            trigger: trigger.name.clone(),
+        });
+        match self.request(body).await? {
+            core_message::Body::WriteResult(r) if r.error.is_empty() => Ok(()),
+            core_message::Body::WriteResult(r) => Err(r.error),
+            other => Err(format!("unexpected reply to a write: {other:?}")),
+        }
+    }
+
+    fn log(&self, trigger: &TriggerId, l: Level, text: String) {
+        let Some(tx) = self.sender() else {
+            tracing::info!(trigger = %trigger.name, database = %trigger.database, "{text}");
+            return;
+        };
+        let msg = pb::HostMessage {
+            id: 0,
+            body: Some(host_message::Body::Log(pb::Log {
+                database: trigger.database.clone(),
+                trigger: trigger.name.clone(),
+                level: level(l) as i32,
+                text,
+                time_ns: now_ns(),
+            })),
+        };
+        // Logs never block a worker: a full queue drops the line (and says so here).
+        if tx.try_send(Ok(msg)).is_err() {
+            tracing::warn!(trigger = %trigger.name, "log line dropped: the queue to weir serve is full");
+        }
+    }
+}
+
+/// A trigger and its worker.
+#[derive(Debug)]
+pub struct TriggerRuntime {
+    def: pb::Trigger,
+    spec: WorkerSpec,
+    worker: tokio::sync::Mutex<Option<Arc<Worker>>>,
+    /// Held across an invocation of a synchronous trigger: strict order, one at a time.
+    order: tokio::sync::Mutex<()>,
+}
+
+/// `plugin_filename` inside `plugin_dir`, refusing anything that could leave it.
+pub fn resolve_plugin(plugin_dir: &Path, filename: &str) -> Result<PathBuf, String> {
+    let traversal = || format!("Path traversal detected: {filename}");
+    let rel = Path::new(filename);
+    if filename.is_empty() || filename.contains('\0') || filename.contains('\\') {
+        return Err(traversal());
+    }
+    if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(traversal());
+    }
+    let path = plugin_dir.join(rel);
+    let root = plugin_dir.canonicalize().map_err(|e| format!("plugin directory {}: {e}", plugin_dir.display()))?;
+    match path.canonicalize() {
+        Ok(real) if real.starts_with(&root) => Ok(real),
+        Ok(_) => Err(traversal()),
+        Err(e) => Err(format!("plugin {filename} not found in {}: {e}", plugin_dir.display())),
+    }
+}
+
+/// The plugin host.
+#[derive(Debug)]
+pub struct Host {
+    config: HostConfig,
+    venv: Venv,
+    cache: Arc<GlobalCache>,
+    link: Arc<CoreLink>,
+    triggers: Mutex<HashMap<TriggerId, Arc<TriggerRuntime>>>,
+}
+
+impl Host {
+    /// A host over a prepared venv.
+    pub fn new(config: HostConfig, venv: Venv) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            venv,
+            cache: Arc::new(GlobalCache::default()),
+            link: Arc::new(CoreLink::default()),
+            triggers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The venv in use.
+    pub fn venv(&self) -> &Venv {
+        &self.venv
+    }
+
+    fn log(&self, id: &TriggerId, l: Level, text: impl Into<String>) {
+        self.link.log(id, l, text.into());
+    }
+
+    fn set_trigger(&self, def: pb::Trigger) {
+        let id = TriggerId { database: def.database.clone(), name: def.name.clone() };
+        let plugin_path = self.config.plugin_dir.join(&def.plugin_filename);
+        let spec = WorkerSpec {
+            trigger: id.clone(),
+            python: self.venv.python.clone(),
+            venv: self.venv.dir.clone(),
+            plugin_dir: self.config.plugin_dir.clone(),
+            plugin_path,
+            args: def.arguments.as_ref().map(|a| a.values.clone().into_iter().collect()),
+            run_async: def.run_async,
+            memory_limit: self.config.worker_memory,
+        };
+        let mut triggers = self.triggers.lock();
+        if triggers.get(&id).is_some_and(|t| t.def == def) {
+            return;
+        }
+        // A new or changed definition: its old worker (if any) goes with the old runtime.
+        triggers.insert(
+            id,
+            Arc::new(TriggerRuntime {
+                def,
+                spec,
+                worker: tokio::sync::Mutex::new(None),
+                order: tokio::sync::Mutex::new(()),
+            }),
+        );
+    }
+
+    fn drop_trigger(&self, database: &str, name: &str) {
+        let id = TriggerId { database: database.to_string(), name: name.to_string() };
+        self.triggers.lock().remove(&id);
+    }
+
+    async fn worker(&self, rt: &TriggerRuntime) -> Result<Arc<Worker>, InvokeError> {
+        let mut slot = rt.worker.lock().await;
+        if let Some(w) = slot.as_ref().filter(|w| !w.is_dead()) {
+            return Ok(Arc::clone(w));
+        }
+        let mut spec = rt.spec.clone();
+        spec.plugin_path = resolve_plugin(&self.config.plugin_dir, &rt.def.plugin_filename).map_err(InvokeError::Spawn)?;
+        let upstream: Arc<dyn Upstream> = Arc::clone(&self.link) as Arc<dyn Upstream>;
+        let w = Worker::spawn(spec, upstream, Arc::clone(&self.cache)).await?;
+        *slot = Some(Arc::clone(&w));
+        Ok(w)
+    }
+
+    /// Run one invocation of a trigger.
+    async fn invoke(&self, rt: &TriggerRuntime, entry: &str, args: &[u8]) -> Result<Done, InvokeError> {
+        let _order = if rt.def.run_async { None } else { Some(rt.order.lock().await) };
+        let worker = self.worker(rt).await?;
+        worker.invoke(entry, args, self.config.plugin_timeout).await
+    }
+
+    async fn wal_batch(self: &Arc<Self>, id: u64, batch: pb::WalBatch) {
+        let tid = TriggerId { database: batch.database.clone(), name: batch.trigger.clone() };
+        let done = match self.run_wal(&tid, &batch).await {
+            Ok(d) => d,
+            Err(e) => {
+                self.log(&tid, Level::Error, e.clone());
+                Done { ok: false, error: Some(e), ..Done::default() }
+            }
+        };
+        let reply = pb::Done {
+            ok: done.ok,
+            error: done.error.unwrap_or_default(),
+            traceback: done.traceback.unwrap_or_default(),
+            writes: done
+                .writes
+                .into_iter()
+                .map(|(database, lines)| pb::DatabaseWrites { database, lines })
+                .collect(),
+            duration_ns: done.duration.as_nanos() as u64,
+        };
+        self.link.send(id, host_message::Body::Done(reply)).await;
+    }
+
+    async fn run_wal(&self, tid: &TriggerId, batch: &pb::WalBatch) -> Result<Done, String> {
+        let rt = self
+            .triggers
+            .lock()
+            .get(tid)
+            .cloned()
+            .ok_or_else(|| format!("trigger {} in database {} is not running in the plugin host", tid.name, tid.database))?;
+        let mut tables = Vec::with_capacity(batch.tables.len());
+        let mut rows = 0;
+        for t in &batch.tables {
+            let reader = StreamReader::try_new(Cursor::new(&t.arrow_ipc[..]), None).map_err(|e| e.to_string())?;
+            let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+            rows += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+            tables.push((t.table_name.clone(), batches));
+        }
+        let args = marshal::wal_call_args(&tables).map_err(|e| e.to_string())?;
+        self.log(tid, Level::Info, format!("starting execution with {rows} rows from {} tables (WAL file {})", tables.len(), batch.wal_seq));
+        match self.invoke(&rt, "process_writes", &args).await {
+            Ok(done) => {
+                if done.ok {
+                    self.log(tid, Level::Info, format!("finished execution in {:?}", done.duration));
+                } else {
+                    let mut text = format!("error executing plugin: {}", done.error.as_deref().unwrap_or("unknown error"));
+                    if let Some(tb) = done.traceback.as_deref().filter(|t| !t.is_empty()) {
+                        text.push('\n');
+                        text.push_str(tb.trim_end());
+                    }
+                    self.log(tid, Level::Error, text);
+                }
+                Ok(done)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Serve one core session until its stream ends.
+    pub async fn session(self: Arc<Self>, mut inbound: Streaming<pb::CoreMessage>, tx: mpsc::Sender<Result<pb::HostMessage, Status>>) {
+        *self.link.tx.lock() = Some(tx);
+        loop {
+            let msg = match inbound.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "session with weir serve ended");
+                    break;
+                }
+            };
+            let Some(body) = msg.body else { continue };
+            match body {
+                core_message::Body::Hello(h) => {
+                    tracing::info!(core = %h.core_version, node = %h.node_id, "weir serve connected");
+                    let reply = pb::HelloReply {
+                        host_version: env!("CARGO_PKG_VERSION").to_string(),
+                        python_version: self.venv.version.clone(),
+                        plugin_dir: self.config.plugin_dir.display().to_string(),
+                    };
+                    self.link.send(msg.id, host_message::Body::Hello(reply)).await;
+                }
+                core_message::Body::TriggerSet(t) => {
+                    if let Some(def) = t.trigger {
+                        self.set_trigger(def);
+                    }
+                }
+                core_message::Body::TriggerDrop(t) => self.drop_trigger(&t.database, &t.name),
+                core_message::Body::WalBatch(b) => {
+                    let host = Arc::clone(&self);
+                    tokio::spawn(async move { host.wal_batch(msg.id, b).await });
+                }
+                core_message::Body::Ping(p) => {
+                    self.link.send(msg.id, host_message::Body::Pong(pb::Pong { nonce: p.nonce })).await;
+                }
+                reply @ (core_message::Body::QueryResult(_) | core_message::Body::WriteResult(_)) => {
+                    self.link.resolve(msg.id, reply);
+                }
+            }
+        }
+        *self.link.tx.lock() = None;
+        for (_, tx) in self.link.pending.lock().drain() {
+            drop(tx);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_paths_stay_inside_the_plugin_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ok.py"), "").unwrap();
+        std::fs::create_dir(dir.path().join("pkg")).unwrap();
+        assert!(resolve_plugin(dir.path(), "ok.py").is_ok());
+        assert!(resolve_plugin(dir.path(), "pkg").is_ok());
+        for bad in ["../x.py", "/etc/passwd", "a/../../x.py", "", "a\\b.py", "x\0.py", "./../ok.py"] {
+            let e = resolve_plugin(dir.path(), bad).unwrap_err();
+            assert!(e.starts_with("Path traversal detected: "), "{bad}: {e}");
+        }
+        // A symlink inside the directory that points out of it.
+        std::os::unix::fs::symlink("/etc", dir.path().join("escape")).unwrap();
+        let e = resolve_plugin(dir.path(), "escape/passwd").unwrap_err();
+        assert!(e.starts_with("Path traversal detected: "), "{e}");
+        assert!(resolve_plugin(dir.path(), "missing.py").unwrap_err().contains("not found"));
+    }
+}

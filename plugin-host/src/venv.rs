@@ -1,0 +1,198 @@
+//! The plugin virtualenv (`<plugin-dir>/.venv`) and the worker runtime installed into it.
+//!
+//! At start the host makes sure the venv exists and matches the chosen interpreter: a patch
+//! difference (3.11.2 vs 3.11.9) is fine, a minor one (3.11 vs 3.12) rebuilds it with a
+//! warning, because compiled packages would not load. The `weir_plugin` runtime ships inside
+//! this binary and is written into the venv (plus a `.pth` file) on every start, so workers
+//! and plugin authors' tools import it without network access, and upgrades take effect.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+};
+
+use tokio::process::Command;
+
+/// The `weir_plugin` package files, embedded at build time.
+const RUNTIME_FILES: [(&str, &str); 8] = [
+    ("__init__.py", include_str!("../../python-sdk/weir_plugin/__init__.py")),
+    ("api.py", include_str!("../../python-sdk/weir_plugin/api.py")),
+    ("cache.py", include_str!("../../python-sdk/weir_plugin/cache.py")),
+    ("engine.py", include_str!("../../python-sdk/weir_plugin/engine.py")),
+    ("line_builder.py", include_str!("../../python-sdk/weir_plugin/line_builder.py")),
+    ("testing.py", include_str!("../../python-sdk/weir_plugin/testing.py")),
+    ("worker.py", include_str!("../../python-sdk/weir_plugin/worker.py")),
+    ("py.typed", ""),
+];
+
+/// Errors preparing the venv.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The interpreter could not be run.
+    #[error("cannot run the Python interpreter {python:?}: {detail}")]
+    Interpreter {
+        /// What was run.
+        python: String,
+        /// Why it failed.
+        detail: String,
+    },
+    /// `python -m venv` failed.
+    #[error("creating the plugin venv at {path} failed: {detail}")]
+    Create {
+        /// Venv directory.
+        path: PathBuf,
+        /// pip/venv output.
+        detail: String,
+    },
+    /// Filesystem error.
+    #[error("{context} {path}: {source}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A ready venv.
+#[derive(Debug, Clone)]
+pub struct Venv {
+    /// `<plugin-dir>/.venv`.
+    pub dir: PathBuf,
+    /// Its interpreter.
+    pub python: PathBuf,
+    /// Interpreter version, e.g. `3.11.2`.
+    pub version: String,
+}
+
+async fn python_version(python: &Path) -> Result<String, Error> {
+    let out = Command::new(python)
+        .args(["-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| Error::Interpreter { python: python.display().to_string(), detail: e.to_string() })?;
+    if !out.status.success() {
+        return Err(Error::Interpreter {
+            python: python.display().to_string(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `version` (or `version_info`) from a `pyvenv.cfg`.
+fn cfg_version(cfg: &str) -> Option<String> {
+    cfg.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        matches!(k.trim(), "version" | "version_info").then(|| v.trim().to_string())
+    })
+}
+
+fn minor(version: &str) -> &str {
+    let mut dots = version.match_indices('.');
+    match (dots.next(), dots.next()) {
+        (Some(_), Some((i, _))) => &version[..i],
+        _ => version,
+    }
+}
+
+fn io<'a>(context: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io { context, path: path.to_path_buf(), source }
+}
+
+/// Make sure `<plugin_dir>/.venv` exists for `python` and holds the current runtime.
+pub async fn ensure(plugin_dir: &Path, python: &str) -> Result<Venv, Error> {
+    tokio::fs::create_dir_all(plugin_dir).await.map_err(io("creating the plugin directory", plugin_dir))?;
+    let dir = plugin_dir.join(".venv");
+    let wanted = python_version(Path::new(python)).await?;
+    let cfg_path = dir.join("pyvenv.cfg");
+    if let Ok(cfg) = tokio::fs::read_to_string(&cfg_path).await {
+        match cfg_version(&cfg) {
+            Some(have) if minor(&have) == minor(&wanted) => {}
+            have => {
+                tracing::warn!(
+                    venv = %dir.display(),
+                    venv_python = have.as_deref().unwrap_or("unknown"),
+                    python = %wanted,
+                    "the plugin venv was made for another Python minor version; rebuilding it (packages must be installed again)"
+                );
+                tokio::fs::remove_dir_all(&dir).await.map_err(io("removing the old venv", &dir))?;
+            }
+        }
+    }
+    if !cfg_path.exists() {
+        tracing::info!(venv = %dir.display(), python = %wanted, "creating the plugin venv");
+        let out = Command::new(python)
+            .arg("-m")
+            .arg("venv")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| Error::Interpreter { python: python.to_string(), detail: e.to_string() })?;
+        if !out.status.success() {
+            return Err(Error::Create {
+                path: dir,
+                detail: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            });
+        }
+    }
+    let venv_python = dir.join("bin").join("python");
+    let version = python_version(&venv_python).await?;
+    install_runtime(&dir, &venv_python).await?;
+    Ok(Venv { dir, python: venv_python, version })
+}
+
+/// Write the embedded `weir_plugin` package into the venv and point a `.pth` file at it.
+async fn install_runtime(venv: &Path, python: &Path) -> Result<(), Error> {
+    let root = venv.join("weir-runtime");
+    let pkg = root.join("weir_plugin");
+    tokio::fs::create_dir_all(&pkg).await.map_err(io("creating", &pkg))?;
+    for (name, text) in RUNTIME_FILES {
+        let path = pkg.join(name);
+        tokio::fs::write(&path, text).await.map_err(io("writing", &path))?;
+    }
+    let out = Command::new(python)
+        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| Error::Interpreter { python: python.display().to_string(), detail: e.to_string() })?;
+    let site = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !out.status.success() || site.as_os_str().is_empty() {
+        return Err(Error::Interpreter {
+            python: python.display().to_string(),
+            detail: format!("cannot find site-packages: {}", String::from_utf8_lossy(&out.stderr)),
+        });
+    }
+    let pth = site.join("weir-runtime.pth");
+    tokio::fs::write(&pth, format!("{}\n", root.display())).await.map_err(io("writing", &pth))?;
+    Ok(())
+}
+
+/// Where the runtime package lives inside a venv (workers also get it on `PYTHONPATH`).
+pub fn runtime_dir(venv: &Path) -> PathBuf {
+    venv.join("weir-runtime")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(cfg_version("home = /usr/bin\nversion = 3.11.2\n").as_deref(), Some("3.11.2"));
+        assert_eq!(cfg_version("version_info = 3.12.1.final.0").as_deref(), Some("3.12.1.final.0"));
+        assert_eq!(minor("3.11.2"), "3.11");
+        assert_eq!(minor("3.12.1.final.0"), "3.12");
+        assert_eq!(minor("3.11.9"), minor("3.11.2"));
+    }
+}
