@@ -126,6 +126,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
     };
+    serve(listener, host, shutdown).await
+}
+
+/// Serve `host`'s gRPC service on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    host: Arc<Host>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))

@@ -139,6 +139,9 @@ pub struct Worker {
     next_id: AtomicU64,
     child: Mutex<Option<Child>>,
     exited: Arc<Mutex<Option<String>>>,
+    /// Set when the process was killed (timeout, drop): no new calls go to it even before
+    /// the reader task has seen it exit.
+    killed: std::sync::atomic::AtomicBool,
     pid: Option<u32>,
 }
 
@@ -260,6 +263,7 @@ impl Worker {
             next_id: AtomicU64::new(0),
             child: Mutex::new(Some(child)),
             exited: Arc::new(Mutex::new(None)),
+            killed: std::sync::atomic::AtomicBool::new(false),
             pid,
         });
         let w = Arc::downgrade(&worker);
@@ -329,7 +333,7 @@ impl Worker {
 
     /// Whether the process is gone.
     pub fn is_dead(&self) -> bool {
-        self.exited.lock().is_some()
+        self.killed.load(Ordering::Relaxed) || self.exited.lock().is_some()
     }
 
     /// Process id.
@@ -339,6 +343,7 @@ impl Worker {
 
     /// Kill the process now.
     pub fn kill(&self) {
+        self.killed.store(true, Ordering::Relaxed);
         if let Some(c) = self.child.lock().as_mut() {
             let _ = c.start_kill();
         }

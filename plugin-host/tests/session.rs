@@ -1,0 +1,220 @@
+//! The plugin host end to end, with this test playing `weir serve`: a real venv, real
+//! Python workers, the real gRPC session.
+
+use std::{io::Cursor, sync::Arc, time::Duration};
+
+use arrow::{
+    array::{DictionaryArray, Float64Array, Int64Array, RecordBatch, TimestampNanosecondArray},
+    datatypes::Int32Type,
+    ipc::writer::StreamWriter,
+};
+use plugin_host::host::{Host, HostConfig};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use weir_proto::plugin::v1::{self as pb, core_message, host_message, plugin_host_client::PluginHostClient};
+
+struct Core {
+    tx: mpsc::Sender<pb::CoreMessage>,
+    rx: tonic::Streaming<pb::HostMessage>,
+    logs: Vec<String>,
+    _dir: tempfile::TempDir,
+    plugin_dir: std::path::PathBuf,
+}
+
+/// One venv for the whole test binary (creating one takes seconds).
+fn shared_venv_dir() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path().to_path_buf()
+}
+
+async fn start(timeout: Duration) -> Core {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin_dir = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugin_dir).unwrap();
+    // Reuse one venv: link it into this plugin dir.
+    let venv_root = shared_venv_dir();
+    let venv = plugin_host::venv::ensure(&venv_root, "python3").await.unwrap();
+    std::os::unix::fs::symlink(&venv.dir, plugin_dir.join(".venv")).unwrap();
+    let host = Host::new(
+        HostConfig { plugin_dir: plugin_dir.canonicalize().unwrap(), plugin_timeout: timeout, worker_memory: Some(4 << 30) },
+        venv,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(plugin_host::cli::serve(listener, host, std::future::pending()));
+    let mut client = PluginHostClient::connect(format!("http://{addr}")).await.unwrap();
+    let (tx, rx) = mpsc::channel(64);
+    let rx = client.session(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut core = Core { tx, rx, logs: Vec::new(), _dir: dir, plugin_dir };
+    core.send(1, core_message::Body::Hello(pb::Hello { core_version: "test".into(), node_id: "n".into() })).await;
+    match core.next().await {
+        (1, host_message::Body::Hello(h)) => assert!(h.python_version.starts_with("3.")),
+        other => panic!("expected hello, got {other:?}"),
+    }
+    core
+}
+
+impl Core {
+    async fn send(&self, id: u64, body: core_message::Body) {
+        self.tx.send(pb::CoreMessage { id, body: Some(body) }).await.unwrap();
+    }
+
+    /// The next non-log message (logs are collected).
+    async fn next(&mut self) -> (u64, host_message::Body) {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(60), self.rx.message())
+                .await
+                .expect("host answered in time")
+                .unwrap()
+                .expect("stream open");
+            match msg.body.unwrap() {
+                host_message::Body::Log(l) => self.logs.push(format!("{}: {}", l.level, l.text)),
+                body => return (msg.id, body),
+            }
+        }
+    }
+
+    async fn trigger(&self, name: &str, file: &str, source: &str, args: Option<&[(&str, &str)]>) {
+        if !source.is_empty() {
+            std::fs::write(self.plugin_dir.join(file), source).unwrap();
+        }
+        let trigger = pb::Trigger {
+            database: "db".into(),
+            name: name.into(),
+            plugin_filename: file.into(),
+            specification: "all_tables".into(),
+            arguments: args.map(|a| pb::Arguments {
+                values: a.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            }),
+            run_async: false,
+            workers: 1,
+        };
+        self.send(0, core_message::Body::TriggerSet(pb::TriggerSet { trigger: Some(trigger) })).await;
+    }
+
+    async fn wal(&self, id: u64, trigger: &str, batch: &RecordBatch) {
+        let mut w = StreamWriter::try_new(Vec::new(), batch.schema_ref()).unwrap();
+        w.write(batch).unwrap();
+        w.finish().unwrap();
+        let tables = vec![pb::TableRows { table_name: "cpu".into(), arrow_ipc: w.into_inner().unwrap() }];
+        let body = pb::WalBatch { database: "db".into(), trigger: trigger.into(), wal_seq: id, tables };
+        self.send(id, core_message::Body::WalBatch(body)).await;
+    }
+}
+
+fn cpu() -> RecordBatch {
+    let host: DictionaryArray<Int32Type> = vec!["a", "b"].into_iter().collect();
+    RecordBatch::try_from_iter([
+        ("host", Arc::new(host) as _),
+        ("usage", Arc::new(Float64Array::from(vec![10.0, 95.5])) as _),
+        ("time", Arc::new(TimestampNanosecondArray::from(vec![1_000, 2_000])) as _),
+    ])
+    .unwrap()
+}
+
+fn done(body: host_message::Body) -> pb::Done {
+    match body {
+        host_message::Body::Done(d) => d,
+        other => panic!("expected done, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_batches_reach_process_writes_and_writes_come_back() {
+    let mut core = start(Duration::from_secs(30)).await;
+    core.trigger("alerts", "alerts.py", r#"
+def process_writes(influxdb3_local, table_batches, args):
+    limit = float(args["limit"])
+    rows = influxdb3_local.query("SELECT count(*) AS n FROM cpu WHERE host = $h", {"h": "a"})
+    for t in table_batches:
+        for r in t["rows"]:
+            if r["usage"] > limit:
+                influxdb3_local.write(LineBuilder("alerts").tag("host", r["host"]).float64_field("usage", r["usage"]).int64_field("seen", rows[0]["n"]).time_ns(r["time"]))
+    print("checked", sum(len(t["rows"]) for t in table_batches), "rows")
+"#, Some(&[("limit", "50")])).await;
+    core.wal(7, "alerts", &cpu()).await;
+
+    // The plugin's query comes up first; answer it with Arrow.
+    let (qid, body) = core.next().await;
+    let host_message::Body::Query(q) = body else { panic!("expected a query, got {body:?}") };
+    assert_eq!((q.database.as_str(), q.sql.as_str()), ("db", "SELECT count(*) AS n FROM cpu WHERE host = $h"));
+    assert_eq!(q.params.get("h").map(String::as_str), Some("a"));
+    let answer = RecordBatch::try_from_iter([("n", Arc::new(Int64Array::from(vec![41])) as _)]).unwrap();
+    let mut w = StreamWriter::try_new(Vec::new(), answer.schema_ref()).unwrap();
+    w.write(&answer).unwrap();
+    w.finish().unwrap();
+    core.send(qid, core_message::Body::QueryResult(pb::QueryResult { error: String::new(), arrow_ipc: w.into_inner().unwrap() })).await;
+
+    let (id, body) = core.next().await;
+    assert_eq!(id, 7);
+    let d = done(body);
+    assert!(d.ok, "{d:?}");
+    assert_eq!(d.writes.len(), 1);
+    assert_eq!(d.writes[0].database, "db");
+    assert_eq!(d.writes[0].lines, ["alerts,host=b usage=95.5,seen=41i 2000"]);
+    assert!(core.logs.iter().any(|l| l.ends_with("checked 2 rows")), "{:?}", core.logs);
+    assert!(core.logs.iter().any(|l| l.contains("starting execution with 2 rows")), "{:?}", core.logs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_and_timeouts_fail_the_call_and_the_next_call_gets_a_new_worker() {
+    let mut core = start(Duration::from_secs(2)).await;
+    core.trigger("flaky", "flaky.py", r#"
+import os, time
+def process_writes(influxdb3_local, table_batches, args):
+    mode = open(os.path.join(os.environ["PLUGIN_DIR"], "mode.txt")).read().strip()
+    if mode == "crash":
+        os._exit(9)
+    if mode == "hang":
+        while True:
+            time.sleep(0.01)
+    if mode == "exit":
+        raise SystemExit(2)
+    influxdb3_local.info("pid", os.getpid())
+"#, None).await;
+    let mode = core.plugin_dir.join("mode.txt");
+    let mut pids = Vec::new();
+    for (i, m) in ["ok", "crash", "ok", "hang", "exit", "ok"].into_iter().enumerate() {
+        std::fs::write(&mode, m).unwrap();
+        let id = 100 + i as u64;
+        core.wal(id, "flaky", &cpu()).await;
+        let (got, body) = core.next().await;
+        assert_eq!(got, id);
+        let d = done(body);
+        match m {
+            "ok" => {
+                assert!(d.ok, "{d:?}");
+                let pid = core.logs.iter().rev().find_map(|l| l.strip_prefix("1: pid ")).unwrap().to_string();
+                pids.push(pid);
+            }
+            "crash" => assert!(!d.ok && d.error.contains("exited") && d.error.contains("9"), "{d:?}"),
+            "hang" => assert!(!d.ok && d.error.contains("did not finish within 2s"), "{d:?}"),
+            _ => assert_eq!((d.ok, d.error.as_str()), (false, "SystemExit: 2")),
+        }
+    }
+    // Each failure that killed the process gave the next call a fresh worker; SystemExit did not.
+    assert_eq!(pids.len(), 3);
+    assert_ne!(pids[0], pids[1]);
+    assert_ne!(pids[1], pids[2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_triggers_and_missing_functions_are_clear_errors() {
+    let mut core = start(Duration::from_secs(30)).await;
+    core.wal(1, "nobody", &cpu()).await;
+    let d = done(core.next().await.1);
+    assert!(!d.ok && d.error.contains("not running in the plugin host"), "{d:?}");
+
+    core.trigger("empty", "empty.py", "x = 1\n", None).await;
+    core.wal(2, "empty", &cpu()).await;
+    let d = done(core.next().await.1);
+    assert_eq!(
+        d.error,
+        "the process_writes function is not present in the plugin. Should be defined as: process_writes(influxdb3_local, table_batches, args=None)"
+    );
+
+    core.trigger("escape", "../../etc/passwd", "", None).await;
+    core.wal(3, "escape", &cpu()).await;
+    let d = done(core.next().await.1);
+    assert!(d.error.contains("Path traversal detected: ../../etc/passwd"), "{d:?}");
+}
