@@ -58,6 +58,33 @@ pub enum Error {
     /// Token name already used.
     #[error("token {0:?} already exists")]
     TokenExists(String),
+    /// A trigger with this name exists in the database.
+    #[error("trigger {name:?} already exists in database {db:?}")]
+    TriggerExists {
+        /// Database.
+        db: String,
+        /// Trigger.
+        name: String,
+    },
+    /// No such trigger.
+    #[error("trigger {name:?} not found in database {db:?}")]
+    TriggerNotFound {
+        /// Database.
+        db: String,
+        /// Trigger.
+        name: String,
+    },
+    /// An enabled trigger can only be deleted with `force`.
+    #[error("trigger {name:?} in database {db:?} is enabled: disable it first or delete it with force")]
+    TriggerEnabled {
+        /// Database.
+        db: String,
+        /// Trigger.
+        name: String,
+    },
+    /// The trigger definition is invalid.
+    #[error("invalid trigger: {0}")]
+    InvalidTrigger(String),
     /// Persisting or loading failed.
     #[error("catalog storage: {0}")]
     Storage(#[from] storage::Error),
@@ -284,6 +311,109 @@ impl TableDef {
     }
 }
 
+/// What a trigger does when its plugin fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorBehavior {
+    /// Record the error and move on.
+    #[default]
+    Log,
+    /// Try again with backoff.
+    Retry,
+    /// Disable the trigger.
+    Disable,
+}
+
+impl ErrorBehavior {
+    /// The name used in APIs and system tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Log => "log",
+            Self::Retry => "retry",
+            Self::Disable => "disable",
+        }
+    }
+}
+
+impl std::str::FromStr for ErrorBehavior {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "log" => Ok(Self::Log),
+            "retry" => Ok(Self::Retry),
+            "disable" => Ok(Self::Disable),
+            other => Err(format!("unknown error behavior {other:?}: expected log, retry or disable")),
+        }
+    }
+}
+
+/// What fires a trigger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TriggerSpec {
+    /// `table:<name>`: WAL flushes with rows for that table.
+    Table(String),
+    /// `all_tables`: every WAL flush with rows for the database.
+    AllTables,
+    /// `every:<duration>`, `cron:<expr>`: a schedule.
+    Schedule(String),
+    /// `request:<path>`: HTTP requests to `/api/v3/engine/<path>`.
+    Request(String),
+}
+
+impl TriggerSpec {
+    /// Parse a trigger specification.
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = |m: String| Err(Error::InvalidTrigger(m));
+        if s == "all_tables" {
+            return Ok(Self::AllTables);
+        }
+        match s.split_once(':') {
+            Some(("table", t)) if !t.is_empty() => Ok(Self::Table(t.to_string())),
+            Some(("every" | "cron", v)) if !v.is_empty() => Ok(Self::Schedule(s.to_string())),
+            Some(("request", p)) if !p.is_empty() => Ok(Self::Request(p.to_string())),
+            _ => bad(format!(
+                "trigger specification {s:?} is not one of table:<name>, all_tables, every:<duration>, cron:<expr>, request:<path>"
+            )),
+        }
+    }
+
+    /// Whether WAL flushes fire it.
+    pub fn is_wal(&self) -> bool {
+        matches!(self, Self::Table(_) | Self::AllTables)
+    }
+}
+
+/// A processing-engine trigger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerDef {
+    /// Name, unique within the database.
+    pub name: Arc<str>,
+    /// Plugin path relative to the plugin directory.
+    pub plugin_filename: String,
+    /// `table:<name>`, `all_tables`, ...
+    pub specification: String,
+    /// `trigger_arguments` (`None` is not the same as empty: the plugin gets `None`).
+    #[serde(default)]
+    pub arguments: Option<BTreeMap<String, String>>,
+    /// Run invocations concurrently.
+    #[serde(default)]
+    pub run_async: bool,
+    /// What happens when the plugin fails.
+    #[serde(default)]
+    pub error_behavior: ErrorBehavior,
+    /// Disabled triggers do not run.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+impl TriggerDef {
+    /// The parsed specification (validated at creation).
+    pub fn spec(&self) -> TriggerSpec {
+        TriggerSpec::parse(&self.specification).unwrap_or(TriggerSpec::AllTables)
+    }
+}
+
 /// One database.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DatabaseSchema {
@@ -298,6 +428,9 @@ pub struct DatabaseSchema {
     pub next_table_id: u32,
     /// Tables by id.
     pub tables: BTreeMap<u32, Arc<TableDef>>,
+    /// Processing-engine triggers by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub triggers: BTreeMap<Arc<str>, Arc<TriggerDef>>,
     /// Table ids by name (derived; rebuilt by [`DatabaseSchema::reindex`]).
     #[serde(skip)]
     table_ids: HashMap<Arc<str>, u32>,
@@ -310,6 +443,7 @@ impl PartialEq for DatabaseSchema {
             && self.deleted == other.deleted
             && self.next_table_id == other.next_table_id
             && self.tables == other.tables
+            && self.triggers == other.triggers
     }
 }
 
@@ -322,6 +456,7 @@ impl DatabaseSchema {
             deleted: false,
             next_table_id: 1,
             tables: BTreeMap::new(),
+            triggers: BTreeMap::new(),
             table_ids: HashMap::new(),
         }
     }
@@ -615,12 +750,70 @@ impl Catalog {
                 let db = Arc::make_mut(db);
                 db.deleted = true;
                 db.tables.clear();
+                db.triggers.clear();
                 db.reindex();
             }
             Ok(id)
         })?;
         self.persist().await?;
         Ok(id)
+    }
+
+    /// Add a trigger to a live database and persist the catalog.
+    pub async fn create_trigger(&self, db: &str, def: TriggerDef) -> Result<Arc<DatabaseSchema>> {
+        let spec = TriggerSpec::parse(&def.specification)?;
+        if !spec.is_wal() {
+            return Err(Error::InvalidTrigger(format!(
+                "{:?}: schedule and request triggers are not supported yet; use table:<name> or all_tables",
+                def.specification
+            )));
+        }
+        if def.name.is_empty() {
+            return Err(Error::InvalidTrigger("the trigger name is empty".to_string()));
+        }
+        let schema = self.mutate(|s| {
+            let id = s.db(db).map(|d| d.id).ok_or_else(|| Error::DbNotFound(db.to_string()))?;
+            let d = Arc::make_mut(s.databases.get_mut(&id).expect("looked up above"));
+            if d.triggers.contains_key(def.name.as_ref()) {
+                return Err(Error::TriggerExists { db: db.to_string(), name: def.name.to_string() });
+            }
+            d.triggers.insert(Arc::clone(&def.name), Arc::new(def));
+            Ok(Arc::new(d.clone()))
+        })?;
+        self.persist().await?;
+        Ok(schema)
+    }
+
+    /// Remove a trigger (an enabled one only with `force`) and persist the catalog.
+    pub async fn delete_trigger(&self, db: &str, name: &str, force: bool) -> Result<Arc<TriggerDef>> {
+        let removed = self.mutate(|s| {
+            let id = s.db(db).map(|d| d.id).ok_or_else(|| Error::DbNotFound(db.to_string()))?;
+            let d = Arc::make_mut(s.databases.get_mut(&id).expect("looked up above"));
+            let not_found = || Error::TriggerNotFound { db: db.to_string(), name: name.to_string() };
+            let t = d.triggers.get(name).ok_or_else(not_found)?;
+            if !t.disabled && !force {
+                return Err(Error::TriggerEnabled { db: db.to_string(), name: name.to_string() });
+            }
+            d.triggers.remove(name).ok_or_else(not_found)
+        })?;
+        self.persist().await?;
+        Ok(removed)
+    }
+
+    /// Enable or disable a trigger (idempotent) and persist the catalog.
+    pub async fn set_trigger_disabled(&self, db: &str, name: &str, disabled: bool) -> Result<Arc<TriggerDef>> {
+        let t = self.mutate(|s| {
+            let id = s.db(db).map(|d| d.id).ok_or_else(|| Error::DbNotFound(db.to_string()))?;
+            let d = Arc::make_mut(s.databases.get_mut(&id).expect("looked up above"));
+            let t = d
+                .triggers
+                .get_mut(name)
+                .ok_or_else(|| Error::TriggerNotFound { db: db.to_string(), name: name.to_string() })?;
+            Arc::make_mut(t).disabled = disabled;
+            Ok(Arc::clone(t))
+        })?;
+        self.persist().await?;
+        Ok(t)
     }
 
     /// Apply column additions to a database under the catalog lock. Tables are created as

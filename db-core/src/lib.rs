@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`cli`] | `weir` subcommands: `serve` and the admin client commands |
 //! | [`server`] | HTTP API (axum), admin gRPC service, one port |
+//! | [`engine`] | processing engine, core side: plugin host process and session, WAL triggers |
 //! | [`auth`] | API tokens (hashed), bearer/token headers |
 //! | [`query`] | DataFusion SQL over buffer + Parquet, system tables, output formats |
 //! | [`write_buffer`] | validation, WAL-backed buffer, Parquet snapshots, restart |
@@ -19,6 +20,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod cli;
+pub mod engine;
 pub mod lp;
 pub mod query;
 pub mod server;

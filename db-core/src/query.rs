@@ -49,7 +49,10 @@ use datafusion::{
 };
 use futures::Stream;
 
-use self::{provider::WeirTable, system::{QueryLog, SystemSchema}};
+use self::{
+    provider::WeirTable,
+    system::{EngineLog, QueryLog, SystemSchema},
+};
 use crate::{
     catalog::{Catalog, DatabaseSchema},
     telemetry::Metrics,
@@ -231,6 +234,7 @@ pub struct SqlExecutor {
     metrics: Arc<Metrics>,
     state: SessionState,
     log: Arc<QueryLog>,
+    engine_log: Arc<EngineLog>,
     runtime: runtime::QueryRuntime,
 }
 
@@ -261,6 +265,7 @@ impl SqlExecutor {
             metrics: args.metrics,
             state,
             log: Arc::new(QueryLog::default()),
+            engine_log: Arc::new(EngineLog::default()),
             runtime: args.runtime,
         })
     }
@@ -268,6 +273,11 @@ impl SqlExecutor {
     /// The query log behind `system.queries`.
     pub fn query_log(&self) -> &Arc<QueryLog> {
         &self.log
+    }
+
+    /// The processing-engine log behind `system.processing_engine_logs`.
+    pub fn engine_log(&self) -> &Arc<EngineLog> {
+        &self.engine_log
     }
 
     fn context(&self, db: Arc<DatabaseSchema>) -> SessionContext {
@@ -282,6 +292,7 @@ impl SqlExecutor {
                 Arc::clone(&self.buffer),
                 db,
                 Arc::clone(&self.log),
+                Arc::clone(&self.engine_log),
             )),
         };
         ctx.register_catalog(CATALOG_NAME, Arc::new(catalog));

@@ -40,6 +40,8 @@ pub struct ServerState {
     pub metrics: Arc<Metrics>,
     /// Largest request body accepted, after decompression, in bytes.
     pub max_request_bytes: usize,
+    /// The processing engine (absent in tests that do not need it).
+    pub engine: Option<Arc<crate::engine::Engine>>,
 }
 
 /// Shared handle to the server state.

@@ -81,6 +81,7 @@ impl TestDb {
             auth,
             metrics: self.metrics,
             max_request_bytes,
+            engine: None,
         })
     }
 

@@ -125,16 +125,77 @@ struct BufferState {
     manifest: Arc<Manifest>,
 }
 
+/// The rows of one flushed WAL file, handed to a [`FlushListener`] after they are applied.
+#[derive(Debug)]
+pub struct FlushedWal {
+    /// WAL file sequence number.
+    pub seq: u64,
+    items: Vec<WriteItem>,
+}
+
+impl FlushedWal {
+    /// Databases with rows in this file.
+    pub fn db_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.items.iter().map(|i| i.db_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Database `db_id`'s rows as Arrow, per table in order of first appearance, rows in
+    /// write order (a point written twice in the file appears once, with the later
+    /// values, as in the buffer).
+    pub fn tables(&self, catalog: &Catalog, db_id: u32) -> Vec<(Arc<str>, Vec<RecordBatch>)> {
+        let Some(db) = catalog.db_by_id(db_id) else {
+            return Vec::new();
+        };
+        let mut order: Vec<u32> = Vec::new();
+        let mut buffers: HashMap<u32, TableBuffer> = HashMap::new();
+        for item in self.items.iter().filter(|i| i.db_id == db_id) {
+            for t in &item.tables {
+                let Some(def) = db.table_by_id(t.table_id) else { continue };
+                if !buffers.contains_key(&t.table_id) {
+                    order.push(t.table_id);
+                }
+                buffers.entry(t.table_id).or_default().apply(def, &t.rows);
+            }
+        }
+        order
+            .into_iter()
+            .filter_map(|id| {
+                let def = db.table_by_id(id)?;
+                match buffers[&id].record_batches(def) {
+                    Ok(b) => Some((Arc::clone(&def.name), b)),
+                    Err(e) => {
+                        tracing::error!(error = %e, table = %def.name, "cannot convert flushed rows");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+/// Receives every flushed WAL file's rows (the processing engine). Called on the WAL
+/// flusher's path after the rows are applied: implementations must only hand the rows on.
+pub trait FlushListener: Send + Sync + fmt::Debug {
+    /// Whether rows of this database are wanted at all.
+    fn wants(&self, db_id: u32) -> bool;
+    /// A flushed file's wanted rows.
+    fn flushed(&self, wal: FlushedWal);
+}
+
 #[derive(Debug)]
 struct Shared {
     catalog: Arc<Catalog>,
     state: RwLock<BufferState>,
     snapshot_wanted: Notify,
     snapshot_rows: usize,
+    listener: RwLock<Option<Arc<dyn FlushListener>>>,
 }
 
 impl Shared {
-    fn apply(&self, state: &mut BufferState, seq: u64, items: Vec<WriteItem>) {
+    fn apply(&self, state: &mut BufferState, seq: u64, items: &[WriteItem]) {
         for item in items {
             let Some(db) = self.catalog.db_by_id(item.db_id) else {
                 continue;
@@ -143,7 +204,7 @@ impl Shared {
                 continue;
             }
             let tables = state.open.entry(item.db_id).or_default();
-            for t in item.tables {
+            for t in &item.tables {
                 let Some(def) = db.table_by_id(t.table_id) else {
                     continue;
                 };
@@ -161,11 +222,18 @@ impl WalFileNotifier<WriteItem> for Shared {
     fn flushed(&self, seq: u64, items: Vec<WriteItem>) {
         let wanted = {
             let mut state = self.state.write();
-            self.apply(&mut state, seq, items);
+            self.apply(&mut state, seq, &items);
             state.open_rows >= self.snapshot_rows
         };
         if wanted {
             self.snapshot_wanted.notify_one();
+        }
+        let listener = self.listener.read().clone();
+        if let Some(l) = listener {
+            let items: Vec<WriteItem> = items.into_iter().filter(|i| l.wants(i.db_id)).collect();
+            if !items.is_empty() {
+                l.flushed(FlushedWal { seq, items });
+            }
         }
     }
 }
@@ -302,6 +370,7 @@ impl WriteBuffer {
             }),
             snapshot_wanted: Notify::new(),
             snapshot_rows: config.snapshot_rows,
+            listener: RwLock::new(None),
         });
 
         // Replay the WAL written after the snapshot.
@@ -376,7 +445,7 @@ impl WriteBuffer {
             }
             {
                 let mut state = shared.state.write();
-                shared.apply(&mut state, *seq, items);
+                shared.apply(&mut state, *seq, &items);
             }
             last_seq = last_seq.max(*seq);
         }
@@ -540,6 +609,11 @@ impl WriteBuffer {
             }
         }
         TableData { pieces }
+    }
+
+    /// Register the receiver of flushed WAL files' rows (the processing engine).
+    pub fn set_flush_listener(&self, listener: Arc<dyn FlushListener>) {
+        *self.shared.listener.write() = Some(listener);
     }
 
     /// All live Parquet files.

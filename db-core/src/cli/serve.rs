@@ -19,6 +19,7 @@ use object_store::ObjectStore;
 use crate::{
     auth::{ADMIN_TOKEN_NAME, Authenticator},
     catalog::Catalog,
+    engine::{Engine, EngineConfig},
     query::{SqlExecutor, SqlExecutorArgs, runtime::QueryRuntime},
     server::{self, ServerState},
     storage::Storage,
@@ -121,6 +122,40 @@ pub struct ServeConfig {
     /// Largest request body accepted, after decompression (bytes; suffixes KiB, MiB).
     #[arg(long, env = "WEIR_MAX_HTTP_REQUEST_SIZE", default_value = "10MiB", value_parser = parse_bytes)]
     pub max_http_request_size: usize,
+
+    /// Processing-engine plugin directory (plugins and their venv, `<dir>/.venv`), used by
+    /// the plugin host this server starts [default: `plugins` beside --data-dir].
+    #[arg(long, env = "WEIR_PLUGIN_DIR")]
+    pub plugin_dir: Option<PathBuf>,
+
+    /// Use a plugin host started elsewhere (e.g. http://plugin-host:8282) instead of
+    /// starting `weir-plugin-host` as a child process. Reconnects with backoff.
+    #[arg(long, env = "WEIR_PLUGIN_HOST_URL")]
+    pub plugin_host_url: Option<String>,
+
+    /// Python interpreter the plugin venv is made from (for the started plugin host).
+    #[arg(long, env = "WEIR_PYTHON", default_value = "python3")]
+    pub python: String,
+
+    /// Longest a single plugin call may run; its worker process is killed past it.
+    #[arg(long, env = "WEIR_PLUGIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub plugin_timeout: Duration,
+}
+
+impl ServeConfig {
+    /// `--plugin-dir`, or `plugins` beside the data directory.
+    pub fn plugin_dir(&self) -> PathBuf {
+        if let Some(d) = &self.plugin_dir {
+            return d.clone();
+        }
+        match self.store.object_store {
+            ObjectStoreKind::File => match self.store.data_dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.join("plugins"),
+                _ => PathBuf::from("plugins"),
+            },
+            _ => PathBuf::from(".weir/plugins"),
+        }
+    }
 }
 
 /// Parse a byte size: `1024`, `64KiB`, `10MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of
@@ -230,13 +265,32 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
         )?,
     })?;
+    let engine_log = Arc::clone(executor.engine_log());
+    let query: Arc<dyn crate::query::QueryExecutor> = Arc::new(executor);
+    let plugin_dir = cfg.plugin_dir();
+    std::fs::create_dir_all(&plugin_dir)
+        .with_context(|| format!("cannot create the plugin directory {}", plugin_dir.display()))?;
+    let engine = Engine::start(
+        EngineConfig {
+            plugin_dir: plugin_dir.canonicalize()?,
+            host_url: cfg.plugin_host_url.clone(),
+            python: cfg.python.clone(),
+            plugin_timeout: cfg.plugin_timeout,
+            host_bin: None,
+        },
+        Arc::clone(&catalog),
+        Arc::clone(&buffer),
+        Arc::clone(&query),
+        engine_log,
+    );
     let state = Arc::new(ServerState {
         catalog,
         buffer: Arc::clone(&buffer),
-        query: Arc::new(executor),
+        query,
         auth,
         metrics,
         max_request_bytes: cfg.max_http_request_size,
+        engine: Some(engine),
     });
 
     let listener = tokio::net::TcpListener::bind(cfg.http_bind)

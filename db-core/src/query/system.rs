@@ -6,6 +6,9 @@
 //! | `system.databases` | every live database |
 //! | `system.tables` | tables of the current database |
 //! | `system.parquet_files` | Parquet files of the current database |
+//! | `system.processing_engine_triggers` | triggers of the current database |
+//! | `system.processing_engine_trigger_arguments` | their arguments, one row per key |
+//! | `system.processing_engine_logs` | plugin and engine log lines (newest 10,000 per server) |
 //!
 //! Tables are materialised when a query names them; they are small by construction.
 
@@ -118,6 +121,81 @@ impl QueryLog {
     }
 }
 
+/// How many processing-engine log lines are kept (all databases together).
+pub const ENGINE_LOG_SIZE: usize = 10_000;
+
+/// Log levels of `system.processing_engine_logs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// INFO
+    Info,
+    /// WARN
+    Warn,
+    /// ERROR
+    Error,
+}
+
+impl LogLevel {
+    /// As the table spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Info => "INFO",
+            Self::Warn => "WARN",
+            Self::Error => "ERROR",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct EngineLogRow {
+    database: Arc<str>,
+    event_time: i64,
+    trigger: String,
+    level: LogLevel,
+    text: String,
+}
+
+/// Plugin and engine log lines behind `system.processing_engine_logs`.
+#[derive(Debug, Default)]
+pub struct EngineLog {
+    rows: Mutex<VecDeque<EngineLogRow>>,
+}
+
+impl EngineLog {
+    /// Record a line (also sent to the server log).
+    pub fn push(&self, database: &str, trigger: &str, level: LogLevel, text: String, event_time: i64) {
+        match level {
+            LogLevel::Error => tracing::warn!(database, trigger, "{text}"),
+            _ => tracing::info!(database, trigger, "{text}"),
+        }
+        let mut rows = self.rows.lock();
+        if rows.len() >= ENGINE_LOG_SIZE {
+            rows.pop_front();
+        }
+        rows.push_back(EngineLogRow { database: Arc::from(database), event_time, trigger: trigger.to_string(), level, text });
+    }
+
+    fn batch(&self, database: &str) -> DfResult<RecordBatch> {
+        let rows: Vec<EngineLogRow> =
+            self.rows.lock().iter().filter(|r| r.database.as_ref() == database).cloned().collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("event_time", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+            Field::new("trigger_name", DataType::Utf8, false),
+            Field::new("log_level", DataType::Utf8, false),
+            Field::new("log_text", DataType::Utf8, false),
+        ]));
+        Ok(RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(TimestampNanosecondArray::from_iter_values(rows.iter().map(|r| r.event_time))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.trigger.as_str()))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.level.as_str()))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.text.as_str()))),
+            ],
+        )?)
+    }
+}
+
 /// The `system` schema of one query's database.
 #[derive(Debug)]
 pub struct SystemSchema {
@@ -125,9 +203,18 @@ pub struct SystemSchema {
     buffer: Arc<WriteBuffer>,
     db: Arc<DatabaseSchema>,
     log: Arc<QueryLog>,
+    engine_log: Arc<EngineLog>,
 }
 
-const TABLES: &[&str] = &["databases", "parquet_files", "queries", "tables"];
+const TABLES: &[&str] = &[
+    "databases",
+    "parquet_files",
+    "processing_engine_logs",
+    "processing_engine_trigger_arguments",
+    "processing_engine_triggers",
+    "queries",
+    "tables",
+];
 
 impl SystemSchema {
     /// The system tables as seen from `db`.
@@ -136,13 +223,65 @@ impl SystemSchema {
         buffer: Arc<WriteBuffer>,
         db: Arc<DatabaseSchema>,
         log: Arc<QueryLog>,
+        engine_log: Arc<EngineLog>,
     ) -> Self {
         Self {
             catalog,
             buffer,
             db,
             log,
+            engine_log,
         }
+    }
+
+    fn triggers(&self) -> DfResult<RecordBatch> {
+        let t: Vec<_> = self.db.triggers.values().collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("trigger_name", DataType::Utf8, false),
+            Field::new("plugin_filename", DataType::Utf8, false),
+            Field::new("trigger_specification", DataType::Utf8, false),
+            Field::new("disabled", DataType::Boolean, false),
+            Field::new("error_behavior", DataType::Utf8, false),
+            Field::new("run_async", DataType::Boolean, false),
+        ]));
+        Ok(RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(t.iter().map(|t| t.name.as_ref()))),
+                Arc::new(StringArray::from_iter_values(t.iter().map(|t| t.plugin_filename.as_str()))),
+                Arc::new(StringArray::from_iter_values(t.iter().map(|t| t.specification.as_str()))),
+                Arc::new(BooleanArray::from_iter(t.iter().map(|t| Some(t.disabled)))),
+                Arc::new(StringArray::from_iter_values(t.iter().map(|t| t.error_behavior.as_str()))),
+                Arc::new(BooleanArray::from_iter(t.iter().map(|t| Some(t.run_async)))),
+            ],
+        )?)
+    }
+
+    fn trigger_arguments(&self) -> DfResult<RecordBatch> {
+        let rows: Vec<(&str, &str, &str)> = self
+            .db
+            .triggers
+            .values()
+            .flat_map(|t| {
+                t.arguments
+                    .iter()
+                    .flatten()
+                    .map(move |(k, v)| (t.name.as_ref(), k.as_str(), v.as_str()))
+            })
+            .collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("trigger_name", DataType::Utf8, false),
+            Field::new("argument_key", DataType::Utf8, false),
+            Field::new("argument_value", DataType::Utf8, false),
+        ]));
+        Ok(RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
+            ],
+        )?)
     }
 
     fn databases(&self) -> DfResult<RecordBatch> {
@@ -221,6 +360,9 @@ impl SystemSchema {
             "tables" => self.tables()?,
             "parquet_files" => self.parquet_files()?,
             "queries" => self.log.batch()?,
+            "processing_engine_triggers" => self.triggers()?,
+            "processing_engine_trigger_arguments" => self.trigger_arguments()?,
+            "processing_engine_logs" => self.engine_log.batch(&self.db.name)?,
             _ => return Ok(None),
         }))
     }

@@ -50,10 +50,14 @@ impl IntoStatus for catalog::Error {
     fn into_status(self) -> Status {
         match self {
             catalog::Error::InvalidDbName { .. } => Status::invalid_argument(self.to_string()),
-            catalog::Error::DbExists(_) | catalog::Error::TokenExists(_) => {
-                Status::already_exists(self.to_string())
+            catalog::Error::DbExists(_)
+            | catalog::Error::TokenExists(_)
+            | catalog::Error::TriggerExists { .. } => Status::already_exists(self.to_string()),
+            catalog::Error::TriggerEnabled { .. } => Status::failed_precondition(self.to_string()),
+            catalog::Error::DbNotFound(_) | catalog::Error::TriggerNotFound { .. } => {
+                Status::not_found(self.to_string())
             }
-            catalog::Error::DbNotFound(_) => Status::not_found(self.to_string()),
+            catalog::Error::InvalidTrigger(_) => Status::invalid_argument(self.to_string()),
             catalog::Error::Storage(_)
             | catalog::Error::Corrupt { .. }
             | catalog::Error::UnsupportedVersion { .. } => Status::internal(self.to_string()),

@@ -2,6 +2,7 @@
 //! the router, authentication, body reading and the single error → response mapping.
 
 pub mod configure;
+pub mod engine;
 pub mod query;
 pub mod write;
 
@@ -109,8 +110,14 @@ impl From<catalog::Error> for ApiError {
     fn from(e: catalog::Error) -> Self {
         match e {
             catalog::Error::InvalidDbName { .. } => Self::BadRequest(e.to_string()),
-            catalog::Error::DbExists(_) | catalog::Error::TokenExists(_) => Self::Conflict(e.to_string()),
-            catalog::Error::DbNotFound(_) => Self::NotFound(e.to_string()),
+            catalog::Error::DbExists(_)
+            | catalog::Error::TokenExists(_)
+            | catalog::Error::TriggerExists { .. }
+            | catalog::Error::TriggerEnabled { .. } => Self::Conflict(e.to_string()),
+            catalog::Error::DbNotFound(_) | catalog::Error::TriggerNotFound { .. } => {
+                Self::NotFound(e.to_string())
+            }
+            catalog::Error::InvalidTrigger(_) => Self::BadRequest(e.to_string()),
             catalog::Error::Storage(_)
             | catalog::Error::Corrupt { .. }
             | catalog::Error::UnsupportedVersion { .. } => Self::Internal(e.to_string()),
@@ -162,6 +169,12 @@ pub fn router(state: SharedState) -> Router {
                 .post(configure::create_database)
                 .delete(configure::delete_database),
         )
+        .route(
+            "/api/v3/configure/processing_engine_trigger",
+            post(engine::create_trigger).delete(engine::delete_trigger),
+        )
+        .route("/api/v3/configure/processing_engine_trigger/enable", post(engine::enable_trigger))
+        .route("/api/v3/configure/processing_engine_trigger/disable", post(engine::disable_trigger))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
     Router::new()

@@ -1,0 +1,498 @@
+//! The processing engine, core side: triggers run in `weir-plugin-host`, reached over one
+//! `weir.plugin.v1` session.
+//!
+//! - **Host process.** Without `--plugin-host-url`, `weir serve` starts `weir-plugin-host`
+//!   (found next to its own executable) as a child that dies with it, and restarts it if
+//!   it exits. With a URL it connects to a host started elsewhere. Either way the session
+//!   reconnects with backoff.
+//! - **WAL triggers.** The write buffer hands every flushed WAL file's rows to
+//!   [`Engine`] (a bounded hand-off on the flusher's path: write acks never wait for a
+//!   plugin). Each enabled trigger has its own queue and task, so one slow plugin does not
+//!   hold up another; a trigger's batches are delivered one at a time, in WAL order, and a
+//!   batch whose session broke is sent again after reconnecting (at least once).
+//! - **Plugin calls.** Queries run on the query executor and come back as Arrow IPC;
+//!   writes go through the normal write path; buffered writes arrive with the invocation's
+//!   `Done` and are committed only when the call succeeded.
+//! - **Logs** land in `system.processing_engine_logs`.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use arrow::{ipc::writer::StreamWriter, record_batch::RecordBatch};
+use futures::TryStreamExt;
+use parking_lot::Mutex;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    sync::{mpsc, oneshot, watch},
+};
+use tokio_stream::wrappers::ReceiverStream;
+use weir_proto::plugin::v1::{self as pb, core_message, host_message, plugin_host_client::PluginHostClient};
+
+use crate::{
+    catalog::{Catalog, TriggerDef, TriggerSpec},
+    lp::Precision,
+    query::{
+        QueryExecutor, QueryParams,
+        system::{EngineLog, LogLevel},
+    },
+    time::{SystemTime, TimeProvider},
+    write_buffer::{FlushListener, FlushedWal, WriteBuffer},
+};
+
+/// Flushed WAL files waiting for the engine; beyond this a file is skipped for triggers
+/// (and the skip logged) rather than blocking writes.
+const FLUSH_QUEUE: usize = 4096;
+/// Batches queued per trigger.
+const TRIGGER_QUEUE: usize = 1024;
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Plugin directory (for a host this process starts).
+    pub plugin_dir: PathBuf,
+    /// Connect to this host instead of starting one.
+    pub host_url: Option<String>,
+    /// Interpreter the host makes its venv from.
+    pub python: String,
+    /// Per-invocation timeout.
+    pub plugin_timeout: Duration,
+    /// The host binary (default: `weir-plugin-host` next to this executable).
+    pub host_bin: Option<PathBuf>,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<host_message::Body>>>>;
+
+/// One live session with the host.
+#[derive(Debug)]
+struct Session {
+    tx: mpsc::Sender<pb::CoreMessage>,
+    pending: Pending,
+}
+
+/// The engine.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    catalog: Arc<Catalog>,
+    buffer: Arc<WriteBuffer>,
+    query: Arc<dyn QueryExecutor>,
+    log: Arc<EngineLog>,
+    next_id: AtomicU64,
+    session: watch::Sender<Option<Arc<Session>>>,
+    flushes: mpsc::Sender<FlushedWal>,
+    flushes_rx: Mutex<Option<mpsc::Receiver<FlushedWal>>>,
+    queues: Mutex<HashMap<(u32, Arc<str>), mpsc::Sender<pb::WalBatch>>>,
+}
+
+impl FlushListener for Engine {
+    fn wants(&self, db_id: u32) -> bool {
+        self.catalog
+            .db_by_id(db_id)
+            .is_some_and(|db| db.triggers.values().any(|t| !t.disabled && t.spec().is_wal()))
+    }
+
+    fn flushed(&self, wal: FlushedWal) {
+        let seq = wal.seq;
+        if self.flushes.try_send(wal).is_err() {
+            tracing::error!(seq, "processing engine is behind: WAL file not delivered to triggers");
+        }
+    }
+}
+
+fn now() -> i64 {
+    SystemTime.now_ns()
+}
+
+fn ipc(batches: &[RecordBatch]) -> Result<Vec<u8>, arrow::error::ArrowError> {
+    let Some(first) = batches.first() else { return Ok(Vec::new()) };
+    let mut w = StreamWriter::try_new(Vec::new(), first.schema_ref())?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.finish()?;
+    w.into_inner()
+}
+
+fn trigger_message(db: &str, t: &TriggerDef) -> pb::Trigger {
+    pb::Trigger {
+        database: db.to_string(),
+        name: t.name.to_string(),
+        plugin_filename: t.plugin_filename.clone(),
+        specification: t.specification.clone(),
+        arguments: t.arguments.as_ref().map(|a| pb::Arguments { values: a.clone().into_iter().collect() }),
+        run_async: t.run_async,
+        workers: 1,
+    }
+}
+
+impl Engine {
+    /// Create the engine, register it with the write buffer and start its tasks.
+    pub fn start(
+        config: EngineConfig,
+        catalog: Arc<Catalog>,
+        buffer: Arc<WriteBuffer>,
+        query: Arc<dyn QueryExecutor>,
+        log: Arc<EngineLog>,
+    ) -> Arc<Self> {
+        let (flushes, flushes_rx) = mpsc::channel(FLUSH_QUEUE);
+        let (session, _) = watch::channel(None);
+        let engine = Arc::new(Self {
+            config,
+            catalog,
+            buffer: Arc::clone(&buffer),
+            query,
+            log,
+            next_id: AtomicU64::new(0),
+            session,
+            flushes,
+            flushes_rx: Mutex::new(Some(flushes_rx)),
+            queues: Mutex::new(HashMap::new()),
+        });
+        buffer.set_flush_listener(Arc::clone(&engine) as Arc<dyn FlushListener>);
+        let (url_tx, url_rx) = watch::channel(engine.config.host_url.clone());
+        if engine.config.host_url.is_none() {
+            tokio::spawn(Arc::clone(&engine).supervise_host(url_tx));
+        }
+        tokio::spawn(Arc::clone(&engine).connect_loop(url_rx));
+        tokio::spawn(Arc::clone(&engine).deliver_loop());
+        engine
+    }
+
+    fn record(&self, db: &str, trigger: &str, level: LogLevel, text: impl Into<String>) {
+        self.log.push(db, trigger, level, text.into(), now());
+    }
+
+    fn id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A trigger was created, enabled, disabled or deleted: tell the host.
+    pub async fn trigger_changed(&self, db: &str, name: &str) {
+        let def = self.catalog.db(db).and_then(|d| d.triggers.get(name).cloned());
+        let body = match def {
+            Some(t) if !t.disabled => core_message::Body::TriggerSet(pb::TriggerSet { trigger: Some(trigger_message(db, &t)) }),
+            _ => core_message::Body::TriggerDrop(pb::TriggerDrop { database: db.to_string(), name: name.to_string() }),
+        };
+        let session = self.session.borrow().clone();
+        if let Some(s) = session {
+            let _ = s.tx.send(pb::CoreMessage { id: 0, body: Some(body) }).await;
+        }
+    }
+
+    /// Start the host as a child and keep it running; publishes its URL.
+    async fn supervise_host(self: Arc<Self>, url: watch::Sender<Option<String>>) {
+        let bin = self.config.host_bin.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("weir-plugin-host")))
+                .unwrap_or_else(|| PathBuf::from("weir-plugin-host"))
+        });
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let mut cmd = tokio::process::Command::new(&bin);
+            cmd.arg("--bind")
+                .arg("127.0.0.1:0")
+                .arg("--plugin-dir")
+                .arg(&self.config.plugin_dir)
+                .arg("--python")
+                .arg(&self.config.python)
+                .arg("--plugin-timeout")
+                .arg(humantime::format_duration(self.config.plugin_timeout).to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true);
+            // SAFETY: prctl is async-signal-safe; the child gets SIGTERM when we die.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+            let mut child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(bin = %bin.display(), error = %e, "cannot start the plugin host; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            };
+            let stdout = child.stdout.take().expect("piped");
+            let mut lines = BufReader::new(stdout).lines();
+            let started = std::time::Instant::now();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(addr) = line.strip_prefix("Weir plugin host listening on ") {
+                    tracing::info!(url = addr, pid = ?child.id(), "plugin host started");
+                    let _ = url.send(Some(addr.trim().to_string()));
+                    break;
+                }
+            }
+            // Keep draining its stdout so it never blocks.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            let status = child.wait().await;
+            let _ = url.send(None);
+            tracing::warn!(?status, "the plugin host exited; restarting it");
+            if started.elapsed() > Duration::from_secs(60) {
+                backoff = Duration::from_millis(200);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// Keep a session open to the current host URL.
+    async fn connect_loop(self: Arc<Self>, mut url: watch::Receiver<Option<String>>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let Some(target) = url.borrow_and_update().clone() else {
+                if url.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            match self.run_session(&target).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => tracing::warn!(url = %target, error = %e, "plugin host session failed"),
+            }
+            // Calls still waiting on the old session fail now (and are sent again later).
+            if let Some(old) = self.session.send_replace(None) {
+                old.pending.lock().clear();
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = url.changed() => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    async fn run_session(self: &Arc<Self>, url: &str) -> anyhow::Result<()> {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect().await?;
+        let mut client = PluginHostClient::new(channel)
+            .max_decoding_message_size(256 * 1024 * 1024)
+            .max_encoding_message_size(256 * 1024 * 1024);
+        let (tx, rx) = mpsc::channel(1024);
+        let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+        let session = Arc::new(Session { tx, pending: Arc::new(Mutex::new(HashMap::new())) });
+        let hello = pb::CoreMessage {
+            id: self.id(),
+            body: Some(core_message::Body::Hello(pb::Hello {
+                core_version: env!("CARGO_PKG_VERSION").to_string(),
+                node_id: String::new(),
+            })),
+        };
+        session.tx.send(hello).await?;
+        for db in self.catalog.databases() {
+            for t in db.triggers.values().filter(|t| !t.disabled) {
+                let body = core_message::Body::TriggerSet(pb::TriggerSet { trigger: Some(trigger_message(&db.name, t)) });
+                session.tx.send(pb::CoreMessage { id: 0, body: Some(body) }).await?;
+            }
+        }
+        tracing::info!(url, "connected to the plugin host");
+        self.session.send_replace(Some(Arc::clone(&session)));
+        while let Some(msg) = inbound.message().await? {
+            let Some(body) = msg.body else { continue };
+            match body {
+                host_message::Body::Log(l) => {
+                    let level = match pb::LogLevel::try_from(l.level).unwrap_or(pb::LogLevel::Info) {
+                        pb::LogLevel::Warn => LogLevel::Warn,
+                        pb::LogLevel::Error => LogLevel::Error,
+                        _ => LogLevel::Info,
+                    };
+                    self.log.push(&l.database, &l.trigger, level, l.text, if l.time_ns > 0 { l.time_ns } else { now() });
+                }
+                host_message::Body::Query(q) => {
+                    let engine = Arc::clone(self);
+                    let tx = session.tx.clone();
+                    tokio::spawn(async move {
+                        let body = engine.plugin_query(q).await;
+                        let _ = tx.send(pb::CoreMessage { id: msg.id, body: Some(core_message::Body::QueryResult(body)) }).await;
+                    });
+                }
+                host_message::Body::Write(w) => {
+                    let engine = Arc::clone(self);
+                    let tx = session.tx.clone();
+                    tokio::spawn(async move {
+                        let error = engine.plugin_write(&w.database, &w.lines, w.no_sync).await.err().unwrap_or_default();
+                        let reply = core_message::Body::WriteResult(pb::WriteResult { error });
+                        let _ = tx.send(pb::CoreMessage { id: msg.id, body: Some(reply) }).await;
+                    });
+                }
+                reply @ (host_message::Body::Done(_) | host_message::Body::Hello(_) | host_message::Body::Pong(_)) => {
+                    if let Some(tx) = session.pending.lock().remove(&msg.id) {
+                        let _ = tx.send(reply);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn plugin_query(&self, q: pb::Query) -> pb::QueryResult {
+        let params = QueryParams::Named(q.params.into_iter().collect());
+        let result = async {
+            let stream = self.query.query_sql(&q.database, &q.sql, params).await.map_err(|e| e.to_string())?;
+            let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| e.to_string())?;
+            ipc(&batches).map_err(|e| e.to_string())
+        }
+        .await;
+        match result {
+            Ok(arrow_ipc) => pb::QueryResult { error: String::new(), arrow_ipc },
+            Err(error) => pb::QueryResult { error, arrow_ipc: Vec::new() },
+        }
+    }
+
+    /// Write plugin output: all lines or none, nanosecond precision.
+    async fn plugin_write(&self, db: &str, lines: &[String], no_sync: bool) -> Result<(), String> {
+        let body = lines.join("\n");
+        match self.buffer.write_lp(db, &body, Precision::Nanosecond, false, no_sync).await {
+            Ok(outcome) if outcome.errors.is_empty() => Ok(()),
+            Ok(outcome) => Err(outcome.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Fan flushed WAL files out to the enabled WAL triggers of their databases.
+    async fn deliver_loop(self: Arc<Self>) {
+        let Some(mut rx) = self.flushes_rx.lock().take() else { return };
+        while let Some(wal) = rx.recv().await {
+            for db_id in wal.db_ids() {
+                let Some(db) = self.catalog.db_by_id(db_id) else { continue };
+                let triggers: Vec<Arc<TriggerDef>> =
+                    db.triggers.values().filter(|t| !t.disabled && t.spec().is_wal()).cloned().collect();
+                if triggers.is_empty() {
+                    continue;
+                }
+                let tables = wal.tables(&self.catalog, db_id);
+                let mut encoded: Vec<(Arc<str>, Vec<u8>)> = Vec::with_capacity(tables.len());
+                for (name, batches) in &tables {
+                    match ipc(batches) {
+                        Ok(bytes) => encoded.push((Arc::clone(name), bytes)),
+                        Err(e) => tracing::error!(table = %name, error = %e, "cannot encode flushed rows"),
+                    }
+                }
+                for t in triggers {
+                    let chosen: Vec<pb::TableRows> = encoded
+                        .iter()
+                        .filter(|(name, _)| match t.spec() {
+                            TriggerSpec::Table(want) => want == name.as_ref(),
+                            _ => true,
+                        })
+                        .map(|(name, bytes)| pb::TableRows { table_name: name.to_string(), arrow_ipc: bytes.clone() })
+                        .collect();
+                    // Weir: a table trigger is not called for a flush without its table.
+                    if chosen.is_empty() {
+                        continue;
+                    }
+                    let batch = pb::WalBatch {
+                        database: db.name.to_string(),
+                        trigger: t.name.to_string(),
+                        wal_seq: wal.seq,
+                        tables: chosen,
+                    };
+                    self.enqueue(db_id, &t.name, batch).await;
+                }
+            }
+        }
+    }
+
+    async fn enqueue(self: &Arc<Self>, db_id: u32, name: &Arc<str>, batch: pb::WalBatch) {
+        let key = (db_id, Arc::clone(name));
+        let tx = {
+            let mut queues = self.queues.lock();
+            queues
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    let (tx, rx) = mpsc::channel(TRIGGER_QUEUE);
+                    tokio::spawn(Arc::clone(self).trigger_loop(key, rx));
+                    tx
+                })
+                .clone()
+        };
+        if tx.send(batch).await.is_err() {
+            tracing::error!(trigger = %name, "trigger queue closed");
+        }
+    }
+
+    /// Deliver one trigger's batches in order; a batch is retried until the host answers.
+    async fn trigger_loop(self: Arc<Self>, key: (u32, Arc<str>), mut rx: mpsc::Receiver<pb::WalBatch>) {
+        let (db_id, name) = key;
+        while let Some(batch) = rx.recv().await {
+            loop {
+                // Stop delivering if the trigger was deleted or disabled meanwhile.
+                let live = self
+                    .catalog
+                    .db_by_id(db_id)
+                    .and_then(|d| d.triggers.get(name.as_ref()).cloned())
+                    .is_some_and(|t| !t.disabled);
+                if !live {
+                    break;
+                }
+                match self.call(core_message::Body::WalBatch(batch.clone())).await {
+                    Some(host_message::Body::Done(done)) => {
+                        self.finish(&batch, done).await;
+                        break;
+                    }
+                    Some(other) => {
+                        tracing::error!(?other, "unexpected reply to a WAL batch");
+                        break;
+                    }
+                    // No session, or it broke mid-call: wait for the host and send again.
+                    None => self.wait_for_session().await,
+                }
+            }
+        }
+    }
+
+    async fn wait_for_session(&self) {
+        let mut rx = self.session.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.is_some())).await;
+    }
+
+    /// Send a request on the current session and wait for its reply (`None`: no session,
+    /// or it ended first).
+    async fn call(&self, body: core_message::Body) -> Option<host_message::Body> {
+        let session = self.session.borrow().clone()?;
+        let id = self.id();
+        let (tx, rx) = oneshot::channel();
+        session.pending.lock().insert(id, tx);
+        if session.tx.send(pb::CoreMessage { id, body: Some(body) }).await.is_err() {
+            session.pending.lock().remove(&id);
+            return None;
+        }
+        // The host enforces the plugin timeout; this only guards against a lost reply.
+        let deadline = self.config.plugin_timeout + Duration::from_secs(60);
+        match tokio::time::timeout(deadline, rx).await {
+            Ok(Ok(body)) => Some(body),
+            _ => {
+                session.pending.lock().remove(&id);
+                None
+            }
+        }
+    }
+
+    async fn finish(&self, batch: &pb::WalBatch, done: pb::Done) {
+        if !done.ok {
+            return; // the host logged the error with its traceback
+        }
+        for w in done.writes {
+            if let Err(e) = self.plugin_write(&w.database, &w.lines, false).await {
+                self.record(&batch.database, &batch.trigger, LogLevel::Error, format!("error writing back lines to {}: {e}", w.database));
+            }
+        }
+    }
+}
