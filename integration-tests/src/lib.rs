@@ -211,6 +211,11 @@ impl Server {
             .expect("client")
     }
 
+    /// The plugin directory `weir serve` uses by default (beside the store).
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.data_dir.join("plugins")
+    }
+
     /// Run a query and return the body text (panics on a non-200 answer).
     pub async fn query(&self, db: &str, sql: &str, format: &str) -> String {
         let r = self

@@ -1,0 +1,242 @@
+//! The processing engine end to end: `weir serve` starts the real `weir-plugin-host`,
+//! which runs plugins in real Python workers.
+
+use std::time::Duration;
+
+use integration_tests::{Server, ServerConfig, eventually};
+use serde_json::{Value, json};
+
+/// A nanosecond timestamp that precision auto-detection cannot mistake for seconds.
+const T0: i64 = 1_700_000_000_000_000_000;
+
+fn start(extra: &[&str]) -> Server {
+    Server::start(ServerConfig { args: extra.iter().map(|s| s.to_string()).collect(), ..Default::default() })
+}
+
+async fn create_db(s: &Server, db: &str) {
+    let r = s.http().post(format!("{}/api/v3/configure/database", s.url)).json(&json!({"db": db})).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
+async fn create_trigger(s: &Server, body: Value) -> (u16, String) {
+    let r = s
+        .http()
+        .post(format!("{}/api/v3/configure/processing_engine_trigger", s.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+fn plugin(s: &Server, name: &str, source: &str) {
+    std::fs::create_dir_all(s.plugin_dir()).unwrap();
+    std::fs::write(s.plugin_dir().join(name), source).unwrap();
+}
+
+async fn rows(s: &Server, db: &str, sql: &str) -> Vec<Value> {
+    let body = s.query(db, sql, "json").await;
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Rows of `sql`, once `check` accepts them (within 60 s).
+async fn rows_when(s: &Server, db: &str, sql: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let got = eventually(Duration::from_secs(60), || async {
+        let r = s.http().get(format!("{}/api/v3/query_sql", s.url)).query(&[("db", db), ("q", sql)]).send().await.ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        let v: Vec<Value> = r.json().await.ok()?;
+        check(&v).then_some(v)
+    })
+    .await;
+    match got {
+        Some(v) => v,
+        None => panic!("{sql}: condition not met; last answer: {:?}\nlogs: {:?}", s.query(db, sql, "json").await, logs(s, db).await),
+    }
+}
+
+async fn logs(s: &Server, db: &str) -> Vec<String> {
+    rows(s, db, "SELECT log_level, log_text FROM system.processing_engine_logs ORDER BY event_time")
+        .await
+        .iter()
+        .map(|r| format!("{}: {}", r["log_level"].as_str().unwrap_or(""), r["log_text"].as_str().unwrap_or("")))
+        .collect()
+}
+
+const DERIVE: &str = r#"
+def process_writes(influxdb3_local, table_batches, args):
+    for t in table_batches:
+        influxdb3_local.info("batch", t["table_name"], len(t["rows"]))
+        if t["table_name"] != "cpu":
+            continue
+        for r in t["rows"]:
+            influxdb3_local.write(
+                LineBuilder("cpu_" + args["suffix"]).tag("host", r["host"]).float64_field("usage2", r["usage"] * 2).time_ns(r["time"])
+            )
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_trigger_writes_a_derived_table_and_sees_its_own_output() {
+    let s = start(&[]);
+    create_db(&s, "eng").await;
+    plugin(&s, "derive.py", DERIVE);
+    let (status, body) = create_trigger(&s, json!({
+        "db": "eng", "plugin_filename": "derive.py", "trigger_name": "derive",
+        "trigger_specification": "all_tables", "trigger_arguments": {"suffix": "x2"},
+        "trigger_settings": {"run_async": false, "error_behavior": "log"}
+    }))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Same name again: conflict.
+    let (status, body) = create_trigger(&s, json!({
+        "db": "eng", "plugin_filename": "derive.py", "trigger_name": "derive", "trigger_specification": "all_tables"
+    }))
+    .await;
+    assert_eq!(status, 409, "{body}");
+
+    let (status, _) = s.write("eng", "cpu,host=a usage=1.5 1000000000\ncpu,host=b usage=4 2000000000").await;
+    assert_eq!(status, 204);
+    let derived = rows_when(&s, "eng", "SELECT host, usage2 FROM cpu_x2 ORDER BY host", |r| r.len() == 2).await;
+    assert_eq!(derived[0]["usage2"], 3.0);
+    assert_eq!(derived[1]["usage2"], 8.0);
+    // all_tables: the plugin's own output table comes back to it in a later flush.
+    let seen = eventually(Duration::from_secs(60), || async {
+        logs(&s, "eng").await.iter().any(|l| l == "INFO: batch cpu_x2 2").then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "{:?}", logs(&s, "eng").await);
+
+    let t = rows(&s, "eng", "SELECT trigger_name, plugin_filename, trigger_specification, disabled, error_behavior FROM system.processing_engine_triggers").await;
+    assert_eq!(t, vec![json!({"trigger_name": "derive", "plugin_filename": "derive.py", "trigger_specification": "all_tables", "disabled": false, "error_behavior": "log"})]);
+    let a = rows(&s, "eng", "SELECT * FROM system.processing_engine_trigger_arguments").await;
+    assert_eq!(a, vec![json!({"trigger_name": "derive", "argument_key": "suffix", "argument_value": "x2"})]);
+
+    // Disable: nothing more is delivered; deleting a disabled trigger needs no force.
+    let r = s.http().post(format!("{}/api/v3/configure/processing_engine_trigger/disable?db=eng&trigger_name=derive", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    s.write("eng", "cpu,host=c usage=1 3000000000").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rows(&s, "eng", "SELECT count(*) AS n FROM cpu_x2").await[0]["n"], 2);
+    let r = s.http().delete(format!("{}/api/v3/configure/processing_engine_trigger?db=eng&trigger_name=derive", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert!(rows(&s, "eng", "SELECT * FROM system.processing_engine_triggers").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_survive_a_restart_and_enabled_ones_need_force_to_delete() {
+    let s = start(&[]);
+    create_db(&s, "r").await;
+    plugin(&s, "derive.py", DERIVE);
+    let (status, body) = create_trigger(&s, json!({
+        "db": "r", "plugin_filename": "derive.py", "trigger_name": "t1",
+        "trigger_specification": "table:cpu", "trigger_arguments": {"suffix": "after"}
+    }))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let s = s.restart();
+    s.write("r", "mem,host=a free=1i 1000000000\ncpu,host=a usage=2 1000000000").await;
+    let derived = rows_when(&s, "r", "SELECT usage2 FROM cpu_after", |r| r.len() == 1).await;
+    assert_eq!(derived[0]["usage2"], 4.0);
+    // table:cpu never sees mem.
+    assert!(!logs(&s, "r").await.iter().any(|l| l.contains("batch mem")));
+
+    let r = s.http().delete(format!("{}/api/v3/configure/processing_engine_trigger?db=r&trigger_name=t1", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    let r = s.http().delete(format!("{}/api/v3/configure/processing_engine_trigger?db=r&trigger_name=t1&force=true", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Bad specs and unknown databases are clear errors.
+    let (status, body) = create_trigger(&s, json!({"db": "r", "plugin_filename": "derive.py", "trigger_name": "t2", "trigger_specification": "tables:cpu"})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("table:<name>"), "{body}");
+    let (status, _) = create_trigger(&s, json!({"db": "nope", "plugin_filename": "derive.py", "trigger_name": "t2", "trigger_specification": "all_tables"})).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_hangs_and_errors_are_logged_while_writes_keep_being_acknowledged() {
+    let s = start(&["--plugin-timeout", "2s"]);
+    create_db(&s, "bad").await;
+    plugin(&s, "bad.py", r#"
+import os, sys, time
+def process_writes(influxdb3_local, table_batches, args):
+    for t in table_batches:
+        for r in t["rows"]:
+            mode = r.get("mode")
+            if mode == "crash":
+                os._exit(3)
+            if mode == "hang":
+                while True:
+                    time.sleep(0.01)
+            if mode == "raise":
+                raise ValueError("plugin said no")
+            if mode == "exit":
+                sys.exit(1)
+            print("printed", mode)
+            influxdb3_local.write(LineBuilder("ok").tag("mode", mode).int64_field("n", 1).time_ns(r["time"]))
+"#);
+    let (status, body) = create_trigger(&s, json!({
+        "db": "bad", "plugin_filename": "bad.py", "trigger_name": "bad", "trigger_specification": "table:m"
+    }))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let modes = ["fine", "crash", "after_crash", "raise", "exit", "hang", "after_hang"];
+    for (i, mode) in modes.iter().enumerate() {
+        let started = std::time::Instant::now();
+        let (status, body) = s.write("bad", &format!("m,mode={mode} v=1 {}", T0 + i as i64 * 1_000_000_000)).await;
+        assert_eq!(status, 204, "{body}");
+        // Acks never wait for the plugin (a hang takes 2 s to be killed).
+        assert!(started.elapsed() < Duration::from_millis(1500), "write took {:?}", started.elapsed());
+    }
+    let ok = rows_when(&s, "bad", "SELECT mode FROM ok ORDER BY time", |r| r.len() == 3).await;
+    let ok: Vec<&str> = ok.iter().map(|r| r["mode"].as_str().unwrap()).collect();
+    assert_eq!(ok, ["fine", "after_crash", "after_hang"]);
+    let l = logs(&s, "bad").await;
+    let has = |needle: &str| l.iter().any(|x| x.contains(needle));
+    assert!(has("INFO: printed fine"), "{l:?}");
+    assert!(has("exited (exit status: 3)"), "{l:?}");
+    assert!(has("ERROR: error executing plugin: ValueError: plugin said no\nTraceback"), "{l:?}");
+    assert!(has("SystemExit: 1"), "{l:?}");
+    assert!(has("did not finish within 2s"), "{l:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_plugin_host_is_restarted_and_no_batch_is_lost() {
+    let s = start(&[]);
+    create_db(&s, "k").await;
+    plugin(&s, "copy.py", r#"
+import os
+def process_writes(influxdb3_local, table_batches, args):
+    influxdb3_local.info("host pid", os.getppid())
+    for t in table_batches:
+        for r in t["rows"]:
+            influxdb3_local.write(LineBuilder("copy").tag("k", r["k"]).int64_field("n", r["n"]).time_ns(r["time"]))
+"#);
+    let (status, body) = create_trigger(&s, json!({"db": "k", "plugin_filename": "copy.py", "trigger_name": "copy", "trigger_specification": "table:src"})).await;
+    assert_eq!(status, 200, "{body}");
+    let write = |i: i64| {
+        let s = &s;
+        async move {
+            let (status, body) = s.write("k", &format!("src,k=k{i} n={i}i {}", T0 + i * 1_000_000_000)).await;
+            assert_eq!(status, 204, "{body}");
+        }
+    };
+    write(0).await;
+    rows_when(&s, "k", "SELECT n FROM copy", |r| r.len() == 1).await;
+    let pid = logs(&s, "k")
+        .await
+        .iter()
+        .find_map(|l| l.strip_prefix("INFO: host pid ").map(|p| p.trim().to_string()))
+        .expect("the plugin logged its host pid");
+    // kill -9 the plugin host, then keep writing while it is down and coming back.
+    let killed = std::process::Command::new("kill").args(["-9", &pid]).status().unwrap();
+    assert!(killed.success());
+    for i in 1..20 {
+        write(i).await;
+    }
+    let copied = rows_when(&s, "k", "SELECT n FROM copy ORDER BY n", |r| r.len() == 20).await;
+    let n: Vec<i64> = copied.iter().map(|r| r["n"].as_i64().unwrap()).collect();
+    assert_eq!(n, (0..20).collect::<Vec<_>>());
+    let new_pid = logs(&s, "k").await.iter().rev().find_map(|l| l.strip_prefix("INFO: host pid ").map(|p| p.trim().to_string())).unwrap();
+    assert_ne!(new_pid, pid, "a new plugin host runs the plugin");
+}
