@@ -70,6 +70,9 @@ pub struct EngineConfig {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<host_message::Body>>>>;
 
+/// Per-trigger delivery queues, by (database id, trigger name).
+type Queues = Mutex<HashMap<(u32, Arc<str>), mpsc::Sender<pb::WalBatch>>>;
+
 /// One live session with the host.
 #[derive(Debug)]
 struct Session {
@@ -89,7 +92,7 @@ pub struct Engine {
     session: watch::Sender<Option<Arc<Session>>>,
     flushes: mpsc::Sender<FlushedWal>,
     flushes_rx: Mutex<Option<mpsc::Receiver<FlushedWal>>>,
-    queues: Mutex<HashMap<(u32, Arc<str>), mpsc::Sender<pb::WalBatch>>>,
+    queues: Queues,
 }
 
 impl FlushListener for Engine {

@@ -10,10 +10,13 @@ use std::{
 
 use parking_lot::Mutex;
 
+/// A pickled value and when it expires.
+type Entry = (Vec<u8>, Option<Instant>);
+
 /// Pickled values by key, with optional expiry.
 #[derive(Debug, Default)]
 pub struct GlobalCache {
-    items: Mutex<HashMap<String, (Vec<u8>, Option<Instant>)>>,
+    items: Mutex<HashMap<String, Entry>>,
 }
 
 impl GlobalCache {

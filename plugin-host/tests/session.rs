@@ -1,7 +1,7 @@
 //! The plugin host end to end, with this test playing `weir serve`: a real venv, real
 //! Python workers, the real gRPC session.
 
-use std::{io::Cursor, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use arrow::{
     array::{DictionaryArray, Float64Array, Int64Array, RecordBatch, TimestampNanosecondArray},
