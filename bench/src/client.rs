@@ -73,6 +73,17 @@ impl Api {
         &self.base
     }
 
+    /// POST a JSON body to `path` and insist on a 2xx answer.
+    pub(crate) async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<()> {
+        let rb = self.client.post(format!("{}{path}", self.base)).json(body);
+        let resp = self.auth(rb).send().await.with_context(|| format!("POST {path}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            bail!("POST {path} returned {status}: {}", resp.text().await.unwrap_or_default());
+        }
+        Ok(())
+    }
+
     /// Bearer token, if any.
     pub(crate) fn token(&self) -> Option<&str> {
         self.token.as_deref()

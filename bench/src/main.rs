@@ -7,6 +7,7 @@
 
 mod client;
 mod datagen;
+mod engine;
 mod ingest;
 mod query;
 mod report;
@@ -39,6 +40,9 @@ enum Scenario {
     Lone,
     /// Query-result throughput: full scans over Flight and HTTP JSON/CSV.
     Scan,
+    /// Processing engine: WAL-trigger throughput, write → plugin latency, ingest with a
+    /// slow plugin.
+    Engine,
 }
 
 /// Benchmark a Weir server: ingest throughput, query latency, lone-write latency.
@@ -120,6 +124,22 @@ struct Cli {
     #[arg(long, default_value_t = 3)]
     scan_runs: usize,
 
+    /// Rows written into the counting plugin (engine scenario).
+    #[arg(long, default_value_t = 1_000_000)]
+    engine_rows: u64,
+
+    /// Single-line writes timed from write to plugin (engine scenario).
+    #[arg(long, default_value_t = 200)]
+    engine_latency_writes: usize,
+
+    /// Rate of those writes, per second.
+    #[arg(long, default_value_t = 20.0)]
+    engine_latency_rate: f64,
+
+    /// Lines of each ingest run with and without the slow plugin (engine scenario).
+    #[arg(long, default_value_t = 1_000_000)]
+    engine_ingest_lines: u64,
+
     /// Python with influxdb3-python and requests installed (e.g. the test venv's): the scan
     /// scenario then also reads each answer back with them (bench/clients/read_back.py).
     #[arg(long)]
@@ -172,6 +192,10 @@ impl Cli {
             "query_old_hours": self.query_old_hours,
             "lone_writes": self.lone_writes,
             "scan_rows": self.scan_rows,
+            "engine_rows": self.engine_rows,
+            "engine_latency_writes": self.engine_latency_writes,
+            "engine_latency_rate": self.engine_latency_rate,
+            "engine_ingest_lines": self.engine_ingest_lines,
             "scan_runs": self.scan_runs,
             "server_args": self.server_args,
             "fresh_server_per_scenario": self.host.is_none() && !self.shared_server,
@@ -407,5 +431,73 @@ async fn scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> anyhow:
             release(fleet, report).await?;
         }
     }
+
+    if cli.runs(Scenario::Engine) {
+        if cli.host.is_some() {
+            println!("\n== processing engine: skipped (needs a server this benchmark starts, to place plugins) ==");
+        } else {
+            report.engine = Some(engine_scenarios(cli, fleet, report).await?);
+        }
+    }
     Ok(())
+}
+
+async fn engine_scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> anyhow::Result<engine::EngineOutcome> {
+    let mut out = engine::EngineOutcome::default();
+    println!("\n== processing engine: {} rows into a counting plugin (4 senders, no_sync) ==", stats::thousands(cli.engine_rows));
+    let api = fleet.acquire("engine_throughput").await?;
+    let dir = fleet.plugin_dir().context("plugin directory of the started server")?;
+    let t = engine::throughput(&api, &dir, cli.engine_rows, cli.hosts).await?;
+    println!(
+        "   written in {:.2} s; all rows seen by the plugin after {:.2} s = {} rows/s end to end (plugin busy {:.2} s)",
+        t.write_time.as_secs_f64(),
+        t.delivered_time.as_secs_f64(),
+        stats::thousands(t.end_to_end_rows_per_s() as u64),
+        t.plugin_busy.as_secs_f64()
+    );
+    out.throughput = Some(t);
+    release(fleet, report).await?;
+
+    println!("\n== processing engine: write → plugin latency ({} durable single-line writes at {}/s) ==", cli.engine_latency_writes, cli.engine_latency_rate);
+    let api = fleet.acquire("engine_latency").await?;
+    let dir = fleet.plugin_dir().context("plugin directory of the started server")?;
+    let l = engine::latency(&api, &dir, cli.engine_latency_writes, cli.engine_latency_rate).await?;
+    println!("   p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms", l.p50, l.p90, l.p99, l.max);
+    out.latency = Some(l);
+    release(fleet, report).await?;
+
+    let mut rates = Vec::new();
+    for (id, slow) in [("engine_ingest_base", false), ("engine_ingest_slow", true)] {
+        let now = query::now_ns();
+        let spec = ingest::Spec {
+            name: if slow { "durable ingest, 16 senders, slow trigger on cpu".to_string() } else { "durable ingest, 16 senders, no trigger".to_string() },
+            id,
+            senders: 16,
+            no_sync: false,
+            db: format!("bench_{id}"),
+            shape: IngestShape {
+                lines: cli.engine_ingest_lines,
+                batch_lines: cli.batch_lines,
+                hosts: cli.hosts,
+                start_ns: now - now.rem_euclid(3_600_000_000_000) - 6 * 3_600_000_000_000,
+                step_ns: 1_000_000,
+                seed: 0x5eed_e000,
+            },
+            gzip: false,
+            rate: None,
+        };
+        println!("\n== {} ==", spec.name);
+        let api = fleet.acquire(id).await?;
+        if slow {
+            let dir = fleet.plugin_dir().context("plugin directory of the started server")?;
+            engine::setup_trigger(&api, &dir, &spec.db, "slow.py", engine::slow_plugin(), "table:cpu").await?;
+        }
+        let o = ingest::run(&api, spec, !cli.no_verify).await?;
+        rates.push(o.lines_per_s());
+        report.ingest.push(o);
+        release(fleet, report).await?;
+    }
+    out.slow = Some((rates[0], rates[1]));
+    println!("   with the slow trigger: {:.1}% of the rate without", 100.0 * rates[1] / rates[0]);
+    Ok(out)
 }

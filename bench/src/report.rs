@@ -114,6 +114,7 @@ pub(crate) struct Report {
     pub(crate) query: Option<QueryOutcome>,
     pub(crate) lone: Vec<LoneOutcome>,
     pub(crate) scan: Vec<scan::ScanOutcome>,
+    pub(crate) engine: Option<crate::engine::EngineOutcome>,
     /// Server processes started by the benchmark.
     pub(crate) servers: Vec<ProcStats>,
 }
@@ -161,6 +162,9 @@ impl Report {
             p.extend(q.problems());
         }
         p.extend(self.scan.iter().flat_map(scan::ScanOutcome::problems));
+        if let Some(e) = &self.engine {
+            p.extend(e.problems());
+        }
         p
     }
 
@@ -328,6 +332,37 @@ impl Report {
                 s.push_str(&table(&["rows", "client", "rows/s"], &py));
             }
         }
+        if let Some(e) = &self.engine {
+            s.push_str("\nProcessing engine:\n");
+            if let Some(t) = &e.throughput {
+                let _ = writeln!(
+                    s,
+                    "  WAL trigger throughput: {} rows into process_writes as dicts, {} rows/s end to end \
+                     (first write → plugin saw the last row; target >= 1,000,000), plugin busy {:.2} s",
+                    thousands(t.rows),
+                    thousands(t.end_to_end_rows_per_s() as u64),
+                    t.plugin_busy.as_secs_f64()
+                );
+            }
+            if let Some(l) = &e.latency {
+                let _ = writeln!(
+                    s,
+                    "  write → plugin latency: p50 {} ms, p90 {} ms, p99 {} ms (target p50 <= 50 ms)",
+                    ms(l.p50),
+                    ms(l.p90),
+                    ms(l.p99)
+                );
+            }
+            if let Some((base, slow)) = e.slow {
+                let _ = writeln!(
+                    s,
+                    "  durable ingest, 16 senders: {} lines/s without a trigger, {} lines/s with a plugin sleeping 2 s per batch ({:.1}%; must be >= 95%)",
+                    thousands(base as u64),
+                    thousands(slow as u64),
+                    100.0 * slow / base
+                );
+            }
+        }
         if !self.lone.is_empty() {
             s.push_str("\nLone writes (one line per request, sequential):\n");
             let rows: Vec<Vec<String>> = self
@@ -409,6 +444,7 @@ impl Report {
             "query": self.query.as_ref().map(QueryOutcome::to_json),
             "lone_writes": self.lone.iter().map(LoneOutcome::to_json).collect::<Vec<_>>(),
             "scan": self.scan.iter().map(scan::ScanOutcome::to_json).collect::<Vec<_>>(),
+            "engine": self.engine.as_ref().map(crate::engine::EngineOutcome::to_json),
             "servers": self.servers.iter().map(ProcStats::to_json).collect::<Vec<_>>(),
             "problems": self.problems(),
             "generated_at_unix_ns": query::now_ns(),

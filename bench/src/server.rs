@@ -382,6 +382,13 @@ impl Fleet {
         Ok(api)
     }
 
+    /// The plugin directory of the server this benchmark started (`plugins` beside its
+    /// data directory, `weir serve`'s default); none for an external server.
+    pub(crate) fn plugin_dir(&self) -> Option<PathBuf> {
+        let (server, _) = self.current.as_ref()?;
+        Some(server.data_dir.parent()?.join("plugins"))
+    }
+
     /// Process id of the server this benchmark started (none for an external server).
     pub(crate) fn pid(&self) -> Option<u32> {
         self.current.as_ref().and_then(|(s, _)| s.pid())

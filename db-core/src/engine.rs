@@ -7,9 +7,11 @@
 //!   reconnects with backoff.
 //! - **WAL triggers.** The write buffer hands every flushed WAL file's rows to
 //!   [`Engine`] (a bounded hand-off on the flusher's path: write acks never wait for a
-//!   plugin). Each enabled trigger has its own queue and task, so one slow plugin does not
-//!   hold up another; a trigger's batches are delivered one at a time, in WAL order, and a
-//!   batch whose session broke is sent again after reconnecting (at least once).
+//!   plugin). Each enabled trigger has its own bounded queue and task, so one slow plugin
+//!   does not hold up another (a trigger 1,024 files behind skips files, logged in
+//!   `system.processing_engine_logs`); a trigger's batches are delivered one at a time, in
+//!   WAL order, and a batch whose session broke is sent again after reconnecting (at least
+//!   once while `weir serve` runs; checkpoints across its restarts are not built yet).
 //! - **Plugin calls.** Queries run on the query executor and come back as Arrow IPC;
 //!   writes go through the normal write path; buffered writes arrive with the invocation's
 //!   `Done` and are committed only when the call succeeded.
@@ -104,8 +106,13 @@ impl FlushListener for Engine {
 
     fn flushed(&self, wal: FlushedWal) {
         let seq = wal.seq;
+        let dbs = wal.db_ids();
         if self.flushes.try_send(wal).is_err() {
-            tracing::error!(seq, "processing engine is behind: WAL file not delivered to triggers");
+            for db in dbs.iter().filter_map(|id| self.catalog.db_by_id(*id)) {
+                self.record(&db.name, "", LogLevel::Error, format!(
+                    "the processing engine is {FLUSH_QUEUE} WAL files behind: WAL file {seq} was not delivered to triggers"
+                ));
+            }
         }
     }
 }
@@ -175,6 +182,17 @@ impl Engine {
 
     fn id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A database is being deleted: stop its triggers in the host.
+    pub async fn database_deleted(&self, db: &str, triggers: &[Arc<str>]) {
+        let session = self.session.borrow().clone();
+        if let Some(s) = session {
+            for name in triggers {
+                let body = core_message::Body::TriggerDrop(pb::TriggerDrop { database: db.to_string(), name: name.to_string() });
+                let _ = s.tx.send(pb::CoreMessage { id: 0, body: Some(body) }).await;
+            }
+        }
     }
 
     /// A trigger was created, enabled, disabled or deleted: tell the host.
@@ -299,12 +317,14 @@ impl Engine {
             })),
         };
         session.tx.send(hello).await?;
-        for db in self.catalog.databases() {
-            for t in db.triggers.values().filter(|t| !t.disabled) {
-                let body = core_message::Body::TriggerSet(pb::TriggerSet { trigger: Some(trigger_message(&db.name, t)) });
-                session.tx.send(pb::CoreMessage { id: 0, body: Some(body) }).await?;
-            }
-        }
+        let triggers = self
+            .catalog
+            .databases()
+            .iter()
+            .flat_map(|db| db.triggers.values().filter(|t| !t.disabled).map(|t| trigger_message(&db.name, t)).collect::<Vec<_>>())
+            .collect();
+        let sync = core_message::Body::TriggerSync(pb::TriggerSync { triggers });
+        session.tx.send(pb::CoreMessage { id: 0, body: Some(sync) }).await?;
         tracing::info!(url, "connected to the plugin host");
         self.session.send_replace(Some(Arc::clone(&session)));
         while let Some(msg) = inbound.message().await? {
@@ -407,13 +427,13 @@ impl Engine {
                         wal_seq: wal.seq,
                         tables: chosen,
                     };
-                    self.enqueue(db_id, &t.name, batch).await;
+                    self.enqueue(db_id, &t.name, batch);
                 }
             }
         }
     }
 
-    async fn enqueue(self: &Arc<Self>, db_id: u32, name: &Arc<str>, batch: pb::WalBatch) {
+    fn enqueue(self: &Arc<Self>, db_id: u32, name: &Arc<str>, batch: pb::WalBatch) {
         let key = (db_id, Arc::clone(name));
         let tx = {
             let mut queues = self.queues.lock();
@@ -426,8 +446,13 @@ impl Engine {
                 })
                 .clone()
         };
-        if tx.send(batch).await.is_err() {
-            tracing::error!(trigger = %name, "trigger queue closed");
+        // A full queue (a trigger far behind) skips this file for that trigger only, so one
+        // slow plugin never holds up the others.
+        let (db, seq) = (batch.database.clone(), batch.wal_seq);
+        if tx.try_send(batch).is_err() {
+            self.record(&db, name, LogLevel::Error, format!(
+                "trigger is {TRIGGER_QUEUE} WAL files behind: WAL file {seq} was not delivered to it"
+            ));
         }
     }
 

@@ -93,6 +93,9 @@ impl Server {
             .arg(config.bind.as_deref().unwrap_or("127.0.0.1:0"))
             .arg("--data-dir")
             .arg(data_dir.join("store"))
+            // Explicit, so servers on the memory or S3 store do not use ./.weir/plugins.
+            .arg("--plugin-dir")
+            .arg(data_dir.join("plugins"))
             .args(&config.args)
             .env("WEIR_LOG_FILTER", "info")
             .stdin(Stdio::null())

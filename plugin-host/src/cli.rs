@@ -2,24 +2,13 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 use weir_proto::plugin::v1::{self as pb, plugin_host_server::{PluginHost, PluginHostServer}};
 
 use crate::host::{Host, HostConfig};
-
-/// How packages get installed into the plugin venv.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PackageManager {
-    /// `python -m pip`.
-    Pip,
-    /// `uv pip`.
-    Uv,
-    /// Refuse installs.
-    Disabled,
-}
 
 /// Runs Weir's processing-engine plugins in isolated Python worker processes.
 ///
@@ -52,13 +41,10 @@ pub struct Args {
     #[arg(long, env = "WEIR_WORKER_MEMORY_MB", default_value_t = 4096)]
     pub worker_memory_mb: u64,
 
-    /// How `weir install package` installs into the venv.
-    #[arg(long, env = "WEIR_PACKAGE_MANAGER", value_enum, default_value = "pip")]
-    pub package_manager: PackageManager,
-
-    /// Log filter (tracing `EnvFilter` syntax).
-    #[arg(long, env = "WEIR_LOG", default_value = "info")]
-    pub log: String,
+    /// Log filter (tracing `EnvFilter` syntax); the same variable as `weir serve`'s, so an
+    /// embedded host follows the server's setting.
+    #[arg(long, env = "WEIR_LOG_FILTER", default_value = "info")]
+    pub log_filter: String,
 }
 
 #[derive(Debug)]
@@ -85,7 +71,7 @@ impl PluginHost for Service {
 pub fn main() -> std::process::ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log_filter))
         .with_writer(std::io::stderr)
         .init();
     let rt = match tokio::runtime::Runtime::new() {

@@ -247,6 +247,19 @@ impl Host {
         );
     }
 
+    /// Make the running triggers exactly `defs`: unchanged ones keep their workers (and
+    /// trigger caches), others are dropped or (re)defined.
+    fn sync_triggers(&self, defs: Vec<pb::Trigger>) {
+        let keep: std::collections::HashSet<TriggerId> = defs
+            .iter()
+            .map(|d| TriggerId { database: d.database.clone(), name: d.name.clone() })
+            .collect();
+        self.triggers.lock().retain(|id, _| keep.contains(id));
+        for def in defs {
+            self.set_trigger(def);
+        }
+    }
+
     fn drop_trigger(&self, database: &str, name: &str) {
         let id = TriggerId { database: database.to_string(), name: name.to_string() };
         self.triggers.lock().remove(&id);
@@ -332,6 +345,9 @@ impl Host {
 
     /// Serve one core session until its stream ends.
     pub async fn session(self: Arc<Self>, mut inbound: Streaming<pb::CoreMessage>, tx: mpsc::Sender<Result<pb::HostMessage, Status>>) {
+        // A new session takes over the link (the core reconnected; the old stream may not
+        // have noticed yet). Remember ours so its end does not clear a newer one.
+        let ours = tx.clone();
         *self.link.tx.lock() = Some(tx);
         loop {
             let msg = match inbound.message().await {
@@ -359,6 +375,7 @@ impl Host {
                     }
                 }
                 core_message::Body::TriggerDrop(t) => self.drop_trigger(&t.database, &t.name),
+                core_message::Body::TriggerSync(sync) => self.sync_triggers(sync.triggers),
                 core_message::Body::WalBatch(b) => {
                     let host = Arc::clone(&self);
                     tokio::spawn(async move { host.wal_batch(msg.id, b).await });
@@ -371,9 +388,12 @@ impl Host {
                 }
             }
         }
-        *self.link.tx.lock() = None;
-        for (_, tx) in self.link.pending.lock().drain() {
-            drop(tx);
+        let mut link = self.link.tx.lock();
+        if link.as_ref().is_some_and(|t| t.same_channel(&ours)) {
+            *link = None;
+            drop(link);
+            // Requests waiting on this session get "connection closed" now.
+            self.link.pending.lock().clear();
         }
     }
 }

@@ -126,8 +126,8 @@ pub async fn ensure(plugin_dir: &Path, python: &str) -> Result<Venv, Error> {
     }
     if !cfg_path.exists() {
         tracing::info!(venv = %dir.display(), python = %wanted, "creating the plugin venv");
-        // Without pip: creating the venv then takes milliseconds instead of seconds. pip is
-        // bootstrapped (ensurepip, offline) by the first package install.
+        // Without pip: creating the venv then takes milliseconds instead of seconds (package
+        // installs, when they arrive, bootstrap pip with the offline `ensurepip`).
         let out = Command::new(python)
             .arg("-m")
             .arg("venv")

@@ -14,9 +14,9 @@ host → worker                              worker → host
   invoke {id, entry} + marshal([args...])    done {id, ok, error, traceback, writes, value}
   query_result {id, error} + marshal(rows)   query {id, database, sql, params}
   write_result {id, error}                   write {id, database, lines, no_sync}
-  cache_result {id, error, found}            cache {id, op, key, ttl, use_global} + pickle
-        + pickle(value)
-  shutdown {}
+  cache_result {id, error, found}            cache {id, op, key, ttl} + pickle (global
+        + pickle(value)                             scope only; the trigger scope is local)
+  shutdown {} (or the host kills the process)
 
 A synchronous trigger runs one invocation at a time, in arrival order; an asynchronous one
 runs up to `threads` at once on threads of this process (one live trigger cache).

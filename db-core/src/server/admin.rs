@@ -173,13 +173,14 @@ impl Admin for AdminService {
         req: Request<pb::DeleteDatabaseRequest>,
     ) -> Result<Response<pb::DeleteDatabaseResponse>, Status> {
         self.authorize(&req)?;
-        let id = self
-            .state
-            .catalog
-            .delete_db(&req.into_inner().name)
-            .await
-            .map_err(IntoStatus::into_status)?;
+        let name = req.into_inner().name;
+        let triggers: Vec<Arc<str>> =
+            self.state.catalog.db(&name).map(|d| d.triggers.keys().cloned().collect()).unwrap_or_default();
+        let id = self.state.catalog.delete_db(&name).await.map_err(IntoStatus::into_status)?;
         self.state.buffer.drop_db(id);
+        if let Some(engine) = &self.state.engine {
+            engine.database_deleted(&name, &triggers).await;
+        }
         Ok(Response::new(pb::DeleteDatabaseResponse {}))
     }
 

@@ -74,8 +74,13 @@ pub async fn delete_database(
         .get("db")
         .filter(|d| !d.is_empty())
         .ok_or_else(|| ApiError::BadRequest("missing required query parameter 'db'".to_string()))?;
+    let triggers: Vec<Arc<str>> =
+        state.catalog.db(db).map(|d| d.triggers.keys().cloned().collect()).unwrap_or_default();
     let id = state.catalog.delete_db(db).await?;
     state.buffer.drop_db(id);
+    if let Some(engine) = &state.engine {
+        engine.database_deleted(db, &triggers).await;
+    }
     Ok(StatusCode::OK.into_response())
 }
 

@@ -1,0 +1,249 @@
+//! The processing engine: WAL-trigger throughput into `process_writes`, write → plugin
+//! latency at a steady rate, and ingest with a slow plugin against ingest without one.
+//!
+//! Plugins are written into the server's plugin directory (beside its data directory), so
+//! these scenarios need a server the benchmark started.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::{
+    client::Api,
+    datagen,
+    stats::{Latency, round3, thousands},
+};
+
+/// A counting plugin: keeps a running total in its trigger cache and writes it back as
+/// one point (the same point each time, so the table holds the latest total).
+const COUNT_PLUGIN: &str = r#"
+import time
+def process_writes(influxdb3_local, table_batches, args):
+    started = time.perf_counter()
+    c = influxdb3_local.cache
+    n = c.get("n", 0)
+    for t in table_batches:
+        for row in t["rows"]:
+            n += 1
+    busy = c.get("busy", 0.0) + (time.perf_counter() - started)
+    c.put("n", n)
+    c.put("busy", busy)
+    influxdb3_local.write(LineBuilder("progress").int64_field("rows", n).float64_field("busy_s", busy).time_ns(1))
+"#;
+
+/// Records when each row reached the plugin.
+const LATENCY_PLUGIN: &str = r#"
+import time
+def process_writes(influxdb3_local, table_batches, args):
+    now = time.time_ns()
+    for t in table_batches:
+        for row in t["rows"]:
+            influxdb3_local.write(LineBuilder("lat").tag("id", row["id"]).int64_field("recv", now).time_ns(row["time"]))
+"#;
+
+/// Sleeps 2 s per batch.
+const SLOW_PLUGIN: &str = r#"
+import time
+def process_writes(influxdb3_local, table_batches, args):
+    time.sleep(2)
+"#;
+
+/// Figures of the throughput run.
+#[derive(Debug, Clone)]
+pub(crate) struct Throughput {
+    pub(crate) rows: u64,
+    /// First write sent → last write acknowledged.
+    pub(crate) write_time: Duration,
+    /// First write sent → the plugin has counted every row.
+    pub(crate) delivered_time: Duration,
+    /// Time spent inside `process_writes` (iterating the dict rows), as the plugin measured.
+    pub(crate) plugin_busy: Duration,
+}
+
+impl Throughput {
+    pub(crate) fn end_to_end_rows_per_s(&self) -> f64 {
+        self.rows as f64 / self.delivered_time.as_secs_f64()
+    }
+}
+
+/// Figures of the engine scenario.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EngineOutcome {
+    pub(crate) throughput: Option<Throughput>,
+    pub(crate) latency: Option<Latency>,
+    /// (lines/s without a trigger, lines/s with the slow trigger).
+    pub(crate) slow: Option<(f64, f64)>,
+}
+
+impl EngineOutcome {
+    pub(crate) fn to_json(&self) -> Value {
+        json!({
+            "throughput": self.throughput.as_ref().map(|t| json!({
+                "rows": t.rows,
+                "write_s": round3(t.write_time.as_secs_f64()),
+                "delivered_s": round3(t.delivered_time.as_secs_f64()),
+                "end_to_end_rows_per_s": t.end_to_end_rows_per_s().round(),
+                "plugin_busy_s": round3(t.plugin_busy.as_secs_f64()),
+                "target_rows_per_s": 1_000_000,
+            })),
+            "write_to_plugin_latency": self.latency.map(|l| l.to_json()),
+            "ingest_with_slow_plugin": self.slow.map(|(base, slow)| json!({
+                "without_trigger_lines_per_s": base.round(),
+                "with_slow_trigger_lines_per_s": slow.round(),
+                "ratio": round3(slow / base),
+            })),
+        })
+    }
+
+    pub(crate) fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Some((base, slow)) = self.slow
+            && slow < base * 0.95
+        {
+            p.push(format!(
+                "ingest with a slow plugin: {slow:.0} lines/s is more than 5% below {base:.0} lines/s without"
+            ));
+        }
+        p
+    }
+}
+
+pub(crate) async fn setup_trigger(api: &Api, plugin_dir: &Path, db: &str, file: &str, source: &str, spec: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(plugin_dir)?;
+    std::fs::write(plugin_dir.join(file), source).with_context(|| format!("writing {file}"))?;
+    api.post_json("/api/v3/configure/database", &json!({"db": db})).await?;
+    api.post_json(
+        "/api/v3/configure/processing_engine_trigger",
+        &json!({"db": db, "plugin_filename": file, "trigger_name": file.trim_end_matches(".py"), "trigger_specification": spec}),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn progress(api: &Api, db: &str) -> Option<(u64, f64)> {
+    let (rows, _) = api.query(db, "SELECT rows, busy_s FROM progress").await.ok()?;
+    let r = rows.first()?;
+    Some((r["rows"].as_u64()?, r["busy_s"].as_f64()?))
+}
+
+async fn engine_log(api: &Api, db: &str) -> String {
+    match api.query(db, "SELECT log_level, log_text FROM system.processing_engine_logs ORDER BY event_time DESC LIMIT 10").await {
+        Ok((rows, _)) => serde_json::to_string(&rows).unwrap_or_default(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Write `rows` cpu lines (4 senders, `no_sync`, 10,000-line batches) into a counting
+/// plugin and time until it has seen them all.
+pub(crate) async fn throughput(api: &Api, plugin_dir: &Path, rows: u64, hosts: u32) -> anyhow::Result<Throughput> {
+    let db = "bench_engine_tp";
+    setup_trigger(api, plugin_dir, db, "count.py", COUNT_PLUGIN, "table:cpu").await?;
+    let batch = 10_000u64;
+    let now = crate::query::now_ns();
+    let start_ns = now - now.rem_euclid(3_600_000_000_000) - 3 * 3_600_000_000_000;
+    let bodies: Vec<Bytes> = (0..rows.div_ceil(batch))
+        .map(|b| {
+            let mut out = Vec::with_capacity(batch as usize * 100);
+            for i in b * batch..((b + 1) * batch).min(rows) {
+                datagen::cpu_line(&mut out, (i % u64::from(hosts)) as u32, start_ns + i as i64 * 1_000, i);
+            }
+            Bytes::from(out)
+        })
+        .collect();
+    let target = api.write_target(db, true, false);
+    let started = Instant::now();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let bodies = std::sync::Arc::new(bodies);
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let (api, target, next, bodies) = (api.clone(), target.clone(), next.clone(), bodies.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(body) = bodies.get(i) else { return Ok::<_, anyhow::Error>(()) };
+                    api.write_ok(&target, body.clone()).await?;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    let write_time = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some((n, busy)) = progress(api, db).await
+            && n >= rows
+        {
+            let delivered_time = started.elapsed();
+            return Ok(Throughput { rows: n, write_time, delivered_time, plugin_busy: Duration::from_secs_f64(busy) });
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the counting plugin saw {:?} of {rows} rows after 2 minutes; engine log: {}",
+                progress(api, db).await,
+                engine_log(api, db).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Single-line durable writes at `rate` per second; latency from the client's send time
+/// (the row's timestamp) to the plugin's clock when it got the row (same machine).
+pub(crate) async fn latency(api: &Api, plugin_dir: &Path, writes: usize, rate: f64) -> anyhow::Result<Latency> {
+    let db = "bench_engine_lat";
+    setup_trigger(api, plugin_dir, db, "lat.py", LATENCY_PLUGIN, "table:lat_src").await?;
+    let target = api.write_target(db, false, false);
+    // One write first so the worker process is running before timing starts.
+    api.write_ok(&target, Bytes::from(format!("lat_src,id=warm v=1 {}", crate::query::now_ns()))).await?;
+    let warm = Instant::now() + Duration::from_secs(30);
+    let warmed = || async {
+        api.query(db, "SELECT count(*) AS n FROM lat")
+            .await
+            .is_ok_and(|(r, _)| r.first().and_then(|r| r["n"].as_u64()) == Some(1))
+    };
+    while !warmed().await {
+        if Instant::now() > warm {
+            bail!("the latency plugin did not start within 30 s; engine log: {}", engine_log(api, db).await);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    for i in 0..writes {
+        let due = start + gap * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        api.write_ok(&target, Bytes::from(format!("lat_src,id=w{i} v=1 {}", crate::query::now_ns()))).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rows = loop {
+        let (rows, _) = api.query(db, "SELECT id, recv, CAST(time AS BIGINT) AS sent FROM lat WHERE id <> 'warm'").await?;
+        if rows.len() >= writes {
+            break rows;
+        }
+        if Instant::now() > deadline {
+            bail!("only {} of {writes} rows reached the plugin; engine log: {}", rows.len(), engine_log(api, db).await);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let samples: Vec<Duration> = rows
+        .iter()
+        .filter_map(|r| {
+            let d = r["recv"].as_i64()? - r["sent"].as_i64()?;
+            Some(Duration::from_nanos(d.max(0) as u64))
+        })
+        .collect();
+    println!("   {} writes at {rate}/s reached the plugin", thousands(samples.len() as u64));
+    Ok(Latency::from_samples(&samples))
+}
+
+/// The plugin that sleeps 2 s per batch, for the ingest comparison.
+pub(crate) fn slow_plugin() -> &'static str {
+    SLOW_PLUGIN
+}
