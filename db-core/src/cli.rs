@@ -38,11 +38,31 @@ pub enum Command {
     /// Delete a database.
     #[command(subcommand)]
     Delete(client::DeleteCommand),
+    /// Run the plugin host (`weir-plugin-host`, next to this executable) with the given
+    /// arguments; `weir plugin-host --help` lists them.
+    #[command(name = "plugin-host", disable_help_flag = true)]
+    PluginHost {
+        /// Arguments for `weir-plugin-host`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+}
+
+/// Replace this process with `weir-plugin-host` from the same directory.
+fn exec_plugin_host(args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let exe = std::env::current_exe()?;
+    let host = exe.with_file_name("weir-plugin-host");
+    let err = std::process::Command::new(&host).args(args).exec();
+    anyhow::bail!("cannot run {}: {err}", host.display())
 }
 
 /// Entry point of the `weir` binary.
 pub fn startup() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::PluginHost { args } = cli.command {
+        return exec_plugin_host(args);
+    }
     crate::telemetry::init_logging(&cli.log_filter);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -56,6 +76,7 @@ pub fn startup() -> anyhow::Result<()> {
             Command::Create(c) => client::create(c).await,
             Command::Show(c) => client::show(c).await,
             Command::Delete(c) => client::delete(c).await,
+            Command::PluginHost { .. } => unreachable!("handled before the runtime starts"),
         }
     })
 }

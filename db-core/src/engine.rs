@@ -54,6 +54,8 @@ use crate::{
 const FLUSH_QUEUE: usize = 4096;
 /// Batches queued per trigger.
 const TRIGGER_QUEUE: usize = 1024;
+/// Batches of one trigger sent to the host before the oldest is answered.
+const WINDOW: usize = 4;
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -456,44 +458,74 @@ impl Engine {
         }
     }
 
-    /// Deliver one trigger's batches in order; a batch is retried until the host answers.
+    /// Deliver one trigger's batches in order, up to [`WINDOW`] in flight (the host runs
+    /// them one at a time, in order, and prepares the next while one runs). Replies are
+    /// handled in order; when the session breaks, every unanswered batch is sent again
+    /// (at least once).
     async fn trigger_loop(self: Arc<Self>, key: (u32, Arc<str>), mut rx: mpsc::Receiver<pb::WalBatch>) {
         let (db_id, name) = key;
-        while let Some(batch) = rx.recv().await {
-            loop {
-                // Stop delivering if the trigger was deleted or disabled meanwhile.
-                let live = self
-                    .catalog
-                    .db_by_id(db_id)
-                    .and_then(|d| d.triggers.get(name.as_ref()).cloned())
-                    .is_some_and(|t| !t.disabled);
-                if !live {
-                    break;
+        let mut pending: std::collections::VecDeque<pb::WalBatch> = std::collections::VecDeque::new();
+        let mut waiting: std::collections::VecDeque<oneshot::Receiver<host_message::Body>> = std::collections::VecDeque::new();
+        loop {
+            while pending.len() < WINDOW {
+                let next = if pending.is_empty() {
+                    match rx.recv().await {
+                        Some(b) => b,
+                        None => return,
+                    }
+                } else {
+                    match rx.try_recv() {
+                        Ok(b) => b,
+                        Err(_) => break,
+                    }
+                };
+                pending.push_back(next);
+            }
+            // Stop delivering if the trigger was deleted or disabled meanwhile.
+            let live = self
+                .catalog
+                .db_by_id(db_id)
+                .and_then(|d| d.triggers.get(name.as_ref()).cloned())
+                .is_some_and(|t| !t.disabled);
+            if !live {
+                pending.clear();
+                waiting.clear();
+                continue;
+            }
+            while waiting.len() < pending.len() {
+                let batch = pending[waiting.len()].clone();
+                match self.send(core_message::Body::WalBatch(batch)).await {
+                    Some(reply) => waiting.push_back(reply),
+                    None => break,
                 }
-                match self.call(core_message::Body::WalBatch(batch.clone())).await {
-                    Some(host_message::Body::Done(done)) => {
-                        self.finish(&batch, done).await;
-                        break;
-                    }
-                    Some(other) => {
-                        tracing::error!(?other, "unexpected reply to a WAL batch");
-                        break;
-                    }
-                    // No session, or it broke mid-call: wait for the host and send again.
-                    None => self.wait_for_session().await,
+            }
+            let Some(reply) = waiting.pop_front() else {
+                self.wait_for_session().await;
+                continue;
+            };
+            // The host enforces the plugin timeout; this only guards against a lost reply.
+            let deadline = self.config.plugin_timeout * (WINDOW as u32) + Duration::from_secs(60);
+            match tokio::time::timeout(deadline, reply).await {
+                Ok(Ok(host_message::Body::Done(done))) => {
+                    let batch = pending.pop_front().expect("a reply has its batch");
+                    self.finish(&batch, done).await;
+                }
+                Ok(Ok(other)) => {
+                    tracing::error!(?other, "unexpected reply to a WAL batch");
+                    pending.pop_front();
+                }
+                // The session ended (or the reply was lost): send the rest again.
+                _ => {
+                    waiting.clear();
+                    self.wait_for_session().await;
                 }
             }
         }
     }
 
-    async fn wait_for_session(&self) {
-        let mut rx = self.session.subscribe();
-        let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.is_some())).await;
-    }
-
-    /// Send a request on the current session and wait for its reply (`None`: no session,
-    /// or it ended first).
-    async fn call(&self, body: core_message::Body) -> Option<host_message::Body> {
+    /// Send a request on the current session; the receiver gets its reply (`None`: no
+    /// session).
+    async fn send(&self, body: core_message::Body) -> Option<oneshot::Receiver<host_message::Body>> {
         let session = self.session.borrow().clone()?;
         let id = self.id();
         let (tx, rx) = oneshot::channel();
@@ -502,15 +534,12 @@ impl Engine {
             session.pending.lock().remove(&id);
             return None;
         }
-        // The host enforces the plugin timeout; this only guards against a lost reply.
-        let deadline = self.config.plugin_timeout + Duration::from_secs(60);
-        match tokio::time::timeout(deadline, rx).await {
-            Ok(Ok(body)) => Some(body),
-            _ => {
-                session.pending.lock().remove(&id);
-                None
-            }
-        }
+        Some(rx)
+    }
+
+    async fn wait_for_session(&self) {
+        let mut rx = self.session.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.is_some())).await;
     }
 
     async fn finish(&self, batch: &pb::WalBatch, done: pb::Done) {

@@ -187,6 +187,36 @@ pub fn resolve_plugin(plugin_dir: &Path, filename: &str) -> Result<PathBuf, Stri
     }
 }
 
+/// A WAL batch ready for `process_writes`.
+#[derive(Debug)]
+struct EncodedWal {
+    /// marshal-encoded `[table_batches]`.
+    args: Vec<u8>,
+    rows: usize,
+    tables: usize,
+}
+
+fn encode_wal(batch: &pb::WalBatch) -> Result<EncodedWal, String> {
+    let mut tables = Vec::with_capacity(batch.tables.len());
+    let mut rows = 0;
+    for t in &batch.tables {
+        let reader = StreamReader::try_new(Cursor::new(&t.arrow_ipc[..]), None).map_err(|e| e.to_string())?;
+        let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+        rows += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+        tables.push((t.table_name.clone(), batches));
+    }
+    let args = marshal::wal_call_args(&tables).map_err(|e| e.to_string())?;
+    Ok(EncodedWal { args, rows, tables: tables.len() })
+}
+
+/// A batch in a trigger's pipeline, encoding (or encoded).
+#[derive(Debug)]
+struct Queued {
+    id: u64,
+    seq: u64,
+    encoded: tokio::task::JoinHandle<Result<EncodedWal, String>>,
+}
+
 /// The plugin host.
 #[derive(Debug)]
 pub struct Host {
@@ -195,6 +225,8 @@ pub struct Host {
     cache: Arc<GlobalCache>,
     link: Arc<CoreLink>,
     triggers: Mutex<HashMap<TriggerId, Arc<TriggerRuntime>>>,
+    /// Per-trigger ordered queues of WAL batches.
+    pipelines: Mutex<HashMap<TriggerId, mpsc::UnboundedSender<Queued>>>,
 }
 
 impl Host {
@@ -206,6 +238,7 @@ impl Host {
             cache: Arc::new(GlobalCache::default()),
             link: Arc::new(CoreLink::default()),
             triggers: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
         })
     }
 
@@ -285,47 +318,63 @@ impl Host {
         worker.invoke(entry, args, self.config.plugin_timeout).await
     }
 
-    async fn wal_batch(self: &Arc<Self>, id: u64, batch: pb::WalBatch) {
+    /// Accept a WAL batch: decode and encode it for Python right away (on the blocking
+    /// pool, overlapping the call before it), then queue it behind the trigger's earlier
+    /// batches, which run one at a time in arrival order.
+    fn wal_batch(self: &Arc<Self>, id: u64, batch: pb::WalBatch) {
         let tid = TriggerId { database: batch.database.clone(), name: batch.trigger.clone() };
-        let done = match self.run_wal(&tid, &batch).await {
-            Ok(d) => d,
-            Err(e) => {
-                self.log(&tid, Level::Error, e.clone());
-                Done { ok: false, error: Some(e), ..Done::default() }
-            }
+        let seq = batch.wal_seq;
+        let encoded = tokio::task::spawn_blocking(move || encode_wal(&batch));
+        let tx = {
+            let mut pipelines = self.pipelines.lock();
+            pipelines
+                .entry(tid.clone())
+                .or_insert_with(|| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    tokio::spawn(Arc::clone(self).wal_pipeline(tid.clone(), rx));
+                    tx
+                })
+                .clone()
         };
-        let reply = pb::Done {
-            ok: done.ok,
-            error: done.error.unwrap_or_default(),
-            traceback: done.traceback.unwrap_or_default(),
-            writes: done
-                .writes
-                .into_iter()
-                .map(|(database, lines)| pb::DatabaseWrites { database, lines })
-                .collect(),
-            duration_ns: done.duration.as_nanos() as u64,
-        };
-        self.link.send(id, host_message::Body::Done(reply)).await;
+        let _ = tx.send(Queued { id, seq, encoded });
     }
 
-    async fn run_wal(&self, tid: &TriggerId, batch: &pb::WalBatch) -> Result<Done, String> {
+    /// Run a trigger's queued batches in order and answer each with `Done`.
+    async fn wal_pipeline(self: Arc<Self>, tid: TriggerId, mut rx: mpsc::UnboundedReceiver<Queued>) {
+        while let Some(q) = rx.recv().await {
+            let result = match q.encoded.await {
+                Ok(Ok(encoded)) => self.run_wal(&tid, q.seq, encoded).await,
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(format!("encoding the batch failed: {e}")),
+            };
+            let done = result.unwrap_or_else(|e| {
+                self.log(&tid, Level::Error, e.clone());
+                Done { ok: false, error: Some(e), ..Done::default() }
+            });
+            let reply = pb::Done {
+                ok: done.ok,
+                error: done.error.unwrap_or_default(),
+                traceback: done.traceback.unwrap_or_default(),
+                writes: done
+                    .writes
+                    .into_iter()
+                    .map(|(database, lines)| pb::DatabaseWrites { database, lines })
+                    .collect(),
+                duration_ns: done.duration.as_nanos() as u64,
+            };
+            self.link.send(q.id, host_message::Body::Done(reply)).await;
+        }
+    }
+
+    async fn run_wal(&self, tid: &TriggerId, seq: u64, encoded: EncodedWal) -> Result<Done, String> {
         let rt = self
             .triggers
             .lock()
             .get(tid)
             .cloned()
             .ok_or_else(|| format!("trigger {} in database {} is not running in the plugin host", tid.name, tid.database))?;
-        let mut tables = Vec::with_capacity(batch.tables.len());
-        let mut rows = 0;
-        for t in &batch.tables {
-            let reader = StreamReader::try_new(Cursor::new(&t.arrow_ipc[..]), None).map_err(|e| e.to_string())?;
-            let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(|e| e.to_string())?;
-            rows += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
-            tables.push((t.table_name.clone(), batches));
-        }
-        let args = marshal::wal_call_args(&tables).map_err(|e| e.to_string())?;
-        self.log(tid, Level::Info, format!("starting execution with {rows} rows from {} tables (WAL file {})", tables.len(), batch.wal_seq));
-        match self.invoke(&rt, "process_writes", &args).await {
+        self.log(tid, Level::Info, format!("starting execution with {} rows from {} tables (WAL file {seq})", encoded.rows, encoded.tables));
+        match self.invoke(&rt, "process_writes", &encoded.args).await {
             Ok(done) => {
                 if done.ok {
                     self.log(tid, Level::Info, format!("finished execution in {:?}", done.duration));
@@ -376,10 +425,7 @@ impl Host {
                 }
                 core_message::Body::TriggerDrop(t) => self.drop_trigger(&t.database, &t.name),
                 core_message::Body::TriggerSync(sync) => self.sync_triggers(sync.triggers),
-                core_message::Body::WalBatch(b) => {
-                    let host = Arc::clone(&self);
-                    tokio::spawn(async move { host.wal_batch(msg.id, b).await });
-                }
+                core_message::Body::WalBatch(b) => self.wal_batch(msg.id, b),
                 core_message::Body::Ping(p) => {
                     self.link.send(msg.id, host_message::Body::Pong(pb::Pong { nonce: p.nonce })).await;
                 }
