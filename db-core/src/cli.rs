@@ -29,15 +29,21 @@ pub enum Command {
     Write(client::WriteArgs),
     /// Run a SQL query and print or save the answer.
     Query(client::QueryArgs),
-    /// Create a database or a token.
+    /// Create a database, a token or a trigger.
     #[command(subcommand)]
     Create(client::CreateCommand),
-    /// Show databases.
+    /// Show databases or triggers.
     #[command(subcommand)]
     Show(client::ShowCommand),
-    /// Delete a database.
+    /// Delete a database or a trigger.
     #[command(subcommand)]
     Delete(client::DeleteCommand),
+    /// Enable a trigger (it runs again, from the next WAL flush).
+    #[command(subcommand)]
+    Enable(client::ToggleCommand),
+    /// Disable a trigger (kept in the catalog, not run).
+    #[command(subcommand)]
+    Disable(client::ToggleCommand),
     /// Run the plugin host (`weir-plugin-host`, next to this executable) with the given
     /// arguments; `weir plugin-host --help` lists them.
     #[command(name = "plugin-host", disable_help_flag = true)]
@@ -76,6 +82,8 @@ pub fn startup() -> anyhow::Result<()> {
             Command::Create(c) => client::create(c).await,
             Command::Show(c) => client::show(c).await,
             Command::Delete(c) => client::delete(c).await,
+            Command::Enable(c) => client::toggle(c, false).await,
+            Command::Disable(c) => client::toggle(c, true).await,
             Command::PluginHost { .. } => unreachable!("handled before the runtime starts"),
         }
     })

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use integration_tests::{Server, ServerConfig, eventually};
+use integration_tests::{Server, ServerConfig, eventually, weir_cli};
 use serde_json::{Value, json};
 
 /// A nanosecond timestamp that precision auto-detection cannot mistake for seconds.
@@ -239,4 +239,44 @@ def process_writes(influxdb3_local, table_batches, args):
     assert_eq!(n, (0..20).collect::<Vec<_>>());
     let new_pid = logs(&s, "k").await.iter().rev().find_map(|l| l.strip_prefix("INFO: host pid ").map(|p| p.trim().to_string())).unwrap();
     assert_ne!(new_pid, pid, "a new plugin host runs the plugin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_shows_toggles_and_deletes_triggers() {
+    let s = start(&[]);
+    create_db(&s, "cli").await;
+    plugin(&s, "derive.py", DERIVE);
+    let host = s.url.clone();
+    let cli = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--host", host.as_str()]);
+        weir_cli(&all, None)
+    };
+    let (ok, out, err) = cli(&[
+        "create", "trigger", "viacli", "-d", "cli", "--path", "derive.py", "--trigger-spec", "table:cpu",
+        "--trigger-arguments", "suffix=cli",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "Trigger viacli created successfully");
+    s.write("cli", &format!("cpu,host=a usage=5 {T0}")).await;
+    let derived = rows_when(&s, "cli", "SELECT usage2 FROM cpu_cli", |r| r.len() == 1).await;
+    assert_eq!(derived[0]["usage2"], 10.0);
+
+    let (ok, out, err) = cli(&["show", "triggers", "-d", "cli", "--format", "csv"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "trigger_name,plugin_filename,trigger_specification,disabled,error_behavior\nviacli,derive.py,table:cpu,false,log");
+
+    let (ok, _, err) = cli(&["delete", "trigger", "viacli", "-d", "cli"]);
+    assert!(!ok);
+    assert!(err.contains("is enabled"), "{err}");
+    let (ok, out, err) = cli(&["disable", "trigger", "viacli", "-d", "cli"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "Trigger viacli disabled");
+    // Idempotent.
+    assert!(cli(&["disable", "trigger", "viacli", "-d", "cli"]).0);
+    let (ok, out, err) = cli(&["delete", "trigger", "viacli", "-d", "cli"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "Trigger viacli deleted");
+    let (ok, _, err) = cli(&["enable", "trigger", "viacli", "-d", "cli"]);
+    assert!(!ok && err.contains("not found"), "{err}");
 }

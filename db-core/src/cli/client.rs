@@ -103,11 +103,69 @@ pub enum CreateCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Create a processing-engine trigger.
+    Trigger(CreateTriggerArgs),
+}
+
+/// `weir create trigger`
+#[derive(Debug, Args)]
+pub struct CreateTriggerArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Trigger name (unique in the database).
+    name: String,
+    /// Database.
+    #[arg(short = 'd', long, env = "WEIR_DATABASE")]
+    database: String,
+    /// Plugin file or package directory, relative to the plugin directory.
+    #[arg(short = 'p', long = "path", alias = "plugin-filename")]
+    path: String,
+    /// When it runs: `table:<name>` or `all_tables` (WAL flushes).
+    #[arg(long = "trigger-spec")]
+    trigger_spec: String,
+    /// Arguments for the plugin, `key=value[,key=value...]` (the plugin gets None without).
+    #[arg(long = "trigger-arguments", value_delimiter = ',')]
+    trigger_arguments: Vec<String>,
+    /// Create it disabled.
+    #[arg(long)]
+    disabled: bool,
+    /// Run invocations concurrently.
+    #[arg(long = "run-asynchronous")]
+    run_asynchronous: bool,
+    /// What to do when the plugin fails: log, retry or disable.
+    #[arg(long = "error-behavior", default_value = "log")]
+    error_behavior: String,
+}
+
+/// `weir enable|disable trigger NAME -d DB`
+#[derive(Debug, Subcommand)]
+pub enum ToggleCommand {
+    /// A processing-engine trigger.
+    Trigger {
+        #[command(flatten)]
+        common: Common,
+        /// Trigger name.
+        name: String,
+        /// Database.
+        #[arg(short = 'd', long, env = "WEIR_DATABASE")]
+        database: String,
+    },
 }
 
 /// `weir show ...`
 #[derive(Debug, Subcommand)]
 pub enum ShowCommand {
+    /// List the triggers of a database.
+    Triggers {
+        #[command(flatten)]
+        common: Common,
+        /// Database.
+        #[arg(short = 'd', long, env = "WEIR_DATABASE")]
+        database: String,
+        /// Output format: pretty, json, jsonl, csv.
+        #[arg(long, default_value = "pretty")]
+        format: String,
+    },
     /// List databases.
     Databases {
         #[command(flatten)]
@@ -127,6 +185,19 @@ pub enum DeleteCommand {
         common: Common,
         /// Database name.
         name: String,
+    },
+    /// Delete a processing-engine trigger.
+    Trigger {
+        #[command(flatten)]
+        common: Common,
+        /// Trigger name.
+        name: String,
+        /// Database.
+        #[arg(short = 'd', long, env = "WEIR_DATABASE")]
+        database: String,
+        /// Delete it even if it is enabled.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -418,13 +489,84 @@ pub async fn create(c: CreateCommand) -> anyhow::Result<()> {
             println!("Token {:?} created (shown once; the server keeps only its hash):", r.name);
             println!("{}", r.token);
         }
+        CreateCommand::Trigger(a) => {
+            let arguments = if a.trigger_arguments.is_empty() {
+                None
+            } else {
+                let mut values = std::collections::HashMap::new();
+                for kv in &a.trigger_arguments {
+                    let (k, v) = kv
+                        .split_once('=')
+                        .with_context(|| format!("trigger argument {kv:?} is not key=value"))?;
+                    values.insert(k.to_string(), v.to_string());
+                }
+                Some(pb::TriggerArguments { values })
+            };
+            let trigger = pb::TriggerInfo {
+                name: a.name.clone(),
+                plugin_filename: a.path,
+                specification: a.trigger_spec,
+                arguments,
+                run_async: a.run_asynchronous,
+                error_behavior: a.error_behavior,
+                disabled: a.disabled,
+            };
+            connect(&a.common)
+                .await?
+                .create_trigger(pb::CreateTriggerRequest { database: a.database, trigger: Some(trigger) })
+                .await
+                .map_err(status_error)?;
+            println!("Trigger {} created successfully", a.name);
+        }
     }
+    Ok(())
+}
+
+/// `weir enable trigger` / `weir disable trigger`
+pub async fn toggle(c: ToggleCommand, disabled: bool) -> anyhow::Result<()> {
+    let ToggleCommand::Trigger { common, name, database } = c;
+    connect(&common)
+        .await?
+        .set_trigger_disabled(pb::SetTriggerDisabledRequest { database, name: name.clone(), disabled })
+        .await
+        .map_err(status_error)?;
+    println!("Trigger {name} {}", if disabled { "disabled" } else { "enabled" });
     Ok(())
 }
 
 /// `weir show ...`
 pub async fn show(c: ShowCommand) -> anyhow::Result<()> {
     match c {
+        ShowCommand::Triggers { common, database, format: f } => {
+            let fmt: Format = f.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let r = connect(&common)
+                .await?
+                .list_triggers(pb::ListTriggersRequest { database })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            use arrow::{array::{BooleanArray, StringArray}, datatypes::{DataType, Field, Schema}};
+            let schema = std::sync::Arc::new(Schema::new(vec![
+                Field::new("trigger_name", DataType::Utf8, false),
+                Field::new("plugin_filename", DataType::Utf8, false),
+                Field::new("trigger_specification", DataType::Utf8, false),
+                Field::new("disabled", DataType::Boolean, false),
+                Field::new("error_behavior", DataType::Utf8, false),
+            ]));
+            let t = &r.triggers;
+            let batch = RecordBatch::try_new(
+                std::sync::Arc::clone(&schema),
+                vec![
+                    std::sync::Arc::new(StringArray::from_iter_values(t.iter().map(|t| t.name.as_str()))),
+                    std::sync::Arc::new(StringArray::from_iter_values(t.iter().map(|t| t.plugin_filename.as_str()))),
+                    std::sync::Arc::new(StringArray::from_iter_values(t.iter().map(|t| t.specification.as_str()))),
+                    std::sync::Arc::new(BooleanArray::from_iter(t.iter().map(|t| Some(t.disabled)))),
+                    std::sync::Arc::new(StringArray::from_iter_values(t.iter().map(|t| t.error_behavior.as_str()))),
+                ],
+            )?;
+            let bytes = encode_batches(fmt, vec![batch], schema).await?;
+            write_output(None, &bytes)?;
+        }
         ShowCommand::Databases { common, format: f } => {
             let fmt: Format = f.parse().map_err(|e: String| anyhow::anyhow!(e))?;
             let r = connect(&common)
@@ -458,6 +600,14 @@ pub async fn delete(c: DeleteCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?;
             println!("Database {name:?} deleted");
+        }
+        DeleteCommand::Trigger { common, name, database, force } => {
+            connect(&common)
+                .await?
+                .delete_trigger(pb::DeleteTriggerRequest { database, name: name.clone(), force })
+                .await
+                .map_err(status_error)?;
+            println!("Trigger {name} deleted");
         }
     }
     Ok(())

@@ -233,6 +233,91 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn create_trigger(
+        &self,
+        req: Request<pb::CreateTriggerRequest>,
+    ) -> Result<Response<pb::CreateTriggerResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let t = r.trigger.ok_or_else(|| Status::invalid_argument("missing trigger"))?;
+        let error_behavior: catalog::ErrorBehavior = if t.error_behavior.is_empty() {
+            catalog::ErrorBehavior::default()
+        } else {
+            t.error_behavior.parse().map_err(Status::invalid_argument)?
+        };
+        let def = catalog::TriggerDef {
+            name: Arc::from(t.name.as_str()),
+            plugin_filename: t.plugin_filename,
+            specification: t.specification,
+            arguments: t.arguments.map(|a| a.values.into_iter().collect()),
+            run_async: t.run_async,
+            error_behavior,
+            disabled: t.disabled,
+        };
+        self.state.catalog.create_trigger(&r.database, def).await.map_err(IntoStatus::into_status)?;
+        if let Some(engine) = &self.state.engine {
+            engine.trigger_changed(&r.database, &t.name).await;
+        }
+        Ok(Response::new(pb::CreateTriggerResponse {}))
+    }
+
+    async fn delete_trigger(
+        &self,
+        req: Request<pb::DeleteTriggerRequest>,
+    ) -> Result<Response<pb::DeleteTriggerResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        self.state.catalog.delete_trigger(&r.database, &r.name, r.force).await.map_err(IntoStatus::into_status)?;
+        if let Some(engine) = &self.state.engine {
+            engine.trigger_changed(&r.database, &r.name).await;
+        }
+        Ok(Response::new(pb::DeleteTriggerResponse {}))
+    }
+
+    async fn set_trigger_disabled(
+        &self,
+        req: Request<pb::SetTriggerDisabledRequest>,
+    ) -> Result<Response<pb::SetTriggerDisabledResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        self.state
+            .catalog
+            .set_trigger_disabled(&r.database, &r.name, r.disabled)
+            .await
+            .map_err(IntoStatus::into_status)?;
+        if let Some(engine) = &self.state.engine {
+            engine.trigger_changed(&r.database, &r.name).await;
+        }
+        Ok(Response::new(pb::SetTriggerDisabledResponse {}))
+    }
+
+    async fn list_triggers(
+        &self,
+        req: Request<pb::ListTriggersRequest>,
+    ) -> Result<Response<pb::ListTriggersResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let db = self
+            .state
+            .catalog
+            .db(&r.database)
+            .ok_or_else(|| catalog::Error::DbNotFound(r.database.clone()).into_status())?;
+        let triggers = db
+            .triggers
+            .values()
+            .map(|t| pb::TriggerInfo {
+                name: t.name.to_string(),
+                plugin_filename: t.plugin_filename.clone(),
+                specification: t.specification.clone(),
+                arguments: t.arguments.as_ref().map(|a| pb::TriggerArguments { values: a.clone().into_iter().collect() }),
+                run_async: t.run_async,
+                error_behavior: t.error_behavior.as_str().to_string(),
+                disabled: t.disabled,
+            })
+            .collect();
+        Ok(Response::new(pb::ListTriggersResponse { triggers }))
+    }
+
     type QueryStream = QueryStream;
 
     async fn query(&self, req: Request<pb::QueryRequest>) -> Result<Response<Self::QueryStream>, Status> {
