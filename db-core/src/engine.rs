@@ -57,6 +57,20 @@ const TRIGGER_QUEUE: usize = 1024;
 /// Batches of one trigger sent to the host before the oldest is answered.
 const WINDOW: usize = 4;
 
+/// Errors of calls into the plugin host.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No session with the plugin host right now.
+    #[error("the plugin host is not connected (it may be starting or restarting); try again")]
+    Unavailable,
+    /// The host's configuration refuses the call (nothing was run).
+    #[error("{0}")]
+    Refused(String),
+    /// The host ran the call and it failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -70,6 +84,8 @@ pub struct EngineConfig {
     pub plugin_timeout: Duration,
     /// The host binary (default: `weir-plugin-host` next to this executable).
     pub host_bin: Option<PathBuf>,
+    /// `--package-manager` for a host this process starts (pip, uv, disabled).
+    pub package_manager: String,
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<host_message::Body>>>>;
@@ -80,6 +96,8 @@ type Queues = Mutex<HashMap<(u32, Arc<str>), mpsc::Sender<pb::WalBatch>>>;
 /// One live session with the host.
 #[derive(Debug)]
 struct Session {
+    /// Sequence number of the session (a new one after every reconnect).
+    number: u64,
     tx: mpsc::Sender<pb::CoreMessage>,
     pending: Pending,
 }
@@ -125,7 +143,12 @@ fn now() -> i64 {
 
 fn ipc(batches: &[RecordBatch]) -> Result<Vec<u8>, arrow::error::ArrowError> {
     let Some(first) = batches.first() else { return Ok(Vec::new()) };
-    let mut w = StreamWriter::try_new(Vec::new(), first.schema_ref())?;
+    ipc_with_schema(first.schema_ref(), batches)
+}
+
+/// An IPC stream with `schema` even when there are no batches (an empty answer).
+fn ipc_with_schema(schema: &arrow::datatypes::SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, arrow::error::ArrowError> {
+    let mut w = StreamWriter::try_new(Vec::new(), schema)?;
     for b in batches {
         w.write(b)?;
     }
@@ -186,6 +209,21 @@ impl Engine {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Install packages (or a requirements file on the host) into the plugin venv; the
+    /// package manager's output.
+    pub async fn install(&self, packages: Vec<String>, requirements_file: String) -> Result<String, EngineError> {
+        let body = core_message::Body::InstallPackages(pb::InstallPackages { packages, requirements_file });
+        let reply = self.send(body).await.ok_or(EngineError::Unavailable)?;
+        match tokio::time::timeout(Duration::from_secs(900), reply).await {
+            Ok(Ok(host_message::Body::AdminResult(r))) if r.ok => Ok(r.output),
+            Ok(Ok(host_message::Body::AdminResult(r))) if r.refused => Err(EngineError::Refused(r.error)),
+            Ok(Ok(host_message::Body::AdminResult(r))) => Err(EngineError::Failed(r.error)),
+            Ok(Ok(other)) => Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
+            Ok(Err(_)) => Err(EngineError::Unavailable),
+            Err(_) => Err(EngineError::Failed("the install did not finish within 15 minutes".to_string())),
+        }
+    }
+
     /// A database is being deleted: stop its triggers in the host.
     pub async fn database_deleted(&self, db: &str, triggers: &[Arc<str>]) {
         let session = self.session.borrow().clone();
@@ -229,6 +267,8 @@ impl Engine {
                 .arg(&self.config.python)
                 .arg("--plugin-timeout")
                 .arg(humantime::format_duration(self.config.plugin_timeout).to_string())
+                .arg("--package-manager")
+                .arg(&self.config.package_manager)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -310,7 +350,7 @@ impl Engine {
             .max_encoding_message_size(256 * 1024 * 1024);
         let (tx, rx) = mpsc::channel(1024);
         let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
-        let session = Arc::new(Session { tx, pending: Arc::new(Mutex::new(HashMap::new())) });
+        let session = Arc::new(Session { number: self.id(), tx, pending: Arc::new(Mutex::new(HashMap::new())) });
         let hello = pb::CoreMessage {
             id: self.id(),
             body: Some(core_message::Body::Hello(pb::Hello {
@@ -357,7 +397,10 @@ impl Engine {
                         let _ = tx.send(pb::CoreMessage { id: msg.id, body: Some(reply) }).await;
                     });
                 }
-                reply @ (host_message::Body::Done(_) | host_message::Body::Hello(_) | host_message::Body::Pong(_)) => {
+                reply @ (host_message::Body::Done(_)
+                | host_message::Body::Hello(_)
+                | host_message::Body::Pong(_)
+                | host_message::Body::AdminResult(_)) => {
                     if let Some(tx) = session.pending.lock().remove(&msg.id) {
                         let _ = tx.send(reply);
                     }
@@ -371,8 +414,9 @@ impl Engine {
         let params = QueryParams::Named(q.params.into_iter().collect());
         let result = async {
             let stream = self.query.query_sql(&q.database, &q.sql, params).await.map_err(|e| e.to_string())?;
+            let schema = stream.schema();
             let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| e.to_string())?;
-            ipc(&batches).map_err(|e| e.to_string())
+            ipc_with_schema(&schema, &batches).map_err(|e| e.to_string())
         }
         .await;
         match result {
@@ -466,6 +510,7 @@ impl Engine {
         let (db_id, name) = key;
         let mut pending: std::collections::VecDeque<pb::WalBatch> = std::collections::VecDeque::new();
         let mut waiting: std::collections::VecDeque<oneshot::Receiver<host_message::Body>> = std::collections::VecDeque::new();
+        let mut announced: Option<u64> = None;
         loop {
             while pending.len() < WINDOW {
                 let next = if pending.is_empty() {
@@ -481,16 +526,29 @@ impl Engine {
                 };
                 pending.push_back(next);
             }
-            // Stop delivering if the trigger was deleted or disabled meanwhile.
-            let live = self
+            // Stop if the trigger was deleted or disabled meanwhile (a later batch for it
+            // starts a new queue).
+            let def = self
                 .catalog
                 .db_by_id(db_id)
-                .and_then(|d| d.triggers.get(name.as_ref()).cloned())
-                .is_some_and(|t| !t.disabled);
-            if !live {
-                pending.clear();
-                waiting.clear();
-                continue;
+                .and_then(|d| Some((d.name.clone(), d.triggers.get(name.as_ref()).cloned()?)))
+                .filter(|(_, t)| !t.disabled);
+            let Some((db_name, def)) = def else {
+                self.queues.lock().remove(&(db_id, Arc::clone(&name)));
+                return;
+            };
+            // Define the trigger on this session before its first batch (messages on one
+            // session arrive in order), so a batch never overtakes its trigger's creation
+            // or a reconnect.
+            let current = self.session.borrow().clone();
+            if waiting.is_empty()
+                && let Some(s) = current
+                && announced != Some(s.number)
+            {
+                let set = core_message::Body::TriggerSet(pb::TriggerSet { trigger: Some(trigger_message(&db_name, &def)) });
+                if s.tx.send(pb::CoreMessage { id: 0, body: Some(set) }).await.is_ok() {
+                    announced = Some(s.number);
+                }
             }
             while waiting.len() < pending.len() {
                 let batch = pending[waiting.len()].clone();

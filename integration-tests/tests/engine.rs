@@ -66,6 +66,7 @@ async fn logs(s: &Server, db: &str) -> Vec<String> {
 
 const DERIVE: &str = r#"
 def process_writes(influxdb3_local, table_batches, args):
+    influxdb3_local.info("empty query", influxdb3_local.query("SELECT host FROM cpu WHERE host = 'nobody'"))
     for t in table_batches:
         influxdb3_local.info("batch", t["table_name"], len(t["rows"]))
         if t["table_name"] != "cpu":
@@ -106,6 +107,8 @@ async fn wal_trigger_writes_a_derived_table_and_sees_its_own_output() {
     })
     .await;
     assert!(seen.is_some(), "{:?}", logs(&s, "eng").await);
+    // A query with no rows answers [] (not an error).
+    assert!(logs(&s, "eng").await.iter().any(|l| l == "INFO: empty query []"), "{:?}", logs(&s, "eng").await);
 
     let t = rows(&s, "eng", "SELECT trigger_name, plugin_filename, trigger_specification, disabled, error_behavior FROM system.processing_engine_triggers").await;
     assert_eq!(t, vec![json!({"trigger_name": "derive", "plugin_filename": "derive.py", "trigger_specification": "all_tables", "disabled": false, "error_behavior": "log"})]);
@@ -279,4 +282,75 @@ async fn the_cli_creates_shows_toggles_and_deletes_triggers() {
     assert_eq!(out.trim(), "Trigger viacli deleted");
     let (ok, _, err) = cli(&["enable", "trigger", "viacli", "-d", "cli"]);
     assert!(!ok && err.contains("not found"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_install_from_pypi_into_the_plugin_venv() {
+    let s = start(&[]);
+    create_db(&s, "pkg").await;
+    let install = |body: Value| {
+        let s = &s;
+        async move {
+            let r = s
+                .http()
+                .post(format!("{}/api/v3/configure/plugin_environment/install_packages", s.url))
+                .timeout(Duration::from_secs(600))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    // The host may still be starting: retry while it answers 503.
+    let mut outcome = (503, String::new());
+    for _ in 0..60 {
+        outcome = install(json!({"packages": ["tinydb==4.8.2"]})).await;
+        if outcome.0 != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(outcome.0, 200, "{}", outcome.1);
+    plugin(&s, "uses_pkg.py", r#"
+import tinydb
+def process_writes(influxdb3_local, table_batches, args):
+    influxdb3_local.info("tinydb", tinydb.__version__)
+"#);
+    let (status, body) = create_trigger(&s, json!({"db": "pkg", "plugin_filename": "uses_pkg.py", "trigger_name": "p", "trigger_specification": "all_tables"})).await;
+    assert_eq!(status, 200, "{body}");
+    s.write("pkg", &format!("m v=1 {T0}")).await;
+    let ok = eventually(Duration::from_secs(60), || async { logs(&s, "pkg").await.iter().any(|l| l == "INFO: tinydb 4.8.2").then_some(()) }).await;
+    assert!(ok.is_some(), "{:?}", logs(&s, "pkg").await);
+
+    // A package that does not exist: the real pip error comes back.
+    let (status, body) = install(json!({"packages": ["weir-no-such-package-xyz==0.0.1"]})).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("No matching distribution") || body.contains("Could not find"), "{body}");
+    // Options are not package specifiers.
+    let (status, body) = install(json!({"packages": ["--index-url=http://evil"]})).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("not a package specifier"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_package_manager_refuses_installs() {
+    let s = start(&["--package-manager", "disabled"]);
+    let mut last = (0, String::new());
+    for _ in 0..60 {
+        let r = s
+            .http()
+            .post(format!("{}/api/v3/configure/plugin_environment/install_packages", s.url))
+            .json(&json!({"packages": ["tinydb"]}))
+            .send()
+            .await
+            .unwrap();
+        last = (r.status().as_u16(), r.text().await.unwrap());
+        if last.0 != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(last.0, 403, "{}", last.1);
+    assert!(last.1.contains("--package-manager disabled"), "{}", last.1);
 }

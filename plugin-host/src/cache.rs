@@ -22,7 +22,8 @@ pub struct GlobalCache {
 impl GlobalCache {
     /// Store `value` (pickled) under `key`, expiring after `ttl`.
     pub fn put(&self, key: String, value: Vec<u8>, ttl: Option<Duration>) {
-        let expires = ttl.map(|t| Instant::now() + t);
+        // An expiry too far away to represent simply never comes.
+        let expires = ttl.and_then(|t| Instant::now().checked_add(t));
         self.items.lock().insert(key, (value, expires));
     }
 

@@ -41,6 +41,11 @@ pub struct Args {
     #[arg(long, env = "WEIR_WORKER_MEMORY_MB", default_value_t = 4096)]
     pub worker_memory_mb: u64,
 
+    /// How `weir install package` and the install endpoints install into the venv: pip
+    /// (bootstrapped offline on first use), uv, or disabled (installs are refused).
+    #[arg(long, env = "WEIR_PACKAGE_MANAGER", value_enum, default_value = "pip")]
+    pub package_manager: crate::packages::PackageManager,
+
     /// Log filter (tracing `EnvFilter` syntax); the same variable as `weir serve`'s, so an
     /// embedded host follows the server's setting.
     #[arg(long, env = "WEIR_LOG_FILTER", default_value = "info")]
@@ -99,6 +104,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             plugin_dir,
             plugin_timeout: args.plugin_timeout,
             worker_memory: (args.worker_memory_mb > 0).then(|| args.worker_memory_mb * 1024 * 1024),
+            package_manager: args.package_manager,
         },
         venv,
     );

@@ -38,6 +38,8 @@ pub struct HostConfig {
     pub plugin_timeout: Duration,
     /// Address-space limit per worker process.
     pub worker_memory: Option<u64>,
+    /// How packages are installed into the venv.
+    pub package_manager: crate::packages::PackageManager,
 }
 
 /// The link to the connected core: where host messages go, and the replies we wait for.
@@ -112,6 +114,9 @@ impl Upstream for CoreLink {
             trigger: trigger.name.clone(),
         });
         match self.request(body).await? {
+            core_message::Body::QueryResult(r) if r.error.is_empty() && r.arrow_ipc.is_empty() => {
+                marshal::query_rows(&[]).map_err(|e| e.to_string())
+            }
             core_message::Body::QueryResult(r) if r.error.is_empty() => {
                 let reader = StreamReader::try_new(Cursor::new(r.arrow_ipc), None).map_err(|e| e.to_string())?;
                 let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(|e| e.to_string())?;
@@ -214,6 +219,7 @@ fn encode_wal(batch: &pb::WalBatch) -> Result<EncodedWal, String> {
 struct Queued {
     id: u64,
     seq: u64,
+    epoch: u64,
     encoded: tokio::task::JoinHandle<Result<EncodedWal, String>>,
 }
 
@@ -225,8 +231,12 @@ pub struct Host {
     cache: Arc<GlobalCache>,
     link: Arc<CoreLink>,
     triggers: Mutex<HashMap<TriggerId, Arc<TriggerRuntime>>>,
-    /// Per-trigger ordered queues of WAL batches.
+    /// Per-trigger ordered queues of WAL batches (bounded in practice: the core keeps at
+    /// most a few batches per trigger in flight).
     pipelines: Mutex<HashMap<TriggerId, mpsc::UnboundedSender<Queued>>>,
+    /// Incremented by every new session; batches queued by an ended session are not run
+    /// (the core sends them again on the new one, in order).
+    epoch: AtomicU64,
 }
 
 impl Host {
@@ -239,6 +249,7 @@ impl Host {
             link: Arc::new(CoreLink::default()),
             triggers: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
         })
     }
 
@@ -288,6 +299,7 @@ impl Host {
             .map(|d| TriggerId { database: d.database.clone(), name: d.name.clone() })
             .collect();
         self.triggers.lock().retain(|id, _| keep.contains(id));
+        self.pipelines.lock().retain(|id, _| keep.contains(id));
         for def in defs {
             self.set_trigger(def);
         }
@@ -296,6 +308,7 @@ impl Host {
     fn drop_trigger(&self, database: &str, name: &str) {
         let id = TriggerId { database: database.to_string(), name: name.to_string() };
         self.triggers.lock().remove(&id);
+        self.pipelines.lock().remove(&id);
     }
 
     async fn worker(&self, rt: &TriggerRuntime) -> Result<Arc<Worker>, InvokeError> {
@@ -336,12 +349,18 @@ impl Host {
                 })
                 .clone()
         };
-        let _ = tx.send(Queued { id, seq, encoded });
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let _ = tx.send(Queued { id, seq, epoch, encoded });
     }
 
     /// Run a trigger's queued batches in order and answer each with `Done`.
     async fn wal_pipeline(self: Arc<Self>, tid: TriggerId, mut rx: mpsc::UnboundedReceiver<Queued>) {
         while let Some(q) = rx.recv().await {
+            if q.epoch != self.epoch.load(Ordering::Acquire) {
+                // Its session ended: the core sends it again, in order, on the new one.
+                q.encoded.abort();
+                continue;
+            }
             let result = match q.encoded.await {
                 Ok(Ok(encoded)) => self.run_wal(&tid, q.seq, encoded).await,
                 Ok(Err(e)) => Err(e),
@@ -392,12 +411,30 @@ impl Host {
         }
     }
 
+    async fn install(&self, req: pb::InstallPackages) -> Result<String, crate::packages::InstallError> {
+        use crate::packages::{Install, InstallError, install};
+        let what = if req.requirements_file.is_empty() {
+            Install::Packages(req.packages)
+        } else if Path::new(&req.requirements_file).is_absolute() {
+            Install::Requirements(PathBuf::from(&req.requirements_file))
+        } else {
+            Install::Requirements(
+                resolve_plugin(&self.config.plugin_dir, &req.requirements_file).map_err(InstallError::Failed)?,
+            )
+        };
+        tracing::info!(?what, "installing packages into the plugin venv");
+        install(self.config.package_manager, &self.venv.python, what).await
+    }
+
     /// Serve one core session until its stream ends.
     pub async fn session(self: Arc<Self>, mut inbound: Streaming<pb::CoreMessage>, tx: mpsc::Sender<Result<pb::HostMessage, Status>>) {
         // A new session takes over the link (the core reconnected; the old stream may not
         // have noticed yet). Remember ours so its end does not clear a newer one.
         let ours = tx.clone();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         *self.link.tx.lock() = Some(tx);
+        // Requests of a previous session would never get their replies: fail them now.
+        self.link.pending.lock().clear();
         loop {
             let msg = match inbound.message().await {
                 Ok(Some(m)) => m,
@@ -426,6 +463,22 @@ impl Host {
                 core_message::Body::TriggerDrop(t) => self.drop_trigger(&t.database, &t.name),
                 core_message::Body::TriggerSync(sync) => self.sync_triggers(sync.triggers),
                 core_message::Body::WalBatch(b) => self.wal_batch(msg.id, b),
+                core_message::Body::InstallPackages(req) => {
+                    let host = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        let result = host.install(req).await;
+                        let reply = match result {
+                            Ok(output) => pb::AdminResult { ok: true, output, ..Default::default() },
+                            Err(e) => pb::AdminResult {
+                                ok: false,
+                                refused: matches!(e, crate::packages::InstallError::Disabled),
+                                error: e.to_string(),
+                                ..Default::default()
+                            },
+                        };
+                        host.link.send(msg.id, host_message::Body::AdminResult(reply)).await;
+                    });
+                }
                 core_message::Body::Ping(p) => {
                     self.link.send(msg.id, host_message::Body::Pong(pb::Pong { nonce: p.nonce })).await;
                 }

@@ -7,11 +7,13 @@
 //! - [`worker`]: one Python process per trigger on a private socket;
 //! - [`marshal`]: Arrow batches → Python objects for `process_writes` and query answers;
 //! - [`host`]: triggers, the session with the core, the link for plugin queries and writes;
-//! - [`cache`]: the global plugin cache.
+//! - [`cache`]: the global plugin cache;
+//! - [`packages`]: pip/uv installs into the venv.
 
 pub mod cache;
 pub mod cli;
 pub mod host;
 pub mod marshal;
+pub mod packages;
 pub mod venv;
 pub mod worker;

@@ -377,7 +377,7 @@ impl Worker {
             }
             _ => {
                 let key = str_field(&header, "key");
-                let ttl = header.get("ttl").and_then(Value::as_f64).map(Duration::from_secs_f64);
+                let ttl = header.get("ttl").and_then(Value::as_f64).and_then(|t| Duration::try_from_secs_f64(t).ok());
                 match str_field(&header, "op").as_str() {
                     "put" => {
                         cache.put(key, body, ttl);

@@ -36,7 +36,12 @@ async fn start(timeout: Duration) -> Core {
     let venv = plugin_host::venv::ensure(&venv_root, "python3").await.unwrap();
     std::os::unix::fs::symlink(&venv.dir, plugin_dir.join(".venv")).unwrap();
     let host = Host::new(
-        HostConfig { plugin_dir: plugin_dir.canonicalize().unwrap(), plugin_timeout: timeout, worker_memory: Some(4 << 30) },
+        HostConfig {
+            plugin_dir: plugin_dir.canonicalize().unwrap(),
+            plugin_timeout: timeout,
+            worker_memory: Some(4 << 30),
+            package_manager: plugin_host::packages::PackageManager::Pip,
+        },
         venv,
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -179,3 +179,26 @@ def test_scope_cache_with_a_fake_clock():
     c.put("k", "v", ttl=1)
     now[0] = 12.0
     assert c.delete("k") is False  # expired keys read as missing
+
+
+def test_args_are_a_fresh_copy_and_empty_args_stay_empty(tmp_path):
+    p = plugin(tmp_path, """
+        def process_writes(influxdb3_local, table_batches, args):
+            influxdb3_local.info(repr(args))
+            if args is not None:
+                args["added"] = "x"
+    """)
+    h = PluginHarness(p, args={"k": "v"})
+    assert h.wal([])["log_lines"] == ["INFO: {'k': 'v'}"]
+    assert h.wal([])["log_lines"] == ["INFO: {'k': 'v'}"]  # the mutation did not stick
+    assert PluginHarness(p, args={}).wal([])["log_lines"] == ["INFO: {}"]
+
+
+@pytest.mark.parametrize("ttl", [-1, float("nan"), float("inf")])
+def test_bad_cache_ttls_raise_in_the_plugin(tmp_path, ttl):
+    p = plugin(tmp_path, f"""
+        def process_writes(influxdb3_local, table_batches, args):
+            influxdb3_local.cache.put("k", 1, ttl=float("{ttl}"))
+    """)
+    r = PluginHarness(p).wal([])
+    assert r["errors"] and r["errors"][0].startswith("ValueError: cache ttl must be a finite")

@@ -6,6 +6,7 @@ all triggers and processes: the worker hands it to a backend (in Weir, the plugi
 stores values pickled).
 """
 
+import math
 import threading
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -50,6 +51,16 @@ class ScopeCache:
             self._items.clear()
 
 
+def check_ttl(ttl) -> Optional[float]:
+    """`ttl` as seconds, or None; negative, NaN and infinite values are refused."""
+    if ttl is None:
+        return None
+    ttl = float(ttl)
+    if not math.isfinite(ttl) or ttl < 0:
+        raise ValueError(f"cache ttl must be a finite, non-negative number of seconds, got {ttl}")
+    return ttl
+
+
 class PluginCache:
     """The `cache` attribute plugins see: trigger scope by default, global on request."""
 
@@ -63,7 +74,7 @@ class PluginCache:
         return self._global if use_global else self._trigger
 
     def put(self, key: str, value: Any, ttl: Optional[float] = None, use_global: Optional[bool] = None) -> None:
-        self._scope(use_global).put(key, value, ttl)
+        self._scope(use_global).put(key, value, check_ttl(ttl))
 
     def get(self, key: str, default: Any = None, use_global: Optional[bool] = None) -> Any:
         return self._scope(use_global).get(key, default)

@@ -190,8 +190,8 @@ class Trigger:
         self.name = name
         self.database = database
         self.code = PluginCode(plugin_path)
-        # `args` is None, not {}, for a trigger without arguments.
-        self.args = dict(args) if args else None
+        # `args` is None for a trigger without arguments ({} stays {}).
+        self.args = None if args is None else dict(args)
         self.backend = backend
         self.cache = trigger_cache or ScopeCache()
 
@@ -200,7 +200,9 @@ class Trigger:
         local = LocalAPI(self.backend, self.database, PluginCache(self.cache, self.backend.global_cache()))
         try:
             fn = self.code.function(entry_point)
-            value = fn(local, *call_args, self.args)
+            # A fresh copy per call: a plugin that mutates its args cannot affect later calls.
+            args = None if self.args is None else dict(self.args)
+            value = fn(local, *call_args, args)
         except PluginLoadError as e:
             return Outcome(ok=False, error=str(e))
         except BaseException as e:  # SystemExit, KeyboardInterrupt included: the worker lives on

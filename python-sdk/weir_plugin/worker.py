@@ -55,7 +55,8 @@ class Channel:
         self._send_lock = threading.Lock()
 
     def send(self, header: Dict[str, Any], body: bytes = b"") -> None:
-        h = json.dumps(header, separators=(",", ":")).encode()
+        # Lone surrogates (possible in plugin text) become U+FFFD: the host reads strict UTF-8.
+        h = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8", "replace")
         frame = _LEN.pack(4 + len(h) + len(body)) + _LEN.pack(len(h)) + h
         with self._send_lock:
             self._sock.sendall(frame)

@@ -140,6 +140,11 @@ pub struct ServeConfig {
     /// Longest a single plugin call may run; its worker process is killed past it.
     #[arg(long, env = "WEIR_PLUGIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub plugin_timeout: Duration,
+
+    /// How `weir install package` installs into the plugin venv (for the started plugin
+    /// host): pip, uv, or disabled (installs are refused and nothing is run).
+    #[arg(long, env = "WEIR_PACKAGE_MANAGER", default_value = "pip", value_parser = ["pip", "uv", "disabled"])]
+    pub package_manager: String,
 }
 
 impl ServeConfig {
@@ -277,6 +282,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             python: cfg.python.clone(),
             plugin_timeout: cfg.plugin_timeout,
             host_bin: None,
+            package_manager: cfg.package_manager.clone(),
         },
         Arc::clone(&catalog),
         Arc::clone(&buffer),

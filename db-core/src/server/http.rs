@@ -63,6 +63,9 @@ pub enum ApiError {
     /// Not implemented.
     #[error("{0}")]
     NotImplemented(String),
+    /// A component this request needs is not reachable (the plugin host).
+    #[error("{0}")]
+    Unavailable(String),
     /// Server-side failure.
     #[error("{0}")]
     Internal(String),
@@ -87,6 +90,7 @@ impl IntoResponse for ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
@@ -175,6 +179,8 @@ pub fn router(state: SharedState) -> Router {
         )
         .route("/api/v3/configure/processing_engine_trigger/enable", post(engine::enable_trigger))
         .route("/api/v3/configure/processing_engine_trigger/disable", post(engine::disable_trigger))
+        .route("/api/v3/configure/plugin_environment/install_packages", post(engine::install_packages))
+        .route("/api/v3/configure/plugin_environment/install_requirements", post(engine::install_requirements))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
     Router::new()

@@ -156,3 +156,59 @@ pub async fn disable_trigger(
 ) -> Result<Response, ApiError> {
     set_disabled(state, raw, headers, body, true).await
 }
+
+fn engine(state: &SharedState) -> Result<&Arc<crate::engine::Engine>, ApiError> {
+    state
+        .engine
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable("the processing engine is not running".to_string()))
+}
+
+fn install_error(e: crate::engine::EngineError) -> ApiError {
+    match e {
+        crate::engine::EngineError::Unavailable => ApiError::Unavailable(e.to_string()),
+        crate::engine::EngineError::Refused(m) => ApiError::Forbidden(m),
+        crate::engine::EngineError::Failed(m) => ApiError::Internal(m),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct InstallPackages {
+    packages: Vec<String>,
+}
+
+/// `POST /api/v3/configure/plugin_environment/install_packages {"packages": [...]}`
+pub async fn install_packages(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, state.max_request_bytes).await?;
+    let req: InstallPackages = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body, expected {{\"packages\": [...]}}: {e}")))?;
+    engine(&state)?.install(req.packages, String::new()).await.map_err(install_error)?;
+    Ok(StatusCode::OK.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct InstallRequirements {
+    requirements_location: String,
+}
+
+/// `POST /api/v3/configure/plugin_environment/install_requirements {"requirements_location": "..."}`
+/// (a file on the plugin host, relative to the plugin directory or absolute).
+pub async fn install_requirements(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, state.max_request_bytes).await?;
+    let req: InstallRequirements = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::BadRequest(format!("invalid JSON body, expected {{\"requirements_location\": \"...\"}}: {e}"))
+    })?;
+    engine(&state)?
+        .install(Vec::new(), req.requirements_location)
+        .await
+        .map_err(install_error)?;
+    Ok(StatusCode::OK.into_response())
+}
