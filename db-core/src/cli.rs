@@ -38,6 +38,9 @@ pub enum Command {
     /// Delete a database or a trigger.
     #[command(subcommand)]
     Delete(client::DeleteCommand),
+    /// Install Python packages into the plugin venv.
+    #[command(subcommand)]
+    Install(client::InstallCommand),
     /// Enable a trigger (it runs again, from the next WAL flush).
     #[command(subcommand)]
     Enable(client::ToggleCommand),
@@ -82,6 +85,7 @@ pub fn startup() -> anyhow::Result<()> {
             Command::Create(c) => client::create(c).await,
             Command::Show(c) => client::show(c).await,
             Command::Delete(c) => client::delete(c).await,
+            Command::Install(c) => client::install(c).await,
             Command::Enable(c) => client::toggle(c, false).await,
             Command::Disable(c) => client::toggle(c, true).await,
             Command::PluginHost { .. } => unreachable!("handled before the runtime starts"),

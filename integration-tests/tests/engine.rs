@@ -353,4 +353,8 @@ async fn a_disabled_package_manager_refuses_installs() {
     }
     assert_eq!(last.0, 403, "{}", last.1);
     assert!(last.1.contains("--package-manager disabled"), "{}", last.1);
+    // The CLI says the same.
+    let (ok, _, err) = weir_cli(&["install", "package", "tinydb", "--host", &s.url], None);
+    assert!(!ok);
+    assert!(err.contains("--package-manager disabled"), "{err}");
 }

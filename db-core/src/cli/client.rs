@@ -137,6 +137,40 @@ pub struct CreateTriggerArgs {
     error_behavior: String,
 }
 
+/// `weir install ...`
+#[derive(Debug, Subcommand)]
+pub enum InstallCommand {
+    /// Install Python packages into the plugin venv (pip, or uv if the host uses it).
+    Package {
+        #[command(flatten)]
+        common: Common,
+        /// Package specifiers, e.g. `requests==2.32.3`.
+        #[arg(required_unless_present = "requirements")]
+        packages: Vec<String>,
+        /// A requirements file on the plugin host (relative to its plugin directory, or
+        /// absolute).
+        #[arg(short = 'r', long = "requirements", conflicts_with = "packages")]
+        requirements: Option<String>,
+    },
+}
+
+/// `weir install package`
+pub async fn install(c: InstallCommand) -> anyhow::Result<()> {
+    let InstallCommand::Package { common, packages, requirements } = c;
+    let r = connect(&common)
+        .await?
+        .install_packages(pb::InstallPackagesRequest {
+            packages,
+            requirements_location: requirements.unwrap_or_default(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print!("{}", r.output);
+    println!("Packages installed");
+    Ok(())
+}
+
 /// `weir enable|disable trigger NAME -d DB`
 #[derive(Debug, Subcommand)]
 pub enum ToggleCommand {

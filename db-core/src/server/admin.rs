@@ -318,6 +318,21 @@ impl Admin for AdminService {
         Ok(Response::new(pb::ListTriggersResponse { triggers }))
     }
 
+    async fn install_packages(
+        &self,
+        req: Request<pb::InstallPackagesRequest>,
+    ) -> Result<Response<pb::InstallPackagesResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let engine = self.state.engine.as_ref().ok_or_else(|| Status::unavailable("the processing engine is not running"))?;
+        let output = engine.install(r.packages, r.requirements_location).await.map_err(|e| match e {
+            crate::engine::EngineError::Unavailable => Status::unavailable(e.to_string()),
+            crate::engine::EngineError::Refused(m) => Status::permission_denied(m),
+            crate::engine::EngineError::Failed(m) => Status::internal(m),
+        })?;
+        Ok(Response::new(pb::InstallPackagesResponse { output }))
+    }
+
     type QueryStream = QueryStream;
 
     async fn query(&self, req: Request<pb::QueryRequest>) -> Result<Response<Self::QueryStream>, Status> {
