@@ -38,6 +38,9 @@ pub enum Command {
     /// Delete a database or a trigger.
     #[command(subcommand)]
     Delete(client::DeleteCommand),
+    /// Dry-run a plugin (`weir test wal_plugin`).
+    #[command(subcommand)]
+    Test(client::TestCommand),
     /// Install Python packages into the plugin venv.
     #[command(subcommand)]
     Install(client::InstallCommand),
@@ -86,6 +89,7 @@ pub fn startup() -> anyhow::Result<()> {
             Command::Show(c) => client::show(c).await,
             Command::Delete(c) => client::delete(c).await,
             Command::Install(c) => client::install(c).await,
+            Command::Test(c) => client::test(c).await,
             Command::Enable(c) => client::toggle(c, false).await,
             Command::Disable(c) => client::toggle(c, true).await,
             Command::PluginHost { .. } => unreachable!("handled before the runtime starts"),

@@ -17,8 +17,10 @@
 //!   `Done` and are committed only when the call succeeded.
 //! - **Logs** land in `system.processing_engine_logs`.
 
+pub mod lp_arrow;
+
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     process::Stdio,
     sync::{
@@ -56,6 +58,17 @@ const FLUSH_QUEUE: usize = 4096;
 const TRIGGER_QUEUE: usize = 1024;
 /// Batches of one trigger sent to the host before the oldest is answered.
 const WINDOW: usize = 4;
+
+/// The answer of a dry run (`/api/v3/plugin_test/wal`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TestOutcome {
+    /// `LEVEL: text` lines the plugin logged.
+    pub log_lines: Vec<String>,
+    /// Lines it wrote (captured, not applied), by database.
+    pub database_writes: BTreeMap<String, Vec<String>>,
+    /// Input lines that could not be used, and the plugin's error.
+    pub errors: Vec<String>,
+}
 
 /// Errors of calls into the plugin host.
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +234,44 @@ impl Engine {
             Ok(Ok(other)) => Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
             Ok(Err(_)) => Err(EngineError::Unavailable),
             Err(_) => Err(EngineError::Failed("the install did not finish within 15 minutes".to_string())),
+        }
+    }
+
+    /// Dry-run a WAL plugin on `lp` (parsed without the catalog; nothing is written): the
+    /// `/api/v3/plugin_test/wal` answer.
+    pub async fn test_wal(
+        &self,
+        database: &str,
+        plugin_filename: &str,
+        lp: &str,
+        arguments: Option<BTreeMap<String, String>>,
+    ) -> Result<TestOutcome, EngineError> {
+        let (tables, mut errors) = lp_arrow::tables(lp, now()).map_err(|e| EngineError::Failed(e.to_string()))?;
+        let mut rows = Vec::with_capacity(tables.len());
+        for (name, batch) in tables {
+            let arrow_ipc = ipc(&[batch]).map_err(|e| EngineError::Failed(e.to_string()))?;
+            rows.push(pb::TableRows { table_name: name, arrow_ipc });
+        }
+        let body = core_message::Body::TestWal(pb::TestWal {
+            database: database.to_string(),
+            plugin_filename: plugin_filename.to_string(),
+            tables: rows,
+            arguments: arguments.map(|a| pb::Arguments { values: a.into_iter().collect() }),
+        });
+        let reply = self.send(body).await.ok_or(EngineError::Unavailable)?;
+        let deadline = self.config.plugin_timeout + Duration::from_secs(60);
+        match tokio::time::timeout(deadline, reply).await {
+            Ok(Ok(host_message::Body::TestResult(r))) => {
+                errors.extend(r.errors);
+                Ok(TestOutcome {
+                    log_lines: r.log_lines,
+                    database_writes: r.writes.into_iter().map(|w| (w.database, w.lines)).collect(),
+                    errors,
+                })
+            }
+            Ok(Ok(other)) => Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
+            Ok(Err(_)) => Err(EngineError::Unavailable),
+            Err(_) => Err(EngineError::Failed("the dry run did not finish in time".to_string())),
         }
     }
 
@@ -400,7 +451,8 @@ impl Engine {
                 reply @ (host_message::Body::Done(_)
                 | host_message::Body::Hello(_)
                 | host_message::Body::Pong(_)
-                | host_message::Body::AdminResult(_)) => {
+                | host_message::Body::AdminResult(_)
+                | host_message::Body::TestResult(_)) => {
                     if let Some(tx) = session.pending.lock().remove(&msg.id) {
                         let _ = tx.send(reply);
                     }

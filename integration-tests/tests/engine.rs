@@ -358,3 +358,58 @@ async fn a_disabled_package_manager_refuses_installs() {
     assert!(!ok);
     assert!(err.contains("--package-manager disabled"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_runs_capture_writes_for_files_and_packages() {
+    let s = start(&[]);
+    create_db(&s, "dry").await;
+    s.write("dry", &format!("cpu,host=z usage=1 {T0}")).await;
+    plugin(&s, "derive.py", DERIVE);
+    let body = json!({
+        "filename": "derive.py", "database": "dry",
+        "input_lp": format!("cpu,host=a usage=2 {T0}\nnot a line\n"),
+        "input_arguments": {"suffix": "t"},
+    });
+    let mut answer = Value::Null;
+    for _ in 0..60 {
+        let r = s.http().post(format!("{}/api/v3/plugin_test/wal", s.url)).json(&body).send().await.unwrap();
+        let status = r.status().as_u16();
+        answer = r.json().await.unwrap();
+        if status != 503 {
+            assert_eq!(status, 200, "{answer}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(answer["database_writes"], json!({"dry": [format!("cpu_t,host=a usage2=4.0 {T0}")]}), "{answer}");
+    assert!(answer["log_lines"].as_array().unwrap().contains(&json!("INFO: batch cpu 1")), "{answer}");
+    let errors = answer["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{answer}");
+    assert!(errors[0].as_str().unwrap().starts_with("line 2:"), "{answer}");
+    // Captured, not applied: the table does not exist.
+    let r = s.http().get(format!("{}/api/v3/query_sql", s.url)).query(&[("db", "dry"), ("q", "SELECT * FROM cpu_t")]).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    // Nothing reached the engine log either.
+    assert!(logs(&s, "dry").await.is_empty());
+
+    // A multi-file plugin through the CLI; write_sync is captured too.
+    let pkg = s.plugin_dir().join("pkgplug");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(pkg.join("helpers.py"), "def tag():\n    return 'from-helper'\n").unwrap();
+    std::fs::write(pkg.join("__init__.py"), r#"
+from .helpers import tag
+def process_writes(influxdb3_local, table_batches, args):
+    n = sum(len(t["rows"]) for t in table_batches)
+    influxdb3_local.write_sync(LineBuilder("seen").tag("by", tag()).int64_field("n", n).time_ns(5), True)
+    influxdb3_local.warn("args", args)
+"#).unwrap();
+    let (ok, out, err) = weir_cli(
+        &["test", "wal_plugin", "pkgplug", "-d", "dry", "--lp", "m v=1 1\nm v=2 2", "--input-arguments", "a=1,b=2", "--host", &s.url],
+        None,
+    );
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["database_writes"], json!({"dry": ["seen,by=from-helper n=2i 5"]}), "{out}");
+    assert_eq!(v["log_lines"], json!(["WARN: args {'a': '1', 'b': '2'}"]), "{out}");
+    assert_eq!(v["errors"], json!([]), "{out}");
+}

@@ -163,6 +163,33 @@ impl Upstream for CoreLink {
     }
 }
 
+/// The upstream of a dry-run worker: queries go to the core, logs are collected.
+#[derive(Debug)]
+struct TestUpstream {
+    link: Arc<CoreLink>,
+    logs: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl Upstream for TestUpstream {
+    async fn query(&self, trigger: &TriggerId, database: &str, sql: &str, params: BTreeMap<String, String>) -> Result<Vec<u8>, String> {
+        self.link.query(trigger, database, sql, params).await
+    }
+
+    async fn write(&self, _trigger: &TriggerId, _database: &str, _lines: Vec<String>, _no_sync: bool) -> Result<(), String> {
+        Err("writes are captured in a dry run".to_string())
+    }
+
+    fn log(&self, _trigger: &TriggerId, l: Level, text: String) {
+        let level = match l {
+            Level::Info => "INFO",
+            Level::Warn => "WARN",
+            Level::Error => "ERROR",
+        };
+        self.logs.lock().push(format!("{level}: {text}"));
+    }
+}
+
 /// A trigger and its worker.
 #[derive(Debug)]
 pub struct TriggerRuntime {
@@ -274,6 +301,7 @@ impl Host {
             args: def.arguments.as_ref().map(|a| a.values.clone().into_iter().collect()),
             run_async: def.run_async,
             memory_limit: self.config.worker_memory,
+            dry_run: false,
         };
         let mut triggers = self.triggers.lock();
         if triggers.get(&id).is_some_and(|t| t.def == def) {
@@ -411,6 +439,51 @@ impl Host {
         }
     }
 
+    /// Dry-run a WAL plugin in a fresh worker that captures writes; logs are returned,
+    /// not recorded.
+    async fn test_wal(&self, req: pb::TestWal) -> pb::TestResult {
+        let upstream = Arc::new(TestUpstream { link: Arc::clone(&self.link), logs: Mutex::new(Vec::new()) });
+        let mut result = pb::TestResult::default();
+        let outcome = async {
+            let plugin_path = resolve_plugin(&self.config.plugin_dir, &req.plugin_filename)?;
+            let batch = pb::WalBatch { database: req.database.clone(), trigger: "test".into(), wal_seq: 0, tables: req.tables.clone() };
+            let encoded = encode_wal(&batch)?;
+            let spec = WorkerSpec {
+                trigger: TriggerId { database: req.database.clone(), name: "plugin_test".into() },
+                python: self.venv.python.clone(),
+                venv: self.venv.dir.clone(),
+                plugin_dir: self.config.plugin_dir.clone(),
+                plugin_path,
+                args: req.arguments.as_ref().map(|a| a.values.clone().into_iter().collect()),
+                run_async: false,
+                memory_limit: self.config.worker_memory,
+                dry_run: true,
+            };
+            let worker = Worker::spawn(spec, Arc::clone(&upstream) as Arc<dyn Upstream>, Arc::clone(&self.cache))
+                .await
+                .map_err(|e| e.to_string())?;
+            let done = worker.invoke("process_writes", &encoded.args, self.config.plugin_timeout).await;
+            worker.kill();
+            done.map_err(|e| e.to_string())
+        }
+        .await;
+        match outcome {
+            Ok(done) => {
+                if let Some(e) = done.error {
+                    result.errors.push(e);
+                }
+                result.writes = done
+                    .writes
+                    .into_iter()
+                    .map(|(database, lines)| pb::DatabaseWrites { database, lines })
+                    .collect();
+            }
+            Err(e) => result.errors.push(e),
+        }
+        result.log_lines = std::mem::take(&mut *upstream.logs.lock());
+        result
+    }
+
     async fn install(&self, req: pb::InstallPackages) -> Result<String, crate::packages::InstallError> {
         use crate::packages::{Install, InstallError, install};
         let what = if req.requirements_file.is_empty() {
@@ -463,6 +536,13 @@ impl Host {
                 core_message::Body::TriggerDrop(t) => self.drop_trigger(&t.database, &t.name),
                 core_message::Body::TriggerSync(sync) => self.sync_triggers(sync.triggers),
                 core_message::Body::WalBatch(b) => self.wal_batch(msg.id, b),
+                core_message::Body::TestWal(req) => {
+                    let host = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        let reply = host.test_wal(req).await;
+                        host.link.send(msg.id, host_message::Body::TestResult(reply)).await;
+                    });
+                }
                 core_message::Body::InstallPackages(req) => {
                     let host = Arc::clone(&self);
                     tokio::spawn(async move {

@@ -97,6 +97,8 @@ pub struct WorkerSpec {
     pub run_async: bool,
     /// Address-space limit of the process, bytes.
     pub memory_limit: Option<u64>,
+    /// Capture `write_sync*` instead of writing (dry runs).
+    pub dry_run: bool,
 }
 
 /// The outcome of one invocation, as the worker reports it.
@@ -243,6 +245,7 @@ impl Worker {
             "args": spec.args,
             "run_async": spec.run_async,
             "threads": 8,
+            "dry_run": spec.dry_run,
         });
         writer.write_all(&frame(&init, &[])).await.map_err(spawn_err)?;
         let ready = tokio::time::timeout(Duration::from_secs(60), read_frame(&mut reader)).await;

@@ -10,7 +10,7 @@ call arguments, which the host writes directly; pickle for global-cache values).
 
 host → worker                              worker → host
   init {trigger, database, plugin_path,      ready {pid, python}
-        args, run_async, threads}            log {level, text, invocation}
+        args, run_async, threads, dry_run}   log {level, text, invocation}
   invoke {id, entry} + marshal([args...])    done {id, ok, error, traceback, writes, value}
   query_result {id, error} + marshal(rows)   query {id, database, sql, params}
   write_result {id, error}                   write {id, database, lines, no_sync}
@@ -115,12 +115,18 @@ _current_invocation = threading.local()
 
 
 class HostBackend:
-    """The plugin API's backend: everything goes to the plugin host over the channel."""
+    """The plugin API's backend: everything goes to the plugin host over the channel.
 
-    def __init__(self, channel: Channel):
+    In a dry run (`weir test`), `write_sync*` lines are captured and reported with the
+    call's other writes instead of being written.
+    """
+
+    def __init__(self, channel: Channel, dry_run: bool = False):
         self.channel = channel
         self.pending = _Pending()
         self._global = _GlobalCache(self)
+        self.dry_run = dry_run
+        self.captured: Dict[str, list] = {}
 
     def call(self, header: Dict[str, Any], body: bytes = b"") -> Tuple[Dict[str, Any], bytes]:
         rid, event, slot = self.pending.open()
@@ -144,6 +150,9 @@ class HostBackend:
         return marshal.loads(body) if body else []
 
     def write(self, database, lines, no_sync):
+        if self.dry_run:
+            self.captured.setdefault(database, []).extend(lines)
+            return
         header, _ = self.call({"type": "write", "database": database, "lines": list(lines), "no_sync": no_sync})
         if header.get("error"):
             raise BackendError(header["error"])
@@ -229,7 +238,7 @@ def serve(channel: Channel) -> int:
         raise RuntimeError(f"expected init, got {header.get('type')}")
     install_builtins()
     os.environ.setdefault("TZ", "UTC")
-    backend = HostBackend(channel)
+    backend = HostBackend(channel, dry_run=bool(header.get("dry_run")))
     trigger = Trigger(header["trigger"], header["database"], header["plugin_path"], header.get("args"), backend)
     sys.stdout = _LogWriter(backend, "INFO")
     sys.stderr = _LogWriter(backend, "WARN")
@@ -246,8 +255,15 @@ def serve(channel: Channel) -> int:
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
             _current_invocation.id = None
+        writes = outcome.writes
+        if backend.dry_run and backend.captured:
+            merged: Dict[str, list] = {}
+            for db, lines in list(backend.captured.items()) + list(writes.items()):
+                merged.setdefault(db, []).extend(lines)
+            backend.captured = {}
+            writes = merged
         channel.send({"type": "done", "id": rid, "ok": outcome.ok, "error": outcome.error,
-                      "traceback": outcome.traceback, "writes": outcome.writes,
+                      "traceback": outcome.traceback, "writes": writes,
                       "value": _jsonable(outcome.value)})
 
     if header.get("run_async"):

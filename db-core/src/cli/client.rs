@@ -154,6 +154,73 @@ pub enum InstallCommand {
     },
 }
 
+/// `weir test ...`
+#[derive(Debug, Subcommand)]
+pub enum TestCommand {
+    /// Run a WAL plugin once on line protocol, in a fresh worker on the plugin host; its
+    /// writes are captured and printed, not applied.
+    #[command(name = "wal_plugin", alias = "wal-plugin")]
+    WalPlugin {
+        #[command(flatten)]
+        common: Common,
+        /// Plugin file or package directory, relative to the plugin directory.
+        filename: String,
+        /// Database the plugin runs against (queries, default write target).
+        #[arg(short = 'd', long, env = "WEIR_DATABASE")]
+        database: String,
+        /// Line protocol to feed the plugin.
+        #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+        lp: Option<String>,
+        /// Read the line protocol from this file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Arguments for the plugin, `key=value[,key=value...]`.
+        #[arg(long = "input-arguments", value_delimiter = ',')]
+        input_arguments: Vec<String>,
+        /// Accepted for compatibility with influxdb3; every dry run gets a fresh cache.
+        #[arg(long = "cache-name")]
+        cache_name: Option<String>,
+    },
+}
+
+fn key_values(pairs: &[String]) -> anyhow::Result<Option<pb::TriggerArguments>> {
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    let mut values = std::collections::HashMap::new();
+    for kv in pairs {
+        let (k, v) = kv.split_once('=').with_context(|| format!("argument {kv:?} is not key=value"))?;
+        values.insert(k.to_string(), v.to_string());
+    }
+    Ok(Some(pb::TriggerArguments { values }))
+}
+
+/// `weir test wal_plugin`: prints `{log_lines, database_writes, errors}` as JSON.
+pub async fn test(c: TestCommand) -> anyhow::Result<()> {
+    let TestCommand::WalPlugin { common, filename, database, lp, file, input_arguments, cache_name: _ } = c;
+    let input_lp = match (lp, file) {
+        (Some(lp), _) => lp,
+        (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?,
+        (None, None) => bail!("give --lp or --file"),
+    };
+    let r = connect(&common)
+        .await?
+        .test_wal_plugin(pb::TestWalPluginRequest {
+            database,
+            plugin_filename: filename,
+            input_lp,
+            arguments: key_values(&input_arguments)?,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let writes: serde_json::Map<String, serde_json::Value> =
+        r.database_writes.into_iter().map(|w| (w.database, serde_json::json!(w.lines))).collect();
+    let out = serde_json::json!({"log_lines": r.log_lines, "database_writes": writes, "errors": r.errors});
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
 /// `weir install package`
 pub async fn install(c: InstallCommand) -> anyhow::Result<()> {
     let InstallCommand::Package { common, packages, requirements } = c;
@@ -524,18 +591,7 @@ pub async fn create(c: CreateCommand) -> anyhow::Result<()> {
             println!("{}", r.token);
         }
         CreateCommand::Trigger(a) => {
-            let arguments = if a.trigger_arguments.is_empty() {
-                None
-            } else {
-                let mut values = std::collections::HashMap::new();
-                for kv in &a.trigger_arguments {
-                    let (k, v) = kv
-                        .split_once('=')
-                        .with_context(|| format!("trigger argument {kv:?} is not key=value"))?;
-                    values.insert(k.to_string(), v.to_string());
-                }
-                Some(pb::TriggerArguments { values })
-            };
+            let arguments = key_values(&a.trigger_arguments)?;
             let trigger = pb::TriggerInfo {
                 name: a.name.clone(),
                 plugin_filename: a.path,

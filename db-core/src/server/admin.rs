@@ -333,6 +333,30 @@ impl Admin for AdminService {
         Ok(Response::new(pb::InstallPackagesResponse { output }))
     }
 
+    async fn test_wal_plugin(
+        &self,
+        req: Request<pb::TestWalPluginRequest>,
+    ) -> Result<Response<pb::TestWalPluginResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let engine = self.state.engine.as_ref().ok_or_else(|| Status::unavailable("the processing engine is not running"))?;
+        let args = r.arguments.map(|a| a.values.into_iter().collect());
+        let o = engine.test_wal(&r.database, &r.plugin_filename, &r.input_lp, args).await.map_err(|e| match e {
+            crate::engine::EngineError::Unavailable => Status::unavailable(e.to_string()),
+            crate::engine::EngineError::Refused(m) => Status::permission_denied(m),
+            crate::engine::EngineError::Failed(m) => Status::internal(m),
+        })?;
+        Ok(Response::new(pb::TestWalPluginResponse {
+            log_lines: o.log_lines,
+            database_writes: o
+                .database_writes
+                .into_iter()
+                .map(|(database, lines)| pb::PluginWrites { database, lines })
+                .collect(),
+            errors: o.errors,
+        }))
+    }
+
     type QueryStream = QueryStream;
 
     async fn query(&self, req: Request<pb::QueryRequest>) -> Result<Response<Self::QueryStream>, Status> {

@@ -180,6 +180,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/v3/configure/processing_engine_trigger/enable", post(engine::enable_trigger))
         .route("/api/v3/configure/processing_engine_trigger/disable", post(engine::disable_trigger))
         .route("/api/v3/configure/plugin_environment/install_packages", post(engine::install_packages))
+        .route("/api/v3/plugin_test/wal", post(engine::test_wal))
         .route("/api/v3/configure/plugin_environment/install_requirements", post(engine::install_requirements))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));

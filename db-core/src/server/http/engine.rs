@@ -212,3 +212,37 @@ pub async fn install_requirements(
         .map_err(install_error)?;
     Ok(StatusCode::OK.into_response())
 }
+
+#[derive(Debug, Deserialize)]
+struct TestWal {
+    filename: String,
+    database: String,
+    input_lp: String,
+    #[serde(default)]
+    input_arguments: Option<BTreeMap<String, serde_json::Value>>,
+    /// Accepted for compatibility; each dry run gets a fresh cache.
+    #[serde(default)]
+    #[allow(dead_code)]
+    cache_name: Option<String>,
+}
+
+/// `POST /api/v3/plugin_test/wal {filename, database, input_lp, input_arguments?}` →
+/// `{log_lines, database_writes, errors}`; the plugin's writes are captured, not applied.
+pub async fn test_wal(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, state.max_request_bytes).await?;
+    let req: TestWal = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "invalid JSON body (expected filename, database, input_lp, and optionally input_arguments, cache_name): {e}"
+        ))
+    })?;
+    let args = req.input_arguments.map(argument_strings).transpose()?;
+    let outcome = engine(&state)?
+        .test_wal(&req.database, &req.filename, &req.input_lp, args)
+        .await
+        .map_err(install_error)?;
+    Ok(axum::Json(outcome).into_response())
+}
