@@ -22,7 +22,7 @@ const RUNTIME_FILES: [(&str, &str); 8] = [
     ("line_builder.py", include_str!("../../python-sdk/weir_plugin/line_builder.py")),
     ("testing.py", include_str!("../../python-sdk/weir_plugin/testing.py")),
     ("worker.py", include_str!("../../python-sdk/weir_plugin/worker.py")),
-    ("py.typed", ""),
+    ("py.typed", include_str!("../../python-sdk/weir_plugin/py.typed")),
 ];
 
 /// Errors preparing the venv.
