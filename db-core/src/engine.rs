@@ -533,24 +533,37 @@ impl Engine {
 
     fn enqueue(self: &Arc<Self>, db_id: u32, name: &Arc<str>, batch: pb::WalBatch) {
         let key = (db_id, Arc::clone(name));
-        let tx = {
-            let mut queues = self.queues.lock();
-            queues
-                .entry(key.clone())
-                .or_insert_with(|| {
-                    let (tx, rx) = mpsc::channel(TRIGGER_QUEUE);
-                    tokio::spawn(Arc::clone(self).trigger_loop(key, rx));
-                    tx
-                })
-                .clone()
-        };
-        // A full queue (a trigger far behind) skips this file for that trigger only, so one
-        // slow plugin never holds up the others.
         let (db, seq) = (batch.database.clone(), batch.wal_seq);
-        if tx.try_send(batch).is_err() {
-            self.record(&db, name, LogLevel::Error, format!(
-                "trigger is {TRIGGER_QUEUE} WAL files behind: WAL file {seq} was not delivered to it"
-            ));
+        let mut batch = Some(batch);
+        // Twice at most: a queue whose task just ended (its trigger was disabled and
+        // enabled again) is replaced by a new one.
+        for _ in 0..2 {
+            let tx = {
+                let mut queues = self.queues.lock();
+                queues
+                    .entry(key.clone())
+                    .or_insert_with(|| {
+                        let (tx, rx) = mpsc::channel(TRIGGER_QUEUE);
+                        tokio::spawn(Arc::clone(self).trigger_loop(key.clone(), rx));
+                        tx
+                    })
+                    .clone()
+            };
+            match tx.try_send(batch.take().expect("put back below")) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Closed(b)) => {
+                    self.queues.lock().remove(&key);
+                    batch = Some(b);
+                }
+                // A full queue (a trigger far behind) skips this file for that trigger
+                // only, so one slow plugin never holds up the others.
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.record(&db, name, LogLevel::Error, format!(
+                        "trigger is {TRIGGER_QUEUE} WAL files behind: WAL file {seq} was not delivered to it"
+                    ));
+                    return;
+                }
+            }
         }
     }
 
