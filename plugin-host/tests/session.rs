@@ -175,11 +175,14 @@ def process_writes(influxdb3_local, table_batches, args):
             time.sleep(0.01)
     if mode == "exit":
         raise SystemExit(2)
+    if mode == "oom":
+        hog = bytearray(8 * 1024 ** 3)  # past the 4 GiB address-space cap
+        influxdb3_local.info("allocated", len(hog))
     influxdb3_local.info("pid", os.getpid())
 "#, None).await;
     let mode = core.plugin_dir.join("mode.txt");
     let mut pids = Vec::new();
-    for (i, m) in ["ok", "crash", "ok", "hang", "exit", "ok"].into_iter().enumerate() {
+    for (i, m) in ["ok", "crash", "ok", "hang", "exit", "oom", "ok"].into_iter().enumerate() {
         std::fs::write(&mode, m).unwrap();
         let id = 100 + i as u64;
         core.wal(id, "flaky", &cpu()).await;
@@ -194,10 +197,13 @@ def process_writes(influxdb3_local, table_batches, args):
             }
             "crash" => assert!(!d.ok && d.error.contains("exited") && d.error.contains("9"), "{d:?}"),
             "hang" => assert!(!d.ok && d.error.contains("did not finish within 2s"), "{d:?}"),
+            // The memory cap turns the allocation into a MemoryError inside the plugin.
+            "oom" => assert_eq!((d.ok, d.error.as_str()), (false, "MemoryError: "), "{d:?}"),
             _ => assert_eq!((d.ok, d.error.as_str()), (false, "SystemExit: 2")),
         }
     }
-    // Each failure that killed the process gave the next call a fresh worker; SystemExit did not.
+    // Each failure that killed the process gave the next call a fresh worker; SystemExit
+    // and MemoryError did not.
     assert_eq!(pids.len(), 3);
     assert_ne!(pids[0], pids[1]);
     assert_ne!(pids[1], pids[2]);
