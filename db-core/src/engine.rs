@@ -47,6 +47,7 @@ use crate::{
         QueryExecutor, QueryParams,
         system::{EngineLog, LogLevel},
     },
+    storage::Storage,
     time::{SystemTime, TimeProvider},
     write_buffer::{FlushListener, FlushedWal, WriteBuffer},
 };
@@ -128,6 +129,17 @@ pub struct Engine {
     flushes: mpsc::Sender<FlushedWal>,
     flushes_rx: Mutex<Option<mpsc::Receiver<FlushedWal>>>,
     queues: Queues,
+    storage: Storage,
+    /// Per enabled WAL trigger: the last WAL file its plugin finished.
+    checkpoints: Mutex<HashMap<(u32, Arc<str>), u64>>,
+    checkpoints_dirty: std::sync::atomic::AtomicBool,
+}
+
+/// Object path (below the node prefix) of the trigger checkpoints.
+const CHECKPOINTS: &str = "engine/checkpoints.json";
+
+fn checkpoint_key(db_id: u32, name: &str) -> String {
+    format!("{db_id}/{name}")
 }
 
 impl FlushListener for Engine {
@@ -135,6 +147,10 @@ impl FlushListener for Engine {
         self.catalog
             .db_by_id(db_id)
             .is_some_and(|db| db.triggers.values().any(|t| !t.disabled && t.spec().is_wal()))
+    }
+
+    fn retain_after(&self) -> Option<u64> {
+        self.checkpoints.lock().values().copied().min()
     }
 
     fn flushed(&self, wal: FlushedWal) {
@@ -189,6 +205,7 @@ impl Engine {
         buffer: Arc<WriteBuffer>,
         query: Arc<dyn QueryExecutor>,
         log: Arc<EngineLog>,
+        storage: Storage,
     ) -> Arc<Self> {
         let (flushes, flushes_rx) = mpsc::channel(FLUSH_QUEUE);
         let (session, _) = watch::channel(None);
@@ -203,6 +220,9 @@ impl Engine {
             flushes,
             flushes_rx: Mutex::new(Some(flushes_rx)),
             queues: Mutex::new(HashMap::new()),
+            storage,
+            checkpoints: Mutex::new(HashMap::new()),
+            checkpoints_dirty: std::sync::atomic::AtomicBool::new(false),
         });
         buffer.set_flush_listener(Arc::clone(&engine) as Arc<dyn FlushListener>);
         let (url_tx, url_rx) = watch::channel(engine.config.host_url.clone());
@@ -276,7 +296,9 @@ impl Engine {
     }
 
     /// A database is being deleted: stop its triggers in the host.
-    pub async fn database_deleted(&self, db: &str, triggers: &[Arc<str>]) {
+    pub async fn database_deleted(&self, db: &str, db_id: u32, triggers: &[Arc<str>]) {
+        self.checkpoints.lock().retain(|(id, _), _| *id != db_id);
+        self.checkpoints_dirty.store(true, Ordering::Release);
         let session = self.session.borrow().clone();
         if let Some(s) = session {
             for name in triggers {
@@ -288,7 +310,27 @@ impl Engine {
 
     /// A trigger was created, enabled, disabled or deleted: tell the host.
     pub async fn trigger_changed(&self, db: &str, name: &str) {
-        let def = self.catalog.db(db).and_then(|d| d.triggers.get(name).cloned());
+        let schema = self.catalog.db(db);
+        let def = schema.as_ref().and_then(|d| d.triggers.get(name).cloned());
+        if let Some(d) = &schema {
+            let key = (d.id, Arc::from(name));
+            let mut cps = self.checkpoints.lock();
+            match &def {
+                // Enabled (again): it starts with what is flushed from now on.
+                Some(t) if !t.disabled && t.spec().is_wal() => {
+                    cps.entry(key).or_insert_with(|| self.buffer.last_wal_seq());
+                }
+                // Disabled or deleted triggers hold no WAL files back.
+                _ => {
+                    cps.remove(&key);
+                }
+            }
+        }
+        // Durable before the caller answers: after a crash the trigger's starting point is
+        // known, so it resumes instead of starting over from "now".
+        if schema.is_some() {
+            self.save_checkpoints().await;
+        }
         let body = match def {
             Some(t) if !t.disabled => core_message::Body::TriggerSet(pb::TriggerSet { trigger: Some(trigger_message(db, &t)) }),
             _ => core_message::Body::TriggerDrop(pb::TriggerDrop { database: db.to_string(), name: name.to_string() }),
@@ -491,43 +533,127 @@ impl Engine {
     async fn deliver_loop(self: Arc<Self>) {
         let Some(mut rx) = self.flushes_rx.lock().take() else { return };
         while let Some(wal) = rx.recv().await {
-            for db_id in wal.db_ids() {
-                let Some(db) = self.catalog.db_by_id(db_id) else { continue };
-                let triggers: Vec<Arc<TriggerDef>> =
-                    db.triggers.values().filter(|t| !t.disabled && t.spec().is_wal()).cloned().collect();
-                if triggers.is_empty() {
-                    continue;
-                }
-                let tables = wal.tables(&self.catalog, db_id);
-                let mut encoded: Vec<(Arc<str>, Vec<u8>)> = Vec::with_capacity(tables.len());
-                for (name, batches) in &tables {
-                    match ipc(batches) {
-                        Ok(bytes) => encoded.push((Arc::clone(name), bytes)),
-                        Err(e) => tracing::error!(table = %name, error = %e, "cannot encode flushed rows"),
-                    }
-                }
-                for t in triggers {
-                    let chosen: Vec<pb::TableRows> = encoded
-                        .iter()
-                        .filter(|(name, _)| match t.spec() {
-                            TriggerSpec::Table(want) => want == name.as_ref(),
-                            _ => true,
-                        })
-                        .map(|(name, bytes)| pb::TableRows { table_name: name.to_string(), arrow_ipc: bytes.clone() })
-                        .collect();
-                    // Weir: a table trigger is not called for a flush without its table.
-                    if chosen.is_empty() {
-                        continue;
-                    }
-                    let batch = pb::WalBatch {
-                        database: db.name.to_string(),
-                        trigger: t.name.to_string(),
-                        wal_seq: wal.seq,
-                        tables: chosen,
-                    };
-                    self.enqueue(db_id, &t.name, batch);
+            self.fan_out(&wal, |_, _| true);
+        }
+    }
+
+    /// Queue `wal`'s rows for each enabled WAL trigger of their databases that `wanted`
+    /// accepts (by database id and trigger name).
+    fn fan_out(self: &Arc<Self>, wal: &FlushedWal, wanted: impl Fn(u32, &str) -> bool) {
+        for db_id in wal.db_ids() {
+            let Some(db) = self.catalog.db_by_id(db_id) else { continue };
+            let triggers: Vec<Arc<TriggerDef>> = db
+                .triggers
+                .values()
+                .filter(|t| !t.disabled && t.spec().is_wal() && wanted(db_id, &t.name))
+                .cloned()
+                .collect();
+            if triggers.is_empty() {
+                continue;
+            }
+            let tables = wal.tables(&self.catalog, db_id);
+            let mut encoded: Vec<(Arc<str>, Vec<u8>)> = Vec::with_capacity(tables.len());
+            for (name, batches) in &tables {
+                match ipc(batches) {
+                    Ok(bytes) => encoded.push((Arc::clone(name), bytes)),
+                    Err(e) => tracing::error!(table = %name, error = %e, "cannot encode flushed rows"),
                 }
             }
+            for t in triggers {
+                let chosen: Vec<pb::TableRows> = encoded
+                    .iter()
+                    .filter(|(name, _)| match t.spec() {
+                        TriggerSpec::Table(want) => want == name.as_ref(),
+                        _ => true,
+                    })
+                    .map(|(name, bytes)| pb::TableRows { table_name: name.to_string(), arrow_ipc: bytes.clone() })
+                    .collect();
+                // Weir: a table trigger is not called for a flush without its table.
+                if chosen.is_empty() {
+                    continue;
+                }
+                let batch = pb::WalBatch {
+                    database: db.name.to_string(),
+                    trigger: t.name.to_string(),
+                    wal_seq: wal.seq,
+                    tables: chosen,
+                };
+                self.enqueue(db_id, &t.name, batch);
+            }
+        }
+    }
+
+    /// After a restart: load the trigger checkpoints and queue, for every enabled WAL
+    /// trigger, the WAL files it has not finished (kept by snapshots for it), in order,
+    /// ahead of anything flushed from now on. Call before the server takes writes.
+    pub async fn resume(self: &Arc<Self>) -> anyhow::Result<()> {
+        let path = self.storage.path(CHECKPOINTS);
+        let saved: HashMap<String, u64> = match self.storage.get(&path).await? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("reading {path}: {e}"))?,
+            None => HashMap::new(),
+        };
+        let last = self.buffer.last_wal_seq();
+        {
+            let mut cps = self.checkpoints.lock();
+            for db in self.catalog.databases() {
+                for t in db.triggers.values().filter(|t| !t.disabled && t.spec().is_wal()) {
+                    // A trigger without a checkpoint starts with what is flushed from now on.
+                    let cp = saved.get(&checkpoint_key(db.id, &t.name)).copied().unwrap_or(last);
+                    cps.insert((db.id, Arc::clone(&t.name)), cp);
+                }
+            }
+        }
+        let lowest = self.checkpoints.lock().values().copied().min();
+        let Some(lowest) = lowest else { return Ok(()) };
+        let mut replayed = 0;
+        for seq in self.buffer.wal_seqs().await? {
+            if seq <= lowest || seq > last {
+                continue;
+            }
+            let Some(wal) = self.buffer.read_wal_file(seq).await? else { continue };
+            let cps = self.checkpoints.lock().clone();
+            self.fan_out(&wal, |db_id, name| cps.get(&(db_id, Arc::from(name))).is_some_and(|cp| *cp < seq));
+            replayed += 1;
+        }
+        if replayed > 0 {
+            tracing::info!(files = replayed, "WAL triggers resume from their checkpoints");
+        }
+        tokio::spawn(Arc::clone(self).persist_checkpoints());
+        Ok(())
+    }
+
+    /// Write changed checkpoints to the object store, at most once a second (progress lost
+    /// in a crash only means those batches are delivered again).
+    async fn persist_checkpoints(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if self.checkpoints_dirty.swap(false, Ordering::AcqRel) {
+                self.save_checkpoints().await;
+            }
+        }
+    }
+
+    async fn save_checkpoints(&self) {
+        let map: HashMap<String, u64> = self
+            .checkpoints
+            .lock()
+            .iter()
+            .map(|((db, name), cp)| (checkpoint_key(*db, name), *cp))
+            .collect();
+        let bytes = serde_json::to_vec(&map).unwrap_or_default();
+        if let Err(e) = self.storage.put_durable(&self.storage.path(CHECKPOINTS), bytes.into()).await {
+            tracing::warn!(error = %e, "cannot persist trigger checkpoints; retrying");
+            self.checkpoints_dirty.store(true, Ordering::Release);
+        }
+    }
+
+    fn checkpoint(&self, db_id: u32, name: &str, seq: u64) {
+        let mut cps = self.checkpoints.lock();
+        let cp = cps.entry((db_id, Arc::from(name))).or_insert(0);
+        if seq > *cp {
+            *cp = seq;
+            self.checkpoints_dirty.store(true, Ordering::Release);
         }
     }
 
@@ -632,6 +758,7 @@ impl Engine {
                 Ok(Ok(host_message::Body::Done(done))) => {
                     let batch = pending.pop_front().expect("a reply has its batch");
                     self.finish(&batch, done).await;
+                    self.checkpoint(db_id, &name, batch.wal_seq);
                 }
                 Ok(Ok(other)) => {
                     tracing::error!(?other, "unexpected reply to a WAL batch");

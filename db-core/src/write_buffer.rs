@@ -183,6 +183,11 @@ pub trait FlushListener: Send + Sync + fmt::Debug {
     fn wants(&self, db_id: u32) -> bool;
     /// A flushed file's wanted rows.
     fn flushed(&self, wal: FlushedWal);
+    /// WAL files with a sequence number above this are still needed (by a trigger that has
+    /// not processed them): snapshots keep them. `None`: nothing is needed.
+    fn retain_after(&self) -> Option<u64> {
+        None
+    }
 }
 
 #[derive(Debug)]
@@ -611,6 +616,36 @@ impl WriteBuffer {
         TableData { pieces }
     }
 
+    /// Sequence number of the newest WAL file applied to the buffer.
+    pub fn last_wal_seq(&self) -> u64 {
+        self.shared.state.read().last_seq
+    }
+
+    /// Sequence numbers of the WAL files in the object store, ascending.
+    pub async fn wal_seqs(&self) -> Result<Vec<u64>> {
+        Ok(wal::list_files(&self.storage).await?.into_iter().map(|(seq, _)| seq).collect())
+    }
+
+    /// Read WAL file `seq` back as the rows it flushed (for a trigger catching up after a
+    /// restart). `None` if the file is gone. Lines that no longer validate are left out.
+    pub async fn read_wal_file(&self, seq: u64) -> Result<Option<FlushedWal>> {
+        let path = self.storage.wal_path(seq);
+        let Some(bytes) = self.storage.get(&path).await.map_err(wal::Error::from)? else {
+            return Ok(None);
+        };
+        let decoded = wal::decode_file(&bytes, path.as_ref())?;
+        let catalog = &self.shared.catalog;
+        let mut items = Vec::with_capacity(decoded.entries.len());
+        for entry in &decoded.entries {
+            let Some(db) = catalog.db_by_id(entry.db_id).filter(|d| !d.deleted) else {
+                continue;
+            };
+            let v = validate::validate(catalog, &db.name, &entry.text, entry.precision, entry.default_time, true)?;
+            items.push(WriteItem { db_id: db.id, tables: v.tables });
+        }
+        Ok(Some(FlushedWal { seq, items }))
+    }
+
     /// Register the receiver of flushed WAL files' rows (the processing engine).
     pub fn set_flush_listener(&self, listener: Arc<dyn FlushListener>) {
         *self.shared.listener.write() = Some(listener);
@@ -731,10 +766,13 @@ impl WriteBuffer {
             state.frozen.retain(|f| !Arc::ptr_eq(f, frozen));
         }
         self.metrics.observe_snapshot();
-        // Retire what the snapshot covers: WAL files, older manifests, deleted data.
+        // Retire what the snapshot covers: WAL files (except those a trigger still needs),
+        // older manifests, deleted data.
         let wal_files = wal::list_files(&self.storage).await?;
+        let keep_after = self.shared.listener.read().as_ref().and_then(|l| l.retain_after());
         for (seq, path) in wal_files {
             if seq <= frozen.wal_seq
+                && keep_after.is_none_or(|k| seq <= k)
                 && let Err(e) = self.storage.delete(&path).await
             {
                 tracing::warn!(file = %path, error = %e, "cannot delete retired wal file");

@@ -413,3 +413,35 @@ def process_writes(influxdb3_local, table_batches, args):
     assert_eq!(v["log_lines"], json!(["WARN: args {'a': '1', 'b': '2'}"]), "{out}");
     assert_eq!(v["errors"], json!([]), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_of_weir_serve_triggers_resume_from_their_checkpoint() {
+    // Snapshots every few rows, so WAL files are retired during the test unless a trigger
+    // still needs them.
+    let s = start(&["--snapshot-rows", "3"]);
+    create_db(&s, "cp").await;
+    plugin(&s, "slowcopy.py", r#"
+import time
+def process_writes(influxdb3_local, table_batches, args):
+    time.sleep(0.3)
+    for t in table_batches:
+        for r in t["rows"]:
+            influxdb3_local.write(LineBuilder("copy").tag("k", r["k"]).int64_field("n", r["n"]).time_ns(r["time"]))
+"#);
+    let (status, body) = create_trigger(&s, json!({"db": "cp", "plugin_filename": "slowcopy.py", "trigger_name": "copy", "trigger_specification": "table:src"})).await;
+    assert_eq!(status, 200, "{body}");
+    // Let the first batch through, so the worker runs, then write 12 more quickly: the slow
+    // plugin is far behind when the server dies.
+    s.write("cp", &format!("src,k=k0 n=0i {T0}")).await;
+    rows_when(&s, "cp", "SELECT n FROM copy", |r| r.len() == 1).await;
+    for i in 1..13i64 {
+        let (status, body) = s.write("cp", &format!("src,k=k{i} n={i}i {}", T0 + i * 1_000_000_000)).await;
+        assert_eq!(status, 204, "{body}");
+    }
+    let mut s = s;
+    s.kill9();
+    let s = s.restart();
+    let copied = rows_when(&s, "cp", "SELECT n FROM copy ORDER BY n", |r| r.len() == 13).await;
+    let n: Vec<i64> = copied.iter().map(|r| r["n"].as_i64().unwrap()).collect();
+    assert_eq!(n, (0..13).collect::<Vec<_>>());
+}

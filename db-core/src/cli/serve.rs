@@ -288,7 +288,11 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         Arc::clone(&buffer),
         Arc::clone(&query),
         engine_log,
+        storage.clone(),
     );
+    // Triggers catch up on WAL files they had not finished before the last stop, ahead of
+    // any new write.
+    engine.resume().await.context("resuming WAL triggers from their checkpoints")?;
     let state = Arc::new(ServerState {
         catalog,
         buffer: Arc::clone(&buffer),

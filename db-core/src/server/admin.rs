@@ -179,7 +179,7 @@ impl Admin for AdminService {
         let id = self.state.catalog.delete_db(&name).await.map_err(IntoStatus::into_status)?;
         self.state.buffer.drop_db(id);
         if let Some(engine) = &self.state.engine {
-            engine.database_deleted(&name, &triggers).await;
+            engine.database_deleted(&name, id, &triggers).await;
         }
         Ok(Response::new(pb::DeleteDatabaseResponse {}))
     }

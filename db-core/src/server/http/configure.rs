@@ -79,7 +79,7 @@ pub async fn delete_database(
     let id = state.catalog.delete_db(db).await?;
     state.buffer.drop_db(id);
     if let Some(engine) = &state.engine {
-        engine.database_deleted(db, &triggers).await;
+        engine.database_deleted(db, id, &triggers).await;
     }
     Ok(StatusCode::OK.into_response())
 }
