@@ -10,8 +10,9 @@
 //!   plugin). Each enabled trigger has its own bounded queue and task, so one slow plugin
 //!   does not hold up another (a trigger 1,024 files behind skips files, logged in
 //!   `system.processing_engine_logs`); a trigger's batches are delivered one at a time, in
-//!   WAL order, and a batch whose session broke is sent again after reconnecting (at least
-//!   once while `weir serve` runs; checkpoints across its restarts are not built yet).
+//!   WAL order, and a batch whose session broke is sent again after reconnecting. Durable
+//!   per-trigger checkpoints keep the WAL files a trigger has not finished and let it resume
+//!   after a restart (at least once, in order).
 //! - **Plugin calls.** Queries run on the query executor and come back as Arrow IPC;
 //!   writes go through the normal write path; buffered writes arrive with the invocation's
 //!   `Done` and are committed only when the call succeeded.
