@@ -142,30 +142,29 @@ impl FlushedWal {
         ids
     }
 
-    /// Database `db_id`'s rows as Arrow, per table in order of first appearance, rows in
-    /// write order (a point written twice in the file appears once, with the later
-    /// values, as in the buffer).
+    /// Database `db_id`'s rows as Arrow, per table in order of first appearance, every
+    /// accepted line one row, in write order (a point written twice appears twice).
     pub fn tables(&self, catalog: &Catalog, db_id: u32) -> Vec<(Arc<str>, Vec<RecordBatch>)> {
         let Some(db) = catalog.db_by_id(db_id) else {
             return Vec::new();
         };
         let mut order: Vec<u32> = Vec::new();
-        let mut buffers: HashMap<u32, TableBuffer> = HashMap::new();
+        let mut rows: HashMap<u32, Vec<&validate::Row>> = HashMap::new();
         for item in self.items.iter().filter(|i| i.db_id == db_id) {
             for t in &item.tables {
-                let Some(def) = db.table_by_id(t.table_id) else { continue };
-                if !buffers.contains_key(&t.table_id) {
+                let entry = rows.entry(t.table_id).or_insert_with(|| {
                     order.push(t.table_id);
-                }
-                buffers.entry(t.table_id).or_default().apply(def, &t.rows);
+                    Vec::new()
+                });
+                entry.extend(t.rows.iter());
             }
         }
         order
             .into_iter()
             .filter_map(|id| {
                 let def = db.table_by_id(id)?;
-                match buffers[&id].record_batches(def) {
-                    Ok(b) => Some((Arc::clone(&def.name), b)),
+                match rows_to_batch(def, &rows[&id]) {
+                    Ok(b) => Some((Arc::clone(&def.name), vec![b])),
                     Err(e) => {
                         tracing::error!(error = %e, table = %def.name, "cannot convert flushed rows");
                         None
@@ -174,6 +173,69 @@ impl FlushedWal {
             })
             .collect()
     }
+}
+
+/// Validated rows straight to one Arrow batch with the table's schema (tags as
+/// dictionaries, absent columns null).
+fn rows_to_batch(def: &crate::catalog::TableDef, rows: &[&validate::Row]) -> Result<RecordBatch, arrow::error::ArrowError> {
+    use arrow::array::{
+        ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, StringDictionaryBuilder,
+        TimestampNanosecondArray, UInt64Builder,
+    };
+    use arrow::datatypes::Int32Type;
+
+    use crate::catalog::{ColumnKind, FieldType};
+    use validate::Value;
+
+    let schema = def.schema();
+    let ids = def.schema_column_ids();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(ids.len());
+    for &id in &ids {
+        let col = id as u32;
+        fn find(r: &validate::Row, col: u32) -> Option<&Value> {
+            r.fields.iter().rev().find(|(c, _)| *c == col).map(|(_, v)| v)
+        }
+        let array: ArrayRef = match def.columns[id].kind {
+            ColumnKind::Time => Arc::new(TimestampNanosecondArray::from_iter_values(rows.iter().map(|r| r.time))),
+            ColumnKind::Tag => {
+                let mut b = StringDictionaryBuilder::<Int32Type>::new();
+                for r in rows {
+                    match validate::Row::decode_series_key(&r.series_key).find(|(c, _)| *c == col) {
+                        Some((_, v)) => b.append_value(v),
+                        None => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnKind::Field(FieldType::Int64) => {
+                let mut b = Int64Builder::with_capacity(rows.len());
+                rows.iter().for_each(|r| b.append_option(match find(r, col) { Some(Value::I64(x)) => Some(*x), _ => None }));
+                Arc::new(b.finish())
+            }
+            ColumnKind::Field(FieldType::UInt64) => {
+                let mut b = UInt64Builder::with_capacity(rows.len());
+                rows.iter().for_each(|r| b.append_option(match find(r, col) { Some(Value::U64(x)) => Some(*x), _ => None }));
+                Arc::new(b.finish())
+            }
+            ColumnKind::Field(FieldType::Float64) => {
+                let mut b = Float64Builder::with_capacity(rows.len());
+                rows.iter().for_each(|r| b.append_option(match find(r, col) { Some(Value::F64(x)) => Some(*x), _ => None }));
+                Arc::new(b.finish())
+            }
+            ColumnKind::Field(FieldType::Boolean) => {
+                let mut b = BooleanBuilder::with_capacity(rows.len());
+                rows.iter().for_each(|r| b.append_option(match find(r, col) { Some(Value::Bool(x)) => Some(*x), _ => None }));
+                Arc::new(b.finish())
+            }
+            ColumnKind::Field(FieldType::String) => {
+                let mut b = StringBuilder::new();
+                rows.iter().for_each(|r| b.append_option(match find(r, col) { Some(Value::Str(x)) => Some(x.as_ref()), _ => None }));
+                Arc::new(b.finish())
+            }
+        };
+        columns.push(array);
+    }
+    RecordBatch::try_new(schema, columns)
 }
 
 /// Receives every flushed WAL file's rows (the processing engine). Called on the WAL

@@ -107,6 +107,13 @@ async fn wal_trigger_writes_a_derived_table_and_sees_its_own_output() {
     })
     .await;
     assert!(seen.is_some(), "{:?}", logs(&s, "eng").await);
+    // Every accepted line is a row, even the same point twice in one write (InfluxDB does the same).
+    s.write("eng", "dup,host=a v=1 1000000000\ndup,host=a v=2 1000000000").await;
+    let dup = eventually(Duration::from_secs(60), || async {
+        logs(&s, "eng").await.iter().any(|l| l == "INFO: batch dup 2").then_some(())
+    })
+    .await;
+    assert!(dup.is_some(), "{:?}", logs(&s, "eng").await);
     // A query with no rows answers [] (not an error).
     assert!(logs(&s, "eng").await.iter().any(|l| l == "INFO: empty query []"), "{:?}", logs(&s, "eng").await);
 
