@@ -232,6 +232,7 @@ impl Engine {
         }
         tokio::spawn(Arc::clone(&engine).connect_loop(url_rx));
         tokio::spawn(Arc::clone(&engine).deliver_loop());
+        tokio::spawn(Arc::clone(&engine).persist_checkpoints());
         engine
     }
 
@@ -619,7 +620,6 @@ impl Engine {
         if replayed > 0 {
             tracing::info!(files = replayed, "WAL triggers resume from their checkpoints");
         }
-        tokio::spawn(Arc::clone(self).persist_checkpoints());
         Ok(())
     }
 

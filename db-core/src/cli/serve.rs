@@ -292,7 +292,11 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     );
     // Triggers catch up on WAL files they had not finished before the last stop, ahead of
     // any new write.
-    engine.resume().await.context("resuming WAL triggers from their checkpoints")?;
+    // A failure here (an unreadable WAL file or checkpoint record) must not keep the
+    // database down: triggers then start from new writes, and the error is logged.
+    if let Err(e) = engine.resume().await {
+        tracing::error!(error = %e, "WAL triggers cannot resume from their checkpoints; they start from new writes");
+    }
     let state = Arc::new(ServerState {
         catalog,
         buffer: Arc::clone(&buffer),
