@@ -101,6 +101,9 @@ pub struct EngineConfig {
     pub host_bin: Option<PathBuf>,
     /// `--package-manager` for a host this process starts (pip, uv, disabled).
     pub package_manager: String,
+    /// Session token for the host: given (`--plugin-host-token`) for a host started
+    /// elsewhere, generated for one this process starts.
+    pub host_token: Option<String>,
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<host_message::Body>>>>;
@@ -368,6 +371,11 @@ impl Engine {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .kill_on_drop(true);
+            // The session token goes by environment, not argv, so `ps` does not show it.
+            match &self.config.host_token {
+                Some(t) => cmd.env("WEIR_PLUGIN_HOST_TOKEN", t),
+                None => cmd.env_remove("WEIR_PLUGIN_HOST_TOKEN"),
+            };
             // SAFETY: prctl is async-signal-safe; the child gets SIGTERM when we die.
             unsafe {
                 cmd.pre_exec(|| {
@@ -444,7 +452,11 @@ impl Engine {
             .max_decoding_message_size(256 * 1024 * 1024)
             .max_encoding_message_size(256 * 1024 * 1024);
         let (tx, rx) = mpsc::channel(1024);
-        let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(token) = &self.config.host_token {
+            request.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
+        }
+        let mut inbound = client.session(request).await?.into_inner();
         let session = Arc::new(Session { number: self.id(), tx, pending: Arc::new(Mutex::new(HashMap::new())) });
         let hello = pb::CoreMessage {
             id: self.id(),

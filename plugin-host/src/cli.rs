@@ -46,6 +46,13 @@ pub struct Args {
     #[arg(long, env = "WEIR_PACKAGE_MANAGER", value_enum, default_value = "pip")]
     pub package_manager: crate::packages::PackageManager,
 
+    /// Shared secret `weir serve` must present (`authorization: Bearer <token>`) to open
+    /// the session. `weir serve` generates one for a host it starts itself; set the same
+    /// value on both sides (`WEIR_PLUGIN_HOST_TOKEN`) for a host started elsewhere. Without
+    /// it any client that reaches --bind can take the session: keep it on loopback.
+    #[arg(long, env = "WEIR_PLUGIN_HOST_TOKEN", hide_env_values = true)]
+    pub session_token: Option<String>,
+
     /// Log filter (tracing `EnvFilter` syntax); the same variable as `weir serve`'s, so an
     /// embedded host follows the server's setting.
     #[arg(long, env = "WEIR_LOG_FILTER", default_value = "info")]
@@ -55,6 +62,7 @@ pub struct Args {
 #[derive(Debug)]
 struct Service {
     host: Arc<Host>,
+    token: Option<String>,
 }
 
 #[tonic::async_trait]
@@ -65,6 +73,20 @@ impl PluginHost for Service {
         &self,
         request: Request<Streaming<pb::CoreMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        if let Some(want) = &self.token {
+            let presented = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            // Constant-time comparison: the token is a secret.
+            let ok = presented.is_some_and(|p| {
+                p.len() == want.len() && p.bytes().zip(want.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+            });
+            if !ok {
+                return Err(Status::unauthenticated("this plugin host needs the session token (WEIR_PLUGIN_HOST_TOKEN)"));
+            }
+        }
         let (tx, rx) = mpsc::channel(1024);
         let host = Arc::clone(&self.host);
         tokio::spawn(host.session(request.into_inner(), tx));
@@ -118,20 +140,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
     };
-    serve(listener, host, shutdown).await
+    serve(listener, host, args.session_token, shutdown).await
 }
 
-/// Serve `host`'s gRPC service on `listener` until `shutdown` resolves.
+/// Serve `host`'s gRPC service on `listener` until `shutdown` resolves; with `token`, a
+/// session must present it.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     host: Arc<Host>,
+    token: Option<String>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(
-            PluginHostServer::new(Service { host })
+            PluginHostServer::new(Service { host, token })
                 .max_decoding_message_size(256 * 1024 * 1024)
                 .max_encoding_message_size(256 * 1024 * 1024),
         )

@@ -46,10 +46,16 @@ async fn start(timeout: Duration) -> Core {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(plugin_host::cli::serve(listener, host, std::future::pending()));
+    tokio::spawn(plugin_host::cli::serve(listener, host, Some("s3cret".to_string()), std::future::pending()));
     let mut client = PluginHostClient::connect(format!("http://{addr}")).await.unwrap();
+    // Without the session token the host refuses.
+    let (_tx, rx) = mpsc::channel::<pb::CoreMessage>(1);
+    let refused = client.session(ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     let (tx, rx) = mpsc::channel(64);
-    let rx = client.session(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request.metadata_mut().insert("authorization", "Bearer s3cret".parse().unwrap());
+    let rx = client.session(request).await.unwrap().into_inner();
     let mut core = Core { tx, rx, logs: Vec::new(), _dir: dir, plugin_dir };
     core.send(1, core_message::Body::Hello(pb::Hello { core_version: "test".into(), node_id: "n".into() })).await;
     match core.next().await {

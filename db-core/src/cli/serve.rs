@@ -137,6 +137,11 @@ pub struct ServeConfig {
     #[arg(long, env = "WEIR_PYTHON", default_value = "python3")]
     pub python: String,
 
+    /// Session token for a plugin host started elsewhere (its `--session-token`); one is
+    /// generated for a host this server starts.
+    #[arg(long, env = "WEIR_PLUGIN_HOST_TOKEN", hide_env_values = true)]
+    pub plugin_host_token: Option<String>,
+
     /// Longest a single plugin call may run; its worker process is killed past it.
     #[arg(long, env = "WEIR_PLUGIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub plugin_timeout: Duration,
@@ -283,6 +288,10 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             plugin_timeout: cfg.plugin_timeout,
             host_bin: None,
             package_manager: cfg.package_manager.clone(),
+            host_token: match &cfg.plugin_host_url {
+                Some(_) => cfg.plugin_host_token.clone(),
+                None => Some(crate::auth::generate_token()),
+            },
         },
         Arc::clone(&catalog),
         Arc::clone(&buffer),
