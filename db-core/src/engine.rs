@@ -75,6 +75,9 @@ pub struct TestOutcome {
 /// Errors of calls into the plugin host.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// This server runs without a processing engine.
+    #[error("the processing engine is not running")]
+    NotRunning,
     /// No session with the plugin host right now.
     #[error("the plugin host is not connected (it may be starting or restarting); try again")]
     Unavailable,

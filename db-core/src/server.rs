@@ -44,6 +44,32 @@ pub struct ServerState {
     pub engine: Option<Arc<crate::engine::Engine>>,
 }
 
+impl ServerState {
+    /// The processing engine, or [`EngineError::NotRunning`].
+    pub fn engine(&self) -> Result<&Arc<crate::engine::Engine>, crate::engine::EngineError> {
+        self.engine.as_ref().ok_or(crate::engine::EngineError::NotRunning)
+    }
+
+    /// Tell the engine (if any) that a trigger was created, enabled, disabled or deleted.
+    pub async fn trigger_changed(&self, db: &str, name: &str) {
+        if let Some(engine) = &self.engine {
+            engine.trigger_changed(db, name).await;
+        }
+    }
+
+    /// Delete a database: catalog, buffered data, and its triggers in the plugin host.
+    pub async fn delete_database(&self, name: &str) -> crate::catalog::Result<()> {
+        let triggers: Vec<Arc<str>> =
+            self.catalog.db(name).map(|d| d.triggers.keys().cloned().collect()).unwrap_or_default();
+        let id = self.catalog.delete_db(name).await?;
+        self.buffer.drop_db(id);
+        if let Some(engine) = &self.engine {
+            engine.database_deleted(name, id, &triggers).await;
+        }
+        Ok(())
+    }
+}
+
 /// Shared handle to the server state.
 pub type SharedState = Arc<ServerState>;
 

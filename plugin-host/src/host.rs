@@ -181,12 +181,7 @@ impl Upstream for TestUpstream {
     }
 
     fn log(&self, _trigger: &TriggerId, l: Level, text: String) {
-        let level = match l {
-            Level::Info => "INFO",
-            Level::Warn => "WARN",
-            Level::Error => "ERROR",
-        };
-        self.logs.lock().push(format!("{level}: {text}"));
+        self.logs.lock().push(format!("{}: {text}", l.as_str()));
     }
 }
 

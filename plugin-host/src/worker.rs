@@ -69,6 +69,15 @@ pub enum Level {
 }
 
 impl Level {
+    /// As `system.processing_engine_logs` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Info => "INFO",
+            Self::Warn => "WARN",
+            Self::Error => "ERROR",
+        }
+    }
+
     fn parse(s: &str) -> Self {
         match s {
             "WARN" => Self::Warn,

@@ -94,6 +94,17 @@ impl IntoStatus for query::Error {
     }
 }
 
+impl IntoStatus for crate::engine::EngineError {
+    fn into_status(self) -> Status {
+        use crate::engine::EngineError;
+        match self {
+            EngineError::NotRunning | EngineError::Unavailable => Status::unavailable(self.to_string()),
+            EngineError::Refused(m) => Status::permission_denied(m),
+            EngineError::Failed(m) => Status::internal(m),
+        }
+    }
+}
+
 /// The token in `authorization` metadata (`Bearer`, `Token` or `Basic`), if any.
 pub(crate) fn metadata_token(md: &tonic::metadata::MetadataMap) -> Result<Option<String>, AuthError> {
     match md.get("authorization") {
@@ -174,13 +185,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::DeleteDatabaseResponse>, Status> {
         self.authorize(&req)?;
         let name = req.into_inner().name;
-        let triggers: Vec<Arc<str>> =
-            self.state.catalog.db(&name).map(|d| d.triggers.keys().cloned().collect()).unwrap_or_default();
-        let id = self.state.catalog.delete_db(&name).await.map_err(IntoStatus::into_status)?;
-        self.state.buffer.drop_db(id);
-        if let Some(engine) = &self.state.engine {
-            engine.database_deleted(&name, id, &triggers).await;
-        }
+        self.state.delete_database(&name).await.map_err(IntoStatus::into_status)?;
         Ok(Response::new(pb::DeleteDatabaseResponse {}))
     }
 
@@ -255,9 +260,7 @@ impl Admin for AdminService {
             disabled: t.disabled,
         };
         self.state.catalog.create_trigger(&r.database, def).await.map_err(IntoStatus::into_status)?;
-        if let Some(engine) = &self.state.engine {
-            engine.trigger_changed(&r.database, &t.name).await;
-        }
+        self.state.trigger_changed(&r.database, &t.name).await;
         Ok(Response::new(pb::CreateTriggerResponse {}))
     }
 
@@ -268,9 +271,7 @@ impl Admin for AdminService {
         self.authorize(&req)?;
         let r = req.into_inner();
         self.state.catalog.delete_trigger(&r.database, &r.name, r.force).await.map_err(IntoStatus::into_status)?;
-        if let Some(engine) = &self.state.engine {
-            engine.trigger_changed(&r.database, &r.name).await;
-        }
+        self.state.trigger_changed(&r.database, &r.name).await;
         Ok(Response::new(pb::DeleteTriggerResponse {}))
     }
 
@@ -285,9 +286,7 @@ impl Admin for AdminService {
             .set_trigger_disabled(&r.database, &r.name, r.disabled)
             .await
             .map_err(IntoStatus::into_status)?;
-        if let Some(engine) = &self.state.engine {
-            engine.trigger_changed(&r.database, &r.name).await;
-        }
+        self.state.trigger_changed(&r.database, &r.name).await;
         Ok(Response::new(pb::SetTriggerDisabledResponse {}))
     }
 
@@ -324,12 +323,11 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::InstallPackagesResponse>, Status> {
         self.authorize(&req)?;
         let r = req.into_inner();
-        let engine = self.state.engine.as_ref().ok_or_else(|| Status::unavailable("the processing engine is not running"))?;
-        let output = engine.install(r.packages, r.requirements_location).await.map_err(|e| match e {
-            crate::engine::EngineError::Unavailable => Status::unavailable(e.to_string()),
-            crate::engine::EngineError::Refused(m) => Status::permission_denied(m),
-            crate::engine::EngineError::Failed(m) => Status::internal(m),
-        })?;
+        let engine = self.state.engine().map_err(IntoStatus::into_status)?;
+        let output = engine
+            .install(r.packages, r.requirements_location)
+            .await
+            .map_err(IntoStatus::into_status)?;
         Ok(Response::new(pb::InstallPackagesResponse { output }))
     }
 
@@ -339,13 +337,12 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::TestWalPluginResponse>, Status> {
         self.authorize(&req)?;
         let r = req.into_inner();
-        let engine = self.state.engine.as_ref().ok_or_else(|| Status::unavailable("the processing engine is not running"))?;
+        let engine = self.state.engine().map_err(IntoStatus::into_status)?;
         let args = r.arguments.map(|a| a.values.into_iter().collect());
-        let o = engine.test_wal(&r.database, &r.plugin_filename, &r.input_lp, args).await.map_err(|e| match e {
-            crate::engine::EngineError::Unavailable => Status::unavailable(e.to_string()),
-            crate::engine::EngineError::Refused(m) => Status::permission_denied(m),
-            crate::engine::EngineError::Failed(m) => Status::internal(m),
-        })?;
+        let o = engine
+            .test_wal(&r.database, &r.plugin_filename, &r.input_lp, args)
+            .await
+            .map_err(IntoStatus::into_status)?;
         Ok(Response::new(pb::TestWalPluginResponse {
             log_lines: o.log_lines,
             database_writes: o

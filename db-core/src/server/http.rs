@@ -110,6 +110,22 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::engine::EngineError> for ApiError {
+    fn from(e: crate::engine::EngineError) -> Self {
+        use crate::engine::EngineError;
+        match e {
+            EngineError::NotRunning | EngineError::Unavailable => Self::Unavailable(e.to_string()),
+            EngineError::Refused(m) => Self::Forbidden(m),
+            EngineError::Failed(m) => Self::Internal(m),
+        }
+    }
+}
+
+/// Query-string parameters as a map (a repeated key keeps its last value).
+pub fn query_map(raw: Option<&str>) -> HashMap<String, String> {
+    url_params(raw.unwrap_or("")).into_iter().collect()
+}
+
 impl From<catalog::Error> for ApiError {
     fn from(e: catalog::Error) -> Self {
         match e {

@@ -1,6 +1,6 @@
 //! `/api/v3/configure/...`: databases and admin tokens.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use arrow::{
     array::StringArray,
@@ -18,12 +18,8 @@ use datafusion::physical_plan::memory::MemoryStream;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, json_body_or_default, presented_token, read_body, url_params};
+use super::{ApiError, json_body_or_default, presented_token, query_map, read_body};
 use crate::{auth::ADMIN_TOKEN_NAME, query::format::{self, Format}, server::SharedState};
-
-fn query_map(raw: Option<String>) -> HashMap<String, String> {
-    url_params(raw.as_deref().unwrap_or("")).into_iter().collect()
-}
 
 /// `GET /api/v3/configure/database?format=` lists databases as a table with the column
 /// `iox::database`, in any query output format.
@@ -31,7 +27,7 @@ pub async fn list_databases(
     State(state): State<SharedState>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let p = query_map(raw);
+    let p = query_map(raw.as_deref());
     let fmt: Format = match p.get("format").map(|s| s.as_str()) {
         None | Some("") => Format::Json,
         Some(f) => f.parse().map_err(ApiError::BadRequest)?,
@@ -69,18 +65,12 @@ pub async fn delete_database(
     State(state): State<SharedState>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let p = query_map(raw);
+    let p = query_map(raw.as_deref());
     let db = p
         .get("db")
         .filter(|d| !d.is_empty())
         .ok_or_else(|| ApiError::BadRequest("missing required query parameter 'db'".to_string()))?;
-    let triggers: Vec<Arc<str>> =
-        state.catalog.db(db).map(|d| d.triggers.keys().cloned().collect()).unwrap_or_default();
-    let id = state.catalog.delete_db(db).await?;
-    state.buffer.drop_db(id);
-    if let Some(engine) = &state.engine {
-        engine.database_deleted(db, id, &triggers).await;
-    }
+    state.delete_database(db).await?;
     Ok(StatusCode::OK.into_response())
 }
 

@@ -1,7 +1,7 @@
 //! `/api/v3/configure/processing_engine_trigger[/enable|/disable]`: trigger lifecycle, with
 //! InfluxDB 3's request shapes.
 
-use std::{collections::BTreeMap, collections::HashMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     body::Body,
@@ -11,15 +11,11 @@ use axum::{
 };
 use serde::Deserialize;
 
-use super::{ApiError, bool_param, json_body_or_default, read_body, url_params};
+use super::{ApiError, bool_param, json_body_or_default, query_map, read_body};
 use crate::{
     catalog::{ErrorBehavior, TriggerDef},
     server::SharedState,
 };
-
-fn query_map(raw: Option<&str>) -> HashMap<String, String> {
-    url_params(raw.unwrap_or("")).into_iter().collect()
-}
 
 #[derive(Debug, Default, Deserialize)]
 struct TriggerSettings {
@@ -82,9 +78,7 @@ pub async fn create_trigger(
         disabled: req.disabled,
     };
     state.catalog.create_trigger(&req.db, def).await?;
-    if let Some(engine) = &state.engine {
-        engine.trigger_changed(&req.db, &req.trigger_name).await;
-    }
+    state.trigger_changed(&req.db, &req.trigger_name).await;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -122,18 +116,14 @@ pub async fn delete_trigger(
 ) -> Result<Response, ApiError> {
     let (db, name, force) = trigger_ref(&state, raw.as_deref(), &headers, body).await?;
     state.catalog.delete_trigger(&db, &name, force).await?;
-    if let Some(engine) = &state.engine {
-        engine.trigger_changed(&db, &name).await;
-    }
+    state.trigger_changed(&db, &name).await;
     Ok(StatusCode::OK.into_response())
 }
 
 async fn set_disabled(state: SharedState, raw: Option<String>, headers: HeaderMap, body: Body, disabled: bool) -> Result<Response, ApiError> {
     let (db, name, _) = trigger_ref(&state, raw.as_deref(), &headers, body).await?;
     state.catalog.set_trigger_disabled(&db, &name, disabled).await?;
-    if let Some(engine) = &state.engine {
-        engine.trigger_changed(&db, &name).await;
-    }
+    state.trigger_changed(&db, &name).await;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -157,20 +147,6 @@ pub async fn disable_trigger(
     set_disabled(state, raw, headers, body, true).await
 }
 
-fn engine(state: &SharedState) -> Result<&Arc<crate::engine::Engine>, ApiError> {
-    state
-        .engine
-        .as_ref()
-        .ok_or_else(|| ApiError::Unavailable("the processing engine is not running".to_string()))
-}
-
-fn install_error(e: crate::engine::EngineError) -> ApiError {
-    match e {
-        crate::engine::EngineError::Unavailable => ApiError::Unavailable(e.to_string()),
-        crate::engine::EngineError::Refused(m) => ApiError::Forbidden(m),
-        crate::engine::EngineError::Failed(m) => ApiError::Internal(m),
-    }
-}
 
 #[derive(Debug, Deserialize)]
 struct InstallPackages {
@@ -186,7 +162,7 @@ pub async fn install_packages(
     let bytes = read_body(&headers, body, state.max_request_bytes).await?;
     let req: InstallPackages = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body, expected {{\"packages\": [...]}}: {e}")))?;
-    engine(&state)?.install(req.packages, String::new()).await.map_err(install_error)?;
+    state.engine()?.install(req.packages, String::new()).await?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -206,10 +182,7 @@ pub async fn install_requirements(
     let req: InstallRequirements = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::BadRequest(format!("invalid JSON body, expected {{\"requirements_location\": \"...\"}}: {e}"))
     })?;
-    engine(&state)?
-        .install(Vec::new(), req.requirements_location)
-        .await
-        .map_err(install_error)?;
+    state.engine()?.install(Vec::new(), req.requirements_location).await?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -240,9 +213,6 @@ pub async fn test_wal(
         ))
     })?;
     let args = req.input_arguments.map(argument_strings).transpose()?;
-    let outcome = engine(&state)?
-        .test_wal(&req.database, &req.filename, &req.input_lp, args)
-        .await
-        .map_err(install_error)?;
+    let outcome = state.engine()?.test_wal(&req.database, &req.filename, &req.input_lp, args).await?;
     Ok(axum::Json(outcome).into_response())
 }

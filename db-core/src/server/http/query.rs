@@ -14,7 +14,7 @@ use axum::{
 };
 use serde::Deserialize;
 
-use super::{ApiError, json_body_or_default, read_body, url_params};
+use super::{ApiError, json_body_or_default, query_map, read_body};
 use crate::{
     query::{
         QueryParams,
@@ -65,7 +65,7 @@ pub async fn query_sql_get(
     State(state): State<SharedState>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let p: HashMap<String, String> = url_params(raw.as_deref().unwrap_or("")).into_iter().collect();
+    let p = query_map(raw.as_deref());
     let params = match p.get("params") {
         Some(s) if !s.is_empty() => Some(serde_json::from_str(s).map_err(|e| {
             ApiError::BadRequest(format!("'params' must be a JSON object: {e}"))
@@ -91,7 +91,7 @@ pub async fn query_sql_post(
     let bytes = read_body(&headers, body, state.max_request_bytes).await?;
     let mut req: QueryRequest = json_body_or_default(&bytes)?;
     // Query-string values fill in what the body leaves out.
-    let p: HashMap<String, String> = url_params(raw.as_deref().unwrap_or("")).into_iter().collect();
+    let p = query_map(raw.as_deref());
     if req.db.is_none() {
         req.db = p.get("db").cloned();
     }

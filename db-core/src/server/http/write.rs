@@ -13,7 +13,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{ApiError, bool_param, read_body, url_params};
+use super::{ApiError, bool_param, query_map, read_body};
 use crate::{lp::Precision, server::SharedState};
 
 struct WriteParams {
@@ -21,10 +21,6 @@ struct WriteParams {
     precision: Precision,
     accept_partial: bool,
     no_sync: bool,
-}
-
-fn params(raw: Option<String>) -> HashMap<String, String> {
-    url_params(raw.as_deref().unwrap_or("")).into_iter().collect()
 }
 
 fn required(p: &HashMap<String, String>, name: &str) -> Result<String, ApiError> {
@@ -67,7 +63,7 @@ pub async fn write_lp(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let p = params(raw);
+    let p = query_map(raw.as_deref());
     let wp = WriteParams {
         db: required(&p, "db")?,
         precision: precision(&p, Precision::Auto)?,
@@ -86,7 +82,7 @@ async fn write_compat(
     body: Body,
     db_param: &str,
 ) -> Result<Response, ApiError> {
-    let p = params(raw);
+    let p = query_map(raw.as_deref());
     let wp = WriteParams {
         db: required(&p, db_param)?,
         precision: precision(&p, Precision::Nanosecond)?,
