@@ -180,6 +180,16 @@ fn flight_info(schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor) -
         .with_ordered(true))
 }
 
+/// FlightInfo for a command whose ticket is the command itself (catalog commands,
+/// prepared statements).
+fn command_info<M: ProstMessageExt>(
+    schema: &Schema,
+    command: &M,
+    request: Request<FlightDescriptor>,
+) -> Result<Response<FlightInfo>, Status> {
+    Ok(Response::new(flight_info(schema, command.as_any().encode_to_vec(), request.into_inner())?))
+}
+
 /// The InfluxDB 3 `DoGet` ticket.
 #[derive(Debug, Deserialize)]
 struct InfluxTicket {
@@ -652,8 +662,7 @@ impl FlightSqlService for WeirFlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         let (database, sql, _) = self.prepared.lock().get(&query.prepared_statement_handle)?;
         let shape = self.wire_shape(&database, &sql).await?;
-        let info = flight_info(&shape.schema, query.as_any().encode_to_vec(), request.into_inner())?;
-        Ok(Response::new(info))
+        command_info(&shape.schema, &query, request)
     }
 
     async fn do_get_prepared_statement(
@@ -671,8 +680,7 @@ impl FlightSqlService for WeirFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.into_builder().schema();
-        let info = flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
-        Ok(Response::new(info))
+        command_info(&schema, &query, request)
     }
 
     async fn do_get_catalogs(
@@ -689,8 +697,7 @@ impl FlightSqlService for WeirFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        let info = flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
-        Ok(Response::new(info))
+        command_info(&schema, &query, request)
     }
 
     async fn do_get_schemas(
@@ -712,8 +719,7 @@ impl FlightSqlService for WeirFlightSql {
             return Err(query::Error::DbNotFound(database).into_status());
         }
         let schema = query.clone().into_builder().schema();
-        let info = flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
-        Ok(Response::new(info))
+        command_info(&schema, &query, request)
     }
 
     async fn do_get_tables(
@@ -730,8 +736,7 @@ impl FlightSqlService for WeirFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.into_builder().schema();
-        let info = flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
-        Ok(Response::new(info))
+        command_info(&schema, &query, request)
     }
 
     async fn do_get_table_types(
@@ -748,8 +753,7 @@ impl FlightSqlService for WeirFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder(&SQL_INFO).schema();
-        let info = flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
-        Ok(Response::new(info))
+        command_info(&schema, &query, request)
     }
 
     async fn do_get_sql_info(
