@@ -254,14 +254,30 @@ impl Engine {
     /// package manager's output.
     pub async fn install(&self, packages: Vec<String>, requirements_file: String) -> Result<String, EngineError> {
         let body = core_message::Body::InstallPackages(pb::InstallPackages { packages, requirements_file });
+        match self.request(body, Duration::from_secs(900), "the install").await? {
+            host_message::Body::AdminResult(r) if r.ok => Ok(r.output),
+            host_message::Body::AdminResult(r) if r.refused => Err(EngineError::Refused(r.error)),
+            host_message::Body::AdminResult(r) => Err(EngineError::Failed(r.error)),
+            other => Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
+        }
+    }
+
+    /// Send an admin request on the current session and wait up to `deadline` for its
+    /// reply; `what` names it in the timeout error.
+    async fn request(&self, body: core_message::Body, deadline: Duration, what: &str) -> Result<host_message::Body, EngineError> {
         let reply = self.send(body).await.ok_or(EngineError::Unavailable)?;
-        match tokio::time::timeout(Duration::from_secs(900), reply).await {
-            Ok(Ok(host_message::Body::AdminResult(r))) if r.ok => Ok(r.output),
-            Ok(Ok(host_message::Body::AdminResult(r))) if r.refused => Err(EngineError::Refused(r.error)),
-            Ok(Ok(host_message::Body::AdminResult(r))) => Err(EngineError::Failed(r.error)),
-            Ok(Ok(other)) => Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
+        match tokio::time::timeout(deadline, reply).await {
+            Ok(Ok(body)) => Ok(body),
             Ok(Err(_)) => Err(EngineError::Unavailable),
-            Err(_) => Err(EngineError::Failed("the install did not finish within 15 minutes".to_string())),
+            Err(_) => Err(EngineError::Failed(format!("{what} did not finish within {}", humantime::format_duration(deadline)))),
+        }
+    }
+
+    /// Send an event (no reply) on the current session, if there is one.
+    async fn notify(&self, body: core_message::Body) {
+        let session = self.session.borrow().clone();
+        if let Some(s) = session {
+            let _ = s.tx.send(pb::CoreMessage { id: 0, body: Some(body) }).await;
         }
     }
 
@@ -286,10 +302,9 @@ impl Engine {
             tables: rows,
             arguments: arguments.map(|a| pb::Arguments { values: a.into_iter().collect() }),
         });
-        let reply = self.send(body).await.ok_or(EngineError::Unavailable)?;
         let deadline = self.config.plugin_timeout + Duration::from_secs(60);
-        match tokio::time::timeout(deadline, reply).await {
-            Ok(Ok(host_message::Body::TestResult(r))) => {
+        match self.request(body, deadline, "the dry run").await? {
+            host_message::Body::TestResult(r) => {
                 errors.extend(r.errors);
                 Ok(TestOutcome {
                     log_lines: r.log_lines,
@@ -297,9 +312,7 @@ impl Engine {
                     errors,
                 })
             }
-            Ok(Ok(other)) => Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
-            Ok(Err(_)) => Err(EngineError::Unavailable),
-            Err(_) => Err(EngineError::Failed("the dry run did not finish in time".to_string())),
+            other => Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
         }
     }
 
@@ -307,12 +320,9 @@ impl Engine {
     pub async fn database_deleted(&self, db: &str, db_id: u32, triggers: &[Arc<str>]) {
         self.checkpoints.lock().retain(|(id, _), _| *id != db_id);
         self.checkpoints_dirty.store(true, Ordering::Release);
-        let session = self.session.borrow().clone();
-        if let Some(s) = session {
-            for name in triggers {
-                let body = core_message::Body::TriggerDrop(pb::TriggerDrop { database: db.to_string(), name: name.to_string() });
-                let _ = s.tx.send(pb::CoreMessage { id: 0, body: Some(body) }).await;
-            }
+        for name in triggers {
+            let body = core_message::Body::TriggerDrop(pb::TriggerDrop { database: db.to_string(), name: name.to_string() });
+            self.notify(body).await;
         }
     }
 
@@ -343,10 +353,7 @@ impl Engine {
             Some(t) if !t.disabled => core_message::Body::TriggerSet(pb::TriggerSet { trigger: Some(trigger_message(db, &t)) }),
             _ => core_message::Body::TriggerDrop(pb::TriggerDrop { database: db.to_string(), name: name.to_string() }),
         };
-        let session = self.session.borrow().clone();
-        if let Some(s) = session {
-            let _ = s.tx.send(pb::CoreMessage { id: 0, body: Some(body) }).await;
-        }
+        self.notify(body).await;
     }
 
     /// Start the host as a child and keep it running; publishes its URL.
