@@ -66,6 +66,17 @@ pub enum Error {
         /// Trigger.
         name: String,
     },
+    /// A request trigger already serves this path (request paths are unique across
+    /// databases).
+    #[error("request path {path:?} is already served by trigger {trigger:?} in database {db:?}")]
+    RequestPathTaken {
+        /// The path below /api/v3/engine/.
+        path: String,
+        /// Database of the trigger serving it.
+        db: String,
+        /// That trigger.
+        trigger: String,
+    },
     /// No such trigger.
     #[error("trigger {name:?} not found in database {db:?}")]
     TriggerNotFound {
@@ -370,8 +381,9 @@ impl TriggerSpec {
         }
         match s.split_once(':') {
             Some(("table", t)) if !t.is_empty() => Ok(Self::Table(t.to_string())),
+            // Checked in full (durations, cron fields) by `create_trigger`.
             Some(("every" | "cron", v)) if !v.is_empty() => Ok(Self::Schedule(s.to_string())),
-            Some(("request", p)) if !p.is_empty() => Ok(Self::Request(p.to_string())),
+            Some(("request", p)) if !p.is_empty() => Ok(Self::Request(request_path(p)?)),
             _ => bad(format!(
                 "trigger specification {s:?} is not one of table:<name>, all_tables, every:<duration>, cron:<expr>, request:<path>"
             )),
@@ -382,6 +394,26 @@ impl TriggerSpec {
     pub fn is_wal(&self) -> bool {
         matches!(self, Self::Table(_) | Self::AllTables)
     }
+}
+
+/// The path of a `request:` trigger below `/api/v3/engine/`, without surrounding slashes.
+/// Segments are non-empty, printable, and neither `.` nor `..`; no query or fragment.
+pub fn request_path(p: &str) -> Result<String> {
+    let path = p.trim_matches('/');
+    let bad = |why: &str| Err(Error::InvalidTrigger(format!("invalid request path {p:?}: {why}")));
+    if path.is_empty() {
+        return bad("it is empty");
+    }
+    if path.len() > 1024 {
+        return bad("longer than 1024 bytes");
+    }
+    if path.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#' | '%' | '\\')) {
+        return bad("spaces, control characters, '?', '#', '%' and '\\' are not allowed");
+    }
+    if path.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+        return bad("empty, '.' and '..' segments are not allowed");
+    }
+    Ok(path.to_string())
 }
 
 /// A processing-engine trigger.
@@ -402,12 +434,31 @@ pub struct TriggerDef {
     /// What happens when the plugin fails.
     #[serde(default)]
     pub error_behavior: ErrorBehavior,
+    /// `retry`: attempts after the first failure before giving up (default
+    /// [`DEFAULT_MAX_RETRIES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// Worker processes of an asynchronous trigger (0 or 1: one).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub workers: u32,
     /// Disabled triggers do not run.
     #[serde(default)]
     pub disabled: bool,
 }
 
+/// Retries of a `retry` trigger when it names none.
+pub const DEFAULT_MAX_RETRIES: u32 = 5;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 impl TriggerDef {
+    /// Retries before a `retry` trigger gives up on one invocation.
+    pub fn max_retries(&self) -> u32 {
+        self.max_retries.unwrap_or(DEFAULT_MAX_RETRIES)
+    }
+
     /// The parsed specification (validated at creation).
     pub fn spec(&self) -> TriggerSpec {
         TriggerSpec::parse(&self.specification).unwrap_or(TriggerSpec::AllTables)
@@ -540,6 +591,16 @@ impl CatalogState {
             .find(|d| !d.deleted && d.name.as_ref() == name)
     }
 
+    /// The request trigger (any state) serving `path` (normalized), with its database.
+    pub fn request_trigger(&self, path: &str) -> Option<(&Arc<str>, &Arc<TriggerDef>)> {
+        self.databases.values().filter(|d| !d.deleted).find_map(|d| {
+            d.triggers
+                .values()
+                .find(|t| t.specification.strip_prefix("request:").is_some_and(|p| p.trim_matches('/') == path))
+                .map(|t| (&d.name, t))
+        })
+    }
+
     /// Decode a persisted catalog.
     pub fn decode(bytes: &[u8], path: &str) -> Result<Self> {
         #[derive(Deserialize)]
@@ -662,6 +723,13 @@ impl Catalog {
         self.state.read().databases.get(&id).cloned()
     }
 
+    /// The request trigger (any state) serving `path` below /api/v3/engine/, with its
+    /// database name.
+    pub fn request_trigger(&self, path: &str) -> Option<(Arc<str>, Arc<TriggerDef>)> {
+        let state = self.state.read();
+        state.request_trigger(path).map(|(db, t)| (Arc::clone(db), Arc::clone(t)))
+    }
+
     /// Live databases, sorted by name.
     pub fn databases(&self) -> Vec<Arc<DatabaseSchema>> {
         let mut dbs: Vec<_> = self
@@ -762,17 +830,24 @@ impl Catalog {
     /// Add a trigger to a live database and persist the catalog.
     pub async fn create_trigger(&self, db: &str, def: TriggerDef) -> Result<Arc<DatabaseSchema>> {
         let spec = TriggerSpec::parse(&def.specification)?;
-        if !spec.is_wal() {
-            return Err(Error::InvalidTrigger(format!(
-                "{:?}: schedule and request triggers are not supported yet; use table:<name> or all_tables",
-                def.specification
-            )));
+        if let TriggerSpec::Schedule(s) = &spec {
+            crate::engine::schedule::Schedule::parse(s).map_err(Error::InvalidTrigger)?;
         }
         if def.name.is_empty() {
             return Err(Error::InvalidTrigger("the trigger name is empty".to_string()));
         }
         let schema = self.mutate(|s| {
             let id = s.db(db).map(|d| d.id).ok_or_else(|| Error::DbNotFound(db.to_string()))?;
+            // A request path is served once, whatever the database.
+            if let TriggerSpec::Request(path) = &spec
+                && let Some((other_db, other)) = s.request_trigger(path)
+            {
+                return Err(Error::RequestPathTaken {
+                    path: path.clone(),
+                    db: other_db.to_string(),
+                    trigger: other.name.to_string(),
+                });
+            }
             let d = Arc::make_mut(s.databases.get_mut(&id).expect("looked up above"));
             if d.triggers.contains_key(def.name.as_ref()) {
                 return Err(Error::TriggerExists { db: db.to_string(), name: def.name.to_string() });

@@ -18,7 +18,11 @@
 //!   `Done` and are committed only when the call succeeded.
 //! - **Logs** land in `system.processing_engine_logs`.
 
+pub mod calls;
 pub mod lp_arrow;
+pub mod schedule;
+
+pub use calls::{HttpAnswer, HttpCall};
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -42,7 +46,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use weir_proto::plugin::v1::{self as pb, core_message, host_message, plugin_host_client::PluginHostClient};
 
 use crate::{
-    catalog::{Catalog, TriggerDef, TriggerSpec},
+    catalog::{Catalog, ErrorBehavior, TriggerDef, TriggerSpec},
     lp::Precision,
     query::{
         QueryExecutor, QueryParams,
@@ -70,6 +74,26 @@ pub struct TestOutcome {
     pub database_writes: BTreeMap<String, Vec<String>>,
     /// Input lines that could not be used, and the plugin's error.
     pub errors: Vec<String>,
+    /// Schedule dry runs: the call time used (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger_time: Option<String>,
+    /// Request dry runs: the HTTP answer, when the plugin succeeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<TestResponse>,
+}
+
+/// A request plugin's answer in a dry run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TestResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: BTreeMap<String, String>,
+    /// The body as text (invalid UTF-8 replaced).
+    pub body: String,
+    /// The body's raw bytes (for the gRPC admin API; not serialized).
+    #[serde(skip)]
+    pub raw_body: Vec<u8>,
 }
 
 /// Errors of calls into the plugin host.
@@ -87,6 +111,12 @@ pub enum EngineError {
     /// The host ran the call and it failed.
     #[error("{0}")]
     Failed(String),
+    /// The plugin did not finish in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// The call's input is invalid (nothing was run).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Engine settings.
@@ -140,6 +170,8 @@ pub struct Engine {
     /// Per enabled WAL trigger: the last WAL file its plugin finished.
     checkpoints: Mutex<HashMap<(u32, Arc<str>), u64>>,
     checkpoints_dirty: std::sync::atomic::AtomicBool,
+    /// The task of each enabled schedule trigger, with the definition it runs.
+    schedules: Mutex<HashMap<(u32, Arc<str>), (Arc<TriggerDef>, tokio::task::AbortHandle)>>,
 }
 
 /// Object path (below the node prefix) of the trigger checkpoints.
@@ -177,6 +209,12 @@ fn now() -> i64 {
     SystemTime.now_ns()
 }
 
+/// RFC 3339 (UTC, milliseconds) of a time in ns.
+fn rfc3339(ns: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 fn ipc(batches: &[RecordBatch]) -> Result<Vec<u8>, arrow::error::ArrowError> {
     let Some(first) = batches.first() else { return Ok(Vec::new()) };
     ipc_with_schema(first.schema_ref(), batches)
@@ -200,7 +238,7 @@ fn trigger_message(db: &str, t: &TriggerDef) -> pb::Trigger {
         specification: t.specification.clone(),
         arguments: t.arguments.as_ref().map(|a| pb::Arguments { values: a.clone().into_iter().collect() }),
         run_async: t.run_async,
-        workers: 1,
+        workers: t.workers.max(1),
     }
 }
 
@@ -230,6 +268,7 @@ impl Engine {
             storage,
             checkpoints: Mutex::new(HashMap::new()),
             checkpoints_dirty: std::sync::atomic::AtomicBool::new(false),
+            schedules: Mutex::new(HashMap::new()),
         });
         buffer.set_flush_listener(Arc::clone(&engine) as Arc<dyn FlushListener>);
         let (url_tx, url_rx) = watch::channel(engine.config.host_url.clone());
@@ -239,6 +278,7 @@ impl Engine {
         tokio::spawn(Arc::clone(&engine).connect_loop(url_rx));
         tokio::spawn(Arc::clone(&engine).deliver_loop());
         tokio::spawn(Arc::clone(&engine).persist_checkpoints());
+        engine.sync_schedules();
         engine
     }
 
@@ -302,41 +342,62 @@ impl Engine {
             tables: rows,
             arguments: arguments.map(|a| pb::Arguments { values: a.into_iter().collect() }),
         });
+        let mut outcome = self.dry_run(body).await?;
+        errors.append(&mut outcome.errors);
+        outcome.errors = errors;
+        Ok(outcome)
+    }
+
+    /// Send a dry-run request (`TestWal`, `TestSchedule`, `TestRequest`) and shape its answer.
+    async fn dry_run(&self, body: core_message::Body) -> Result<TestOutcome, EngineError> {
         let deadline = self.config.plugin_timeout + Duration::from_secs(60);
         match self.request(body, deadline, "the dry run").await? {
-            host_message::Body::TestResult(r) => {
-                errors.extend(r.errors);
-                Ok(TestOutcome {
-                    log_lines: r.log_lines,
-                    database_writes: r.writes.into_iter().map(|w| (w.database, w.lines)).collect(),
-                    errors,
-                })
-            }
+            host_message::Body::TestResult(r) => Ok(TestOutcome {
+                log_lines: r.log_lines,
+                database_writes: r.writes.into_iter().map(|w| (w.database, w.lines)).collect(),
+                errors: r.errors,
+                trigger_time: None,
+                response: r.response.map(|resp| {
+                    let a = HttpAnswer::from(resp);
+                    TestResponse { status: a.status, headers: a.headers, body: String::from_utf8_lossy(&a.body).into_owned(), raw_body: a.body }
+                }),
+            }),
             other => Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
         }
     }
 
     /// A database is being deleted: stop its triggers in the host.
-    pub async fn database_deleted(&self, db: &str, db_id: u32, triggers: &[Arc<str>]) {
+    pub async fn database_deleted(self: &Arc<Self>, db: &str, db_id: u32, triggers: &[Arc<str>]) {
         self.checkpoints.lock().retain(|(id, _), _| *id != db_id);
         self.checkpoints_dirty.store(true, Ordering::Release);
+        self.sync_schedules();
         for name in triggers {
+            self.log.clear_state(db_id, name);
             let body = core_message::Body::TriggerDrop(pb::TriggerDrop { database: db.to_string(), name: name.to_string() });
             self.notify(body).await;
         }
     }
 
     /// A trigger was created, enabled, disabled or deleted: tell the host.
-    pub async fn trigger_changed(&self, db: &str, name: &str) {
+    pub async fn trigger_changed(self: &Arc<Self>, db: &str, name: &str) {
         let schema = self.catalog.db(db);
         let def = schema.as_ref().and_then(|d| d.triggers.get(name).cloned());
+        self.sync_schedules();
         if let Some(d) = &schema {
             let key = (d.id, Arc::from(name));
+            match &def {
+                // Disabled triggers keep their state (why they were disabled stays readable).
+                Some(t) if t.disabled => {}
+                // Deleted, or created or enabled (again): a fresh start (a stopped trigger
+                // runs again).
+                _ => self.log.clear_state(d.id, name),
+            }
             let mut cps = self.checkpoints.lock();
             match &def {
                 // Enabled (again): it starts with what is flushed from now on.
                 Some(t) if !t.disabled && t.spec().is_wal() => {
-                    cps.entry(key).or_insert_with(|| self.buffer.last_wal_seq());
+                    let cp = *cps.entry(key).or_insert_with(|| self.buffer.last_wal_seq());
+                    self.log.update_state(d.id, &t.name, |s| s.checkpoint = Some(cp));
                 }
                 // Disabled or deleted triggers hold no WAL files back.
                 _ => {
@@ -440,6 +501,7 @@ impl Engine {
                 Err(e) => tracing::warn!(url = %target, error = %e, "plugin host session failed"),
             }
             // Calls still waiting on the old session fail now (and are sent again later).
+            self.log.set_connected(false);
             if let Some(old) = self.session.send_replace(None) {
                 old.pending.lock().clear();
             }
@@ -486,6 +548,7 @@ impl Engine {
         session.tx.send(pb::CoreMessage { id: 0, body: Some(sync) }).await?;
         tracing::info!(url, "connected to the plugin host");
         self.session.send_replace(Some(Arc::clone(&session)));
+        self.log.set_connected(true);
         while let Some(msg) = inbound.message().await? {
             let Some(body) = msg.body else { continue };
             match body {
@@ -624,6 +687,7 @@ impl Engine {
                     // A trigger without a checkpoint starts with what is flushed from now on.
                     let cp = saved.get(&checkpoint_key(db.id, &t.name)).copied().unwrap_or(last);
                     cps.insert((db.id, Arc::clone(&t.name)), cp);
+                    self.log.update_state(db.id, &t.name, |s| s.checkpoint = Some(cp));
                 }
             }
         }
@@ -671,12 +735,13 @@ impl Engine {
         }
     }
 
-    fn checkpoint(&self, db_id: u32, name: &str, seq: u64) {
+    fn checkpoint(&self, db_id: u32, name: &Arc<str>, seq: u64) {
         let mut cps = self.checkpoints.lock();
-        let cp = cps.entry((db_id, Arc::from(name))).or_insert(0);
+        let cp = cps.entry((db_id, Arc::clone(name))).or_insert(0);
         if seq > *cp {
             *cp = seq;
             self.checkpoints_dirty.store(true, Ordering::Release);
+            self.log.update_state(db_id, name, |s| s.checkpoint = Some(seq));
         }
     }
 
@@ -719,12 +784,14 @@ impl Engine {
     /// Deliver one trigger's batches in order, up to [`WINDOW`] in flight (the host runs
     /// them one at a time, in order, and prepares the next while one runs). Replies are
     /// handled in order; when the session breaks, every unanswered batch is sent again
-    /// (at least once).
+    /// (at least once). A `retry` or `disable` trigger has one batch in flight, so a
+    /// failed batch is retried (or the trigger stopped) before any later one runs.
     async fn trigger_loop(self: Arc<Self>, key: (u32, Arc<str>), mut rx: mpsc::Receiver<pb::WalBatch>) {
         let (db_id, name) = key;
         let mut pending: std::collections::VecDeque<pb::WalBatch> = std::collections::VecDeque::new();
         let mut waiting: std::collections::VecDeque<oneshot::Receiver<host_message::Body>> = std::collections::VecDeque::new();
         let mut announced: Option<u64> = None;
+        let mut attempt = 1;
         loop {
             while pending.len() < WINDOW {
                 let next = if pending.is_empty() {
@@ -764,7 +831,8 @@ impl Engine {
                     announced = Some(s.number);
                 }
             }
-            while waiting.len() < pending.len() {
+            let window = if def.error_behavior == ErrorBehavior::Log { WINDOW } else { 1 };
+            while waiting.len() < pending.len().min(window) {
                 let batch = pending[waiting.len()].clone();
                 match self.send(core_message::Body::WalBatch(batch)).await {
                     Some(reply) => waiting.push_back(reply),
@@ -779,9 +847,27 @@ impl Engine {
             let deadline = self.config.plugin_timeout * (WINDOW as u32) + Duration::from_secs(60);
             match tokio::time::timeout(deadline, reply).await {
                 Ok(Ok(host_message::Body::Done(done))) => {
-                    let batch = pending.pop_front().expect("a reply has its batch");
-                    self.finish(&batch, done).await;
-                    self.checkpoint(db_id, &name, batch.wal_seq);
+                    let failure = (!done.ok).then(|| (done.error.clone(), done.stopped));
+                    if done.ok {
+                        let batch = pending.front().expect("a reply has its batch");
+                        self.commit_writes(&batch.database, &batch.trigger, done.writes).await;
+                    }
+                    match self.after_call(db_id, &db_name, &def, attempt, failure) {
+                        calls::Next::Retry(delay) => {
+                            tokio::time::sleep(delay).await;
+                            attempt += 1;
+                        }
+                        next => {
+                            let batch = pending.pop_front().expect("a reply has its batch");
+                            self.checkpoint(db_id, &name, batch.wal_seq);
+                            attempt = 1;
+                            if next == calls::Next::Stop {
+                                // Being disabled: its catalog change ends this task.
+                                self.queues.lock().remove(&(db_id, Arc::clone(&name)));
+                                return;
+                            }
+                        }
+                    }
                 }
                 Ok(Ok(other)) => {
                     tracing::error!(?other, "unexpected reply to a WAL batch");
@@ -815,13 +901,12 @@ impl Engine {
         let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.is_some())).await;
     }
 
-    async fn finish(&self, batch: &pb::WalBatch, done: pb::Done) {
-        if !done.ok {
-            return; // the host logged the error with its traceback
-        }
-        for w in done.writes {
+    /// Commit an invocation's buffered writes (it succeeded); a rejected write-back is
+    /// logged as InfluxDB 3 does.
+    async fn commit_writes(&self, db: &str, trigger: &str, writes: Vec<pb::DatabaseWrites>) {
+        for w in writes {
             if let Err(e) = self.plugin_write(&w.database, &w.lines, false).await {
-                self.record(&batch.database, &batch.trigger, LogLevel::Error, format!("error writing back lines to {}: {e}", w.database));
+                self.record(db, trigger, LogLevel::Error, format!("error writing back lines to {}: {e}", w.database));
             }
         }
     }

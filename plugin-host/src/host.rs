@@ -185,14 +185,78 @@ impl Upstream for TestUpstream {
     }
 }
 
-/// A trigger and its worker.
+/// A trigger and its worker processes.
 #[derive(Debug)]
 pub struct TriggerRuntime {
     def: pb::Trigger,
     spec: WorkerSpec,
-    worker: tokio::sync::Mutex<Option<Arc<Worker>>>,
+    /// One slot per worker process (`workers`, at least 1); a synchronous trigger only
+    /// uses the first, so its calls share one trigger cache in strict order.
+    workers: Vec<WorkerSlot>,
     /// Held across an invocation of a synchronous trigger: strict order, one at a time.
     order: tokio::sync::Mutex<()>,
+    /// Worker failures (could not start, or died during a call) in a row.
+    crashes: std::sync::atomic::AtomicU32,
+    /// Set by the crash-loop breaker: calls fail at once with this reason.
+    stopped: Mutex<Option<String>>,
+}
+
+/// Worker failures in a row after which a trigger is stopped (until it is redefined,
+/// disabled and enabled).
+pub const CRASH_LIMIT: u32 = 5;
+
+#[derive(Debug, Default)]
+struct WorkerSlot {
+    worker: tokio::sync::Mutex<Option<Arc<Worker>>>,
+    /// Invocations running on it (an asynchronous trigger picks the least busy slot).
+    busy: std::sync::atomic::AtomicUsize,
+}
+
+impl TriggerRuntime {
+    fn new(def: pb::Trigger, spec: WorkerSpec) -> Self {
+        let n = if def.run_async { def.workers.clamp(1, 64) as usize } else { 1 };
+        Self {
+            def,
+            spec,
+            workers: (0..n).map(|_| WorkerSlot::default()).collect(),
+            order: tokio::sync::Mutex::new(()),
+            crashes: std::sync::atomic::AtomicU32::new(0),
+            stopped: Mutex::new(None),
+        }
+    }
+
+    fn least_busy(&self) -> &WorkerSlot {
+        self.workers
+            .iter()
+            .min_by_key(|w| w.busy.load(Ordering::Relaxed))
+            .expect("at least one worker slot")
+    }
+}
+
+/// A trigger invocation's outcome as the core gets it.
+fn done_message(done: Done) -> pb::Done {
+    pb::Done {
+        ok: done.ok,
+        error: done.error.unwrap_or_default(),
+        traceback: done.traceback.unwrap_or_default(),
+        writes: done
+            .writes
+            .into_iter()
+            .map(|(database, lines)| pb::DatabaseWrites { database, lines })
+            .collect(),
+        duration_ns: done.duration.as_nanos() as u64,
+        response: done.response.map(|r| pb::HttpResponse {
+            status: u32::from(r.status),
+            headers: r.headers.into_iter().collect(),
+            body: r.body,
+        }),
+        timed_out: done.timed_out,
+        stopped: done.stopped,
+    }
+}
+
+fn failed(error: String) -> Done {
+    Done { ok: false, error: Some(error), ..Done::default() }
 }
 
 /// `plugin_filename` inside `plugin_dir`, refusing anything that could leave it.
@@ -212,6 +276,22 @@ pub fn resolve_plugin(plugin_dir: &Path, filename: &str) -> Result<PathBuf, Stri
         Ok(_) => Err(traversal()),
         Err(e) => Err(format!("plugin {filename} not found in {}: {e}", plugin_dir.display())),
     }
+}
+
+/// `error executing plugin: <error>` and the traceback, as the engine log shows it.
+fn error_text(done: &Done) -> String {
+    let mut text = format!("error executing plugin: {}", done.error.as_deref().unwrap_or("unknown error"));
+    if let Some(tb) = done.traceback.as_deref().filter(|t| !t.is_empty()) {
+        text.push('\n');
+        text.push_str(tb.trim_end());
+    }
+    text
+}
+
+/// An RFC 3339 rendering of a fire time in ns.
+fn fire_time(ns: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// A WAL batch ready for `process_writes`.
@@ -302,16 +382,8 @@ impl Host {
         if triggers.get(&id).is_some_and(|t| t.def == def) {
             return;
         }
-        // A new or changed definition: its old worker (if any) goes with the old runtime.
-        triggers.insert(
-            id,
-            Arc::new(TriggerRuntime {
-                def,
-                spec,
-                worker: tokio::sync::Mutex::new(None),
-                order: tokio::sync::Mutex::new(()),
-            }),
-        );
+        // A new or changed definition: its old workers (if any) go with the old runtime.
+        triggers.insert(id, Arc::new(TriggerRuntime::new(def, spec)));
     }
 
     /// Make the running triggers exactly `defs`: unchanged ones keep their workers (and
@@ -334,24 +406,115 @@ impl Host {
         self.pipelines.lock().remove(&id);
     }
 
-    async fn worker(&self, rt: &TriggerRuntime) -> Result<Arc<Worker>, InvokeError> {
-        let mut slot = rt.worker.lock().await;
+    async fn worker(&self, rt: &TriggerRuntime, slot: &WorkerSlot) -> Result<Arc<Worker>, InvokeError> {
+        let mut slot = slot.worker.lock().await;
         if let Some(w) = slot.as_ref().filter(|w| !w.is_dead()) {
             return Ok(Arc::clone(w));
         }
         let mut spec = rt.spec.clone();
-        spec.plugin_path = resolve_plugin(&self.config.plugin_dir, &rt.def.plugin_filename).map_err(InvokeError::Spawn)?;
+        spec.plugin_path = resolve_plugin(&self.config.plugin_dir, &rt.def.plugin_filename).map_err(InvokeError::Plugin)?;
         let upstream: Arc<dyn Upstream> = Arc::clone(&self.link) as Arc<dyn Upstream>;
         let w = Worker::spawn(spec, upstream, Arc::clone(&self.cache)).await?;
         *slot = Some(Arc::clone(&w));
         Ok(w)
     }
 
-    /// Run one invocation of a trigger.
+    /// Run one invocation of a trigger: a synchronous trigger's calls one at a time in
+    /// arrival order, an asynchronous trigger's on its least busy worker.
     async fn invoke(&self, rt: &TriggerRuntime, entry: &str, args: &[u8]) -> Result<Done, InvokeError> {
         let _order = if rt.def.run_async { None } else { Some(rt.order.lock().await) };
-        let worker = self.worker(rt).await?;
-        worker.invoke(entry, args, self.config.plugin_timeout).await
+        let slot = rt.least_busy();
+        slot.busy.fetch_add(1, Ordering::Relaxed);
+        let result = async {
+            let worker = self.worker(rt, slot).await?;
+            worker.invoke(entry, args, self.config.plugin_timeout).await
+        }
+        .await;
+        slot.busy.fetch_sub(1, Ordering::Relaxed);
+        result
+    }
+
+    fn runtime(&self, tid: &TriggerId) -> Result<Arc<TriggerRuntime>, String> {
+        self.triggers
+            .lock()
+            .get(tid)
+            .cloned()
+            .ok_or_else(|| format!("trigger {} in database {} is not running in the plugin host", tid.name, tid.database))
+    }
+
+    /// Run a schedule tick and answer with `Done`.
+    fn schedule_tick(self: &Arc<Self>, id: u64, tick: pb::ScheduleTick) {
+        let host = Arc::clone(self);
+        tokio::spawn(async move {
+            let tid = TriggerId { database: tick.database, name: tick.trigger };
+            let args = marshal::schedule_call_args(tick.call_time_s);
+            let started = format!("starting execution for scheduled time {}", fire_time(tick.scheduled_ns));
+            let done = host.run_call(&tid, "process_scheduled_call", &args, Some(started)).await;
+            host.link.send(id, host_message::Body::Done(done_message(done))).await;
+        });
+    }
+
+    /// Run a request trigger for one HTTP request and answer with `Done` (with the HTTP
+    /// answer when the plugin succeeded).
+    fn http_request(self: &Arc<Self>, id: u64, req: pb::HttpRequest) {
+        let host = Arc::clone(self);
+        tokio::spawn(async move {
+            let tid = TriggerId { database: req.database, name: req.trigger };
+            let args = marshal::request_call_args(req.query.iter(), req.headers.iter(), &req.body);
+            let done = host.run_call(&tid, "process_request", &args, None).await;
+            host.link.send(id, host_message::Body::Done(done_message(done))).await;
+        });
+    }
+
+    /// Invoke `entry` for a trigger and log the outcome (errors with their traceback);
+    /// `started` is logged first when given.
+    async fn run_call(&self, tid: &TriggerId, entry: &str, args: &[u8], started: Option<String>) -> Done {
+        let rt = match self.runtime(tid) {
+            Ok(rt) => rt,
+            Err(e) => {
+                self.log(tid, Level::Error, e.clone());
+                return failed(e);
+            }
+        };
+        if let Some(reason) = rt.stopped.lock().clone() {
+            return Done { stopped: true, ..failed(reason) };
+        }
+        if let Some(text) = started {
+            self.log(tid, Level::Info, text);
+        }
+        match self.invoke(&rt, entry, args).await {
+            Ok(done) => {
+                rt.crashes.store(0, Ordering::Relaxed);
+                if done.ok {
+                    // Request triggers log only failures: a line per request would flood the log.
+                    if entry != "process_request" {
+                        self.log(tid, Level::Info, format!("finished execution in {:?}", done.duration));
+                    }
+                } else {
+                    self.log(tid, Level::Error, error_text(&done));
+                }
+                done
+            }
+            Err(e) => {
+                let timed_out = matches!(e, InvokeError::Timeout(_));
+                let mut text = e.to_string();
+                self.log(tid, Level::Error, format!("error executing plugin: {text}"));
+                let crashes = match e {
+                    InvokeError::Crashed(_) | InvokeError::Spawn(_) => rt.crashes.fetch_add(1, Ordering::Relaxed) + 1,
+                    InvokeError::Timeout(_) | InvokeError::Plugin(_) => 0,
+                };
+                let stopped = crashes >= CRASH_LIMIT;
+                if stopped {
+                    text = format!(
+                        "trigger stopped: its worker failed {crashes} times in a row (last: {text}); \
+                         fix the plugin, then disable and enable the trigger"
+                    );
+                    self.log(tid, Level::Error, text.clone());
+                    *rt.stopped.lock() = Some(text.clone());
+                }
+                Done { timed_out, stopped, ..failed(text) }
+            }
+        }
     }
 
     /// Accept a WAL batch: decode and encode it for Python right away (on the blocking
@@ -391,65 +554,39 @@ impl Host {
             };
             let done = result.unwrap_or_else(|e| {
                 self.log(&tid, Level::Error, e.clone());
-                Done { ok: false, error: Some(e), ..Done::default() }
+                failed(e)
             });
-            let reply = pb::Done {
-                ok: done.ok,
-                error: done.error.unwrap_or_default(),
-                traceback: done.traceback.unwrap_or_default(),
-                writes: done
-                    .writes
-                    .into_iter()
-                    .map(|(database, lines)| pb::DatabaseWrites { database, lines })
-                    .collect(),
-                duration_ns: done.duration.as_nanos() as u64,
-            };
-            self.link.send(q.id, host_message::Body::Done(reply)).await;
+            self.link.send(q.id, host_message::Body::Done(done_message(done))).await;
         }
     }
 
     async fn run_wal(&self, tid: &TriggerId, seq: u64, encoded: EncodedWal) -> Result<Done, String> {
-        let rt = self
-            .triggers
-            .lock()
-            .get(tid)
-            .cloned()
-            .ok_or_else(|| format!("trigger {} in database {} is not running in the plugin host", tid.name, tid.database))?;
-        self.log(tid, Level::Info, format!("starting execution with {} rows from {} tables (WAL file {seq})", encoded.rows, encoded.tables));
-        match self.invoke(&rt, "process_writes", &encoded.args).await {
-            Ok(done) => {
-                if done.ok {
-                    self.log(tid, Level::Info, format!("finished execution in {:?}", done.duration));
-                } else {
-                    let mut text = format!("error executing plugin: {}", done.error.as_deref().unwrap_or("unknown error"));
-                    if let Some(tb) = done.traceback.as_deref().filter(|t| !t.is_empty()) {
-                        text.push('\n');
-                        text.push_str(tb.trim_end());
-                    }
-                    self.log(tid, Level::Error, text);
-                }
-                Ok(done)
-            }
-            Err(e) => Err(e.to_string()),
-        }
+        let started = format!("starting execution with {} rows from {} tables (WAL file {seq})", encoded.rows, encoded.tables);
+        Ok(self.run_call(tid, "process_writes", &encoded.args, Some(started)).await)
     }
 
-    /// Dry-run a WAL plugin in a fresh worker that captures writes; logs are returned,
-    /// not recorded.
-    async fn test_wal(&self, req: pb::TestWal) -> pb::TestResult {
+    /// Dry-run a plugin in a fresh worker that captures writes: `entry` with `args`
+    /// (built once the plugin path is known to be valid); logs are returned, not recorded.
+    async fn dry_run(
+        &self,
+        database: &str,
+        plugin_filename: &str,
+        arguments: Option<&pb::Arguments>,
+        entry: &str,
+        args: impl FnOnce() -> Result<Vec<u8>, String>,
+    ) -> pb::TestResult {
         let upstream = Arc::new(TestUpstream { link: Arc::clone(&self.link), logs: Mutex::new(Vec::new()) });
         let mut result = pb::TestResult::default();
         let outcome = async {
-            let plugin_path = resolve_plugin(&self.config.plugin_dir, &req.plugin_filename)?;
-            let batch = pb::WalBatch { database: req.database.clone(), trigger: "test".into(), wal_seq: 0, tables: req.tables.clone() };
-            let encoded = encode_wal(&batch)?;
+            let plugin_path = resolve_plugin(&self.config.plugin_dir, plugin_filename)?;
+            let args = args()?;
             let spec = WorkerSpec {
-                trigger: TriggerId { database: req.database.clone(), name: "plugin_test".into() },
+                trigger: TriggerId { database: database.to_string(), name: "plugin_test".into() },
                 python: self.venv.python.clone(),
                 venv: self.venv.dir.clone(),
                 plugin_dir: self.config.plugin_dir.clone(),
                 plugin_path,
-                args: req.arguments.as_ref().map(|a| a.values.clone().into_iter().collect()),
+                args: arguments.map(|a| a.values.clone().into_iter().collect()),
                 run_async: false,
                 memory_limit: self.config.worker_memory,
                 dry_run: true,
@@ -457,26 +594,47 @@ impl Host {
             let worker = Worker::spawn(spec, Arc::clone(&upstream) as Arc<dyn Upstream>, Arc::clone(&self.cache))
                 .await
                 .map_err(|e| e.to_string())?;
-            let done = worker.invoke("process_writes", &encoded.args, self.config.plugin_timeout).await;
+            let done = worker.invoke(entry, &args, self.config.plugin_timeout).await;
             worker.kill();
             done.map_err(|e| e.to_string())
         }
         .await;
         match outcome {
             Ok(done) => {
-                if let Some(e) = done.error {
-                    result.errors.push(e);
+                let done = done_message(done);
+                if !done.ok {
+                    result.errors.push(done.error);
                 }
-                result.writes = done
-                    .writes
-                    .into_iter()
-                    .map(|(database, lines)| pb::DatabaseWrites { database, lines })
-                    .collect();
+                result.writes = done.writes;
+                result.response = done.response;
             }
             Err(e) => result.errors.push(e),
         }
         result.log_lines = std::mem::take(&mut *upstream.logs.lock());
         result
+    }
+
+    async fn test_wal(&self, req: pb::TestWal) -> pb::TestResult {
+        let batch = pb::WalBatch { database: req.database.clone(), trigger: "test".into(), wal_seq: 0, tables: req.tables };
+        self.dry_run(&req.database, &req.plugin_filename, req.arguments.as_ref(), "process_writes", || {
+            encode_wal(&batch).map(|e| e.args)
+        })
+        .await
+    }
+
+    async fn test_schedule(&self, req: pb::TestSchedule) -> pb::TestResult {
+        self.dry_run(&req.database, &req.plugin_filename, req.arguments.as_ref(), "process_scheduled_call", || {
+            Ok(marshal::schedule_call_args(req.call_time_s))
+        })
+        .await
+    }
+
+    async fn test_request(&self, req: pb::TestRequest) -> pb::TestResult {
+        let r = req.request.unwrap_or_default();
+        self.dry_run(&req.database, &req.plugin_filename, req.arguments.as_ref(), "process_request", || {
+            Ok(marshal::request_call_args(r.query.iter(), r.headers.iter(), &r.body))
+        })
+        .await
     }
 
     async fn install(&self, req: pb::InstallPackages) -> Result<String, crate::packages::InstallError> {
@@ -538,6 +696,22 @@ impl Host {
                         host.link.send(msg.id, host_message::Body::TestResult(reply)).await;
                     });
                 }
+                core_message::Body::TestSchedule(req) => {
+                    let host = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        let reply = host.test_schedule(req).await;
+                        host.link.send(msg.id, host_message::Body::TestResult(reply)).await;
+                    });
+                }
+                core_message::Body::TestRequest(req) => {
+                    let host = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        let reply = host.test_request(req).await;
+                        host.link.send(msg.id, host_message::Body::TestResult(reply)).await;
+                    });
+                }
+                core_message::Body::ScheduleTick(tick) => self.schedule_tick(msg.id, tick),
+                core_message::Body::HttpRequest(req) => self.http_request(msg.id, req),
                 core_message::Body::InstallPackages(req) => {
                     let host = Arc::clone(&self);
                     tokio::spawn(async move {

@@ -340,6 +340,35 @@ pub fn wal_call_args(tables: &[(String, Vec<RecordBatch>)]) -> Result<Vec<u8>, A
     Ok(w.finish())
 }
 
+/// `[call_time]` for `process_scheduled_call`: whole seconds since the epoch (the worker
+/// turns them into a naive `datetime`).
+pub fn schedule_call_args(call_time_s: i64) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.list(1);
+    w.int(i128::from(call_time_s));
+    w.finish()
+}
+
+/// `[query_parameters, request_headers, request_body]` for `process_request`.
+pub fn request_call_args<'a>(
+    query: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
+    headers: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.list(3);
+    for map in [query.collect::<Vec<_>>(), headers.collect::<Vec<_>>()] {
+        w.dict();
+        for (k, v) in map {
+            w.str(k);
+            w.str(v);
+        }
+        w.dict_end();
+    }
+    w.bytes(body);
+    w.finish()
+}
+
 /// A query answer: a list of dicts, nulls as `None`.
 pub fn query_rows(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
     let mut w = Writer::default();

@@ -123,6 +123,23 @@ pub struct Done {
     pub writes: BTreeMap<String, Vec<String>>,
     /// Wall time.
     pub duration: Duration,
+    /// A request plugin's HTTP answer (when it succeeded).
+    pub response: Option<HttpResponse>,
+    /// Set by the host: the call timed out.
+    pub timed_out: bool,
+    /// Set by the host: the trigger is stopped by the crash-loop breaker.
+    pub stopped: bool,
+}
+
+/// The HTTP answer a request plugin's return value converts to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers, including the content type.
+    pub headers: BTreeMap<String, String>,
+    /// Body.
+    pub body: Vec<u8>,
 }
 
 /// Why an invocation did not complete.
@@ -137,6 +154,9 @@ pub enum InvokeError {
     /// The worker could not be started.
     #[error("cannot start the plugin worker: {0}")]
     Spawn(String),
+    /// The plugin file is missing or refused (nothing was started).
+    #[error("{0}")]
+    Plugin(String),
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Done, InvokeError>>>>>;
@@ -299,6 +319,12 @@ impl Worker {
                             writes: serde_json::from_value(header.get("writes").cloned().unwrap_or(Value::Null))
                                 .unwrap_or_default(),
                             duration: Duration::ZERO,
+                            response: header.get("response").map(|r| HttpResponse {
+                                status: r.get("status").and_then(Value::as_u64).and_then(|s| u16::try_from(s).ok()).unwrap_or(500),
+                                headers: serde_json::from_value(r.get("headers").cloned().unwrap_or(Value::Null)).unwrap_or_default(),
+                                body,
+                            }),
+                            ..Done::default()
                         };
                         if let Some(tx) = pending.lock().remove(&id) {
                             let _ = tx.send(Ok(done));

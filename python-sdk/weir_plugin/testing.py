@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 from .cache import ScopeCache
 from .engine import BackendError, Trigger, install_builtins
+from .response import to_response
 
 Rows = List[Dict[str, Any]]
 
@@ -77,5 +78,15 @@ class PluginHarness:
         return self._run("process_scheduled_call", call_time)
 
     def request(self, query_parameters=None, request_headers=None, request_body: bytes = b"") -> Dict[str, Any]:
-        """Call `process_request`; the raw return value is in `return_value`."""
-        return self._run("process_request", dict(query_parameters or {}), dict(request_headers or {}), request_body)
+        """Call `process_request`; the raw return value is in `return_value` and the HTTP answer
+        the server would send in `response` (`{"status", "headers", "body"}`, body as bytes)."""
+        headers = {str(k).lower(): v for k, v in dict(request_headers or {}).items() if str(k).lower() != "authorization"}
+        result = self._run("process_request", dict(query_parameters or {}), headers, bytes(request_body))
+        result["response"] = None
+        if not result["errors"]:
+            try:
+                status, out_headers, body = to_response(result["return_value"])
+                result["response"] = {"status": status, "headers": out_headers, "body": body}
+            except Exception as e:  # noqa: BLE001 - reported like the server reports it
+                result["errors"].append(f"{type(e).__name__}: {e}")
+        return result

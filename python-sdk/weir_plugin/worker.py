@@ -11,7 +11,8 @@ call arguments, which the host writes directly; pickle for global-cache values).
 host → worker                              worker → host
   init {trigger, database, plugin_path,      ready {pid, python}
         args, run_async, threads, dry_run}   log {level, text, invocation}
-  invoke {id, entry} + marshal([args...])    done {id, ok, error, traceback, writes, value}
+  invoke {id, entry} + marshal([args...])    done {id, ok, error, traceback, writes,
+                                                   response {status, headers}} + body
   query_result {id, error} + marshal(rows)   query {id, database, sql, params}
   write_result {id, error}                   write {id, database, lines, no_sync}
   cache_result {id, error, found}            cache {id, op, key, ttl} + pickle (global
@@ -38,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Optional, Tuple
 
 from .engine import BackendError, Trigger, install_builtins
+from .response import to_response
 
 _LEN = struct.Struct("<I")
 
@@ -223,14 +225,6 @@ def _call_args(entry: str, body: bytes):
     return args
 
 
-def _jsonable(value):
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return repr(value)
-
-
 def serve(channel: Channel) -> int:
     """Run until the host says shutdown or goes away; the exit status."""
     header, _ = channel.recv()
@@ -262,9 +256,17 @@ def serve(channel: Channel) -> int:
                 merged.setdefault(db, []).extend(lines)
             backend.captured = {}
             writes = merged
-        channel.send({"type": "done", "id": rid, "ok": outcome.ok, "error": outcome.error,
-                      "traceback": outcome.traceback, "writes": writes,
-                      "value": _jsonable(outcome.value)})
+        done = {"type": "done", "id": rid, "ok": outcome.ok, "error": outcome.error,
+                "traceback": outcome.traceback, "writes": writes}
+        body = b""
+        if entry == "process_request" and outcome.ok:
+            try:
+                status, headers, body = to_response(outcome.value)
+                done["response"] = {"status": status, "headers": headers}
+            except Exception as e:  # noqa: BLE001 - any conversion failure is the plugin's error
+                done.update(ok=False, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(), writes={})
+                body = b""
+        channel.send(done, body)
 
     if header.get("run_async"):
         pool = ThreadPoolExecutor(max_workers=max(1, int(header.get("threads") or 8)),

@@ -120,7 +120,9 @@ pub struct CreateTriggerArgs {
     /// Plugin file or package directory, relative to the plugin directory.
     #[arg(short = 'p', long = "path", alias = "plugin-filename")]
     path: String,
-    /// When it runs: `table:<name>` or `all_tables` (WAL flushes).
+    /// When it runs: `table:<name>` or `all_tables` (WAL flushes), `every:<duration>`
+    /// (e.g. `every:10s`, aligned to the epoch), `cron:<expr>` (6 fields with seconds
+    /// first, or 5; UTC), or `request:<path>` (served at /api/v3/engine/<path>).
     #[arg(long = "trigger-spec")]
     trigger_spec: String,
     /// Arguments for the plugin, `key=value[,key=value...]` (the plugin gets None without).
@@ -132,9 +134,17 @@ pub struct CreateTriggerArgs {
     /// Run invocations concurrently.
     #[arg(long = "run-asynchronous")]
     run_asynchronous: bool,
-    /// What to do when the plugin fails: log, retry or disable.
+    /// What to do when the plugin fails: log (record and move on), retry (the same input
+    /// again with exponential backoff, at most --max-retries times) or disable.
     #[arg(long = "error-behavior", default_value = "log")]
     error_behavior: String,
+    /// With `--error-behavior retry`: retries of one input before giving up (default 5).
+    #[arg(long = "max-retries")]
+    max_retries: Option<u32>,
+    /// Worker processes for an asynchronous trigger (CPU-bound plugins); each has its own
+    /// trigger cache.
+    #[arg(long, default_value_t = 1, requires = "run_asynchronous")]
+    workers: u32,
 }
 
 /// `weir install ...`
@@ -181,6 +191,59 @@ pub enum TestCommand {
         #[arg(long = "cache-name")]
         cache_name: Option<String>,
     },
+    /// Run a schedule plugin once (`process_scheduled_call`) in a fresh worker; prints
+    /// `trigger_time` with the usual dry-run answer.
+    #[command(name = "schedule_plugin", alias = "schedule-plugin")]
+    SchedulePlugin {
+        #[command(flatten)]
+        common: Common,
+        /// Plugin file or package directory, relative to the plugin directory.
+        filename: String,
+        /// Database the plugin runs against.
+        #[arg(short = 'd', long, env = "WEIR_DATABASE")]
+        database: String,
+        /// A schedule (`every:10s`, `cron:0 * * * * *`): the call time is its next fire
+        /// time. Without it, now.
+        #[arg(long)]
+        schedule: Option<String>,
+        /// Arguments for the plugin, `key=value[,key=value...]`.
+        #[arg(long = "input-arguments", value_delimiter = ',')]
+        input_arguments: Vec<String>,
+        /// Accepted for compatibility with influxdb3; every dry run gets a fresh cache.
+        #[arg(long = "cache-name")]
+        cache_name: Option<String>,
+    },
+    /// Run a request plugin once (`process_request`) in a fresh worker; prints the HTTP
+    /// answer it would give with the usual dry-run answer.
+    #[command(name = "request_plugin", alias = "request-plugin")]
+    RequestPlugin {
+        #[command(flatten)]
+        common: Common,
+        /// Plugin file or package directory, relative to the plugin directory.
+        filename: String,
+        /// Database the plugin runs against.
+        #[arg(short = 'd', long, env = "WEIR_DATABASE")]
+        database: String,
+        /// Request body (`@FILE` reads a file).
+        #[arg(long)]
+        body: Option<String>,
+        /// Query parameters, `key=value[,key=value...]`.
+        #[arg(long, value_delimiter = ',')]
+        query: Vec<String>,
+        /// Request headers, `Name: value` (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// HTTP method the plugin sees.
+        #[arg(long, default_value = "POST")]
+        method: String,
+        /// Arguments for the plugin, `key=value[,key=value...]`.
+        #[arg(long = "input-arguments", value_delimiter = ',')]
+        input_arguments: Vec<String>,
+    },
+}
+
+fn writes_json(writes: Vec<pb::PluginWrites>) -> serde_json::Map<String, serde_json::Value> {
+    writes.into_iter().map(|w| (w.database, serde_json::json!(w.lines))).collect()
 }
 
 fn key_values(pairs: &[String]) -> anyhow::Result<Option<pb::TriggerArguments>> {
@@ -195,28 +258,90 @@ fn key_values(pairs: &[String]) -> anyhow::Result<Option<pb::TriggerArguments>> 
     Ok(Some(pb::TriggerArguments { values }))
 }
 
-/// `weir test wal_plugin`: prints `{log_lines, database_writes, errors}` as JSON.
+/// `weir test wal_plugin|schedule_plugin|request_plugin`: prints the dry-run answer as JSON.
 pub async fn test(c: TestCommand) -> anyhow::Result<()> {
-    let TestCommand::WalPlugin { common, filename, database, lp, file, input_arguments, cache_name: _ } = c;
-    let input_lp = match (lp, file) {
-        (Some(lp), _) => lp,
-        (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?,
-        (None, None) => bail!("give --lp or --file"),
+    let out = match c {
+        TestCommand::WalPlugin { common, filename, database, lp, file, input_arguments, cache_name: _ } => {
+            let input_lp = match (lp, file) {
+                (Some(lp), _) => lp,
+                (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?,
+                (None, None) => bail!("give --lp or --file"),
+            };
+            let r = connect(&common)
+                .await?
+                .test_wal_plugin(pb::TestWalPluginRequest {
+                    database,
+                    plugin_filename: filename,
+                    input_lp,
+                    arguments: key_values(&input_arguments)?,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            serde_json::json!({"log_lines": r.log_lines, "database_writes": writes_json(r.database_writes), "errors": r.errors})
+        }
+        TestCommand::SchedulePlugin { common, filename, database, schedule, input_arguments, cache_name: _ } => {
+            let r = connect(&common)
+                .await?
+                .test_schedule_plugin(pb::TestSchedulePluginRequest {
+                    database,
+                    plugin_filename: filename,
+                    arguments: key_values(&input_arguments)?,
+                    schedule: schedule.unwrap_or_default(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            serde_json::json!({
+                "trigger_time": r.trigger_time,
+                "log_lines": r.log_lines,
+                "database_writes": writes_json(r.database_writes),
+                "errors": r.errors,
+            })
+        }
+        TestCommand::RequestPlugin { common, filename, database, body, query, headers, method, input_arguments } => {
+            let body = match body.as_deref() {
+                Some(b) if b.starts_with('@') => std::fs::read(&b[1..]).with_context(|| format!("cannot read {}", &b[1..]))?,
+                Some(b) => b.as_bytes().to_vec(),
+                None => Vec::new(),
+            };
+            let query = key_values(&query)?.map(|a| a.values).unwrap_or_default();
+            let headers = headers
+                .iter()
+                .map(|h| {
+                    let (k, v) = h.split_once(':').with_context(|| format!("header {h:?} is not `Name: value`"))?;
+                    Ok((k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let r = connect(&common)
+                .await?
+                .test_request_plugin(pb::TestRequestPluginRequest {
+                    database,
+                    plugin_filename: filename,
+                    arguments: key_values(&input_arguments)?,
+                    method,
+                    query,
+                    headers,
+                    body,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let mut out = serde_json::json!({
+                "log_lines": r.log_lines,
+                "database_writes": writes_json(r.database_writes),
+                "errors": r.errors,
+            });
+            if r.status != 0 {
+                out["response"] = serde_json::json!({
+                    "status": r.status,
+                    "headers": r.headers,
+                    "body": String::from_utf8_lossy(&r.body),
+                });
+            }
+            out
+        }
     };
-    let r = connect(&common)
-        .await?
-        .test_wal_plugin(pb::TestWalPluginRequest {
-            database,
-            plugin_filename: filename,
-            input_lp,
-            arguments: key_values(&input_arguments)?,
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    let writes: serde_json::Map<String, serde_json::Value> =
-        r.database_writes.into_iter().map(|w| (w.database, serde_json::json!(w.lines))).collect();
-    let out = serde_json::json!({"log_lines": r.log_lines, "database_writes": writes, "errors": r.errors});
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
@@ -600,6 +725,8 @@ pub async fn create(c: CreateCommand) -> anyhow::Result<()> {
                 run_async: a.run_asynchronous,
                 error_behavior: a.error_behavior,
                 disabled: a.disabled,
+                max_retries: a.max_retries.unwrap_or(0),
+                workers: a.workers,
             };
             connect(&a.common)
                 .await?

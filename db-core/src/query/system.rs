@@ -155,13 +155,65 @@ struct EngineLogRow {
     text: String,
 }
 
-/// Plugin and engine log lines behind `system.processing_engine_logs`.
+/// What the engine knows about one enabled trigger beyond its definition (the extra
+/// columns of `system.processing_engine_triggers`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TriggerState {
+    /// The latest failure, with its traceback.
+    pub last_error: Option<String>,
+    /// When it happened, ns since the epoch.
+    pub last_error_at: Option<i64>,
+    /// Failed attempts in a row (reset by a success).
+    pub attempts: u64,
+    /// Invocations that finished, and how many of them failed.
+    pub runs: u64,
+    /// Failed invocations.
+    pub failures: u64,
+    /// Schedule ticks that got no run of their own (coalesced into a catch-up run).
+    pub missed_ticks: u64,
+    /// WAL triggers: the last WAL file the plugin finished.
+    pub checkpoint: Option<u64>,
+    /// Why the trigger is stopped although enabled (its worker crash-looped).
+    pub stopped: Option<String>,
+}
+
+/// Plugin and engine log lines behind `system.processing_engine_logs`, and the live
+/// trigger states behind `system.processing_engine_triggers`.
 #[derive(Debug, Default)]
 pub struct EngineLog {
     rows: Mutex<VecDeque<EngineLogRow>>,
+    states: Mutex<std::collections::HashMap<(u32, Arc<str>), TriggerState>>,
+    /// Whether the engine has a session with the plugin host (enabled triggers are STOPPED
+    /// without one).
+    connected: std::sync::atomic::AtomicBool,
 }
 
 impl EngineLog {
+    /// Change a trigger's state (created as default when new).
+    pub fn update_state(&self, db_id: u32, trigger: &Arc<str>, f: impl FnOnce(&mut TriggerState)) {
+        f(self.states.lock().entry((db_id, Arc::clone(trigger))).or_default());
+    }
+
+    /// A trigger's state, if it has one.
+    pub fn state(&self, db_id: u32, trigger: &str) -> Option<TriggerState> {
+        self.states.lock().get(&(db_id, Arc::from(trigger))).cloned()
+    }
+
+    /// Forget a trigger's state (deleted, disabled, or enabled again from scratch).
+    pub fn clear_state(&self, db_id: u32, trigger: &str) {
+        self.states.lock().remove(&(db_id, Arc::from(trigger)));
+    }
+
+    /// Record whether the plugin host is connected.
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// Whether the plugin host is connected.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
     /// Record a line (also sent to the server log).
     pub fn push(&self, database: &str, trigger: &str, level: LogLevel, text: String, event_time: i64) {
         match level {
@@ -236,6 +288,15 @@ impl SystemSchema {
 
     fn triggers(&self) -> DfResult<RecordBatch> {
         let t: Vec<_> = self.db.triggers.values().collect();
+        let states: Vec<TriggerState> =
+            t.iter().map(|t| self.engine_log.state(self.db.id, &t.name).unwrap_or_default()).collect();
+        let connected = self.engine_log.connected();
+        let last_wal = self.buffer.last_wal_seq();
+        let state = |t: &crate::catalog::TriggerDef, s: &TriggerState| match () {
+            _ if t.disabled => "DISABLED",
+            _ if s.stopped.is_some() || !connected => "STOPPED",
+            _ => "RUNNING",
+        };
         let schema = Arc::new(Schema::new(vec![
             Field::new("trigger_name", DataType::Utf8, false),
             Field::new("plugin_filename", DataType::Utf8, false),
@@ -243,7 +304,17 @@ impl SystemSchema {
             Field::new("disabled", DataType::Boolean, false),
             Field::new("error_behavior", DataType::Utf8, false),
             Field::new("run_async", DataType::Boolean, false),
+            Field::new("state", DataType::Utf8, false),
+            Field::new("last_error", DataType::Utf8, true),
+            Field::new("last_error_at", DataType::Timestamp(TimeUnit::Nanosecond, None), true),
+            Field::new("attempts", DataType::UInt64, false),
+            Field::new("runs", DataType::UInt64, false),
+            Field::new("failures", DataType::UInt64, false),
+            Field::new("missed_ticks", DataType::UInt64, false),
+            Field::new("checkpoint", DataType::UInt64, true),
+            Field::new("lag", DataType::UInt64, true),
         ]));
+        let checkpoint = |t: &crate::catalog::TriggerDef, s: &TriggerState| s.checkpoint.filter(|_| t.spec().is_wal() && !t.disabled);
         Ok(RecordBatch::try_new(
             schema,
             vec![
@@ -253,6 +324,18 @@ impl SystemSchema {
                 Arc::new(BooleanArray::from_iter(t.iter().map(|t| Some(t.disabled)))),
                 Arc::new(StringArray::from_iter_values(t.iter().map(|t| t.error_behavior.as_str()))),
                 Arc::new(BooleanArray::from_iter(t.iter().map(|t| Some(t.run_async)))),
+                Arc::new(StringArray::from_iter_values(t.iter().zip(&states).map(|(t, s)| state(t, s)))),
+                Arc::new(StringArray::from_iter(states.iter().map(|s| s.stopped.as_deref().or(s.last_error.as_deref())))),
+                Arc::new(TimestampNanosecondArray::from_iter(states.iter().map(|s| s.last_error_at))),
+                Arc::new(UInt64Array::from_iter_values(states.iter().map(|s| s.attempts))),
+                Arc::new(UInt64Array::from_iter_values(states.iter().map(|s| s.runs))),
+                Arc::new(UInt64Array::from_iter_values(states.iter().map(|s| s.failures))),
+                Arc::new(UInt64Array::from_iter_values(states.iter().map(|s| s.missed_ticks))),
+                Arc::new(UInt64Array::from_iter(t.iter().zip(&states).map(|(t, s)| checkpoint(t, s)))),
+                // WAL files flushed since the checkpoint.
+                Arc::new(UInt64Array::from_iter(
+                    t.iter().zip(&states).map(|(t, s)| checkpoint(t, s).map(|cp| last_wal.saturating_sub(cp))),
+                )),
             ],
         )?)
     }

@@ -52,7 +52,8 @@ impl IntoStatus for catalog::Error {
             catalog::Error::InvalidDbName { .. } => Status::invalid_argument(self.to_string()),
             catalog::Error::DbExists(_)
             | catalog::Error::TokenExists(_)
-            | catalog::Error::TriggerExists { .. } => Status::already_exists(self.to_string()),
+            | catalog::Error::TriggerExists { .. }
+            | catalog::Error::RequestPathTaken { .. } => Status::already_exists(self.to_string()),
             catalog::Error::TriggerEnabled { .. } => Status::failed_precondition(self.to_string()),
             catalog::Error::DbNotFound(_) | catalog::Error::TriggerNotFound { .. } => {
                 Status::not_found(self.to_string())
@@ -101,6 +102,8 @@ impl IntoStatus for crate::engine::EngineError {
             EngineError::NotRunning | EngineError::Unavailable => Status::unavailable(self.to_string()),
             EngineError::Refused(m) => Status::permission_denied(m),
             EngineError::Failed(m) => Status::internal(m),
+            EngineError::Timeout(m) => Status::deadline_exceeded(m),
+            EngineError::Invalid(m) => Status::invalid_argument(m),
         }
     }
 }
@@ -258,6 +261,8 @@ impl Admin for AdminService {
             run_async: t.run_async,
             error_behavior,
             disabled: t.disabled,
+            max_retries: (t.max_retries > 0).then_some(t.max_retries),
+            workers: t.workers,
         };
         self.state.catalog.create_trigger(&r.database, def).await.map_err(IntoStatus::into_status)?;
         self.state.trigger_changed(&r.database, &t.name).await;
@@ -312,6 +317,8 @@ impl Admin for AdminService {
                 run_async: t.run_async,
                 error_behavior: t.error_behavior.as_str().to_string(),
                 disabled: t.disabled,
+                max_retries: t.max_retries(),
+                workers: t.workers.max(1),
             })
             .collect();
         Ok(Response::new(pb::ListTriggersResponse { triggers }))
@@ -351,6 +358,57 @@ impl Admin for AdminService {
                 .map(|(database, lines)| pb::PluginWrites { database, lines })
                 .collect(),
             errors: o.errors,
+            trigger_time: String::new(),
+        }))
+    }
+
+    async fn test_schedule_plugin(
+        &self,
+        req: Request<pb::TestSchedulePluginRequest>,
+    ) -> Result<Response<pb::TestWalPluginResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let engine = self.state.engine().map_err(IntoStatus::into_status)?;
+        let args = r.arguments.map(|a| a.values.into_iter().collect());
+        let o = engine
+            .test_schedule(&r.database, &r.plugin_filename, Some(r.schedule.as_str()), args)
+            .await
+            .map_err(IntoStatus::into_status)?;
+        Ok(Response::new(pb::TestWalPluginResponse {
+            log_lines: o.log_lines,
+            database_writes: o.database_writes.into_iter().map(|(database, lines)| pb::PluginWrites { database, lines }).collect(),
+            errors: o.errors,
+            trigger_time: o.trigger_time.unwrap_or_default(),
+        }))
+    }
+
+    async fn test_request_plugin(
+        &self,
+        req: Request<pb::TestRequestPluginRequest>,
+    ) -> Result<Response<pb::TestRequestPluginResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let engine = self.state.engine().map_err(IntoStatus::into_status)?;
+        let args = r.arguments.map(|a| a.values.into_iter().collect());
+        let call = crate::engine::HttpCall {
+            method: r.method,
+            path: String::new(),
+            query: r.query.into_iter().collect(),
+            headers: r.headers.into_iter().collect(),
+            body: r.body,
+        };
+        let o = engine
+            .test_request(&r.database, &r.plugin_filename, args, call)
+            .await
+            .map_err(IntoStatus::into_status)?;
+        let response = o.response.unwrap_or_default();
+        Ok(Response::new(pb::TestRequestPluginResponse {
+            log_lines: o.log_lines,
+            database_writes: o.database_writes.into_iter().map(|(database, lines)| pb::PluginWrites { database, lines }).collect(),
+            errors: o.errors,
+            status: u32::from(response.status),
+            headers: response.headers.into_iter().collect(),
+            body: response.raw_body,
         }))
     }
 

@@ -15,7 +15,7 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{any, get, post},
 };
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -69,6 +69,9 @@ pub enum ApiError {
     /// Server-side failure.
     #[error("{0}")]
     Internal(String),
+    /// A plugin did not answer in time.
+    #[error("{0}")]
+    Timeout(String),
 }
 
 fn line_json(e: &LineError) -> serde_json::Value {
@@ -92,6 +95,7 @@ impl IntoResponse for ApiError {
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         };
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
@@ -117,6 +121,8 @@ impl From<crate::engine::EngineError> for ApiError {
             EngineError::NotRunning | EngineError::Unavailable => Self::Unavailable(e.to_string()),
             EngineError::Refused(m) => Self::Forbidden(m),
             EngineError::Failed(m) => Self::Internal(m),
+            EngineError::Timeout(m) => Self::Timeout(m),
+            EngineError::Invalid(m) => Self::BadRequest(m),
         }
     }
 }
@@ -133,6 +139,7 @@ impl From<catalog::Error> for ApiError {
             catalog::Error::DbExists(_)
             | catalog::Error::TokenExists(_)
             | catalog::Error::TriggerExists { .. }
+            | catalog::Error::RequestPathTaken { .. }
             | catalog::Error::TriggerEnabled { .. } => Self::Conflict(e.to_string()),
             catalog::Error::DbNotFound(_) | catalog::Error::TriggerNotFound { .. } => {
                 Self::NotFound(e.to_string())
@@ -197,6 +204,9 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/v3/configure/processing_engine_trigger/disable", post(engine::disable_trigger))
         .route("/api/v3/configure/plugin_environment/install_packages", post(engine::install_packages))
         .route("/api/v3/plugin_test/wal", post(engine::test_wal))
+        .route("/api/v3/plugin_test/schedule", post(engine::test_schedule))
+        .route("/api/v3/plugin_test/request", post(engine::test_request))
+        .route("/api/v3/engine/{*path}", any(engine::engine_request))
         .route("/api/v3/configure/plugin_environment/install_requirements", post(engine::install_requirements))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));

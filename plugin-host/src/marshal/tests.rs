@@ -86,3 +86,16 @@ fn query_rows_keep_nulls_and_format_other_types() {
     let bytes = query_rows(&[batch]).unwrap();
     assert_eq!(python_repr(&bytes), "[{'d': '2022-01-08', 'b': b'ab'}, {'d': None, 'b': None}]");
 }
+
+#[test]
+fn schedule_and_request_arguments_decode_as_python_values() {
+    assert_eq!(python_repr(&schedule_call_args(1_700_000_000)), "[1700000000]");
+    let query: std::collections::BTreeMap<String, String> = [("a".to_string(), "1".to_string())].into();
+    let headers: std::collections::BTreeMap<String, String> =
+        [("content-type".to_string(), "text/plain".to_string()), ("x-é".to_string(), "ü".to_string())].into();
+    let args = request_call_args(query.iter(), headers.iter(), b"\x00\xffbody");
+    assert_eq!(
+        python_repr(&args),
+        r"[{'a': '1'}, {'content-type': 'text/plain', 'x-é': 'ü'}, b'\x00\xffbody']"
+    );
+}

@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     body::Body,
-    extract::{RawQuery, State},
-    http::{HeaderMap, StatusCode},
+    extract::{Path, RawQuery, State},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
@@ -14,6 +14,7 @@ use serde::Deserialize;
 use super::{ApiError, bool_param, json_body_or_default, query_map, read_body};
 use crate::{
     catalog::{ErrorBehavior, TriggerDef},
+    engine::HttpCall,
     server::SharedState,
 };
 
@@ -23,6 +24,12 @@ struct TriggerSettings {
     run_async: bool,
     #[serde(default)]
     error_behavior: Option<String>,
+    /// Weir: retries of one input under `retry`.
+    #[serde(default)]
+    max_retries: Option<u32>,
+    /// Weir: worker processes of an asynchronous trigger.
+    #[serde(default)]
+    workers: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,7 +83,12 @@ pub async fn create_trigger(
         run_async: settings.run_async,
         error_behavior,
         disabled: req.disabled,
+        max_retries: settings.max_retries,
+        workers: settings.workers.unwrap_or(0),
     };
+    if def.workers > 1 && !def.run_async {
+        return Err(ApiError::BadRequest("trigger_settings.workers > 1 needs run_async: true".to_string()));
+    }
     state.catalog.create_trigger(&req.db, def).await?;
     state.trigger_changed(&req.db, &req.trigger_name).await;
     Ok(StatusCode::OK.into_response())
@@ -215,4 +227,142 @@ pub async fn test_wal(
     let args = req.input_arguments.map(argument_strings).transpose()?;
     let outcome = state.engine()?.test_wal(&req.database, &req.filename, &req.input_lp, args).await?;
     Ok(axum::Json(outcome).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct TestSchedule {
+    filename: String,
+    database: String,
+    #[serde(default)]
+    schedule: Option<String>,
+    #[serde(default)]
+    input_arguments: Option<BTreeMap<String, serde_json::Value>>,
+    /// Accepted for compatibility; each dry run gets a fresh cache.
+    #[serde(default)]
+    #[allow(dead_code)]
+    cache_name: Option<String>,
+}
+
+/// `POST /api/v3/plugin_test/schedule {filename, database, schedule?, input_arguments?}` →
+/// `{trigger_time, log_lines, database_writes, errors}`.
+pub async fn test_schedule(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, state.max_request_bytes).await?;
+    let req: TestSchedule = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "invalid JSON body (expected filename, database, and optionally schedule, input_arguments, cache_name): {e}"
+        ))
+    })?;
+    let args = req.input_arguments.map(argument_strings).transpose()?;
+    let outcome = state.engine()?.test_schedule(&req.database, &req.filename, req.schedule.as_deref(), args).await?;
+    Ok(axum::Json(outcome).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct TestRequest {
+    filename: String,
+    database: String,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    query_parameters: BTreeMap<String, String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    /// The request body, as text.
+    #[serde(default)]
+    body: String,
+    #[serde(default)]
+    input_arguments: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// `POST /api/v3/plugin_test/request {filename, database, method?, query_parameters?,
+/// headers?, body?, input_arguments?}` → `{response: {status, headers, body}, log_lines,
+/// database_writes, errors}` (Weir's addition).
+pub async fn test_request(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, state.max_request_bytes).await?;
+    let req: TestRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "invalid JSON body (expected filename, database, and optionally method, query_parameters, headers, body, input_arguments): {e}"
+        ))
+    })?;
+    let args = req.input_arguments.map(argument_strings).transpose()?;
+    let call = HttpCall {
+        method: req.method.unwrap_or_else(|| "POST".to_string()),
+        path: String::new(),
+        query: req.query_parameters,
+        headers: req
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .filter(|(k, _)| k != "authorization")
+            .collect(),
+        body: req.body.into_bytes(),
+    };
+    let outcome = state.engine()?.test_request(&req.database, &req.filename, args, call).await?;
+    Ok(axum::Json(outcome).into_response())
+}
+
+/// `/api/v3/engine/<path>`, every method: the request trigger serving `<path>` answers.
+pub async fn engine_request(
+    State(state): State<SharedState>,
+    Path(path): Path<String>,
+    method: Method,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let path = path.trim_matches('/').to_string();
+    let Some((db, def)) = state.catalog.request_trigger(&path) else {
+        return Err(ApiError::NotFound(format!("no request trigger serves /api/v3/engine/{path}")));
+    };
+    if def.disabled {
+        return Err(ApiError::NotFound(format!(
+            "the request trigger {} serving /api/v3/engine/{path} in database {db} is disabled",
+            def.name
+        )));
+    }
+    let engine = state.engine()?;
+    let db_id = state.catalog.db(&db).map(|d| d.id).ok_or_else(|| ApiError::NotFound(format!("database {db:?} not found")))?;
+    let body = read_body(&headers, body, state.max_request_bytes).await?;
+    let mut request_headers = BTreeMap::new();
+    for (name, value) in &headers {
+        if name == axum::http::header::AUTHORIZATION {
+            continue;
+        }
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        request_headers
+            .entry(name.as_str().to_string())
+            .and_modify(|v: &mut String| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    let call = HttpCall {
+        method: method.to_string(),
+        path: path.clone(),
+        query: query_map(raw.as_deref()).into_iter().collect(),
+        headers: request_headers,
+        body: body.to_vec(),
+    };
+    let answer = engine.http_request(db_id, &def, call).await?;
+    let mut response = Response::builder().status(StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+    for (k, v) in &answer.headers {
+        match (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
+            (Ok(name), Ok(value)) => {
+                response = response.header(name, value);
+            }
+            _ => tracing::warn!(trigger = %def.name, header = %k, "the plugin returned an invalid header; dropped"),
+        }
+    }
+    response
+        .body(Body::from(answer.body))
+        .map_err(|e| ApiError::Internal(format!("cannot build the plugin's response: {e}")))
 }

@@ -1,0 +1,363 @@
+//! Schedule and request triggers, dry runs of them, and what happens when a plugin fails.
+//!
+//! - **Schedules.** Each enabled schedule trigger has a task here that sleeps until its
+//!   next fire time and sends a `ScheduleTick`. A synchronous trigger runs one tick at a
+//!   time; an asynchronous one up to [`ASYNC_TICKS`] at once. Ticks that pass while no run
+//!   can start are coalesced into one catch-up run for the latest of them and counted in
+//!   `missed_ticks` (no burst after a long run).
+//! - **Requests.** `/api/v3/engine/<path>` becomes an `HttpRequest` to the trigger serving
+//!   the path; its `Done` carries the HTTP answer. No session: 503 at once; past the
+//!   plugin timeout: 504.
+//! - **Failures.** Every outcome updates the trigger's state (`system.processing_engine_triggers`).
+//!   `error_behavior` `log` moves on, `retry` runs the same input again after an
+//!   exponential backoff with jitter (at most `max_retries` times), `disable` disables the
+//!   trigger in the catalog.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use tokio::sync::Semaphore;
+use weir_proto::plugin::v1::{self as pb, core_message, host_message};
+
+use super::{Engine, EngineError, TestOutcome, now, schedule::Schedule};
+use crate::{
+    catalog::{ErrorBehavior, TriggerDef, TriggerSpec},
+    query::system::LogLevel,
+};
+
+/// Ticks of one asynchronous schedule trigger running at once; more are coalesced.
+pub const ASYNC_TICKS: usize = 8;
+/// First `retry` delay; it doubles per attempt up to [`RETRY_CAP`].
+const RETRY_BASE: Duration = Duration::from_millis(200);
+const RETRY_CAP: Duration = Duration::from_secs(30);
+
+/// An HTTP request for a request trigger.
+#[derive(Debug, Clone, Default)]
+pub struct HttpCall {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path below `/api/v3/engine/`.
+    pub path: String,
+    /// Query parameters (last value wins).
+    pub query: BTreeMap<String, String>,
+    /// Headers with lower-case names, without `authorization`.
+    pub headers: BTreeMap<String, String>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// A request plugin's answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpAnswer {
+    /// Status code.
+    pub status: u16,
+    /// Headers, including the content type.
+    pub headers: BTreeMap<String, String>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl From<pb::HttpResponse> for HttpAnswer {
+    fn from(r: pb::HttpResponse) -> Self {
+        Self {
+            status: u16::try_from(r.status).ok().filter(|s| (100..=599).contains(s)).unwrap_or(500),
+            headers: r.headers.into_iter().collect(),
+            body: r.body,
+        }
+    }
+}
+
+/// What a trigger does after an invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Next {
+    /// Go on with the next input.
+    Continue,
+    /// Run the same input again after this delay.
+    Retry(Duration),
+    /// The trigger is being disabled: deliver nothing more.
+    Stop,
+}
+
+/// The delay before retry `attempt` (1-based): doubling from [`RETRY_BASE`], capped at
+/// [`RETRY_CAP`], then a random point in its upper half so retrying triggers spread out.
+pub(super) fn backoff(attempt: u32, entropy: u64) -> Duration {
+    let full = RETRY_BASE.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(RETRY_CAP);
+    let half = full / 2;
+    let spread = u64::try_from(half.as_micros()).unwrap_or(u64::MAX).max(1);
+    half + Duration::from_micros(entropy % spread)
+}
+
+impl Engine {
+    /// Record an invocation's outcome in the trigger's state and apply its error
+    /// behaviour. `attempt` counts tries of this input (1 for the first); `failure` is the
+    /// error and whether the host stopped the trigger.
+    pub(super) fn after_call(self: &Arc<Self>, db_id: u32, db: &str, def: &TriggerDef, attempt: u32, failure: Option<(String, bool)>) -> Next {
+        let Some((error, stopped)) = failure else {
+            self.log.update_state(db_id, &def.name, |s| {
+                s.runs += 1;
+                s.attempts = u64::from(attempt);
+            });
+            return Next::Continue;
+        };
+        let at = now();
+        self.log.update_state(db_id, &def.name, |s| {
+            s.runs += 1;
+            s.failures += 1;
+            s.attempts = u64::from(attempt);
+            s.last_error = Some(error.clone());
+            s.last_error_at = Some(at);
+            if stopped {
+                s.stopped = Some(error.clone());
+            }
+        });
+        // A stopped trigger's inputs fail at once until it is enabled again.
+        if stopped {
+            return Next::Continue;
+        }
+        match def.error_behavior {
+            ErrorBehavior::Log => Next::Continue,
+            // Requests are answered at once: the caller retries, not the engine.
+            _ if matches!(def.spec(), TriggerSpec::Request(_)) && def.error_behavior == ErrorBehavior::Retry => Next::Continue,
+            ErrorBehavior::Retry if attempt <= def.max_retries() => {
+                let delay = backoff(attempt, at.unsigned_abs());
+                self.record(db, &def.name, LogLevel::Warn, format!(
+                    "attempt {attempt} failed; retrying in {} (at most {} retries)",
+                    humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
+                    def.max_retries()
+                ));
+                Next::Retry(delay)
+            }
+            ErrorBehavior::Retry => {
+                self.record(db, &def.name, LogLevel::Error, format!("giving up after {attempt} attempts; moving on"));
+                Next::Continue
+            }
+            ErrorBehavior::Disable => {
+                self.record(db, &def.name, LogLevel::Error, "error_behavior is disable: disabling the trigger".to_string());
+                // On its own task: disabling stops the caller's task too.
+                let engine = Arc::clone(self);
+                let (db, name) = (db.to_string(), def.name.to_string());
+                tokio::spawn(async move {
+                    match engine.catalog.set_trigger_disabled(&db, &name, true).await {
+                        Ok(_) => engine.trigger_changed(&db, &name).await,
+                        Err(e) => tracing::error!(%db, trigger = %name, error = %e, "cannot disable the trigger"),
+                    }
+                });
+                Next::Stop
+            }
+        }
+    }
+
+    /// Start, restart or stop schedule tasks so that exactly the enabled schedule
+    /// triggers have one (a changed definition gets a new task).
+    pub(super) fn sync_schedules(self: &Arc<Self>) {
+        let mut wanted: Vec<(u32, Arc<TriggerDef>)> = Vec::new();
+        for db in self.catalog.databases() {
+            for t in db.triggers.values() {
+                if !t.disabled && matches!(t.spec(), TriggerSpec::Schedule(_)) {
+                    wanted.push((db.id, Arc::clone(t)));
+                }
+            }
+        }
+        let mut tasks = self.schedules.lock();
+        tasks.retain(|key, (def, handle)| {
+            let keep = wanted.iter().any(|(id, t)| (*id, &t.name) == (key.0, &key.1) && t.as_ref() == def.as_ref());
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        for (db_id, def) in wanted {
+            let key = (db_id, Arc::clone(&def.name));
+            if tasks.contains_key(&key) {
+                continue;
+            }
+            let task = tokio::spawn(Arc::clone(self).schedule_loop(db_id, Arc::clone(&def)));
+            tasks.insert(key, (def, task.abort_handle()));
+        }
+    }
+
+    /// Fire one schedule trigger until its task is aborted.
+    async fn schedule_loop(self: Arc<Self>, db_id: u32, def: Arc<TriggerDef>) {
+        let schedule = match Schedule::parse(&def.specification) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(trigger = %def.name, error = %e, "invalid schedule");
+                return;
+            }
+        };
+        let permits = Arc::new(Semaphore::new(if def.run_async { ASYNC_TICKS } else { 1 }));
+        let mut last = now();
+        loop {
+            let Some(next) = schedule.next_after(last) else { return };
+            let wait = next.saturating_sub(now());
+            if wait > 0 {
+                tokio::time::sleep(Duration::from_nanos(wait as u64)).await;
+            }
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { return };
+            // Ticks that passed while the previous run (or runs) went on: one catch-up run
+            // for the latest, the others counted.
+            let (missed, latest) = schedule.due(next, now());
+            let fire = latest.unwrap_or(next);
+            if missed > 0 {
+                self.log.update_state(db_id, &def.name, |s| s.missed_ticks += missed);
+            }
+            last = fire;
+            let engine = Arc::clone(&self);
+            let tick_def = Arc::clone(&def);
+            let run = async move {
+                engine.run_tick(db_id, &tick_def, fire).await;
+                drop(permit);
+            };
+            if def.run_async {
+                tokio::spawn(run);
+            } else {
+                run.await;
+            }
+        }
+    }
+
+    /// One tick: the plugin runs for `fire`, again after failures per the trigger's
+    /// error behaviour.
+    async fn run_tick(self: &Arc<Self>, db_id: u32, def: &TriggerDef, fire: i64) {
+        let Some(db) = self.catalog.db_by_id(db_id) else { return };
+        let tick = pb::ScheduleTick {
+            database: db.name.to_string(),
+            trigger: def.name.to_string(),
+            call_time_s: fire.div_euclid(1_000_000_000),
+            scheduled_ns: fire,
+        };
+        let mut attempt = 1;
+        loop {
+            let deadline = self.config.plugin_timeout + Duration::from_secs(60);
+            let failure = match self.request(core_message::Body::ScheduleTick(tick.clone()), deadline, "the scheduled call").await {
+                Ok(host_message::Body::Done(done)) if done.ok => {
+                    self.commit_writes(&db.name, &def.name, done.writes).await;
+                    None
+                }
+                Ok(host_message::Body::Done(done)) => Some((done.error, done.stopped)),
+                Ok(other) => Some((format!("unexpected reply: {other:?}"), false)),
+                Err(e) => {
+                    let e = format!("scheduled call at {} not run: {e}", super::rfc3339(fire));
+                    self.record(&db.name, &def.name, LogLevel::Error, e.clone());
+                    Some((e, false))
+                }
+            };
+            match self.after_call(db_id, &db.name, def, attempt, failure) {
+                Next::Retry(delay) => {
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Next::Continue | Next::Stop => return,
+            }
+        }
+    }
+
+    /// Run the request trigger `def` of database `db_id` for one HTTP request.
+    pub async fn http_request(self: &Arc<Self>, db_id: u32, def: &TriggerDef, call: HttpCall) -> Result<HttpAnswer, EngineError> {
+        let db = self.catalog.db_by_id(db_id).ok_or(EngineError::NotRunning)?;
+        let req = pb::HttpRequest {
+            database: db.name.to_string(),
+            trigger: def.name.to_string(),
+            method: call.method,
+            path: call.path,
+            query: call.query.into_iter().collect(),
+            headers: call.headers.into_iter().collect(),
+            body: call.body,
+        };
+        // No session: 503 at once, not after a timeout.
+        let reply = self.send(core_message::Body::HttpRequest(req)).await.ok_or(EngineError::Unavailable)?;
+        let timeout = self.config.plugin_timeout;
+        let timed_out = || EngineError::Timeout(format!(
+            "the request plugin did not answer within {}",
+            humantime::format_duration(timeout)
+        ));
+        let done = match tokio::time::timeout(timeout + Duration::from_secs(1), reply).await {
+            Ok(Ok(host_message::Body::Done(done))) => done,
+            Ok(Ok(other)) => return Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
+            Ok(Err(_)) => return Err(EngineError::Unavailable),
+            Err(_) => {
+                self.after_call(db_id, &db.name, def, 1, Some((timed_out().to_string(), false)));
+                return Err(timed_out());
+            }
+        };
+        if !done.ok {
+            let stopped = done.stopped;
+            self.after_call(db_id, &db.name, def, 1, Some((done.error.clone(), stopped)));
+            return Err(if done.timed_out { timed_out() } else { EngineError::Failed(done.error) });
+        }
+        // Buffered writes land before the answer: a client that reads next sees them.
+        self.commit_writes(&db.name, &def.name, done.writes).await;
+        self.after_call(db_id, &db.name, def, 1, None);
+        Ok(done.response.map(HttpAnswer::from).unwrap_or(HttpAnswer { status: 200, ..HttpAnswer::default() }))
+    }
+
+    /// Dry-run a schedule plugin for the next fire time of `schedule` (now without one):
+    /// the outcome and the call time used.
+    pub async fn test_schedule(
+        &self,
+        database: &str,
+        plugin_filename: &str,
+        schedule: Option<&str>,
+        arguments: Option<BTreeMap<String, String>>,
+    ) -> Result<TestOutcome, EngineError> {
+        let at = match schedule.filter(|s| !s.is_empty()) {
+            Some(spec) => {
+                let parsed = Schedule::parse(spec).map_err(EngineError::Invalid)?;
+                parsed.next_after(now()).ok_or_else(|| EngineError::Invalid(format!("{spec:?} never fires")))?
+            }
+            None => now(),
+        };
+        let body = core_message::Body::TestSchedule(pb::TestSchedule {
+            database: database.to_string(),
+            plugin_filename: plugin_filename.to_string(),
+            arguments: arguments.map(|a| pb::Arguments { values: a.into_iter().collect() }),
+            call_time_s: at.div_euclid(1_000_000_000),
+        });
+        let mut outcome = self.dry_run(body).await?;
+        outcome.trigger_time = Some(super::rfc3339(at.div_euclid(1_000_000_000) * 1_000_000_000));
+        Ok(outcome)
+    }
+
+    /// Dry-run a request plugin on one request: the outcome, with the HTTP answer when
+    /// the plugin succeeded.
+    pub async fn test_request(
+        &self,
+        database: &str,
+        plugin_filename: &str,
+        arguments: Option<BTreeMap<String, String>>,
+        call: HttpCall,
+    ) -> Result<TestOutcome, EngineError> {
+        let body = core_message::Body::TestRequest(pb::TestRequest {
+            database: database.to_string(),
+            plugin_filename: plugin_filename.to_string(),
+            arguments: arguments.map(|a| pb::Arguments { values: a.into_iter().collect() }),
+            request: Some(pb::HttpRequest {
+                database: database.to_string(),
+                trigger: "plugin_test".to_string(),
+                method: call.method,
+                path: call.path,
+                query: call.query.into_iter().collect(),
+                headers: call.headers.into_iter().collect(),
+                body: call.body,
+            }),
+        });
+        self.dry_run(body).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        for attempt in 1..=20 {
+            let full = RETRY_BASE.saturating_mul(1 << (attempt - 1).min(16)).min(RETRY_CAP);
+            for entropy in [0, 1, 12_345, u64::MAX] {
+                let d = backoff(attempt, entropy);
+                assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?} vs {full:?}");
+            }
+        }
+        assert!(backoff(1, 0) >= Duration::from_millis(100));
+        assert_eq!(backoff(30, 0), RETRY_CAP / 2);
+    }
+}
