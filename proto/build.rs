@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // Read at run time, not compiled in: checkouts at different paths that share a
+    // CARGO_TARGET_DIR may reuse this build script's binary.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let protos = [
         root.join("weir/admin/v1/admin.proto"),
         root.join("weir/plugin/v1/plugin.proto"),

@@ -246,6 +246,72 @@ impl Server {
             .expect("write request");
         (r.status().as_u16(), r.text().await.unwrap_or_default())
     }
+
+    /// Create a database (panics unless 200).
+    pub async fn create_db(&self, db: &str) {
+        let r = self
+            .http()
+            .post(format!("{}/api/v3/configure/database", self.url))
+            .json(&serde_json::json!({"db": db}))
+            .send()
+            .await
+            .expect("create database");
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    }
+
+    /// `POST /api/v3/configure/processing_engine_trigger`; returns (status, body).
+    pub async fn create_trigger(&self, body: serde_json::Value) -> (u16, String) {
+        let r = self
+            .http()
+            .post(format!("{}/api/v3/configure/processing_engine_trigger", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("create trigger");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    }
+
+    /// Put a plugin file into the plugin directory.
+    pub fn plugin(&self, name: &str, source: &str) {
+        let path = self.plugin_dir().join(name);
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("plugin dir");
+        std::fs::write(path, source).expect("plugin file");
+    }
+
+    /// The JSON rows of `sql` (panics on a non-200 answer).
+    pub async fn rows(&self, db: &str, sql: &str) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.query(db, sql, "json").await).expect("JSON rows")
+    }
+
+    /// The rows of `sql` once `check` accepts them (panics after 60 s, with the engine log).
+    pub async fn rows_when(&self, db: &str, sql: &str, check: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+        let got = eventually(Duration::from_secs(60), || async {
+            let r = self.http().get(format!("{}/api/v3/query_sql", self.url)).query(&[("db", db), ("q", sql)]).send().await.ok()?;
+            if r.status() != 200 {
+                return None;
+            }
+            let v: Vec<serde_json::Value> = r.json().await.ok()?;
+            check(&v).then_some(v)
+        })
+        .await;
+        match got {
+            Some(v) => v,
+            None => panic!(
+                "{sql}: condition not met; last answer: {:?}\nlogs: {:?}",
+                self.query(db, sql, "json").await,
+                self.engine_logs(db).await
+            ),
+        }
+    }
+
+    /// `system.processing_engine_logs` of `db` as `LEVEL: text`, oldest first.
+    pub async fn engine_logs(&self, db: &str) -> Vec<String> {
+        self.rows(db, "SELECT log_level, log_text FROM system.processing_engine_logs ORDER BY event_time")
+            .await
+            .iter()
+            .map(|r| format!("{}: {}", r["log_level"].as_str().unwrap_or(""), r["log_text"].as_str().unwrap_or("")))
+            .collect()
+    }
 }
 
 impl Drop for Server {

@@ -13,57 +13,6 @@ fn start(extra: &[&str]) -> Server {
     Server::start(ServerConfig { args: extra.iter().map(|s| s.to_string()).collect(), ..Default::default() })
 }
 
-async fn create_db(s: &Server, db: &str) {
-    let r = s.http().post(format!("{}/api/v3/configure/database", s.url)).json(&json!({"db": db})).send().await.unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-}
-
-async fn create_trigger(s: &Server, body: Value) -> (u16, String) {
-    let r = s
-        .http()
-        .post(format!("{}/api/v3/configure/processing_engine_trigger", s.url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
-fn plugin(s: &Server, name: &str, source: &str) {
-    std::fs::create_dir_all(s.plugin_dir()).unwrap();
-    std::fs::write(s.plugin_dir().join(name), source).unwrap();
-}
-
-async fn rows(s: &Server, db: &str, sql: &str) -> Vec<Value> {
-    let body = s.query(db, sql, "json").await;
-    serde_json::from_str(&body).unwrap()
-}
-
-/// Rows of `sql`, once `check` accepts them (within 60 s).
-async fn rows_when(s: &Server, db: &str, sql: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let got = eventually(Duration::from_secs(60), || async {
-        let r = s.http().get(format!("{}/api/v3/query_sql", s.url)).query(&[("db", db), ("q", sql)]).send().await.ok()?;
-        if r.status() != 200 {
-            return None;
-        }
-        let v: Vec<Value> = r.json().await.ok()?;
-        check(&v).then_some(v)
-    })
-    .await;
-    match got {
-        Some(v) => v,
-        None => panic!("{sql}: condition not met; last answer: {:?}\nlogs: {:?}", s.query(db, sql, "json").await, logs(s, db).await),
-    }
-}
-
-async fn logs(s: &Server, db: &str) -> Vec<String> {
-    rows(s, db, "SELECT log_level, log_text FROM system.processing_engine_logs ORDER BY event_time")
-        .await
-        .iter()
-        .map(|r| format!("{}: {}", r["log_level"].as_str().unwrap_or(""), r["log_text"].as_str().unwrap_or("")))
-        .collect()
-}
-
 const DERIVE: &str = r#"
 def process_writes(influxdb3_local, table_batches, args):
     influxdb3_local.info("empty query", influxdb3_local.query("SELECT host FROM cpu WHERE host = 'nobody'"))
@@ -80,9 +29,9 @@ def process_writes(influxdb3_local, table_batches, args):
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_trigger_writes_a_derived_table_and_sees_its_own_output() {
     let s = start(&[]);
-    create_db(&s, "eng").await;
-    plugin(&s, "derive.py", DERIVE);
-    let (status, body) = create_trigger(&s, json!({
+    s.create_db("eng").await;
+    s.plugin("derive.py", DERIVE);
+    let (status, body) = s.create_trigger(json!({
         "db": "eng", "plugin_filename": "derive.py", "trigger_name": "derive",
         "trigger_specification": "all_tables", "trigger_arguments": {"suffix": "x2"},
         "trigger_settings": {"run_async": false, "error_behavior": "log"}
@@ -90,7 +39,7 @@ async fn wal_trigger_writes_a_derived_table_and_sees_its_own_output() {
     .await;
     assert_eq!(status, 200, "{body}");
     // Same name again: conflict.
-    let (status, body) = create_trigger(&s, json!({
+    let (status, body) = s.create_trigger(json!({
         "db": "eng", "plugin_filename": "derive.py", "trigger_name": "derive", "trigger_specification": "all_tables"
     }))
     .await;
@@ -98,28 +47,28 @@ async fn wal_trigger_writes_a_derived_table_and_sees_its_own_output() {
 
     let (status, _) = s.write("eng", "cpu,host=a usage=1.5 1000000000\ncpu,host=b usage=4 2000000000").await;
     assert_eq!(status, 204);
-    let derived = rows_when(&s, "eng", "SELECT host, usage2 FROM cpu_x2 ORDER BY host", |r| r.len() == 2).await;
+    let derived = s.rows_when("eng", "SELECT host, usage2 FROM cpu_x2 ORDER BY host", |r| r.len() == 2).await;
     assert_eq!(derived[0]["usage2"], 3.0);
     assert_eq!(derived[1]["usage2"], 8.0);
     // all_tables: the plugin's own output table comes back to it in a later flush.
     let seen = eventually(Duration::from_secs(60), || async {
-        logs(&s, "eng").await.iter().any(|l| l == "INFO: batch cpu_x2 2").then_some(())
+        s.engine_logs("eng").await.iter().any(|l| l == "INFO: batch cpu_x2 2").then_some(())
     })
     .await;
-    assert!(seen.is_some(), "{:?}", logs(&s, "eng").await);
+    assert!(seen.is_some(), "{:?}", s.engine_logs("eng").await);
     // Every accepted line is a row, even the same point twice in one write (InfluxDB does the same).
     s.write("eng", "dup,host=a v=1 1000000000\ndup,host=a v=2 1000000000").await;
     let dup = eventually(Duration::from_secs(60), || async {
-        logs(&s, "eng").await.iter().any(|l| l == "INFO: batch dup 2").then_some(())
+        s.engine_logs("eng").await.iter().any(|l| l == "INFO: batch dup 2").then_some(())
     })
     .await;
-    assert!(dup.is_some(), "{:?}", logs(&s, "eng").await);
+    assert!(dup.is_some(), "{:?}", s.engine_logs("eng").await);
     // A query with no rows answers [] (not an error).
-    assert!(logs(&s, "eng").await.iter().any(|l| l == "INFO: empty query []"), "{:?}", logs(&s, "eng").await);
+    assert!(s.engine_logs("eng").await.iter().any(|l| l == "INFO: empty query []"), "{:?}", s.engine_logs("eng").await);
 
-    let t = rows(&s, "eng", "SELECT trigger_name, plugin_filename, trigger_specification, disabled, error_behavior FROM system.processing_engine_triggers").await;
+    let t = s.rows("eng", "SELECT trigger_name, plugin_filename, trigger_specification, disabled, error_behavior FROM system.processing_engine_triggers").await;
     assert_eq!(t, vec![json!({"trigger_name": "derive", "plugin_filename": "derive.py", "trigger_specification": "all_tables", "disabled": false, "error_behavior": "log"})]);
-    let a = rows(&s, "eng", "SELECT * FROM system.processing_engine_trigger_arguments").await;
+    let a = s.rows("eng", "SELECT * FROM system.processing_engine_trigger_arguments").await;
     assert_eq!(a, vec![json!({"trigger_name": "derive", "argument_key": "suffix", "argument_value": "x2"})]);
 
     // Disable: nothing more is delivered; deleting a disabled trigger needs no force.
@@ -127,18 +76,18 @@ async fn wal_trigger_writes_a_derived_table_and_sees_its_own_output() {
     assert_eq!(r.status(), 200);
     s.write("eng", "cpu,host=c usage=1 3000000000").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(rows(&s, "eng", "SELECT count(*) AS n FROM cpu_x2").await[0]["n"], 2);
+    assert_eq!(s.rows("eng", "SELECT count(*) AS n FROM cpu_x2").await[0]["n"], 2);
     let r = s.http().delete(format!("{}/api/v3/configure/processing_engine_trigger?db=eng&trigger_name=derive", s.url)).send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    assert!(rows(&s, "eng", "SELECT * FROM system.processing_engine_triggers").await.is_empty());
+    assert!(s.rows("eng", "SELECT * FROM system.processing_engine_triggers").await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triggers_survive_a_restart_and_enabled_ones_need_force_to_delete() {
     let s = start(&[]);
-    create_db(&s, "r").await;
-    plugin(&s, "derive.py", DERIVE);
-    let (status, body) = create_trigger(&s, json!({
+    s.create_db("r").await;
+    s.plugin("derive.py", DERIVE);
+    let (status, body) = s.create_trigger(json!({
         "db": "r", "plugin_filename": "derive.py", "trigger_name": "t1",
         "trigger_specification": "table:cpu", "trigger_arguments": {"suffix": "after"}
     }))
@@ -146,28 +95,28 @@ async fn triggers_survive_a_restart_and_enabled_ones_need_force_to_delete() {
     assert_eq!(status, 200, "{body}");
     let s = s.restart();
     s.write("r", "mem,host=a free=1i 1000000000\ncpu,host=a usage=2 1000000000").await;
-    let derived = rows_when(&s, "r", "SELECT usage2 FROM cpu_after", |r| r.len() == 1).await;
+    let derived = s.rows_when("r", "SELECT usage2 FROM cpu_after", |r| r.len() == 1).await;
     assert_eq!(derived[0]["usage2"], 4.0);
     // table:cpu never sees mem.
-    assert!(!logs(&s, "r").await.iter().any(|l| l.contains("batch mem")));
+    assert!(!s.engine_logs("r").await.iter().any(|l| l.contains("batch mem")));
 
     let r = s.http().delete(format!("{}/api/v3/configure/processing_engine_trigger?db=r&trigger_name=t1", s.url)).send().await.unwrap();
     assert_eq!(r.status(), 409);
     let r = s.http().delete(format!("{}/api/v3/configure/processing_engine_trigger?db=r&trigger_name=t1&force=true", s.url)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     // Bad specs and unknown databases are clear errors.
-    let (status, body) = create_trigger(&s, json!({"db": "r", "plugin_filename": "derive.py", "trigger_name": "t2", "trigger_specification": "tables:cpu"})).await;
+    let (status, body) = s.create_trigger(json!({"db": "r", "plugin_filename": "derive.py", "trigger_name": "t2", "trigger_specification": "tables:cpu"})).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("table:<name>"), "{body}");
-    let (status, _) = create_trigger(&s, json!({"db": "nope", "plugin_filename": "derive.py", "trigger_name": "t2", "trigger_specification": "all_tables"})).await;
+    let (status, _) = s.create_trigger(json!({"db": "nope", "plugin_filename": "derive.py", "trigger_name": "t2", "trigger_specification": "all_tables"})).await;
     assert_eq!(status, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashes_hangs_and_errors_are_logged_while_writes_keep_being_acknowledged() {
     let s = start(&["--plugin-timeout", "2s"]);
-    create_db(&s, "bad").await;
-    plugin(&s, "bad.py", r#"
+    s.create_db("bad").await;
+    s.plugin("bad.py", r#"
 import os, sys, time
 def process_writes(influxdb3_local, table_batches, args):
     for t in table_batches:
@@ -185,7 +134,7 @@ def process_writes(influxdb3_local, table_batches, args):
             print("printed", mode)
             influxdb3_local.write(LineBuilder("ok").tag("mode", mode).int64_field("n", 1).time_ns(r["time"]))
 "#);
-    let (status, body) = create_trigger(&s, json!({
+    let (status, body) = s.create_trigger(json!({
         "db": "bad", "plugin_filename": "bad.py", "trigger_name": "bad", "trigger_specification": "table:m"
     }))
     .await;
@@ -198,10 +147,10 @@ def process_writes(influxdb3_local, table_batches, args):
         // Acks never wait for the plugin (a hang takes 2 s to be killed).
         assert!(started.elapsed() < Duration::from_millis(1500), "write took {:?}", started.elapsed());
     }
-    let ok = rows_when(&s, "bad", "SELECT mode FROM ok ORDER BY time", |r| r.len() == 3).await;
+    let ok = s.rows_when("bad", "SELECT mode FROM ok ORDER BY time", |r| r.len() == 3).await;
     let ok: Vec<&str> = ok.iter().map(|r| r["mode"].as_str().unwrap()).collect();
     assert_eq!(ok, ["fine", "after_crash", "after_hang"]);
-    let l = logs(&s, "bad").await;
+    let l = s.engine_logs("bad").await;
     let has = |needle: &str| l.iter().any(|x| x.contains(needle));
     assert!(has("INFO: printed fine"), "{l:?}");
     assert!(has("exited (exit status: 3)"), "{l:?}");
@@ -213,8 +162,8 @@ def process_writes(influxdb3_local, table_batches, args):
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_plugin_host_is_restarted_and_no_batch_is_lost() {
     let s = start(&[]);
-    create_db(&s, "k").await;
-    plugin(&s, "copy.py", r#"
+    s.create_db("k").await;
+    s.plugin("copy.py", r#"
 import os
 def process_writes(influxdb3_local, table_batches, args):
     influxdb3_local.info("host pid", os.getppid())
@@ -222,7 +171,7 @@ def process_writes(influxdb3_local, table_batches, args):
         for r in t["rows"]:
             influxdb3_local.write(LineBuilder("copy").tag("k", r["k"]).int64_field("n", r["n"]).time_ns(r["time"]))
 "#);
-    let (status, body) = create_trigger(&s, json!({"db": "k", "plugin_filename": "copy.py", "trigger_name": "copy", "trigger_specification": "table:src"})).await;
+    let (status, body) = s.create_trigger(json!({"db": "k", "plugin_filename": "copy.py", "trigger_name": "copy", "trigger_specification": "table:src"})).await;
     assert_eq!(status, 200, "{body}");
     let write = |i: i64| {
         let s = &s;
@@ -232,8 +181,8 @@ def process_writes(influxdb3_local, table_batches, args):
         }
     };
     write(0).await;
-    rows_when(&s, "k", "SELECT n FROM copy", |r| r.len() == 1).await;
-    let pid = logs(&s, "k")
+    s.rows_when("k", "SELECT n FROM copy", |r| r.len() == 1).await;
+    let pid = s.engine_logs("k")
         .await
         .iter()
         .find_map(|l| l.strip_prefix("INFO: host pid ").map(|p| p.trim().to_string()))
@@ -244,18 +193,18 @@ def process_writes(influxdb3_local, table_batches, args):
     for i in 1..20 {
         write(i).await;
     }
-    let copied = rows_when(&s, "k", "SELECT n FROM copy ORDER BY n", |r| r.len() == 20).await;
+    let copied = s.rows_when("k", "SELECT n FROM copy ORDER BY n", |r| r.len() == 20).await;
     let n: Vec<i64> = copied.iter().map(|r| r["n"].as_i64().unwrap()).collect();
     assert_eq!(n, (0..20).collect::<Vec<_>>());
-    let new_pid = logs(&s, "k").await.iter().rev().find_map(|l| l.strip_prefix("INFO: host pid ").map(|p| p.trim().to_string())).unwrap();
+    let new_pid = s.engine_logs("k").await.iter().rev().find_map(|l| l.strip_prefix("INFO: host pid ").map(|p| p.trim().to_string())).unwrap();
     assert_ne!(new_pid, pid, "a new plugin host runs the plugin");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_creates_shows_toggles_and_deletes_triggers() {
     let s = start(&[]);
-    create_db(&s, "cli").await;
-    plugin(&s, "derive.py", DERIVE);
+    s.create_db("cli").await;
+    s.plugin("derive.py", DERIVE);
     let host = s.url.clone();
     let cli = |args: &[&str]| {
         let mut all: Vec<&str> = args.to_vec();
@@ -269,7 +218,7 @@ async fn the_cli_creates_shows_toggles_and_deletes_triggers() {
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "Trigger viacli created successfully");
     s.write("cli", &format!("cpu,host=a usage=5 {T0}")).await;
-    let derived = rows_when(&s, "cli", "SELECT usage2 FROM cpu_cli", |r| r.len() == 1).await;
+    let derived = s.rows_when("cli", "SELECT usage2 FROM cpu_cli", |r| r.len() == 1).await;
     assert_eq!(derived[0]["usage2"], 10.0);
 
     let (ok, out, err) = cli(&["show", "triggers", "-d", "cli", "--format", "csv"]);
@@ -294,7 +243,7 @@ async fn the_cli_creates_shows_toggles_and_deletes_triggers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packages_install_from_pypi_into_the_plugin_venv() {
     let s = start(&[]);
-    create_db(&s, "pkg").await;
+    s.create_db("pkg").await;
     let install = |body: Value| {
         let s = &s;
         async move {
@@ -319,16 +268,16 @@ async fn packages_install_from_pypi_into_the_plugin_venv() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(outcome.0, 200, "{}", outcome.1);
-    plugin(&s, "uses_pkg.py", r#"
+    s.plugin("uses_pkg.py", r#"
 import tinydb
 def process_writes(influxdb3_local, table_batches, args):
     influxdb3_local.info("tinydb", tinydb.__version__)
 "#);
-    let (status, body) = create_trigger(&s, json!({"db": "pkg", "plugin_filename": "uses_pkg.py", "trigger_name": "p", "trigger_specification": "all_tables"})).await;
+    let (status, body) = s.create_trigger(json!({"db": "pkg", "plugin_filename": "uses_pkg.py", "trigger_name": "p", "trigger_specification": "all_tables"})).await;
     assert_eq!(status, 200, "{body}");
     s.write("pkg", &format!("m v=1 {T0}")).await;
-    let ok = eventually(Duration::from_secs(60), || async { logs(&s, "pkg").await.iter().any(|l| l == "INFO: tinydb 4.8.2").then_some(()) }).await;
-    assert!(ok.is_some(), "{:?}", logs(&s, "pkg").await);
+    let ok = eventually(Duration::from_secs(60), || async { s.engine_logs("pkg").await.iter().any(|l| l == "INFO: tinydb 4.8.2").then_some(()) }).await;
+    assert!(ok.is_some(), "{:?}", s.engine_logs("pkg").await);
 
     // A package that does not exist: the real pip error comes back.
     let (status, body) = install(json!({"packages": ["weir-no-such-package-xyz==0.0.1"]})).await;
@@ -369,9 +318,9 @@ async fn a_disabled_package_manager_refuses_installs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_runs_capture_writes_for_files_and_packages() {
     let s = start(&[]);
-    create_db(&s, "dry").await;
+    s.create_db("dry").await;
     s.write("dry", &format!("cpu,host=z usage=1 {T0}")).await;
-    plugin(&s, "derive.py", DERIVE);
+    s.plugin("derive.py", DERIVE);
     let body = json!({
         "filename": "derive.py", "database": "dry",
         "input_lp": format!("cpu,host=a usage=2 {T0}\nnot a line\n"),
@@ -397,7 +346,7 @@ async fn dry_runs_capture_writes_for_files_and_packages() {
     let r = s.http().get(format!("{}/api/v3/query_sql", s.url)).query(&[("db", "dry"), ("q", "SELECT * FROM cpu_t")]).send().await.unwrap();
     assert_eq!(r.status(), 400);
     // Nothing reached the engine log either.
-    assert!(logs(&s, "dry").await.is_empty());
+    assert!(s.engine_logs("dry").await.is_empty());
 
     // A multi-file plugin through the CLI; write_sync is captured too.
     let pkg = s.plugin_dir().join("pkgplug");
@@ -426,8 +375,8 @@ async fn after_kill_9_of_weir_serve_triggers_resume_from_their_checkpoint() {
     // Snapshots every few rows, so WAL files are retired during the test unless a trigger
     // still needs them.
     let s = start(&["--snapshot-rows", "3"]);
-    create_db(&s, "cp").await;
-    plugin(&s, "slowcopy.py", r#"
+    s.create_db("cp").await;
+    s.plugin("slowcopy.py", r#"
 import time
 def process_writes(influxdb3_local, table_batches, args):
     time.sleep(0.3)
@@ -435,12 +384,12 @@ def process_writes(influxdb3_local, table_batches, args):
         for r in t["rows"]:
             influxdb3_local.write(LineBuilder("copy").tag("k", r["k"]).int64_field("n", r["n"]).time_ns(r["time"]))
 "#);
-    let (status, body) = create_trigger(&s, json!({"db": "cp", "plugin_filename": "slowcopy.py", "trigger_name": "copy", "trigger_specification": "table:src"})).await;
+    let (status, body) = s.create_trigger(json!({"db": "cp", "plugin_filename": "slowcopy.py", "trigger_name": "copy", "trigger_specification": "table:src"})).await;
     assert_eq!(status, 200, "{body}");
     // Let the first batch through, so the worker runs, then write 12 more quickly: the slow
     // plugin is far behind when the server dies.
     s.write("cp", &format!("src,k=k0 n=0i {T0}")).await;
-    rows_when(&s, "cp", "SELECT n FROM copy", |r| r.len() == 1).await;
+    s.rows_when("cp", "SELECT n FROM copy", |r| r.len() == 1).await;
     for i in 1..13i64 {
         let (status, body) = s.write("cp", &format!("src,k=k{i} n={i}i {}", T0 + i * 1_000_000_000)).await;
         assert_eq!(status, 204, "{body}");
@@ -448,7 +397,7 @@ def process_writes(influxdb3_local, table_batches, args):
     let mut s = s;
     s.kill9();
     let s = s.restart();
-    let copied = rows_when(&s, "cp", "SELECT n FROM copy ORDER BY n", |r| r.len() == 13).await;
+    let copied = s.rows_when("cp", "SELECT n FROM copy ORDER BY n", |r| r.len() == 13).await;
     let n: Vec<i64> = copied.iter().map(|r| r["n"].as_i64().unwrap()).collect();
     assert_eq!(n, (0..13).collect::<Vec<_>>());
 }

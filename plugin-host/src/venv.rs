@@ -14,12 +14,13 @@ use std::{
 use tokio::process::Command;
 
 /// The `weir_plugin` package files, embedded at build time.
-const RUNTIME_FILES: [(&str, &str); 8] = [
+const RUNTIME_FILES: [(&str, &str); 9] = [
     ("__init__.py", include_str!("../../python-sdk/weir_plugin/__init__.py")),
     ("api.py", include_str!("../../python-sdk/weir_plugin/api.py")),
     ("cache.py", include_str!("../../python-sdk/weir_plugin/cache.py")),
     ("engine.py", include_str!("../../python-sdk/weir_plugin/engine.py")),
     ("line_builder.py", include_str!("../../python-sdk/weir_plugin/line_builder.py")),
+    ("response.py", include_str!("../../python-sdk/weir_plugin/response.py")),
     ("testing.py", include_str!("../../python-sdk/weir_plugin/testing.py")),
     ("worker.py", include_str!("../../python-sdk/weir_plugin/worker.py")),
     ("py.typed", include_str!("../../python-sdk/weir_plugin/py.typed")),
@@ -189,6 +190,17 @@ pub fn runtime_dir(venv: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_sdk_module_is_embedded() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../python-sdk/weir_plugin");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if name.ends_with(".py") {
+                assert!(RUNTIME_FILES.iter().any(|(f, _)| *f == name), "{name} is not in RUNTIME_FILES");
+            }
+        }
+    }
 
     #[test]
     fn versions() {

@@ -74,7 +74,7 @@ def test_wal_invocation_with_query_print_and_writes(tmp_path):
     h.invoke(1, "process_writes", [{"table_name": "cpu", "rows": [{"a": 1}, {"a": 2}]}])
     done = h.until_done(answer)
     assert done == {"type": "done", "id": 1, "ok": True, "error": None, "traceback": None,
-                    "writes": {"db": ["out n=42i"]}, "value": None}
+                    "writes": {"db": ["out n=42i"]}}
     assert ("INFO", "hello from print") in h.logs
     assert ("WARN", "args {'k': 'v'}") in h.logs
     h.close()
