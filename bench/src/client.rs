@@ -84,6 +84,13 @@ impl Api {
         Ok(())
     }
 
+    /// `GET path` (with the token): status and body.
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<(u16, Bytes)> {
+        let resp = self.auth(self.client.get(format!("{}{path}", self.base))).send().await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.bytes().await?))
+    }
+
     /// Bearer token, if any.
     pub(crate) fn token(&self) -> Option<&str> {
         self.token.as_deref()

@@ -8,6 +8,7 @@
 mod client;
 mod datagen;
 mod engine;
+mod requests;
 mod ingest;
 mod query;
 mod report;
@@ -43,6 +44,9 @@ enum Scenario {
     /// Processing engine: WAL-trigger throughput, write → plugin latency, ingest with a
     /// slow plugin.
     Engine,
+    /// Request triggers (sync, async, async with 2 workers × 1/8/32 clients) and
+    /// `every:1s` schedule jitter under that load.
+    Requests,
 }
 
 /// Benchmark a Weir server: ingest throughput, query latency, lone-write latency.
@@ -128,6 +132,10 @@ struct Cli {
     #[arg(long, default_value_t = 1_000_000)]
     engine_rows: u64,
 
+    /// Seconds of load per request-trigger cell.
+    #[arg(long, default_value_t = 5.0)]
+    request_seconds: f64,
+
     /// Single-line writes timed from write to plugin (engine scenario).
     #[arg(long, default_value_t = 200)]
     engine_latency_writes: usize,
@@ -193,6 +201,7 @@ impl Cli {
             "lone_writes": self.lone_writes,
             "scan_rows": self.scan_rows,
             "engine_rows": self.engine_rows,
+            "request_seconds": self.request_seconds,
             "engine_latency_writes": self.engine_latency_writes,
             "engine_latency_rate": self.engine_latency_rate,
             "engine_ingest_lines": self.engine_ingest_lines,
@@ -437,6 +446,18 @@ async fn scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> anyhow:
             println!("\n== processing engine: skipped (needs a server this benchmark starts, to place plugins) ==");
         } else {
             report.engine = Some(engine_scenarios(cli, fleet, report).await?);
+        }
+    }
+
+    if cli.runs(Scenario::Requests) {
+        if cli.host.is_some() {
+            println!("\n== request triggers: skipped (needs a server this benchmark starts, to place plugins) ==");
+        } else {
+            println!("\n== request triggers: {{\"status\": \"ok\"}} plugin, {} s per cell ==", cli.request_seconds);
+            let api = fleet.acquire("requests").await?;
+            let dir = fleet.plugin_dir().context("plugin directory of the started server")?;
+            report.requests = Some(requests::run(&api, &dir, cli.request_seconds).await?);
+            release(fleet, report).await?;
         }
     }
     Ok(())

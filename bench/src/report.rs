@@ -115,6 +115,7 @@ pub(crate) struct Report {
     pub(crate) lone: Vec<LoneOutcome>,
     pub(crate) scan: Vec<scan::ScanOutcome>,
     pub(crate) engine: Option<crate::engine::EngineOutcome>,
+    pub(crate) requests: Option<crate::requests::RequestOutcome>,
     /// Server processes started by the benchmark.
     pub(crate) servers: Vec<ProcStats>,
 }
@@ -164,6 +165,9 @@ impl Report {
         p.extend(self.scan.iter().flat_map(scan::ScanOutcome::problems));
         if let Some(e) = &self.engine {
             p.extend(e.problems());
+        }
+        if let Some(r) = &self.requests {
+            p.extend(r.problems());
         }
         p
     }
@@ -363,6 +367,25 @@ impl Report {
                 );
             }
         }
+        if let Some(r) = &self.requests {
+            s.push_str("\nRequest triggers (plugin returns {\"status\": \"ok\"}; targets: p50 <= 1 ms at 1 client, >= 5,000 req/s async):\n");
+            let rows: Vec<Vec<String>> = r
+                .cells
+                .iter()
+                .map(|c| vec![c.kind.to_string(), c.clients.to_string(), thousands(c.per_s as u64), ms(c.latency.p50), ms(c.latency.p99)])
+                .collect();
+            s.push_str(&table(&["trigger", "clients", "req/s", "p50 ms", "p99 ms"], &rows));
+            if let Some(j) = &r.jitter {
+                let _ = writeln!(
+                    s,
+                    "  schedule every:1s during that load: {} calls late by p50 {} ms, p99 {} ms, max {} ms (target p99 <= 20 ms)",
+                    j.count,
+                    ms(j.p50),
+                    ms(j.p99),
+                    ms(j.max)
+                );
+            }
+        }
         if !self.lone.is_empty() {
             s.push_str("\nLone writes (one line per request, sequential):\n");
             let rows: Vec<Vec<String>> = self
@@ -445,6 +468,7 @@ impl Report {
             "lone_writes": self.lone.iter().map(LoneOutcome::to_json).collect::<Vec<_>>(),
             "scan": self.scan.iter().map(scan::ScanOutcome::to_json).collect::<Vec<_>>(),
             "engine": self.engine.as_ref().map(crate::engine::EngineOutcome::to_json),
+            "requests": self.requests.as_ref().map(crate::requests::RequestOutcome::to_json),
             "servers": self.servers.iter().map(ProcStats::to_json).collect::<Vec<_>>(),
             "problems": self.problems(),
             "generated_at_unix_ns": query::now_ns(),

@@ -227,6 +227,10 @@ impl Engine {
         };
         let mut attempt = 1;
         loop {
+            // The host may be starting or restarting: give it a moment before missing the tick.
+            if self.session.borrow().is_none() {
+                self.wait_for_session().await;
+            }
             let deadline = self.config.plugin_timeout + Duration::from_secs(60);
             let failure = match self.request(core_message::Body::ScheduleTick(tick.clone()), deadline, "the scheduled call").await {
                 Ok(host_message::Body::Done(done)) if done.ok => {
@@ -235,8 +239,14 @@ impl Engine {
                 }
                 Ok(host_message::Body::Done(done)) => Some((done.error, done.stopped)),
                 Ok(other) => Some((format!("unexpected reply: {other:?}"), false)),
+                // Not the plugin's failure: the tick is missed, the error behaviour not applied.
+                Err(e @ EngineError::Unavailable) => {
+                    self.record(&db.name, &def.name, LogLevel::Warn, format!("scheduled call at {} missed: {e}", super::rfc3339(fire)));
+                    self.log.update_state(db_id, &def.name, |s| s.missed_ticks += 1);
+                    return;
+                }
                 Err(e) => {
-                    let e = format!("scheduled call at {} not run: {e}", super::rfc3339(fire));
+                    let e = format!("scheduled call at {} failed: {e}", super::rfc3339(fire));
                     self.record(&db.name, &def.name, LogLevel::Error, e.clone());
                     Some((e, false))
                 }
