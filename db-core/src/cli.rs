@@ -38,7 +38,10 @@ pub enum Command {
     /// Delete a database or a trigger.
     #[command(subcommand)]
     Delete(client::DeleteCommand),
-    /// Dry-run a plugin (`weir test wal_plugin`).
+    /// Replace a trigger's plugin file or directory with a local one (atomically).
+    #[command(subcommand)]
+    Update(client::UpdateCommand),
+    /// Dry-run a plugin (`weir test wal_plugin|schedule_plugin|request_plugin`).
     #[command(subcommand)]
     Test(client::TestCommand),
     /// Install Python packages into the plugin venv.
@@ -88,6 +91,7 @@ pub fn startup() -> anyhow::Result<()> {
             Command::Create(c) => client::create(c).await,
             Command::Show(c) => client::show(c).await,
             Command::Delete(c) => client::delete(c).await,
+            Command::Update(c) => client::update(c).await,
             Command::Install(c) => client::install(c).await,
             Command::Test(c) => client::test(c).await,
             Command::Enable(c) => client::toggle(c, false).await,

@@ -50,7 +50,7 @@ use crate::{
     lp::Precision,
     query::{
         QueryExecutor, QueryParams,
-        system::{EngineLog, LogLevel},
+        system::{EngineLog, LogLevel, PluginFileRow, PluginFiles},
     },
     storage::Storage,
     time::{SystemTime, TimeProvider},
@@ -117,6 +117,12 @@ pub enum EngineError {
     /// The call's input is invalid (nothing was run).
     #[error("{0}")]
     Invalid(String),
+    /// It already exists.
+    #[error("{0}")]
+    Exists(String),
+    /// It does not exist.
+    #[error("{0}")]
+    Missing(String),
 }
 
 /// Engine settings.
@@ -205,6 +211,23 @@ impl FlushListener for Engine {
     }
 }
 
+#[async_trait::async_trait]
+impl PluginFiles for Engine {
+    async fn plugin_files(&self) -> Result<Vec<PluginFileRow>, String> {
+        let files = Engine::plugin_files(self).await.map_err(|e| e.to_string())?;
+        Ok(files
+            .into_iter()
+            .map(|f| PluginFileRow {
+                plugin_name: f.plugin_name,
+                file_name: f.file_name,
+                file_path: f.file_path,
+                size_bytes: f.size_bytes,
+                last_modified_ms: f.last_modified_ms,
+            })
+            .collect())
+    }
+}
+
 fn now() -> i64 {
     SystemTime.now_ns()
 }
@@ -271,6 +294,8 @@ impl Engine {
             schedules: Mutex::new(HashMap::new()),
         });
         buffer.set_flush_listener(Arc::clone(&engine) as Arc<dyn FlushListener>);
+        let files: Arc<dyn PluginFiles> = Arc::clone(&engine) as Arc<dyn PluginFiles>;
+        engine.log.set_plugin_files(Arc::downgrade(&files));
         let (url_tx, url_rx) = watch::channel(engine.config.host_url.clone());
         if engine.config.host_url.is_none() {
             tokio::spawn(Arc::clone(&engine).supervise_host(url_tx));
@@ -298,6 +323,30 @@ impl Engine {
             host_message::Body::AdminResult(r) if r.ok => Ok(r.output),
             host_message::Body::AdminResult(r) if r.refused => Err(EngineError::Refused(r.error)),
             host_message::Body::AdminResult(r) => Err(EngineError::Failed(r.error)),
+            other => Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
+        }
+    }
+
+    /// The files of the plugin directory, as the host sees them.
+    pub async fn plugin_files(&self) -> Result<Vec<pb::PluginFile>, EngineError> {
+        let body = core_message::Body::ListPluginFiles(pb::ListPluginFiles {});
+        match self.request(body, Duration::from_secs(30), "listing plugin files").await? {
+            host_message::Body::PluginFiles(f) if f.error.is_empty() => Ok(f.files),
+            host_message::Body::PluginFiles(f) => Err(EngineError::Failed(f.error)),
+            other => Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
+        }
+    }
+
+    /// Write a plugin file or replace a plugin directory on the host (atomically).
+    pub async fn put_plugin(&self, req: pb::PutPlugin) -> Result<(), EngineError> {
+        match self.request(core_message::Body::PutPlugin(req), Duration::from_secs(120), "the upload").await? {
+            host_message::Body::AdminResult(r) if r.ok => Ok(()),
+            host_message::Body::AdminResult(r) => Err(match r.kind.as_str() {
+                "invalid" => EngineError::Invalid(r.error),
+                "exists" => EngineError::Exists(r.error),
+                "missing" => EngineError::Missing(r.error),
+                _ => EngineError::Failed(r.error),
+            }),
             other => Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
         }
     }
@@ -581,7 +630,8 @@ impl Engine {
                 | host_message::Body::Hello(_)
                 | host_message::Body::Pong(_)
                 | host_message::Body::AdminResult(_)
-                | host_message::Body::TestResult(_)) => {
+                | host_message::Body::TestResult(_)
+                | host_message::Body::PluginFiles(_)) => {
                     if let Some(tx) = session.pending.lock().remove(&msg.id) {
                         let _ = tx.send(reply);
                     }

@@ -480,3 +480,115 @@ async fn requests_get_503_at_once_when_the_plugin_host_is_down() {
     let row = trigger_row(&s, "down", "hook").await;
     assert_eq!(row["state"], "STOPPED", "{row}");
 }
+
+const TOKEN: &str = "apiv3_triggers-test-admin-token";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_are_uploaded_updated_and_listed_with_an_admin_token() {
+    let s = Server::start(ServerConfig { admin_token: Some(TOKEN.into()), ..Default::default() });
+    s.create_db("up").await;
+    let http = s.http();
+    let upload = |body: Value| {
+        let http = http.clone();
+        let url = format!("{}/api/v3/plugins/files", s.url);
+        async move { http.post(url).json(&body).send().await.unwrap() }
+    };
+    // No token: refused.
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v3/plugins/files", s.url))
+        .json(&json!({"plugin_name": "a.py", "content": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let v1 = "def process_request(influxdb3_local, query_parameters, request_headers, request_body, args):\n    return {'v': 1}\n";
+    // The host may still be starting.
+    let r = eventually(Duration::from_secs(60), || async {
+        let r = upload(json!({"plugin_name": "hello.py", "content": v1})).await;
+        (r.status() != 503).then_some(r)
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(upload(json!({"plugin_name": "hello.py", "content": v1})).await.status(), 409);
+    for bad in ["../evil.py", "/tmp/evil.py", ".venv/evil.py", "a\\..\\evil.py", "%2e%2e/evil.py"] {
+        let r = upload(json!({"plugin_name": bad, "content": "x"})).await;
+        assert_eq!(r.status(), 400, "{bad}");
+        assert!(r.text().await.unwrap().contains("Path traversal detected"), "{bad}");
+    }
+    let (status, body) = s
+        .create_trigger(json!({"db": "up", "plugin_filename": "hello.py", "trigger_name": "hello", "trigger_specification": "request:hello"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let get = || async { http.get(format!("{}/api/v3/engine/hello", s.url)).send().await.unwrap().json::<Value>().await.unwrap() };
+    assert_eq!(get().await["v"], 1);
+    // PUT replaces; the next call runs the new version.
+    let r = http
+        .put(format!("{}/api/v3/plugins/files", s.url))
+        .json(&json!({"plugin_name": "hello.py", "content": v1.replace("'v': 1", "'v': 2")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(get().await["v"], 2);
+    let r = http
+        .put(format!("{}/api/v3/plugins/files", s.url))
+        .json(&json!({"plugin_name": "missing.py", "content": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // A package directory, swapped as a whole; then `weir update trigger` from a local dir.
+    let pkg = |version: &str| {
+        json!({"plugin_name": "pkg", "files": [
+            {"relative_path": "__init__.py", "content": "from .impl import process_request\n"},
+            {"relative_path": "impl.py", "content": format!("def process_request(influxdb3_local, query_parameters, request_headers, request_body, args):\n    return {{'pkg': '{version}'}}\n")},
+        ]})
+    };
+    let r = http.put(format!("{}/api/v3/plugins/directory", s.url)).json(&pkg("one")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let (status, body) = s
+        .create_trigger(json!({"db": "up", "plugin_filename": "pkg", "trigger_name": "pkg", "trigger_specification": "request:pkg"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let pkg_get = || async { http.get(format!("{}/api/v3/engine/pkg", s.url)).send().await.unwrap().json::<Value>().await.unwrap() };
+    assert_eq!(pkg_get().await["pkg"], "one");
+    let local = tempfile::tempdir().unwrap();
+    let dir = local.path().join("pkg");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("__init__.py"), "def process_request(influxdb3_local, query_parameters, request_headers, request_body, args):\n    return {'pkg': 'two'}\n").unwrap();
+    let (ok, out, err) = weir_cli(
+        &["update", "trigger", "-d", "up", "-t", "pkg", "-p", dir.to_str().unwrap(), "--host", &s.url, "--token", TOKEN],
+        None,
+    );
+    assert!(ok, "{out}{err}");
+    assert_eq!(pkg_get().await["pkg"], "two");
+    assert!(!s.plugin_dir().join("pkg/impl.py").exists(), "the old tree was replaced as a whole");
+
+    // `--upload` with create trigger, from a local file.
+    let file = local.path().join("uploaded.py");
+    std::fs::write(&file, "def process_scheduled_call(influxdb3_local, call_time, args):\n    pass\n").unwrap();
+    let (ok, out, err) = weir_cli(
+        &["create", "trigger", "up_tick", "-d", "up", "--path", file.to_str().unwrap(), "--upload", "--trigger-spec", "every:1h",
+          "--host", &s.url, "--token", TOKEN],
+        None,
+    );
+    assert!(ok, "{out}{err}");
+    assert!(s.plugin_dir().join("uploaded.py").exists());
+
+    let files = s.rows("up", "SELECT plugin_name, file_name, size_bytes FROM system.plugin_files ORDER BY plugin_name, file_name").await;
+    let names: Vec<(String, String)> =
+        files.iter().map(|f| (f["plugin_name"].as_str().unwrap().to_string(), f["file_name"].as_str().unwrap().to_string())).collect();
+    assert_eq!(
+        names,
+        [("hello.py", "hello.py"), ("pkg", "__init__.py"), ("uploaded.py", "uploaded.py")].map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    let (ok, out, err) = weir_cli(&["show", "plugins", "--host", &s.url, "--token", TOKEN], None);
+    assert!(ok && out.contains("uploaded.py"), "{out}{err}");
+    let (ok, out, err) = weir_cli(&["show", "summary", "-d", "up", "--host", &s.url, "--token", TOKEN, "--format", "json"], None);
+    assert!(ok, "{out}{err}");
+    let summary: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary.len(), 3, "{summary:?}");
+    assert!(summary.iter().all(|t| t["state"] == "RUNNING"), "{summary:?}");
+}

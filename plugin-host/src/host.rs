@@ -4,7 +4,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     io::Cursor,
-    path::{Component, Path, PathBuf},
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -259,25 +259,6 @@ fn failed(error: String) -> Done {
     Done { ok: false, error: Some(error), ..Done::default() }
 }
 
-/// `plugin_filename` inside `plugin_dir`, refusing anything that could leave it.
-pub fn resolve_plugin(plugin_dir: &Path, filename: &str) -> Result<PathBuf, String> {
-    let traversal = || format!("Path traversal detected: {filename}");
-    let rel = Path::new(filename);
-    if filename.is_empty() || filename.contains('\0') || filename.contains('\\') {
-        return Err(traversal());
-    }
-    if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(traversal());
-    }
-    let path = plugin_dir.join(rel);
-    let root = plugin_dir.canonicalize().map_err(|e| format!("plugin directory {}: {e}", plugin_dir.display()))?;
-    match path.canonicalize() {
-        Ok(real) if real.starts_with(&root) => Ok(real),
-        Ok(_) => Err(traversal()),
-        Err(e) => Err(format!("plugin {filename} not found in {}: {e}", plugin_dir.display())),
-    }
-}
-
 /// `error executing plugin: <error>` and the traceback, as the engine log shows it.
 fn error_text(done: &Done) -> String {
     let mut text = format!("error executing plugin: {}", done.error.as_deref().unwrap_or("unknown error"));
@@ -412,7 +393,7 @@ impl Host {
             return Ok(Arc::clone(w));
         }
         let mut spec = rt.spec.clone();
-        spec.plugin_path = resolve_plugin(&self.config.plugin_dir, &rt.def.plugin_filename).map_err(InvokeError::Plugin)?;
+        spec.plugin_path = crate::paths::resolve(&self.config.plugin_dir, &rt.def.plugin_filename).map_err(InvokeError::Plugin)?;
         let upstream: Arc<dyn Upstream> = Arc::clone(&self.link) as Arc<dyn Upstream>;
         let w = Worker::spawn(spec, upstream, Arc::clone(&self.cache)).await?;
         *slot = Some(Arc::clone(&w));
@@ -578,7 +559,7 @@ impl Host {
         let upstream = Arc::new(TestUpstream { link: Arc::clone(&self.link), logs: Mutex::new(Vec::new()) });
         let mut result = pb::TestResult::default();
         let outcome = async {
-            let plugin_path = resolve_plugin(&self.config.plugin_dir, plugin_filename)?;
+            let plugin_path = crate::paths::resolve(&self.config.plugin_dir, plugin_filename)?;
             let args = args()?;
             let spec = WorkerSpec {
                 trigger: TriggerId { database: database.to_string(), name: "plugin_test".into() },
@@ -645,7 +626,7 @@ impl Host {
             Install::Requirements(PathBuf::from(&req.requirements_file))
         } else {
             Install::Requirements(
-                resolve_plugin(&self.config.plugin_dir, &req.requirements_file).map_err(InstallError::Failed)?,
+                crate::paths::resolve(&self.config.plugin_dir, &req.requirements_file).map_err(InstallError::Failed)?,
             )
         };
         tracing::info!(?what, "installing packages into the plugin venv");
@@ -710,6 +691,46 @@ impl Host {
                         host.link.send(msg.id, host_message::Body::TestResult(reply)).await;
                     });
                 }
+                core_message::Body::ListPluginFiles(_) => {
+                    let host = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        let dir = host.config.plugin_dir.clone();
+                        let reply = match tokio::task::spawn_blocking(move || crate::files::list(&dir)).await {
+                            Ok(Ok(files)) => pb::PluginFiles { files, error: String::new() },
+                            Ok(Err(error)) => pb::PluginFiles { files: Vec::new(), error },
+                            Err(e) => pb::PluginFiles { files: Vec::new(), error: e.to_string() },
+                        };
+                        host.link.send(msg.id, host_message::Body::PluginFiles(reply)).await;
+                    });
+                }
+                core_message::Body::PutPlugin(req) => {
+                    let host = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        let dir = host.config.plugin_dir.clone();
+                        let name = req.plugin_name.clone();
+                        let result = tokio::task::spawn_blocking(move || crate::files::put(&dir, &req)).await;
+                        let reply = match result {
+                            Ok(Ok(())) => {
+                                tracing::info!(plugin = %name, "plugin written");
+                                pb::AdminResult { ok: true, ..Default::default() }
+                            }
+                            Ok(Err(e)) => pb::AdminResult {
+                                ok: false,
+                                kind: match e {
+                                    crate::files::FileError::Invalid(_) => "invalid",
+                                    crate::files::FileError::Exists(_) => "exists",
+                                    crate::files::FileError::Missing(_) => "missing",
+                                    crate::files::FileError::Io(_) => "",
+                                }
+                                .to_string(),
+                                error: e.to_string(),
+                                ..Default::default()
+                            },
+                            Err(e) => pb::AdminResult { ok: false, error: e.to_string(), ..Default::default() },
+                        };
+                        host.link.send(msg.id, host_message::Body::AdminResult(reply)).await;
+                    });
+                }
                 core_message::Body::ScheduleTick(tick) => self.schedule_tick(msg.id, tick),
                 core_message::Body::HttpRequest(req) => self.http_request(msg.id, req),
                 core_message::Body::InstallPackages(req) => {
@@ -743,28 +764,5 @@ impl Host {
             // Requests waiting on this session get "connection closed" now.
             self.link.pending.lock().clear();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plugin_paths_stay_inside_the_plugin_dir() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ok.py"), "").unwrap();
-        std::fs::create_dir(dir.path().join("pkg")).unwrap();
-        assert!(resolve_plugin(dir.path(), "ok.py").is_ok());
-        assert!(resolve_plugin(dir.path(), "pkg").is_ok());
-        for bad in ["../x.py", "/etc/passwd", "a/../../x.py", "", "a\\b.py", "x\0.py", "./../ok.py"] {
-            let e = resolve_plugin(dir.path(), bad).unwrap_err();
-            assert!(e.starts_with("Path traversal detected: "), "{bad}: {e}");
-        }
-        // A symlink inside the directory that points out of it.
-        std::os::unix::fs::symlink("/etc", dir.path().join("escape")).unwrap();
-        let e = resolve_plugin(dir.path(), "escape/passwd").unwrap_err();
-        assert!(e.starts_with("Path traversal detected: "), "{e}");
-        assert!(resolve_plugin(dir.path(), "missing.py").unwrap_err().contains("not found"));
     }
 }

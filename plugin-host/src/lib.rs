@@ -8,12 +8,16 @@
 //! - [`marshal`]: Arrow batches → Python objects for `process_writes` and query answers;
 //! - [`host`]: triggers, the session with the core, the link for plugin queries and writes;
 //! - [`cache`]: the global plugin cache;
-//! - [`packages`]: pip/uv installs into the venv.
+//! - [`packages`]: pip/uv installs into the venv;
+//! - [`paths`]: validation of every plugin path a user gives;
+//! - [`files`]: listing the plugin directory and atomic uploads.
 
 pub mod cache;
 pub mod cli;
+pub mod files;
 pub mod host;
 pub mod marshal;
 pub mod packages;
+pub mod paths;
 pub mod venv;
 pub mod worker;

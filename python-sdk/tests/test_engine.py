@@ -202,3 +202,31 @@ def test_bad_cache_ttls_raise_in_the_plugin(tmp_path, ttl):
     """)
     r = PluginHarness(p).wal([])
     assert r["errors"] and r["errors"][0].startswith("ValueError: cache ttl must be a finite")
+
+
+def test_a_plugin_swapped_for_a_symlink_out_of_the_plugin_dir_is_refused(tmp_path, monkeypatch):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (tmp_path / "outside.py").write_text("def process_writes(influxdb3_local, table_batches, args):\n    influxdb3_local.info('outside')\n")
+    plugin = plugins / "p.py"
+    plugin.write_text("def process_writes(influxdb3_local, table_batches, args):\n    influxdb3_local.info('inside')\n")
+    monkeypatch.setenv("PLUGIN_DIR", str(plugins))
+    h = PluginHarness(str(plugin))
+    assert h.wal([])["log_lines"] == ["INFO: inside"]
+    plugin.unlink()
+    plugin.symlink_to(tmp_path / "outside.py")
+    r = h.wal([])
+    assert r["log_lines"] == []
+    assert r["errors"][0].startswith("Path traversal detected: "), r
+
+
+def test_a_package_with_a_symlink_out_of_the_plugin_dir_is_refused(tmp_path, monkeypatch):
+    plugins = tmp_path / "plugins"
+    pkg = plugins / "pkgx"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("def process_writes(influxdb3_local, table_batches, args):\n    pass\n")
+    (tmp_path / "evil.py").write_text("")
+    (pkg / "helper.py").symlink_to(tmp_path / "evil.py")
+    monkeypatch.setenv("PLUGIN_DIR", str(plugins))
+    r = PluginHarness(str(pkg)).wal([])
+    assert r["errors"][0].startswith("Path traversal detected: "), r

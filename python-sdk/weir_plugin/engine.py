@@ -105,15 +105,49 @@ class LocalAPI:
             raise Exception(f"error writing line protocol to {db}: {e}") from None
 
 
+def _plugin_root() -> Optional[str]:
+    """The real plugin directory when running under the plugin host (`PLUGIN_DIR`)."""
+    root = os.environ.get("PLUGIN_DIR")
+    return os.path.realpath(root) if root else None
+
+
+def _inside(real: str, root: Optional[str]) -> bool:
+    return root is None or real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _read_inside(path: str) -> bytes:
+    """The bytes of `path`, refusing a symlink and anything whose opened file is not inside
+    the plugin directory (checked on the open descriptor, so a swap after the check cannot
+    redirect the read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as e:
+        if os.path.islink(path):
+            raise PluginLoadError(f"Path traversal detected: {path}") from None
+        raise PluginLoadError(f"cannot read plugin {path}: {e}") from None
+    with os.fdopen(fd, "rb") as f:
+        proc = f"/proc/self/fd/{f.fileno()}"
+        real = os.readlink(proc) if os.path.exists(proc) else os.path.realpath(path)
+        if not _inside(real, _plugin_root()):
+            raise PluginLoadError(f"Path traversal detected: {path}")
+        return f.read()
+
+
 def _tree_stamp(path: str):
-    """A value that changes when any .py file under `path` changes."""
+    """A value that changes when any .py file under `path` changes; refuses a package with a
+    file or directory that leads outside the plugin directory."""
+    root_dir = _plugin_root()
     stamp = []
     for root, dirs, files in os.walk(path):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in dirs + files:
+            full = os.path.join(root, name)
+            if os.path.islink(full) and not _inside(os.path.realpath(full), root_dir):
+                raise PluginLoadError(f"Path traversal detected: {full}")
         for f in sorted(files):
             if f.endswith(".py"):
-                st = os.stat(os.path.join(root, f))
-                stamp.append((root, f, st.st_mtime_ns, st.st_size))
+                st = os.lstat(os.path.join(root, f))
+                stamp.append((root, f, st.st_mtime_ns, st.st_size, st.st_ino))
     return tuple(stamp)
 
 
@@ -131,11 +165,11 @@ class PluginCode:
         self._module = None
 
     def _load_file(self):
-        st = os.stat(self.path)
-        stamp = (st.st_mtime_ns, st.st_size)
+        # lstat: a file swapped for a symlink changes the stamp and is read (and refused) again.
+        st = os.lstat(self.path)
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         if stamp != self._stamp:
-            with open(self.path, "rb") as f:
-                source = f.read()
+            source = _read_inside(self.path)
             self._code = compile(source, self.path, "exec")
             self._stamp = stamp
         # A fresh namespace per call. No `__name__`: it resolves to 'builtins', as in

@@ -145,6 +145,89 @@ pub struct CreateTriggerArgs {
     /// trigger cache.
     #[arg(long, default_value_t = 1, requires = "run_asynchronous")]
     workers: u32,
+    /// Upload --path (a local `.py` file or package directory) to the plugin directory
+    /// first, under its file name, and use that.
+    #[arg(long)]
+    upload: bool,
+}
+
+/// `weir update ...`
+#[derive(Debug, Subcommand)]
+pub enum UpdateCommand {
+    /// Replace the plugin of a trigger with a local `.py` file or package directory. The
+    /// new version is written aside and swapped in (the old one stays if anything fails);
+    /// the trigger picks it up on its next call.
+    Trigger {
+        #[command(flatten)]
+        common: Common,
+        /// Database.
+        #[arg(short = 'd', long, env = "WEIR_DATABASE")]
+        database: String,
+        /// Trigger name.
+        #[arg(short = 't', long = "trigger-name")]
+        name: String,
+        /// Local file or directory with the new plugin.
+        #[arg(short = 'p', long = "path")]
+        path: PathBuf,
+    },
+}
+
+/// A local plugin as upload content: one file, or every file of a directory (hidden
+/// names and `__pycache__` skipped).
+fn local_plugin(path: &std::path::Path) -> anyhow::Result<(bool, Vec<pb::PluginFileContent>)> {
+    if path.is_file() {
+        let content = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        return Ok((false, vec![pb::PluginFileContent { relative_path: String::new(), content }]));
+    }
+    let mut files = Vec::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name == "__pycache__" {
+                continue;
+            }
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(path)?.to_string_lossy().into_owned();
+                let content = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+                files.push(pb::PluginFileContent { relative_path: rel, content });
+            }
+        }
+    }
+    Ok((true, files))
+}
+
+/// Upload a local plugin as `name`.
+async fn upload(common: &Common, path: &std::path::Path, name: &str, mode: &str) -> anyhow::Result<()> {
+    let (directory, files) = local_plugin(path)?;
+    connect(common)
+        .await?
+        .put_plugin(pb::PutPluginRequest { plugin_name: name.to_string(), files, directory, mode: mode.to_string() })
+        .await
+        .map_err(status_error)?;
+    Ok(())
+}
+
+/// `weir update trigger`
+pub async fn update(c: UpdateCommand) -> anyhow::Result<()> {
+    let UpdateCommand::Trigger { common, database, name, path } = c;
+    let triggers = connect(&common)
+        .await?
+        .list_triggers(pb::ListTriggersRequest { database: database.clone() })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .triggers;
+    let Some(t) = triggers.into_iter().find(|t| t.name == name) else {
+        bail!("trigger {name:?} not found in database {database:?}");
+    };
+    upload(&common, &path, &t.plugin_filename, "replace").await?;
+    println!("Trigger {name} updated: {} replaced with {}", t.plugin_filename, path.display());
+    Ok(())
 }
 
 /// `weir install ...`
@@ -383,6 +466,26 @@ pub enum ToggleCommand {
 pub enum ShowCommand {
     /// List the triggers of a database.
     Triggers {
+        #[command(flatten)]
+        common: Common,
+        /// Database.
+        #[arg(short = 'd', long, env = "WEIR_DATABASE")]
+        database: String,
+        /// Output format: pretty, json, jsonl, csv.
+        #[arg(long, default_value = "pretty")]
+        format: String,
+    },
+    /// List the files of the plugin directory (as `system.plugin_files`).
+    Plugins {
+        #[command(flatten)]
+        common: Common,
+        /// Output format: pretty, json, jsonl, csv.
+        #[arg(long, default_value = "pretty")]
+        format: String,
+    },
+    /// The triggers of a database with their state (running, stopped, disabled), runs,
+    /// failures, last error and WAL lag.
+    Summary {
         #[command(flatten)]
         common: Common,
         /// Database.
@@ -671,13 +774,21 @@ pub async fn query(a: QueryArgs) -> anyhow::Result<()> {
             value: v.to_string(),
         });
     }
-    let mut client = connect(&a.common).await?;
-    let mut stream = client
-        .query(pb::QueryRequest {
-            database: a.database.clone(),
-            sql: a.sql.clone(),
-            params,
-        })
+    let (schema, batches) = run_sql(&a.common, &a.database, &a.sql, params).await?;
+    let bytes = encode_batches(fmt, batches, schema).await?;
+    write_output(a.output.as_ref(), &bytes)
+}
+
+/// Run SQL over the admin service: the answer's schema and batches.
+async fn run_sql(
+    common: &Common,
+    database: &str,
+    sql: &str,
+    params: Vec<pb::QueryParam>,
+) -> anyhow::Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
+    let mut stream = connect(common)
+        .await?
+        .query(pb::QueryRequest { database: database.to_string(), sql: sql.to_string(), params })
         .await
         .map_err(status_error)?
         .into_inner();
@@ -688,8 +799,7 @@ pub async fn query(a: QueryArgs) -> anyhow::Result<()> {
     let reader = StreamReader::try_new(std::io::Cursor::new(ipc), None)?;
     let schema = reader.schema();
     let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>()?;
-    let bytes = encode_batches(fmt, batches, schema).await?;
-    write_output(a.output.as_ref(), &bytes)
+    Ok((schema, batches))
 }
 
 /// `weir create ...`
@@ -717,9 +827,21 @@ pub async fn create(c: CreateCommand) -> anyhow::Result<()> {
         }
         CreateCommand::Trigger(a) => {
             let arguments = key_values(&a.trigger_arguments)?;
+            let plugin_filename = if a.upload {
+                let local = std::path::Path::new(&a.path);
+                let name = local
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .with_context(|| format!("--path {} has no file name", a.path))?
+                    .to_string();
+                upload(&a.common, local, &name, "").await?;
+                name
+            } else {
+                a.path
+            };
             let trigger = pb::TriggerInfo {
                 name: a.name.clone(),
-                plugin_filename: a.path,
+                plugin_filename,
                 specification: a.trigger_spec,
                 arguments,
                 run_async: a.run_asynchronous,
@@ -782,6 +904,44 @@ pub async fn show(c: ShowCommand) -> anyhow::Result<()> {
                 ],
             )?;
             let bytes = encode_batches(fmt, vec![batch], schema).await?;
+            write_output(None, &bytes)?;
+        }
+        ShowCommand::Plugins { common, format: f } => {
+            let fmt: Format = f.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let files = connect(&common)
+                .await?
+                .list_plugin_files(pb::ListPluginFilesRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .files;
+            use arrow::{array::{Int64Array, StringArray}, datatypes::{DataType, Field, Schema}};
+            let schema = std::sync::Arc::new(Schema::new(vec![
+                Field::new("plugin_name", DataType::Utf8, false),
+                Field::new("file_name", DataType::Utf8, false),
+                Field::new("file_path", DataType::Utf8, false),
+                Field::new("size_bytes", DataType::Int64, false),
+                Field::new("last_modified", DataType::Int64, false),
+            ]));
+            let batch = RecordBatch::try_new(
+                std::sync::Arc::clone(&schema),
+                vec![
+                    std::sync::Arc::new(StringArray::from_iter_values(files.iter().map(|f| f.plugin_name.as_str()))),
+                    std::sync::Arc::new(StringArray::from_iter_values(files.iter().map(|f| f.file_name.as_str()))),
+                    std::sync::Arc::new(StringArray::from_iter_values(files.iter().map(|f| f.file_path.as_str()))),
+                    std::sync::Arc::new(Int64Array::from_iter_values(files.iter().map(|f| f.size_bytes as i64))),
+                    std::sync::Arc::new(Int64Array::from_iter_values(files.iter().map(|f| f.last_modified_ms))),
+                ],
+            )?;
+            let bytes = encode_batches(fmt, vec![batch], schema).await?;
+            write_output(None, &bytes)?;
+        }
+        ShowCommand::Summary { common, database, format: f } => {
+            let fmt: Format = f.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let sql = "SELECT trigger_name, trigger_specification, plugin_filename, state, runs, failures, \
+                       missed_ticks, lag, last_error_at, last_error FROM system.processing_engine_triggers ORDER BY trigger_name";
+            let (schema, batches) = run_sql(&common, &database, sql, Vec::new()).await?;
+            let bytes = encode_batches(fmt, batches, schema).await?;
             write_output(None, &bytes)?;
         }
         ShowCommand::Databases { common, format: f } => {

@@ -9,6 +9,7 @@
 //! | `system.processing_engine_triggers` | triggers of the current database |
 //! | `system.processing_engine_trigger_arguments` | their arguments, one row per key |
 //! | `system.processing_engine_logs` | plugin and engine log lines (newest 10,000 per server) |
+//! | `system.plugin_files` | files of the plugin directory (asked of the plugin host) |
 //!
 //! Tables are materialised when a query names them; they are small by construction.
 
@@ -186,6 +187,30 @@ pub struct EngineLog {
     /// Whether the engine has a session with the plugin host (enabled triggers are STOPPED
     /// without one).
     connected: std::sync::atomic::AtomicBool,
+    /// Where `system.plugin_files` comes from (the engine, asking the plugin host).
+    plugin_files: Mutex<Option<std::sync::Weak<dyn PluginFiles>>>,
+}
+
+/// One row of `system.plugin_files`.
+#[derive(Debug, Clone, Default)]
+pub struct PluginFileRow {
+    /// The plugin (top-level file or package directory).
+    pub plugin_name: String,
+    /// The file, relative to the plugin.
+    pub file_name: String,
+    /// Absolute path on the plugin host.
+    pub file_path: String,
+    /// Size.
+    pub size_bytes: u64,
+    /// Modification time, ms since the epoch.
+    pub last_modified_ms: i64,
+}
+
+/// A source of plugin files (the engine).
+#[async_trait]
+pub trait PluginFiles: Send + Sync + std::fmt::Debug {
+    /// The files of the plugin directory.
+    async fn plugin_files(&self) -> Result<Vec<PluginFileRow>, String>;
 }
 
 impl EngineLog {
@@ -202,6 +227,39 @@ impl EngineLog {
     /// Forget a trigger's state (deleted, disabled, or enabled again from scratch).
     pub fn clear_state(&self, db_id: u32, trigger: &str) {
         self.states.lock().remove(&(db_id, Arc::from(trigger)));
+    }
+
+    /// Register where `system.plugin_files` comes from.
+    pub fn set_plugin_files(&self, source: std::sync::Weak<dyn PluginFiles>) {
+        *self.plugin_files.lock() = Some(source);
+    }
+
+    async fn plugin_files_batch(&self) -> DfResult<RecordBatch> {
+        let source = self.plugin_files.lock().as_ref().and_then(std::sync::Weak::upgrade);
+        let rows = match source {
+            Some(s) => s
+                .plugin_files()
+                .await
+                .map_err(|e| datafusion::error::DataFusionError::Execution(format!("system.plugin_files: {e}")))?,
+            None => Vec::new(),
+        };
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("plugin_name", DataType::Utf8, false),
+            Field::new("file_name", DataType::Utf8, false),
+            Field::new("file_path", DataType::Utf8, false),
+            Field::new("size_bytes", DataType::Int64, false),
+            Field::new("last_modified", DataType::Int64, false),
+        ]));
+        Ok(RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.plugin_name.as_str()))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.file_name.as_str()))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.file_path.as_str()))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.size_bytes as i64))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.last_modified_ms))),
+            ],
+        )?)
     }
 
     /// Record whether the plugin host is connected.
@@ -261,6 +319,7 @@ pub struct SystemSchema {
 const TABLES: &[&str] = &[
     "databases",
     "parquet_files",
+    "plugin_files",
     "processing_engine_logs",
     "processing_engine_trigger_arguments",
     "processing_engine_triggers",
@@ -458,8 +517,13 @@ impl SchemaProvider for SystemSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        let Some(batch) = self.build(name)? else {
-            return Ok(None);
+        let batch = if name == "plugin_files" {
+            self.engine_log.plugin_files_batch().await?
+        } else {
+            let Some(batch) = self.build(name)? else {
+                return Ok(None);
+            };
+            batch
         };
         let schema: SchemaRef = batch.schema();
         Ok(Some(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?)))

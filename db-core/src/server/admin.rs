@@ -104,6 +104,8 @@ impl IntoStatus for crate::engine::EngineError {
             EngineError::Failed(m) => Status::internal(m),
             EngineError::Timeout(m) => Status::deadline_exceeded(m),
             EngineError::Invalid(m) => Status::invalid_argument(m),
+            EngineError::Exists(m) => Status::already_exists(m),
+            EngineError::Missing(m) => Status::not_found(m),
         }
     }
 }
@@ -379,6 +381,50 @@ impl Admin for AdminService {
             database_writes: o.database_writes.into_iter().map(|(database, lines)| pb::PluginWrites { database, lines }).collect(),
             errors: o.errors,
             trigger_time: o.trigger_time.unwrap_or_default(),
+        }))
+    }
+
+    async fn put_plugin(&self, req: Request<pb::PutPluginRequest>) -> Result<Response<pb::PutPluginResponse>, Status> {
+        use weir_proto::plugin::v1 as host;
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let mode = match r.mode.as_str() {
+            "" => host::put_plugin::Mode::CreateOrReplace,
+            "create" => host::put_plugin::Mode::Create,
+            "replace" => host::put_plugin::Mode::Replace,
+            other => return Err(Status::invalid_argument(format!("unknown mode {other:?}: expected create or replace"))),
+        };
+        let engine = self.state.engine().map_err(IntoStatus::into_status)?;
+        engine
+            .put_plugin(host::PutPlugin {
+                plugin_name: r.plugin_name,
+                files: r.files.into_iter().map(|f| host::FileContent { relative_path: f.relative_path, content: f.content }).collect(),
+                directory: r.directory,
+                mode: mode as i32,
+            })
+            .await
+            .map_err(IntoStatus::into_status)?;
+        Ok(Response::new(pb::PutPluginResponse {}))
+    }
+
+    async fn list_plugin_files(
+        &self,
+        req: Request<pb::ListPluginFilesRequest>,
+    ) -> Result<Response<pb::ListPluginFilesResponse>, Status> {
+        self.authorize(&req)?;
+        let engine = self.state.engine().map_err(IntoStatus::into_status)?;
+        let files = engine.plugin_files().await.map_err(IntoStatus::into_status)?;
+        Ok(Response::new(pb::ListPluginFilesResponse {
+            files: files
+                .into_iter()
+                .map(|f| pb::PluginFileInfo {
+                    plugin_name: f.plugin_name,
+                    file_name: f.file_name,
+                    file_path: f.file_path,
+                    size_bytes: f.size_bytes,
+                    last_modified_ms: f.last_modified_ms,
+                })
+                .collect(),
         }))
     }
 

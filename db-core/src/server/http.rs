@@ -123,6 +123,8 @@ impl From<crate::engine::EngineError> for ApiError {
             EngineError::Failed(m) => Self::Internal(m),
             EngineError::Timeout(m) => Self::Timeout(m),
             EngineError::Invalid(m) => Self::BadRequest(m),
+            EngineError::Exists(m) => Self::Conflict(m),
+            EngineError::Missing(m) => Self::NotFound(m),
         }
     }
 }
@@ -207,6 +209,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/v3/plugin_test/schedule", post(engine::test_schedule))
         .route("/api/v3/plugin_test/request", post(engine::test_request))
         .route("/api/v3/engine/{*path}", any(engine::engine_request))
+        .route("/api/v3/plugins/files", post(engine::upload_file).put(engine::update_file))
+        .route("/api/v3/plugins/directory", axum::routing::put(engine::update_directory))
         .route("/api/v3/configure/plugin_environment/install_requirements", post(engine::install_requirements))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));

@@ -12,6 +12,8 @@ use axum::{
 use serde::Deserialize;
 
 use super::{ApiError, bool_param, json_body_or_default, query_map, read_body};
+use weir_proto::plugin::v1::{self as pb, put_plugin::Mode as PutMode};
+
 use crate::{
     catalog::{ErrorBehavior, TriggerDef},
     engine::HttpCall,
@@ -365,4 +367,74 @@ pub async fn engine_request(
     response
         .body(Body::from(answer.body))
         .map_err(|e| ApiError::Internal(format!("cannot build the plugin's response: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+struct UploadFile {
+    plugin_name: String,
+    content: String,
+}
+
+async fn put_file(state: SharedState, headers: HeaderMap, body: Body, mode: PutMode) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, state.max_request_bytes).await?;
+    let req: UploadFile = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body, expected {{\"plugin_name\": \"x.py\", \"content\": \"...\"}}: {e}")))?;
+    state
+        .engine()?
+        .put_plugin(pb::PutPlugin {
+            plugin_name: req.plugin_name,
+            files: vec![pb::FileContent { relative_path: String::new(), content: req.content.into_bytes() }],
+            directory: false,
+            mode: mode as i32,
+        })
+        .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `POST /api/v3/plugins/files {plugin_name, content}`: create a plugin file (409 if it exists).
+pub async fn upload_file(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    put_file(state, headers, body, PutMode::Create).await
+}
+
+/// `PUT /api/v3/plugins/files {plugin_name, content}`: replace a plugin file (404 if it does
+/// not exist), atomically; the trigger using it reloads it on its next call.
+pub async fn update_file(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    put_file(state, headers, body, PutMode::Replace).await
+}
+
+#[derive(Debug, Deserialize)]
+struct UploadDirectory {
+    plugin_name: String,
+    files: Vec<UploadDirectoryFile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UploadDirectoryFile {
+    relative_path: String,
+    content: String,
+}
+
+/// `PUT /api/v3/plugins/directory {plugin_name, files: [{relative_path, content}]}`: create
+/// or replace a package directory as a whole (the new tree is written aside, then swapped in).
+pub async fn update_directory(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, state.max_request_bytes).await?;
+    let req: UploadDirectory = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "invalid JSON body, expected {{\"plugin_name\": \"pkg\", \"files\": [{{\"relative_path\": \"__init__.py\", \"content\": \"...\"}}]}}: {e}"
+        ))
+    })?;
+    state
+        .engine()?
+        .put_plugin(pb::PutPlugin {
+            plugin_name: req.plugin_name,
+            files: req
+                .files
+                .into_iter()
+                .map(|f| pb::FileContent { relative_path: f.relative_path, content: f.content.into_bytes() })
+                .collect(),
+            directory: true,
+            mode: PutMode::CreateOrReplace as i32,
+        })
+        .await?;
+    Ok(StatusCode::OK.into_response())
 }

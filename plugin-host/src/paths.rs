@@ -1,0 +1,135 @@
+//! Plugin paths: every name a user gives (a trigger's `plugin_filename`, a requirements
+//! file, an upload) is checked here before anything is read or written.
+//!
+//! Two layers. [`check_name`] refuses, without touching the disk, anything that is not a
+//! plain relative path of ordinary names: `..`, `.`, hidden names (which also protects
+//! `.venv`), absolute paths, backslashes, `%` (percent-encoded tricks), NUL and other
+//! control characters, `~`, URLs, and overlong names. [`resolve`] then follows the path on
+//! disk and refuses it unless its real location (symlinks resolved) is inside the plugin
+//! directory. Every refusal reads `Path traversal detected: <name>`.
+
+use std::path::{Component, Path, PathBuf};
+
+/// Longest accepted name, bytes.
+pub const MAX_NAME: usize = 1024;
+/// Longest accepted path component, bytes.
+const MAX_COMPONENT: usize = 255;
+
+fn traversal(name: &str) -> String {
+    // Control characters would garble logs: show them escaped.
+    format!("Path traversal detected: {}", name.escape_debug())
+}
+
+/// Check a plugin-relative name without touching the disk.
+pub fn check_name(name: &str) -> Result<&Path, String> {
+    let refuse = || Err(traversal(name));
+    if name.is_empty() || name.len() > MAX_NAME {
+        return refuse();
+    }
+    if name.chars().any(|c| c.is_control() || matches!(c, '\\' | '%' | '\u{2215}' | '\u{2044}' | '\u{ff0f}')) {
+        return refuse();
+    }
+    if name.starts_with('~') || name.contains("://") || name.contains(':') && name.len() > 1 && name.as_bytes()[1] == b':' {
+        return refuse();
+    }
+    let path = Path::new(name);
+    for c in path.components() {
+        match c {
+            Component::Normal(part) => {
+                let part = part.to_str().unwrap_or("");
+                if part.is_empty() || part.len() > MAX_COMPONENT || part.starts_with('.') || part.trim() != part {
+                    return refuse();
+                }
+            }
+            _ => return refuse(),
+        }
+    }
+    // `a//b` and a trailing `/` collapse in `components()`: refuse them too.
+    if name.contains("//") || name.ends_with('/') {
+        return refuse();
+    }
+    Ok(path)
+}
+
+/// `name` inside `plugin_dir`: its real path, which must exist and lie inside the plugin
+/// directory's real path.
+pub fn resolve(plugin_dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let rel = check_name(name)?;
+    let root = plugin_dir.canonicalize().map_err(|e| format!("plugin directory {}: {e}", plugin_dir.display()))?;
+    match plugin_dir.join(rel).canonicalize() {
+        Ok(real) if real.starts_with(&root) && real != root => Ok(real),
+        Ok(_) => Err(traversal(name)),
+        Err(e) => Err(format!("plugin {name} not found in {}: {e}", plugin_dir.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names an attacker might try. Every one must be refused as a traversal, and none
+    /// may reach the secret outside the plugin directory.
+    fn hostile(outside: &Path) -> Vec<String> {
+        let out = outside.display().to_string();
+        let mut names: Vec<String> = [
+            "..", ".", "../", "./", "../x.py", "../../etc/passwd", "../../../../../../etc/passwd",
+            "a/../../x.py", "a/b/../../../x.py", "./../ok.py", "ok.py/../../x.py", "pkg/..", "pkg/../..",
+            "/etc/passwd", "/", "//etc/passwd", "/tmp/x.py", "~/x.py", "~root/.ssh/id_rsa",
+            "..\\x.py", "a\\..\\..\\x.py", "\\etc\\passwd", "C:\\Windows\\win.ini", "C:/x.py", "\\\\server\\share\\x.py",
+            "%2e%2e/x.py", "%2e%2e%2fx.py", "..%2fx.py", "%252e%252e/x.py", "%c0%ae%c0%ae/x.py", "ok%00.py",
+            "x\0.py", "\0", "../x.py\0.py", "ok.py\n", "a\nb.py", "\r../x.py", "\t.py", "ok.py\u{7f}",
+            ".venv/bin/python", ".venv/lib/python3.11/site-packages/x.py", ".hidden.py", "pkg/.git/config",
+            "..\u{2215}x.py", "..\u{ff0f}x.py", "..\u{2044}x.py",
+            "file:///etc/passwd", "http://evil.example/x.py", "a//b.py", "pkg/", " ../x.py", "ok.py ",
+            "escape/secret.txt", "escape", "linkfile.py",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        names.push("a/".repeat(600) + "x.py");
+        names.push("x".repeat(300) + ".py");
+        names.push(format!("../{}", outside.file_name().unwrap().to_str().unwrap()));
+        names.push(out.clone());
+        names.push(format!("{out}/secret.txt"));
+        names
+    }
+
+    #[test]
+    fn a_corpus_of_hostile_names_is_refused_and_nothing_outside_is_read() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("plugins");
+        let outside = base.path().join("outside");
+        std::fs::create_dir_all(dir.join("pkg")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(dir.join("ok.py"), "").unwrap();
+        std::fs::write(outside.join("secret.txt"), "secret").unwrap();
+        // Symlinks inside the directory that point out of it.
+        std::os::unix::fs::symlink(&outside, dir.join("escape")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret.txt"), dir.join("linkfile.py")).unwrap();
+        let names = hostile(&outside);
+        assert!(names.len() >= 50, "{} names", names.len());
+        for name in &names {
+            match resolve(&dir, name) {
+                Err(e) => assert!(e.starts_with("Path traversal detected: "), "{name:?}: {e}"),
+                Ok(p) => panic!("{name:?} resolved to {}", p.display()),
+            }
+        }
+        assert!(resolve(&dir, "ok.py").is_ok());
+        assert!(resolve(&dir, "pkg").is_ok());
+        assert!(resolve(&dir, "missing.py").unwrap_err().contains("not found"));
+    }
+
+    #[test]
+    fn a_symlink_swapped_in_after_validation_is_caught_when_resolving_again() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("plugins");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("p.py"), "").unwrap();
+        assert!(resolve(&dir, "p.py").is_ok());
+        // Swap the checked file for a symlink to a file outside.
+        std::fs::write(base.path().join("secret.py"), "").unwrap();
+        std::fs::remove_file(dir.join("p.py")).unwrap();
+        std::os::unix::fs::symlink(base.path().join("secret.py"), dir.join("p.py")).unwrap();
+        assert!(resolve(&dir, "p.py").unwrap_err().starts_with("Path traversal detected: "));
+    }
+}
