@@ -143,6 +143,8 @@ pub struct EngineConfig {
     /// Session token for the host: given (`--plugin-host-token`) for a host started
     /// elsewhere, generated for one this process starts.
     pub host_token: Option<String>,
+    /// `--plugin-repo` for a host this process starts.
+    pub plugin_repo: Option<String>,
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<host_message::Body>>>>;
@@ -337,6 +339,17 @@ impl Engine {
         }
     }
 
+    /// Fetch a `gh:` plugin into the host's cache (trigger creation); a clear error if it
+    /// cannot be fetched.
+    pub async fn fetch_plugin(&self, name: &str) -> Result<(), EngineError> {
+        let body = core_message::Body::FetchPlugin(pb::FetchPlugin { name: name.to_string() });
+        match self.request(body, Duration::from_secs(90), "fetching the plugin").await? {
+            host_message::Body::AdminResult(r) if r.ok => Ok(()),
+            host_message::Body::AdminResult(r) => Err(EngineError::Invalid(r.error)),
+            other => Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
+        }
+    }
+
     /// Write a plugin file or replace a plugin directory on the host (atomically).
     pub async fn put_plugin(&self, req: pb::PutPlugin) -> Result<(), EngineError> {
         match self.request(core_message::Body::PutPlugin(req), Duration::from_secs(120), "the upload").await? {
@@ -487,6 +500,7 @@ impl Engine {
                 .arg(humantime::format_duration(self.config.plugin_timeout).to_string())
                 .arg("--package-manager")
                 .arg(&self.config.package_manager)
+                .args(self.config.plugin_repo.iter().flat_map(|r| ["--plugin-repo", r.as_str()]))
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())

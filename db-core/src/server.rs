@@ -50,6 +50,18 @@ impl ServerState {
         self.engine.as_ref().ok_or(crate::engine::EngineError::NotRunning)
     }
 
+    /// Create a trigger: a `gh:` plugin is fetched first (a fetch failure is the
+    /// answer), then the catalog stores it and the engine starts it.
+    pub async fn create_trigger(&self, db: &str, def: crate::catalog::TriggerDef) -> Result<(), TriggerError> {
+        if def.plugin_filename.starts_with("gh:") {
+            self.engine()?.fetch_plugin(&def.plugin_filename).await?;
+        }
+        let name = def.name.to_string();
+        self.catalog.create_trigger(db, def).await?;
+        self.trigger_changed(db, &name).await;
+        Ok(())
+    }
+
     /// Tell the engine (if any) that a trigger was created, enabled, disabled or deleted.
     pub async fn trigger_changed(&self, db: &str, name: &str) {
         if let Some(engine) = &self.engine {
@@ -68,6 +80,17 @@ impl ServerState {
         }
         Ok(())
     }
+}
+
+/// Why a trigger could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    /// Rejected by the catalog.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::Error),
+    /// The plugin could not be fetched.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
 }
 
 /// Shared handle to the server state.

@@ -592,3 +592,83 @@ async fn plugins_are_uploaded_updated_and_listed_with_an_admin_token() {
     assert_eq!(summary.len(), 3, "{summary:?}");
     assert!(summary.iter().all(|t| t["state"] == "RUNNING"), "{summary:?}");
 }
+
+/// `python3 -m http.server` over `dir`: a stand-in for the plugin repository.
+struct Repo {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Repo {
+    fn serve(dir: &std::path::Path) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new("python3")
+            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+        let port = line.split(" port ").nth(1).and_then(|r| r.split_whitespace().next()).expect("a port").to_string();
+        Self { child, url: format!("http://127.0.0.1:{port}/") }
+    }
+}
+
+impl Drop for Repo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gh_plugins_are_fetched_once_and_served_from_the_cache() {
+    let repo_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(repo_dir.path().join("examples/hello")).unwrap();
+    std::fs::write(
+        repo_dir.path().join("examples/hello/hello.py"),
+        "def process_request(influxdb3_local, query_parameters, request_headers, request_body, args):\n    return {'from': 'repo'}\n",
+    )
+    .unwrap();
+    let repo = Repo::serve(repo_dir.path());
+    let s = start(&["--plugin-repo", &repo.url]);
+    s.create_db("gh").await;
+    let create = |file: &'static str, name: &'static str| {
+        s.create_trigger(json!({"db": "gh", "plugin_filename": file, "trigger_name": name, "trigger_specification": format!("request:{name}")}))
+    };
+    // The host may still be starting (503).
+    let (status, body) = eventually(Duration::from_secs(60), || async {
+        let (status, body) = create("gh:examples/hello/hello.py", "hello").await;
+        (status != 503).then_some((status, body))
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = create("gh:examples/missing.py", "missing").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("cannot fetch gh:examples/missing.py") && body.contains("404"), "{body}");
+    let (status, body) = create("gh:../etc/passwd", "evil").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Path traversal detected"), "{body}");
+    let index: Value = serde_json::from_slice(&std::fs::read(s.plugin_dir().join(".gh/index.json")).unwrap()).unwrap();
+    assert_eq!(index["examples/hello/hello.py"]["sha256"].as_str().unwrap().len(), 64, "{index}");
+    let get = |s: &Server| {
+        let (http, url) = (s.http(), format!("{}/api/v3/engine/hello", s.url));
+        async move { http.get(url).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    assert_eq!(get(&s).await["from"], "repo");
+    // The repository goes away: a restart serves the cached copy.
+    drop(repo);
+    let s = s.restart();
+    let answer = eventually(Duration::from_secs(60), || async {
+        let r = s.http().get(format!("{}/api/v3/engine/hello", s.url)).send().await.ok()?;
+        (r.status() == 200).then_some(())?;
+        r.json::<Value>().await.ok()
+    })
+    .await
+    .expect("the cached gh: plugin answers after a restart");
+    assert_eq!(answer["from"], "repo");
+}

@@ -46,6 +46,11 @@ pub struct Args {
     #[arg(long, env = "WEIR_PACKAGE_MANAGER", value_enum, default_value = "pip")]
     pub package_manager: crate::packages::PackageManager,
 
+    /// Where `gh:<path>` plugins are fetched from (raw files; `<repo>/<path>`). Fetched
+    /// files are cached in <plugin-dir>/.gh with their sha256, so restarts need no network.
+    #[arg(long, env = "WEIR_PLUGIN_REPO", default_value = crate::gh::DEFAULT_REPO)]
+    pub plugin_repo: String,
+
     /// Shared secret `weir serve` must present (`authorization: Bearer <token>`) to open
     /// the session. `weir serve` generates one for a host it starts itself; set the same
     /// value on both sides (`WEIR_PLUGIN_HOST_TOKEN`) for a host started elsewhere. Without
@@ -127,6 +132,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             plugin_timeout: args.plugin_timeout,
             worker_memory: (args.worker_memory_mb > 0).then(|| args.worker_memory_mb * 1024 * 1024),
             package_manager: args.package_manager,
+            plugin_repo: args.plugin_repo.clone(),
         },
         venv,
     );

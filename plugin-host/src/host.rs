@@ -40,6 +40,8 @@ pub struct HostConfig {
     pub worker_memory: Option<u64>,
     /// How packages are installed into the venv.
     pub package_manager: crate::packages::PackageManager,
+    /// Where `gh:` plugins come from.
+    pub plugin_repo: String,
 }
 
 /// The link to the connected core: where host messages go, and the replies we wait for.
@@ -320,19 +322,21 @@ pub struct Host {
     /// Incremented by every new session; batches queued by an ended session are not run
     /// (the core sends them again on the new one, in order).
     epoch: AtomicU64,
+    gh: crate::gh::GhCache,
 }
 
 impl Host {
     /// A host over a prepared venv.
     pub fn new(config: HostConfig, venv: Venv) -> Arc<Self> {
         Arc::new(Self {
-            config,
             venv,
             cache: Arc::new(GlobalCache::default()),
             link: Arc::new(CoreLink::default()),
             triggers: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
+            gh: crate::gh::GhCache::new(&config.plugin_repo, &config.plugin_dir),
+            config,
         })
     }
 
@@ -393,7 +397,7 @@ impl Host {
             return Ok(Arc::clone(w));
         }
         let mut spec = rt.spec.clone();
-        spec.plugin_path = crate::paths::resolve(&self.config.plugin_dir, &rt.def.plugin_filename).map_err(InvokeError::Plugin)?;
+        spec.plugin_path = self.plugin_path(&rt.def.plugin_filename).await.map_err(InvokeError::Plugin)?;
         let upstream: Arc<dyn Upstream> = Arc::clone(&self.link) as Arc<dyn Upstream>;
         let w = Worker::spawn(spec, upstream, Arc::clone(&self.cache)).await?;
         *slot = Some(Arc::clone(&w));
@@ -413,6 +417,15 @@ impl Host {
         .await;
         slot.busy.fetch_sub(1, Ordering::Relaxed);
         result
+    }
+
+    /// The file or package a trigger's `plugin_filename` names: inside the plugin
+    /// directory, or a `gh:` plugin's cached copy.
+    async fn plugin_path(&self, name: &str) -> Result<PathBuf, String> {
+        match crate::gh::gh_path(name) {
+            Some(path) => self.gh.resolve(path).await,
+            None => crate::paths::resolve(&self.config.plugin_dir, name),
+        }
     }
 
     fn runtime(&self, tid: &TriggerId) -> Result<Arc<TriggerRuntime>, String> {
@@ -559,7 +572,7 @@ impl Host {
         let upstream = Arc::new(TestUpstream { link: Arc::clone(&self.link), logs: Mutex::new(Vec::new()) });
         let mut result = pb::TestResult::default();
         let outcome = async {
-            let plugin_path = crate::paths::resolve(&self.config.plugin_dir, plugin_filename)?;
+            let plugin_path = self.plugin_path(plugin_filename).await?;
             let args = args()?;
             let spec = WorkerSpec {
                 trigger: TriggerId { database: database.to_string(), name: "plugin_test".into() },
@@ -727,6 +740,20 @@ impl Host {
                                 ..Default::default()
                             },
                             Err(e) => pb::AdminResult { ok: false, error: e.to_string(), ..Default::default() },
+                        };
+                        host.link.send(msg.id, host_message::Body::AdminResult(reply)).await;
+                    });
+                }
+                core_message::Body::FetchPlugin(req) => {
+                    let host = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        let result = match crate::gh::gh_path(&req.name) {
+                            Some(path) => host.gh.fetch(path).await.map(|_| ()),
+                            None => Err(format!("{} is not a gh: plugin", req.name)),
+                        };
+                        let reply = match result {
+                            Ok(()) => pb::AdminResult { ok: true, ..Default::default() },
+                            Err(error) => pb::AdminResult { ok: false, kind: "invalid".to_string(), error, ..Default::default() },
                         };
                         host.link.send(msg.id, host_message::Body::AdminResult(reply)).await;
                     });

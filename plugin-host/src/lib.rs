@@ -10,11 +10,13 @@
 //! - [`cache`]: the global plugin cache;
 //! - [`packages`]: pip/uv installs into the venv;
 //! - [`paths`]: validation of every plugin path a user gives;
-//! - [`files`]: listing the plugin directory and atomic uploads.
+//! - [`files`]: listing the plugin directory and atomic uploads;
+//! - [`gh`]: `gh:` plugins fetched from the plugin repository, cached with their sha256.
 
 pub mod cache;
 pub mod cli;
 pub mod files;
+pub mod gh;
 pub mod host;
 pub mod marshal;
 pub mod packages;

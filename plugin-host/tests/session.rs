@@ -41,6 +41,7 @@ async fn start(timeout: Duration) -> Core {
             plugin_timeout: timeout,
             worker_memory: Some(4 << 30),
             package_manager: plugin_host::packages::PackageManager::Pip,
+            plugin_repo: plugin_host::gh::DEFAULT_REPO.to_string(),
         },
         venv,
     );

@@ -150,6 +150,12 @@ pub struct ServeConfig {
     /// host): pip, uv, or disabled (installs are refused and nothing is run).
     #[arg(long, env = "WEIR_PACKAGE_MANAGER", default_value = "pip", value_parser = ["pip", "uv", "disabled"])]
     pub package_manager: String,
+
+    /// Where `gh:<path>` plugins are fetched from (for the started plugin host; default
+    /// the public influxdb3_plugins repository). A `gh:` plugin is fetched when its
+    /// trigger is created and cached in <plugin-dir>/.gh with its sha256.
+    #[arg(long, env = "WEIR_PLUGIN_REPO")]
+    pub plugin_repo: Option<String>,
 }
 
 impl ServeConfig {
@@ -288,6 +294,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             plugin_timeout: cfg.plugin_timeout,
             host_bin: None,
             package_manager: cfg.package_manager.clone(),
+            plugin_repo: cfg.plugin_repo.clone(),
             host_token: match &cfg.plugin_host_url {
                 Some(_) => cfg.plugin_host_token.clone(),
                 None => Some(crate::auth::generate_token()),

@@ -266,8 +266,11 @@ impl Admin for AdminService {
             max_retries: (t.max_retries > 0).then_some(t.max_retries),
             workers: t.workers,
         };
-        self.state.catalog.create_trigger(&r.database, def).await.map_err(IntoStatus::into_status)?;
-        self.state.trigger_changed(&r.database, &t.name).await;
+        match self.state.create_trigger(&r.database, def).await {
+            Ok(()) => {}
+            Err(crate::server::TriggerError::Catalog(e)) => return Err(e.into_status()),
+            Err(crate::server::TriggerError::Engine(e)) => return Err(e.into_status()),
+        }
         Ok(Response::new(pb::CreateTriggerResponse {}))
     }
 

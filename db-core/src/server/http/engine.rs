@@ -91,9 +91,11 @@ pub async fn create_trigger(
     if def.workers > 1 && !def.run_async {
         return Err(ApiError::BadRequest("trigger_settings.workers > 1 needs run_async: true".to_string()));
     }
-    state.catalog.create_trigger(&req.db, def).await?;
-    state.trigger_changed(&req.db, &req.trigger_name).await;
-    Ok(StatusCode::OK.into_response())
+    match state.create_trigger(&req.db, def).await {
+        Ok(()) => Ok(StatusCode::OK.into_response()),
+        Err(crate::server::TriggerError::Catalog(e)) => Err(e.into()),
+        Err(crate::server::TriggerError::Engine(e)) => Err(e.into()),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
