@@ -372,6 +372,10 @@ async fn error_behaviours_retry_disable_and_stop_crash_loops() {
     let row = trigger_row_when(&s, "err", "flaky", |r| r["attempts"] == 3).await;
     assert!(row["last_error"].as_str().unwrap().contains("flaky failure 2"), "{row}");
     assert_eq!(row["failures"], 2);
+    // WAL triggers show their checkpoint (the WAL file finished) and how far behind they are.
+    let row = trigger_row_when(&s, "err", "flaky", |r| r["checkpoint"].as_u64().is_some_and(|c| c > 0)).await;
+    assert!(row["lag"].as_u64().is_some(), "{row}");
+    assert_eq!(row["state"], "RUNNING", "{row}");
     let logs = s.engine_logs("err").await;
     assert!(logs.iter().any(|l| l.contains("attempt 1 failed; retrying in")), "{logs:?}");
 
@@ -479,6 +483,12 @@ async fn requests_get_503_at_once_when_the_plugin_host_is_down() {
     assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
     let row = trigger_row(&s, "down", "hook").await;
     assert_eq!(row["state"], "STOPPED", "{row}");
+    // Catalog queries never wait for the host; only system.plugin_files needs it.
+    let cols = s.rows("down", "SELECT column_name FROM information_schema.columns WHERE table_name = 'plugin_files'").await;
+    assert_eq!(cols.len(), 5, "{cols:?}");
+    let r = s.http().get(format!("{}/api/v3/query_sql", s.url)).query(&[("db", "down"), ("q", "SELECT * FROM system.plugin_files")]).send().await.unwrap();
+    assert!(!r.status().is_success());
+    assert!(r.text().await.unwrap().contains("plugin host"));
 }
 
 const TOKEN: &str = "apiv3_triggers-test-admin-token";

@@ -206,6 +206,45 @@ pub struct PluginFileRow {
     pub last_modified_ms: i64,
 }
 
+fn plugin_files_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("plugin_name", DataType::Utf8, false),
+        Field::new("file_name", DataType::Utf8, false),
+        Field::new("file_path", DataType::Utf8, false),
+        Field::new("size_bytes", DataType::Int64, false),
+        Field::new("last_modified", DataType::Int64, false),
+    ]))
+}
+
+/// `system.plugin_files`: the schema is fixed; the rows are asked of the plugin host only
+/// when the table is scanned (so `information_schema` never waits for, or fails on, it).
+#[derive(Debug)]
+struct PluginFilesTable {
+    log: Arc<EngineLog>,
+}
+
+#[async_trait]
+impl TableProvider for PluginFilesTable {
+    fn schema(&self) -> SchemaRef {
+        plugin_files_schema()
+    }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        datafusion::datasource::TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::logical_expr::Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let batch = self.log.plugin_files_batch().await?;
+        MemTable::try_new(batch.schema(), vec![vec![batch]])?.scan(state, projection, filters, limit).await
+    }
+}
+
 /// A source of plugin files (the engine).
 #[async_trait]
 pub trait PluginFiles: Send + Sync + std::fmt::Debug {
@@ -243,15 +282,8 @@ impl EngineLog {
                 .map_err(|e| datafusion::error::DataFusionError::Execution(format!("system.plugin_files: {e}")))?,
             None => Vec::new(),
         };
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("plugin_name", DataType::Utf8, false),
-            Field::new("file_name", DataType::Utf8, false),
-            Field::new("file_path", DataType::Utf8, false),
-            Field::new("size_bytes", DataType::Int64, false),
-            Field::new("last_modified", DataType::Int64, false),
-        ]));
         Ok(RecordBatch::try_new(
-            schema,
+            plugin_files_schema(),
             vec![
                 Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.plugin_name.as_str()))),
                 Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.file_name.as_str()))),
@@ -517,13 +549,11 @@ impl SchemaProvider for SystemSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        let batch = if name == "plugin_files" {
-            self.engine_log.plugin_files_batch().await?
-        } else {
-            let Some(batch) = self.build(name)? else {
-                return Ok(None);
-            };
-            batch
+        if name == "plugin_files" {
+            return Ok(Some(Arc::new(PluginFilesTable { log: Arc::clone(&self.engine_log) })));
+        }
+        let Some(batch) = self.build(name)? else {
+            return Ok(None);
         };
         let schema: SchemaRef = batch.schema();
         Ok(Some(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?)))
