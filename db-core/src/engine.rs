@@ -149,6 +149,9 @@ pub struct EngineConfig {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<host_message::Body>>>>;
 
+/// A schedule trigger's task and the definition it runs.
+type ScheduleTask = (Arc<TriggerDef>, tokio::task::AbortHandle);
+
 /// Per-trigger delivery queues, by (database id, trigger name).
 type Queues = Mutex<HashMap<(u32, Arc<str>), mpsc::Sender<pb::WalBatch>>>;
 
@@ -179,7 +182,7 @@ pub struct Engine {
     checkpoints: Mutex<HashMap<(u32, Arc<str>), u64>>,
     checkpoints_dirty: std::sync::atomic::AtomicBool,
     /// The task of each enabled schedule trigger, with the definition it runs.
-    schedules: Mutex<HashMap<(u32, Arc<str>), (Arc<TriggerDef>, tokio::task::AbortHandle)>>,
+    schedules: Mutex<HashMap<(u32, Arc<str>), ScheduleTask>>,
 }
 
 /// Object path (below the node prefix) of the trigger checkpoints.

@@ -46,67 +46,61 @@ fn millis(meta: &std::fs::Metadata) -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The entries of `dir` worth listing, sorted by name, with their real paths: hidden names
+/// (`.venv`, temporary uploads) and `__pycache__` skipped, and anything whose real path
+/// leaves `root` (a symlink pointing out) left out.
+fn entries(root: &Path, dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name == "__pycache__" {
+                return None;
+            }
+            let real = e.path().canonicalize().ok().filter(|r| r.starts_with(root))?;
+            Some((name, real))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn row(plugin: &str, file: String, real: &Path) -> Option<pb::PluginFile> {
+    let meta = std::fs::metadata(real).ok()?;
+    Some(pb::PluginFile {
+        plugin_name: plugin.to_string(),
+        file_name: file,
+        file_path: real.display().to_string(),
+        size_bytes: meta.len(),
+        last_modified_ms: millis(&meta),
+    })
+}
+
 /// Every file of every plugin: top-level `.py` files and the files of top-level
-/// directories, skipping hidden names (`.venv`, temporary uploads) and `__pycache__`.
-/// Symlinks are listed only when they stay inside the plugin directory.
+/// directories (symlinks only when they stay inside the plugin directory).
 pub fn list(plugin_dir: &Path) -> Result<Vec<pb::PluginFile>, String> {
     let root = plugin_dir.canonicalize().map_err(|e| format!("plugin directory {}: {e}", plugin_dir.display()))?;
     let mut out = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(&root).map_err(|e| e.to_string())?.flatten().collect();
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || name == "__pycache__" {
-            continue;
-        }
-        let Ok(real) = entry.path().canonicalize() else { continue };
-        if !real.starts_with(&root) {
-            continue;
-        }
+    for (name, real) in entries(&root, &root).map_err(|e| e.to_string())? {
         if real.is_dir() {
             walk(&root, &real, &name, Path::new(""), &mut out);
-        } else if name.ends_with(".py")
-            && let Ok(meta) = std::fs::metadata(&real)
-        {
-            out.push(pb::PluginFile {
-                plugin_name: name.clone(),
-                file_name: name,
-                file_path: real.display().to_string(),
-                size_bytes: meta.len(),
-                last_modified_ms: millis(&meta),
-            });
+        } else if name.ends_with(".py") {
+            out.extend(row(&name, name.clone(), &real));
         }
     }
     Ok(out)
 }
 
 fn walk(root: &Path, dir: &Path, plugin: &str, rel: &Path, out: &mut Vec<pb::PluginFile>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let mut entries: Vec<_> = entries.flatten().collect();
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || name == "__pycache__" {
-            continue;
-        }
-        let Ok(real) = entry.path().canonicalize() else { continue };
-        if !real.starts_with(root) {
-            continue;
-        }
+    for (name, real) in entries(root, dir).unwrap_or_default() {
         let rel = rel.join(&name);
         if real.is_dir() {
-            // Depth is bounded by the path length; a symlink loop fails canonicalize.
+            // Depth is bounded; a symlink loop fails canonicalize.
             if rel.components().count() < 32 {
                 walk(root, &real, plugin, &rel, out);
             }
-        } else if let Ok(meta) = std::fs::metadata(&real) {
-            out.push(pb::PluginFile {
-                plugin_name: plugin.to_string(),
-                file_name: rel.display().to_string(),
-                file_path: real.display().to_string(),
-                size_bytes: meta.len(),
-                last_modified_ms: millis(&meta),
-            });
+        } else {
+            out.extend(row(plugin, rel.display().to_string(), &real));
         }
     }
 }
