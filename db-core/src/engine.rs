@@ -233,6 +233,13 @@ impl PluginFiles for Engine {
     }
 }
 
+fn random_id_base() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    // Leave plenty of room before wrapping.
+    u64::from_le_bytes(b) >> 2
+}
+
 fn now() -> i64 {
     SystemTime.now_ns()
 }
@@ -288,7 +295,9 @@ impl Engine {
             buffer: Arc::clone(&buffer),
             query,
             log,
-            next_id: AtomicU64::new(0),
+            // Random start: a host that outlived a previous core never matches a late reply
+            // of the old session to a request of this one.
+            next_id: AtomicU64::new(random_id_base()),
             session,
             flushes,
             flushes_rx: Mutex::new(Some(flushes_rx)),
@@ -885,18 +894,8 @@ impl Engine {
                 self.queues.lock().remove(&(db_id, Arc::clone(&name)));
                 return;
             };
-            // Define the trigger on this session before its first batch (messages on one
-            // session arrive in order), so a batch never overtakes its trigger's creation
-            // or a reconnect.
-            let current = self.session.borrow().clone();
-            if waiting.is_empty()
-                && let Some(s) = current
-                && announced != Some(s.number)
-            {
-                let set = core_message::Body::TriggerSet(pb::TriggerSet { trigger: Some(trigger_message(&db_name, &def)) });
-                if s.tx.send(pb::CoreMessage { id: 0, body: Some(set) }).await.is_ok() {
-                    announced = Some(s.number);
-                }
+            if waiting.is_empty() {
+                self.announce(&mut announced, &db_name, &def).await;
             }
             let window = if def.error_behavior == ErrorBehavior::Log { WINDOW } else { 1 };
             while waiting.len() < pending.len().min(window) {
@@ -945,6 +944,21 @@ impl Engine {
                     waiting.clear();
                     self.wait_for_session().await;
                 }
+            }
+        }
+    }
+
+    /// Define the trigger on the current session unless `announced` says it already was
+    /// (messages on one session arrive in order), so a batch or tick never overtakes its
+    /// trigger's creation or a reconnect.
+    async fn announce(&self, announced: &mut Option<u64>, db: &str, def: &TriggerDef) {
+        let current = self.session.borrow().clone();
+        if let Some(s) = current
+            && *announced != Some(s.number)
+        {
+            let set = core_message::Body::TriggerSet(pb::TriggerSet { trigger: Some(trigger_message(db, def)) });
+            if s.tx.send(pb::CoreMessage { id: 0, body: Some(set) }).await.is_ok() {
+                *announced = Some(s.number);
             }
         }
     }

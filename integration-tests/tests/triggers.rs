@@ -243,6 +243,24 @@ async fn request_triggers_answer_every_method_with_converted_returns() {
     assert_eq!(r.status(), 504, "{}", r.text().await.unwrap());
     let r = http.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    // An async trigger: calls that die with a timed-out sibling's worker are not counted
+    // as crashes (the trigger keeps running).
+    let (status, body) = s
+        .create_trigger(json!({"db": "web", "plugin_filename": "web.py", "trigger_name": "ahook", "trigger_specification": "request:ahook",
+                               "trigger_settings": {"run_async": true}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let aurl = format!("{}/api/v3/engine/ahook", s.url);
+    assert_eq!(http.get(&aurl).send().await.unwrap().status(), 200);
+    let sleepers = (0..6).map(|_| {
+        let (http, url) = (http.clone(), format!("{aurl}?mode=sleep"));
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures::future::join_all(sleepers).await;
+    assert!(statuses.iter().all(|s| *s == 504 || *s == 500), "{statuses:?}");
+    assert!(statuses.contains(&504), "{statuses:?}");
+    assert_eq!(http.get(&aurl).send().await.unwrap().status(), 200);
+    assert_eq!(trigger_row(&s, "web", "ahook").await["state"], "RUNNING");
     // Unknown path: 404 with valid JSON.
     let r = http.get(format!("{}/api/v3/engine/nothing/here", s.url)).send().await.unwrap();
     assert_eq!(r.status(), 404);

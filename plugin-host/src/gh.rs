@@ -23,6 +23,18 @@ use crate::paths::check_name;
 pub const DEFAULT_REPO: &str = "https://raw.githubusercontent.com/influxdata/influxdb3_plugins/main/";
 
 const CACHE: &str = ".gh";
+/// Largest plugin file fetched.
+const MAX_SIZE: u64 = 16 << 20;
+
+/// A repository path: a plugin name made only of URL-safe characters, so the URL fetched
+/// and the cached name are the same.
+fn check_path(path: &str) -> Result<&Path, String> {
+    let rel = check_name(path)?;
+    if !path.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/')) {
+        return Err(format!("gh:{path}: only letters, digits, '.', '_', '-' and '/' are allowed in a repository path"));
+    }
+    Ok(rel)
+}
 const INDEX: &str = "index.json";
 
 /// What the index records per file.
@@ -84,7 +96,7 @@ impl GhCache {
 
     /// Download `gh:<path>` (again) into the cache and record its sha256; the cached path.
     pub async fn fetch(&self, path: &str) -> Result<PathBuf, String> {
-        let rel = check_name(path)?;
+        let rel = check_path(path)?;
         if !path.ends_with(".py") {
             return Err(format!("gh:{path}: only single .py files can be fetched from the plugin repository"));
         }
@@ -94,7 +106,13 @@ impl GhCache {
         if !resp.status().is_success() {
             return Err(fail(format!("HTTP {}", resp.status())));
         }
+        if resp.content_length().is_some_and(|n| n > MAX_SIZE) {
+            return Err(fail(format!("larger than {MAX_SIZE} bytes")));
+        }
         let body = resp.bytes().await.map_err(|e| fail(e.to_string()))?;
+        if body.len() as u64 > MAX_SIZE {
+            return Err(fail(format!("larger than {MAX_SIZE} bytes")));
+        }
         let entry = Entry {
             sha256: sha256(&body),
             url: url.clone(),
@@ -127,7 +145,7 @@ impl GhCache {
     /// The cached file of `gh:<path>`, checked against its recorded sha256; fetched first
     /// if it is not cached yet.
     pub async fn resolve(&self, path: &str) -> Result<PathBuf, String> {
-        let rel = check_name(path)?;
+        let rel = check_path(path)?;
         let cached = self.cache_dir().join(rel);
         let recorded = self.index().remove(path);
         let Some(entry) = recorded else {

@@ -406,13 +406,24 @@ impl Host {
 
     /// Run one invocation of a trigger: a synchronous trigger's calls one at a time in
     /// arrival order, an asynchronous trigger's on its least busy worker.
-    async fn invoke(&self, rt: &TriggerRuntime, entry: &str, args: &[u8]) -> Result<Done, InvokeError> {
+    /// With a `deadline` (the caller stops waiting then), a call still queued or waiting
+    /// for its worker at the deadline is not run, and a running one gets at most the time
+    /// left.
+    async fn invoke(&self, rt: &TriggerRuntime, entry: &str, args: &[u8], deadline: Option<std::time::SystemTime>) -> Result<Done, InvokeError> {
         let _order = if rt.def.run_async { None } else { Some(rt.order.lock().await) };
         let slot = rt.least_busy();
         slot.busy.fetch_add(1, Ordering::Relaxed);
         let result = async {
             let worker = self.worker(rt, slot).await?;
-            worker.invoke(entry, args, self.config.plugin_timeout).await
+            let mut timeout = self.config.plugin_timeout;
+            if let Some(d) = deadline {
+                let left = d.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO);
+                if left.is_zero() {
+                    return Err(InvokeError::Timeout(timeout));
+                }
+                timeout = timeout.min(left);
+            }
+            worker.invoke(entry, args, timeout).await
         }
         .await;
         slot.busy.fetch_sub(1, Ordering::Relaxed);
@@ -443,7 +454,7 @@ impl Host {
             let tid = TriggerId { database: tick.database, name: tick.trigger };
             let args = marshal::schedule_call_args(tick.call_time_s);
             let started = format!("starting execution for scheduled time {}", fire_time(tick.scheduled_ns));
-            let done = host.run_call(&tid, "process_scheduled_call", &args, Some(started)).await;
+            let done = host.run_call(&tid, "process_scheduled_call", &args, Some(started), None).await;
             host.link.send(id, host_message::Body::Done(done_message(done))).await;
         });
     }
@@ -455,14 +466,22 @@ impl Host {
         tokio::spawn(async move {
             let tid = TriggerId { database: req.database, name: req.trigger };
             let args = marshal::request_call_args(req.query.iter(), req.headers.iter(), &req.body);
-            let done = host.run_call(&tid, "process_request", &args, None).await;
+            let deadline = (req.deadline_ns > 0).then(|| std::time::UNIX_EPOCH + Duration::from_nanos(req.deadline_ns as u64));
+            let done = host.run_call(&tid, "process_request", &args, None, deadline).await;
             host.link.send(id, host_message::Body::Done(done_message(done))).await;
         });
     }
 
     /// Invoke `entry` for a trigger and log the outcome (errors with their traceback);
     /// `started` is logged first when given.
-    async fn run_call(&self, tid: &TriggerId, entry: &str, args: &[u8], started: Option<String>) -> Done {
+    async fn run_call(
+        &self,
+        tid: &TriggerId,
+        entry: &str,
+        args: &[u8],
+        started: Option<String>,
+        deadline: Option<std::time::SystemTime>,
+    ) -> Done {
         let rt = match self.runtime(tid) {
             Ok(rt) => rt,
             Err(e) => {
@@ -476,7 +495,7 @@ impl Host {
         if let Some(text) = started {
             self.log(tid, Level::Info, text);
         }
-        match self.invoke(&rt, entry, args).await {
+        match self.invoke(&rt, entry, args, deadline).await {
             Ok(done) => {
                 rt.crashes.store(0, Ordering::Relaxed);
                 if done.ok {
@@ -495,7 +514,7 @@ impl Host {
                 self.log(tid, Level::Error, format!("error executing plugin: {text}"));
                 let crashes = match e {
                     InvokeError::Crashed(_) | InvokeError::Spawn(_) => rt.crashes.fetch_add(1, Ordering::Relaxed) + 1,
-                    InvokeError::Timeout(_) | InvokeError::Plugin(_) => 0,
+                    InvokeError::Timeout(_) | InvokeError::Plugin(_) | InvokeError::Lost(_) => 0,
                 };
                 let stopped = crashes >= CRASH_LIMIT;
                 if stopped {
@@ -556,7 +575,7 @@ impl Host {
 
     async fn run_wal(&self, tid: &TriggerId, seq: u64, encoded: EncodedWal) -> Result<Done, String> {
         let started = format!("starting execution with {} rows from {} tables (WAL file {seq})", encoded.rows, encoded.tables);
-        Ok(self.run_call(tid, "process_writes", &encoded.args, Some(started)).await)
+        Ok(self.run_call(tid, "process_writes", &encoded.args, Some(started), None).await)
     }
 
     /// Dry-run a plugin in a fresh worker that captures writes: `entry` with `args`

@@ -157,6 +157,10 @@ pub enum InvokeError {
     /// The plugin file is missing or refused (nothing was started).
     #[error("{0}")]
     Plugin(String),
+    /// The worker ended during the call because another call on it crashed it or was
+    /// timed out (not this call's fault).
+    #[error("the plugin's worker process ended during the call because another call on it failed ({0})")]
+    Lost(String),
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Done, InvokeError>>>>>;
@@ -340,14 +344,24 @@ impl Worker {
                     _ => tracing::warn!(%kind, "unknown message from worker"),
                 }
             };
-            // The channel closed: the process is gone or going. Fail what it was running.
-            let status = match w.upgrade() {
-                Some(worker) => worker.reap().await,
-                None => reason,
+            // The channel closed: the process is gone or going. Fail what it was running:
+            // one call is charged with the crash; the others (and every call of a process
+            // the host killed for a timeout) were lost with it.
+            let (status, killed) = match w.upgrade() {
+                Some(worker) => {
+                    let killed = worker.killed.load(Ordering::Relaxed);
+                    (worker.reap().await, killed)
+                }
+                None => (reason, true),
             };
             *exited.lock() = Some(status.clone());
-            for (_, tx) in pending.lock().drain() {
-                let _ = tx.send(Err(InvokeError::Crashed(status.clone())));
+            let mut charged = killed;
+            let mut waiting: Vec<_> = pending.lock().drain().collect();
+            waiting.sort_by_key(|(id, _)| *id);
+            for (_, tx) in waiting {
+                let error = if charged { InvokeError::Lost(status.clone()) } else { InvokeError::Crashed(status.clone()) };
+                charged = true;
+                let _ = tx.send(Err(error));
             }
         });
         Ok(worker)

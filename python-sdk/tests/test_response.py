@@ -46,7 +46,7 @@ def test_flask_like_objects():
     assert to_response(Resp()) == (418, {"content-type": BINARY, "X-Teapot": "yes"}, b"short and stout")
 
 
-@pytest.mark.parametrize("bad", [(), ("a", 1, {}, 4), (99, "x"), (200, "not headers", "b"), ("x", True)])
+@pytest.mark.parametrize("bad", [(), ("a", 1, {}, 4), (99, "x"), (101, "x"), (200, "not headers", "b"), ("x", True)])
 def test_bad_shapes_are_clear_errors(bad):
     with pytest.raises(ResponseError):
         to_response(bad)

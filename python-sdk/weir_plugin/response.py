@@ -54,8 +54,9 @@ def _headers(value: Any) -> Dict[str, str]:
 
 
 def _status(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
-        raise ResponseError(f"invalid HTTP status {value!r}: expected an int from 100 to 599")
+    # 1xx codes are interim answers, never a final one.
+    if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 599:
+        raise ResponseError(f"invalid HTTP status {value!r}: expected an int from 200 to 599")
     return value
 
 

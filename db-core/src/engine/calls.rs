@@ -59,7 +59,8 @@ pub struct HttpAnswer {
 impl From<pb::HttpResponse> for HttpAnswer {
     fn from(r: pb::HttpResponse) -> Self {
         Self {
-            status: u16::try_from(r.status).ok().filter(|s| (100..=599).contains(s)).unwrap_or(500),
+            // A 1xx cannot be a final answer.
+            status: u16::try_from(r.status).ok().filter(|s| (200..=599).contains(s)).unwrap_or(500),
             headers: r.headers.into_iter().collect(),
             body: r.body,
         }
@@ -149,6 +150,9 @@ impl Engine {
     /// Start, restart or stop schedule tasks so that exactly the enabled schedule
     /// triggers have one (a changed definition gets a new task).
     pub(super) fn sync_schedules(self: &Arc<Self>) {
+        // Held while reading the catalog, so two concurrent calls cannot apply an older
+        // snapshot after a newer one.
+        let mut tasks = self.schedules.lock();
         let mut wanted: Vec<(u32, Arc<TriggerDef>)> = Vec::new();
         for db in self.catalog.databases() {
             for t in db.triggers.values() {
@@ -157,7 +161,6 @@ impl Engine {
                 }
             }
         }
-        let mut tasks = self.schedules.lock();
         tasks.retain(|key, (def, handle)| {
             let keep = wanted.iter().any(|(id, t)| (*id, &t.name) == (key.0, &key.1) && t.as_ref() == def.as_ref());
             if !keep {
@@ -186,6 +189,7 @@ impl Engine {
         };
         let permits = Arc::new(Semaphore::new(if def.run_async { ASYNC_TICKS } else { 1 }));
         let mut last = now();
+        let mut announced = None;
         loop {
             let Some(next) = schedule.next_after(last) else { return };
             let wait = next.saturating_sub(now());
@@ -201,6 +205,11 @@ impl Engine {
                 self.log.update_state(db_id, &def.name, |s| s.missed_ticks += missed);
             }
             last = fire;
+            // Defined on this session before its tick (the creation's own TriggerSet may
+            // still be on its way).
+            if let Some(db) = self.catalog.db_by_id(db_id) {
+                self.announce(&mut announced, &db.name, &def).await;
+            }
             let engine = Arc::clone(&self);
             let tick_def = Arc::clone(&def);
             let run = async move {
@@ -227,6 +236,10 @@ impl Engine {
         };
         let mut attempt = 1;
         loop {
+            // A retry only while the trigger still exists unchanged and enabled.
+            if attempt > 1 && !self.catalog.db_by_id(db_id).is_some_and(|d| d.triggers.get(def.name.as_ref()).is_some_and(|t| t.as_ref() == def && !t.disabled)) {
+                return;
+            }
             // The host may be starting or restarting: give it a moment before missing the tick.
             if self.session.borrow().is_none() {
                 self.wait_for_session().await;
@@ -272,6 +285,8 @@ impl Engine {
             query: call.query.into_iter().collect(),
             headers: call.headers.into_iter().collect(),
             body: call.body,
+            // The host does not start a call that is still queued when we stop waiting.
+            deadline_ns: now().saturating_add(i64::try_from(self.config.plugin_timeout.as_nanos()).unwrap_or(i64::MAX)),
         };
         // No session: 503 at once, not after a timeout.
         let reply = self.send(core_message::Body::HttpRequest(req)).await.ok_or(EngineError::Unavailable)?;
@@ -284,10 +299,9 @@ impl Engine {
             Ok(Ok(host_message::Body::Done(done))) => done,
             Ok(Ok(other)) => return Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
             Ok(Err(_)) => return Err(EngineError::Unavailable),
-            Err(_) => {
-                self.after_call(db_id, &db.name, def, 1, Some((timed_out().to_string(), false)));
-                return Err(timed_out());
-            }
+            // The host did not answer in time (it enforces the deadline itself, so this is
+            // a lost reply, not the plugin's failure).
+            Err(_) => return Err(timed_out()),
         };
         if !done.ok {
             let stopped = done.stopped;
@@ -348,6 +362,7 @@ impl Engine {
                 query: call.query.into_iter().collect(),
                 headers: call.headers.into_iter().collect(),
                 body: call.body,
+                deadline_ns: 0,
             }),
         });
         self.dry_run(body).await

@@ -164,7 +164,7 @@ pub struct TriggerState {
     pub last_error: Option<String>,
     /// When it happened, ns since the epoch.
     pub last_error_at: Option<i64>,
-    /// Failed attempts in a row (reset by a success).
+    /// Tries of the latest input (1: it ran once; more under `retry`).
     pub attempts: u64,
     /// Invocations that finished, and how many of them failed.
     pub runs: u64,
