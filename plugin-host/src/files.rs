@@ -156,31 +156,43 @@ fn check_mode(path: &Path, name: &str, mode: Mode) -> Result<(), FileError> {
 pub fn put(plugin_dir: &Path, req: &pb::PutPlugin) -> Result<(), FileError> {
     let mode = Mode::try_from(req.mode).unwrap_or(Mode::CreateOrReplace);
     let name = req.plugin_name.trim_end_matches('/');
+    // Everything about the request is checked before anything is created on disk.
+    check_name(name).map_err(FileError::Invalid)?;
+    if req.directory {
+        if req.files.is_empty() {
+            return Err(FileError::Invalid("a plugin directory needs at least one file".to_string()));
+        }
+        if !req.files.iter().any(|f| f.relative_path == "__init__.py") {
+            return Err(FileError::Invalid(format!("plugin directory {name} needs an __init__.py")));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for f in &req.files {
+            check_name(&f.relative_path).map_err(FileError::Invalid)?;
+            if !seen.insert(f.relative_path.as_str()) {
+                return Err(FileError::Invalid(format!("{} is given twice", f.relative_path)));
+            }
+        }
+    } else {
+        if !name.ends_with(".py") {
+            return Err(FileError::Invalid(format!("plugin file {name} must end in .py (upload a directory for a package)")));
+        }
+        if req.files.len() != 1 {
+            return Err(FileError::Invalid(format!("a plugin file takes exactly one content, got {}", req.files.len())));
+        }
+    }
     let path = target(plugin_dir, name)?;
     let parent = path.parent().expect("checked").to_path_buf();
     check_mode(&path, name, mode)?;
     if !req.directory {
-        if !name.ends_with(".py") {
-            return Err(FileError::Invalid(format!("plugin file {name} must end in .py (upload a directory for a package)")));
-        }
-        let [file] = req.files.as_slice() else {
-            return Err(FileError::Invalid(format!("a plugin file takes exactly one content, got {}", req.files.len())));
-        };
         if path.is_dir() {
             return Err(FileError::Exists(format!("{name} is a directory")));
         }
         let tmp = temp_name(&parent, "upload");
-        write_synced(&tmp, &file.content)?;
+        write_synced(&tmp, &req.files[0].content)?;
         return std::fs::rename(&tmp, &path).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             FileError::Io(format!("replacing {}: {e}", path.display()))
         });
-    }
-    if req.files.is_empty() {
-        return Err(FileError::Invalid("a plugin directory needs at least one file".to_string()));
-    }
-    if !req.files.iter().any(|f| f.relative_path == "__init__.py") {
-        return Err(FileError::Invalid(format!("plugin directory {name} needs an __init__.py")));
     }
     if path.exists() && !path.is_dir() {
         return Err(FileError::Exists(format!("{name} is a file")));
@@ -260,6 +272,11 @@ mod tests {
             listed,
             [("a.py", "a.py"), ("pkg", "__init__.py"), ("pkg", "new.py")].map(|(a, b)| (a.to_string(), b.to_string()))
         );
+        // A rejected upload creates nothing (not even its parent directories).
+        assert!(matches!(put_file(d.path(), "new/dir/x.txt", "x", Mode::Create), Err(FileError::Invalid(_))));
+        assert!(!d.path().join("new").exists());
+        let twice = pb::PutPlugin { plugin_name: "p2".into(), files: files(&["__init__.py", "__init__.py"]), directory: true, mode: 0 };
+        assert!(matches!(put(d.path(), &twice), Err(FileError::Invalid(_))));
         // No temporary files are left behind.
         assert!(std::fs::read_dir(d.path()).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with(".weir-")));
     }
