@@ -32,10 +32,10 @@ pub enum Command {
     /// Create a database, a token or a trigger.
     #[command(subcommand)]
     Create(client::CreateCommand),
-    /// Show databases or triggers.
+    /// Show databases, triggers, a trigger summary, or the plugin files.
     #[command(subcommand)]
     Show(client::ShowCommand),
-    /// Delete a database or a trigger.
+    /// Delete a database or a trigger (an enabled trigger needs --force).
     #[command(subcommand)]
     Delete(client::DeleteCommand),
     /// Replace a trigger's plugin file or directory with a local one (atomically).
@@ -47,7 +47,8 @@ pub enum Command {
     /// Install Python packages into the plugin venv.
     #[command(subcommand)]
     Install(client::InstallCommand),
-    /// Enable a trigger (it runs again, from the next WAL flush).
+    /// Enable a trigger (it runs again: WAL triggers from the next flush, schedules from
+    /// their next fire time, request paths at once).
     #[command(subcommand)]
     Enable(client::ToggleCommand),
     /// Disable a trigger (kept in the catalog, not run).

@@ -96,12 +96,15 @@ async fn cli_round_trip() {
 fn help_explains_itself() {
     let (ok, out, _) = weir_cli(&["serve", "--help"], None);
     assert!(ok);
-    for flag in ["--http-bind", "--object-store", "--data-dir", "--wal-flush-interval", "--without-auth", "--max-http-request-size", "WEIR_HTTP_BIND"] {
+    for flag in [
+        "--http-bind", "--object-store", "--data-dir", "--wal-flush-interval", "--without-auth", "--max-http-request-size", "WEIR_HTTP_BIND",
+        "--plugin-dir", "--plugin-repo", "--plugin-timeout", "--package-manager",
+    ] {
         assert!(out.contains(flag), "serve --help lacks {flag}");
     }
     let (ok, out, _) = weir_cli(&["--help"], None);
     assert!(ok);
-    for cmd in ["serve", "write", "query", "create", "show", "delete"] {
+    for cmd in ["serve", "write", "query", "create", "show", "delete", "update", "test", "install", "enable", "disable"] {
         assert!(out.contains(cmd), "--help lacks {cmd}");
     }
 }
