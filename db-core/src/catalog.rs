@@ -592,12 +592,12 @@ impl CatalogState {
     }
 
     /// The request trigger (any state) serving `path` (normalized), with its database.
-    pub fn request_trigger(&self, path: &str) -> Option<(&Arc<str>, &Arc<TriggerDef>)> {
+    pub fn request_trigger(&self, path: &str) -> Option<(&Arc<DatabaseSchema>, &Arc<TriggerDef>)> {
         self.databases.values().filter(|d| !d.deleted).find_map(|d| {
             d.triggers
                 .values()
                 .find(|t| t.specification.strip_prefix("request:").is_some_and(|p| p.trim_matches('/') == path))
-                .map(|t| (&d.name, t))
+                .map(|t| (d, t))
         })
     }
 
@@ -724,8 +724,8 @@ impl Catalog {
     }
 
     /// The request trigger (any state) serving `path` below /api/v3/engine/, with its
-    /// database name.
-    pub fn request_trigger(&self, path: &str) -> Option<(Arc<str>, Arc<TriggerDef>)> {
+    /// database.
+    pub fn request_trigger(&self, path: &str) -> Option<(Arc<DatabaseSchema>, Arc<TriggerDef>)> {
         let state = self.state.read();
         state.request_trigger(path).map(|(db, t)| (Arc::clone(db), Arc::clone(t)))
     }
@@ -844,7 +844,7 @@ impl Catalog {
             {
                 return Err(Error::RequestPathTaken {
                     path: path.clone(),
-                    db: other_db.to_string(),
+                    db: other_db.name.to_string(),
                     trigger: other.name.to_string(),
                 });
             }

@@ -79,21 +79,7 @@ pub struct TestOutcome {
     pub trigger_time: Option<String>,
     /// Request dry runs: the HTTP answer, when the plugin succeeded.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub response: Option<TestResponse>,
-}
-
-/// A request plugin's answer in a dry run.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct TestResponse {
-    /// Status code.
-    pub status: u16,
-    /// Headers.
-    pub headers: BTreeMap<String, String>,
-    /// The body as text (invalid UTF-8 replaced).
-    pub body: String,
-    /// The body's raw bytes (for the gRPC admin API; not serialized).
-    #[serde(skip)]
-    pub raw_body: Vec<u8>,
+    pub response: Option<HttpAnswer>,
 }
 
 /// Errors of calls into the plugin host.
@@ -431,10 +417,7 @@ impl Engine {
                 database_writes: r.writes.into_iter().map(|w| (w.database, w.lines)).collect(),
                 errors: r.errors,
                 trigger_time: None,
-                response: r.response.map(|resp| {
-                    let a = HttpAnswer::from(resp);
-                    TestResponse { status: a.status, headers: a.headers, body: String::from_utf8_lossy(&a.body).into_owned(), raw_body: a.body }
-                }),
+                response: r.response.map(HttpAnswer::from),
             }),
             other => Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
         }

@@ -247,6 +247,21 @@ pub enum InstallCommand {
     },
 }
 
+/// What every dry run names: the server, the plugin, its database and its arguments.
+#[derive(Debug, Args)]
+pub struct DryRun {
+    #[command(flatten)]
+    common: Common,
+    /// Plugin file or package directory, relative to the plugin directory.
+    filename: String,
+    /// Database the plugin runs against (queries, default write target).
+    #[arg(short = 'd', long, env = "WEIR_DATABASE")]
+    database: String,
+    /// Arguments for the plugin, `key=value[,key=value...]`.
+    #[arg(long = "input-arguments", value_delimiter = ',')]
+    input_arguments: Vec<String>,
+}
+
 /// `weir test ...`
 #[derive(Debug, Subcommand)]
 pub enum TestCommand {
@@ -255,21 +270,13 @@ pub enum TestCommand {
     #[command(name = "wal_plugin", alias = "wal-plugin")]
     WalPlugin {
         #[command(flatten)]
-        common: Common,
-        /// Plugin file or package directory, relative to the plugin directory.
-        filename: String,
-        /// Database the plugin runs against (queries, default write target).
-        #[arg(short = 'd', long, env = "WEIR_DATABASE")]
-        database: String,
+        run: DryRun,
         /// Line protocol to feed the plugin.
         #[arg(long, conflicts_with = "file", required_unless_present = "file")]
         lp: Option<String>,
         /// Read the line protocol from this file.
         #[arg(long)]
         file: Option<PathBuf>,
-        /// Arguments for the plugin, `key=value[,key=value...]`.
-        #[arg(long = "input-arguments", value_delimiter = ',')]
-        input_arguments: Vec<String>,
         /// Accepted for compatibility with influxdb3; every dry run gets a fresh cache.
         #[arg(long = "cache-name")]
         cache_name: Option<String>,
@@ -279,19 +286,11 @@ pub enum TestCommand {
     #[command(name = "schedule_plugin", alias = "schedule-plugin")]
     SchedulePlugin {
         #[command(flatten)]
-        common: Common,
-        /// Plugin file or package directory, relative to the plugin directory.
-        filename: String,
-        /// Database the plugin runs against.
-        #[arg(short = 'd', long, env = "WEIR_DATABASE")]
-        database: String,
+        run: DryRun,
         /// A schedule (`every:10s`, `cron:0 * * * * *`): the call time is its next fire
         /// time. Without it, now.
         #[arg(long)]
         schedule: Option<String>,
-        /// Arguments for the plugin, `key=value[,key=value...]`.
-        #[arg(long = "input-arguments", value_delimiter = ',')]
-        input_arguments: Vec<String>,
         /// Accepted for compatibility with influxdb3; every dry run gets a fresh cache.
         #[arg(long = "cache-name")]
         cache_name: Option<String>,
@@ -301,12 +300,7 @@ pub enum TestCommand {
     #[command(name = "request_plugin", alias = "request-plugin")]
     RequestPlugin {
         #[command(flatten)]
-        common: Common,
-        /// Plugin file or package directory, relative to the plugin directory.
-        filename: String,
-        /// Database the plugin runs against.
-        #[arg(short = 'd', long, env = "WEIR_DATABASE")]
-        database: String,
+        run: DryRun,
         /// Request body (`@FILE` reads a file).
         #[arg(long)]
         body: Option<String>,
@@ -319,9 +313,6 @@ pub enum TestCommand {
         /// HTTP method the plugin sees.
         #[arg(long, default_value = "POST")]
         method: String,
-        /// Arguments for the plugin, `key=value[,key=value...]`.
-        #[arg(long = "input-arguments", value_delimiter = ',')]
-        input_arguments: Vec<String>,
     },
 }
 
@@ -344,7 +335,7 @@ fn key_values(pairs: &[String]) -> anyhow::Result<Option<pb::TriggerArguments>> 
 /// `weir test wal_plugin|schedule_plugin|request_plugin`: prints the dry-run answer as JSON.
 pub async fn test(c: TestCommand) -> anyhow::Result<()> {
     let out = match c {
-        TestCommand::WalPlugin { common, filename, database, lp, file, input_arguments, cache_name: _ } => {
+        TestCommand::WalPlugin { run: DryRun { common, filename, database, input_arguments }, lp, file, cache_name: _ } => {
             let input_lp = match (lp, file) {
                 (Some(lp), _) => lp,
                 (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?,
@@ -363,7 +354,7 @@ pub async fn test(c: TestCommand) -> anyhow::Result<()> {
                 .into_inner();
             serde_json::json!({"log_lines": r.log_lines, "database_writes": writes_json(r.database_writes), "errors": r.errors})
         }
-        TestCommand::SchedulePlugin { common, filename, database, schedule, input_arguments, cache_name: _ } => {
+        TestCommand::SchedulePlugin { run: DryRun { common, filename, database, input_arguments }, schedule, cache_name: _ } => {
             let r = connect(&common)
                 .await?
                 .test_schedule_plugin(pb::TestSchedulePluginRequest {
@@ -382,7 +373,7 @@ pub async fn test(c: TestCommand) -> anyhow::Result<()> {
                 "errors": r.errors,
             })
         }
-        TestCommand::RequestPlugin { common, filename, database, body, query, headers, method, input_arguments } => {
+        TestCommand::RequestPlugin { run: DryRun { common, filename, database, input_arguments }, body, query, headers, method } => {
             let body = match body.as_deref() {
                 Some(b) if b.starts_with('@') => std::fs::read(&b[1..]).with_context(|| format!("cannot read {}", &b[1..]))?,
                 Some(b) => b.as_bytes().to_vec(),

@@ -20,7 +20,7 @@ use weir_proto::plugin::v1::{self as pb, core_message, host_message};
 
 use super::{Engine, EngineError, TestOutcome, now, schedule::Schedule};
 use crate::{
-    catalog::{ErrorBehavior, TriggerDef, TriggerSpec},
+    catalog::{DatabaseSchema, ErrorBehavior, TriggerDef, TriggerSpec},
     query::system::LogLevel,
 };
 
@@ -45,15 +45,21 @@ pub struct HttpCall {
     pub body: Vec<u8>,
 }
 
-/// A request plugin's answer.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A request plugin's answer (serialized for dry runs with the body as text, invalid
+/// UTF-8 replaced).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct HttpAnswer {
     /// Status code.
     pub status: u16,
     /// Headers, including the content type.
     pub headers: BTreeMap<String, String>,
     /// Body.
+    #[serde(serialize_with = "lossy_text")]
     pub body: Vec<u8>,
+}
+
+fn lossy_text<S: serde::Serializer>(body: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(body))
 }
 
 impl From<pb::HttpResponse> for HttpAnswer {
@@ -274,9 +280,9 @@ impl Engine {
         }
     }
 
-    /// Run the request trigger `def` of database `db_id` for one HTTP request.
-    pub async fn http_request(self: &Arc<Self>, db_id: u32, def: &TriggerDef, call: HttpCall) -> Result<HttpAnswer, EngineError> {
-        let db = self.catalog.db_by_id(db_id).ok_or(EngineError::NotRunning)?;
+    /// Run the request trigger `def` of database `db` for one HTTP request.
+    pub async fn http_request(self: &Arc<Self>, db: &DatabaseSchema, def: &TriggerDef, call: HttpCall) -> Result<HttpAnswer, EngineError> {
+        let db_id = db.id;
         let req = pb::HttpRequest {
             database: db.name.to_string(),
             trigger: def.name.to_string(),

@@ -147,6 +147,16 @@ fn precision(p: i32) -> Precision {
 
 type QueryStream = Pin<Box<dyn Stream<Item = Result<pb::QueryResponse, Status>> + Send>>;
 
+/// A dry run's log lines, captured writes, errors and (schedule runs) call time.
+fn dry_run_response(o: crate::engine::TestOutcome) -> pb::TestWalPluginResponse {
+    pb::TestWalPluginResponse {
+        log_lines: o.log_lines,
+        database_writes: o.database_writes.into_iter().map(|(database, lines)| pb::PluginWrites { database, lines }).collect(),
+        errors: o.errors,
+        trigger_time: o.trigger_time.unwrap_or_default(),
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn create_database(
@@ -355,16 +365,7 @@ impl Admin for AdminService {
             .test_wal(&r.database, &r.plugin_filename, &r.input_lp, args)
             .await
             .map_err(IntoStatus::into_status)?;
-        Ok(Response::new(pb::TestWalPluginResponse {
-            log_lines: o.log_lines,
-            database_writes: o
-                .database_writes
-                .into_iter()
-                .map(|(database, lines)| pb::PluginWrites { database, lines })
-                .collect(),
-            errors: o.errors,
-            trigger_time: String::new(),
-        }))
+        Ok(Response::new(dry_run_response(o)))
     }
 
     async fn test_schedule_plugin(
@@ -379,12 +380,7 @@ impl Admin for AdminService {
             .test_schedule(&r.database, &r.plugin_filename, Some(r.schedule.as_str()), args)
             .await
             .map_err(IntoStatus::into_status)?;
-        Ok(Response::new(pb::TestWalPluginResponse {
-            log_lines: o.log_lines,
-            database_writes: o.database_writes.into_iter().map(|(database, lines)| pb::PluginWrites { database, lines }).collect(),
-            errors: o.errors,
-            trigger_time: o.trigger_time.unwrap_or_default(),
-        }))
+        Ok(Response::new(dry_run_response(o)))
     }
 
     async fn put_plugin(&self, req: Request<pb::PutPluginRequest>) -> Result<Response<pb::PutPluginResponse>, Status> {
@@ -446,18 +442,19 @@ impl Admin for AdminService {
             headers: r.headers.into_iter().collect(),
             body: r.body,
         };
-        let o = engine
+        let mut o = engine
             .test_request(&r.database, &r.plugin_filename, args, call)
             .await
             .map_err(IntoStatus::into_status)?;
-        let response = o.response.unwrap_or_default();
+        let response = o.response.take().unwrap_or_default();
+        let o = dry_run_response(o);
         Ok(Response::new(pb::TestRequestPluginResponse {
             log_lines: o.log_lines,
-            database_writes: o.database_writes.into_iter().map(|(database, lines)| pb::PluginWrites { database, lines }).collect(),
+            database_writes: o.database_writes,
             errors: o.errors,
             status: u32::from(response.status),
             headers: response.headers.into_iter().collect(),
-            body: response.raw_body,
+            body: response.body,
         }))
     }
 

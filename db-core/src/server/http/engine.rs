@@ -328,12 +328,11 @@ pub async fn engine_request(
     };
     if def.disabled {
         return Err(ApiError::NotFound(format!(
-            "the request trigger {} serving /api/v3/engine/{path} in database {db} is disabled",
-            def.name
+            "the request trigger {} serving /api/v3/engine/{path} in database {} is disabled",
+            def.name, db.name
         )));
     }
     let engine = state.engine()?;
-    let db_id = state.catalog.db(&db).map(|d| d.id).ok_or_else(|| ApiError::NotFound(format!("database {db:?} not found")))?;
     let body = read_body(&headers, body, state.max_request_bytes).await?;
     let mut request_headers = BTreeMap::new();
     for (name, value) in &headers {
@@ -356,7 +355,7 @@ pub async fn engine_request(
         headers: request_headers,
         body: body.to_vec(),
     };
-    let answer = engine.http_request(db_id, &def, call).await?;
+    let answer = engine.http_request(&db, &def, call).await?;
     let mut response = Response::builder().status(StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
     for (k, v) in &answer.headers {
         match (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
