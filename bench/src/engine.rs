@@ -36,6 +36,51 @@ def process_writes(influxdb3_local, table_batches, args):
     influxdb3_local.info("count", n, busy)
 "#;
 
+/// The counting plugin behind a gate: its first call waits until the file named by the
+/// `gate` argument exists, so the rows written meanwhile queue up; once the total reaches
+/// `rows` it logs the wall-clock time. The rows delivered after the gate opens, over the
+/// time from opening to that log line, is the engine's delivery rate into
+/// `process_writes` with nothing else running.
+const GATED_PLUGIN: &str = r#"
+import os, time
+def process_writes(influxdb3_local, table_batches, args):
+    c = influxdb3_local.cache
+    first = c.get("first")
+    if first is None:
+        first = sum(len(t["rows"]) for t in table_batches)
+        c.put("first", first)
+        while not os.path.exists(args["gate"]):
+            time.sleep(0.002)
+    n = c.get("n", 0)
+    for t in table_batches:
+        for row in t["rows"]:
+            n += 1
+    c.put("n", n)
+    if n >= int(args["rows"]):
+        influxdb3_local.info("gated", n, first, time.time_ns())
+"#;
+
+/// What the interpreter alone can do on this machine: `marshal.loads` of 1M cpu rows like
+/// the benchmark's (interned names, shared tag values) into a list of dicts, and freeing
+/// it; best of 3, rows/s. The floor under any dict delivery into `process_writes`.
+const CALIBRATE: &str = r#"
+import marshal, sys, time
+hosts = [sys.intern("host-%d" % i) for i in range(100)]
+regions = [sys.intern("region-%d" % i) for i in range(7)]
+rows = [{"host": hosts[i % 100], "region": regions[i % 7], "usage_user": i * 0.5, "usage_system": i * 0.25,
+         "usage_idle": i * 0.125, "time": 1_700_000_000_000_000_000 + i * 1000} for i in range(1_000_000)]
+data = marshal.dumps(rows)
+del rows
+best = None
+for _ in range(3):
+    t = time.perf_counter()
+    x = marshal.loads(data)
+    del x
+    d = time.perf_counter() - t
+    best = d if best is None else min(best, d)
+print(1_000_000 / best)
+"#;
+
 /// Records when each row reached the plugin.
 const LATENCY_PLUGIN: &str = r#"
 import time
@@ -71,10 +116,28 @@ impl Throughput {
     }
 }
 
+/// Figures of the backlog run (delivery with no writes competing for the CPU).
+#[derive(Debug, Clone)]
+pub(crate) struct Backlog {
+    /// Rows delivered after the gate opened (all but the first call's).
+    pub(crate) rows: u64,
+    /// Gate opened → the plugin had counted the last row.
+    pub(crate) delivered_time: Duration,
+}
+
+impl Backlog {
+    pub(crate) fn rows_per_s(&self) -> f64 {
+        self.rows as f64 / self.delivered_time.as_secs_f64()
+    }
+}
+
 /// Figures of the engine scenario.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct EngineOutcome {
     pub(crate) throughput: Option<Throughput>,
+    pub(crate) backlog: Option<Backlog>,
+    /// `marshal.loads` alone, rows/s (see [`CALIBRATE`]).
+    pub(crate) marshal_rows_per_s: Option<f64>,
     pub(crate) latency: Option<Latency>,
     /// (lines/s without a trigger, lines/s with the slow trigger).
     pub(crate) slow: Option<(f64, f64)>,
@@ -91,6 +154,13 @@ impl EngineOutcome {
                 "plugin_busy_s": round3(t.plugin_busy.as_secs_f64()),
                 "target_rows_per_s": 1_000_000,
             })),
+            "backlog_delivery": self.backlog.as_ref().map(|b| json!({
+                "rows": b.rows,
+                "delivered_s": round3(b.delivered_time.as_secs_f64()),
+                "rows_per_s": b.rows_per_s().round(),
+                "target_rows_per_s": 1_000_000,
+            })),
+            "marshal_loads_rows_per_s": self.marshal_rows_per_s.map(f64::round),
             "write_to_plugin_latency": self.latency.map(|l| l.to_json()),
             "ingest_with_slow_plugin": self.slow.map(|(base, slow)| json!({
                 "without_trigger_lines_per_s": base.round(),
@@ -140,15 +210,12 @@ async fn engine_log(api: &Api, db: &str) -> String {
     }
 }
 
-/// Write `rows` cpu lines (4 senders, `no_sync`, 10,000-line batches) into a counting
-/// plugin and time until it has seen them all.
-pub(crate) async fn throughput(api: &Api, plugin_dir: &Path, rows: u64, hosts: u32) -> anyhow::Result<Throughput> {
-    let db = "bench_engine_tp";
-    setup_trigger(api, plugin_dir, db, "count.py", COUNT_PLUGIN, "table:cpu").await?;
+/// `rows` cpu lines in 10,000-line request bodies.
+fn cpu_bodies(rows: u64, hosts: u32) -> Vec<Bytes> {
     let batch = 10_000u64;
     let now = crate::query::now_ns();
     let start_ns = now - now.rem_euclid(3_600_000_000_000) - 3 * 3_600_000_000_000;
-    let bodies: Vec<Bytes> = (0..rows.div_ceil(batch))
+    (0..rows.div_ceil(batch))
         .map(|b| {
             let mut out = Vec::with_capacity(batch as usize * 100);
             for i in b * batch..((b + 1) * batch).min(rows) {
@@ -156,9 +223,12 @@ pub(crate) async fn throughput(api: &Api, plugin_dir: &Path, rows: u64, hosts: u
             }
             Bytes::from(out)
         })
-        .collect();
+        .collect()
+}
+
+/// Write `bodies` into `db` from 4 senders, `no_sync`.
+async fn write_cpu(api: &Api, db: &str, bodies: Vec<Bytes>) -> anyhow::Result<()> {
     let target = api.write_target(db, true, false);
-    let started = Instant::now();
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let bodies = std::sync::Arc::new(bodies);
     let tasks: Vec<_> = (0..4)
@@ -176,6 +246,17 @@ pub(crate) async fn throughput(api: &Api, plugin_dir: &Path, rows: u64, hosts: u
     for t in tasks {
         t.await??;
     }
+    Ok(())
+}
+
+/// Write `rows` cpu lines (4 senders, `no_sync`, 10,000-line batches) into a counting
+/// plugin and time until it has seen them all.
+pub(crate) async fn throughput(api: &Api, plugin_dir: &Path, rows: u64, hosts: u32) -> anyhow::Result<Throughput> {
+    let db = "bench_engine_tp";
+    setup_trigger(api, plugin_dir, db, "count.py", COUNT_PLUGIN, "table:cpu").await?;
+    let bodies = cpu_bodies(rows, hosts);
+    let started = Instant::now();
+    write_cpu(api, db, bodies).await?;
     let write_time = started.elapsed();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -194,6 +275,70 @@ pub(crate) async fn throughput(api: &Api, plugin_dir: &Path, rows: u64, hosts: u
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Write `rows` cpu lines while the gated counting plugin holds its first call, then open
+/// the gate and time until the plugin has counted them all.
+pub(crate) async fn backlog(api: &Api, plugin_dir: &Path, rows: u64, hosts: u32) -> anyhow::Result<Backlog> {
+    let db = "bench_engine_backlog";
+    let gate = plugin_dir.join("gate.open");
+    let _ = std::fs::remove_file(&gate);
+    std::fs::create_dir_all(plugin_dir)?;
+    std::fs::write(plugin_dir.join("gated.py"), GATED_PLUGIN).context("writing gated.py")?;
+    api.post_json("/api/v3/configure/database", &json!({"db": db})).await?;
+    api.post_json(
+        "/api/v3/configure/processing_engine_trigger",
+        &json!({"db": db, "plugin_filename": "gated.py", "trigger_name": "gated", "trigger_specification": "table:cpu",
+                "trigger_arguments": {"gate": gate.display().to_string(), "rows": rows.to_string()}}),
+    )
+    .await?;
+    write_cpu(api, db, cpu_bodies(rows, hosts)).await?;
+    // no_sync acks come before the WAL flush: wait until every row is flushed (rows become
+    // queryable when their WAL file is written), so all of them are queued behind the gate.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (found, _) = api.query(db, "SELECT count(*) AS n FROM cpu").await?;
+        if found.first().and_then(|r| r["n"].as_u64()) == Some(rows) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the {rows} rows written were not all queryable after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let opened_ns = crate::query::now_ns();
+    std::fs::write(&gate, b"go").context("opening the gate")?;
+    let sql = "SELECT log_text FROM system.processing_engine_logs WHERE log_text LIKE 'gated %' LIMIT 1";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok((found, _)) = api.query(db, sql).await
+            && let Some(text) = found.first().and_then(|r| r["log_text"].as_str())
+        {
+            let f: Vec<i64> = text.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+            let [n, first, done_ns] = f[..] else { bail!("unexpected log line {text:?}") };
+            let _ = std::fs::remove_file(&gate);
+            return Ok(Backlog {
+                rows: (n - first) as u64,
+                delivered_time: Duration::from_nanos((done_ns - opened_ns).max(1) as u64),
+            });
+        }
+        if Instant::now() > deadline {
+            bail!("the gated plugin did not count {rows} rows within 2 minutes; engine log: {}", engine_log(api, db).await);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Rows/s of [`CALIBRATE`] with `python`.
+pub(crate) fn calibrate(python: &Path) -> anyhow::Result<f64> {
+    let out = std::process::Command::new(python)
+        .args(["-c", CALIBRATE])
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        bail!("calibration failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }
 
 /// Single-line durable writes at `rate` per second; latency from the client's send time

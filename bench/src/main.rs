@@ -479,6 +479,29 @@ async fn engine_scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> 
     out.throughput = Some(t);
     release(fleet, report).await?;
 
+    println!("\n== processing engine: {} rows queued behind a gated plugin, then delivered ==", stats::thousands(cli.engine_rows));
+    let api = fleet.acquire("engine_backlog").await?;
+    let dir = fleet.plugin_dir().context("plugin directory of the started server")?;
+    let b = engine::backlog(&api, &dir, cli.engine_rows, cli.hosts).await?;
+    println!(
+        "   {} rows delivered in {:.2} s after the gate opened = {} rows/s into process_writes",
+        stats::thousands(b.rows),
+        b.delivered_time.as_secs_f64(),
+        stats::thousands(b.rows_per_s() as u64)
+    );
+    out.backlog = Some(b);
+    // The interpreter's own floor, measured now: the venv's Python building the same dicts
+    // with marshal.loads alone, no engine around it.
+    let python = dir.join(".venv/bin/python");
+    match engine::calibrate(&python) {
+        Ok(r) => {
+            println!("   for scale: marshal.loads alone builds {} such dict rows/s in {}", stats::thousands(r as u64), python.display());
+            out.marshal_rows_per_s = Some(r);
+        }
+        Err(e) => println!("   (no marshal.loads calibration: {e:#})"),
+    }
+    release(fleet, report).await?;
+
     println!("\n== processing engine: write → plugin latency ({} durable single-line writes at {}/s) ==", cli.engine_latency_writes, cli.engine_latency_rate);
     let api = fleet.acquire("engine_latency").await?;
     let dir = fleet.plugin_dir().context("plugin directory of the started server")?;

@@ -348,6 +348,18 @@ impl Report {
                     t.plugin_busy.as_secs_f64()
                 );
             }
+            if let Some(b) = &e.backlog {
+                let _ = writeln!(
+                    s,
+                    "  WAL trigger delivery of a backlog: {} rows into process_writes as dicts at {} rows/s \
+                     (rows already written, no ingest competing; target >= 1,000,000)",
+                    thousands(b.rows),
+                    thousands(b.rows_per_s() as u64)
+                );
+            }
+            if let Some(r) = e.marshal_rows_per_s {
+                let _ = writeln!(s, "  for scale: marshal.loads alone, in the plugin venv's Python: {} dict rows/s", thousands(r as u64));
+            }
             if let Some(l) = &e.latency {
                 let _ = writeln!(
                     s,

@@ -26,6 +26,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::storage::{self, Storage};
 
+/// Name lookups run for every line written, so they use a fast hasher (foldhash, seeded
+/// randomly per process, as the write buffer's maps).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[cfg(test)]
 mod tests;
 
@@ -224,7 +228,7 @@ pub struct TableDef {
     /// Columns in creation order; `time` is always column 0.
     pub columns: Vec<ColumnDef>,
     #[serde(skip)]
-    by_name: HashMap<Arc<str>, usize>,
+    by_name: FastMap<Arc<str>, usize>,
     #[serde(skip)]
     schema: Option<SchemaRef>,
 }
@@ -244,7 +248,7 @@ impl TableDef {
                 name: Arc::from(TIME_COLUMN),
                 kind: ColumnKind::Time,
             }],
-            by_name: HashMap::new(),
+            by_name: FastMap::default(),
             schema: None,
         };
         t.reindex();
@@ -484,7 +488,7 @@ pub struct DatabaseSchema {
     pub triggers: BTreeMap<Arc<str>, Arc<TriggerDef>>,
     /// Table ids by name (derived; rebuilt by [`DatabaseSchema::reindex`]).
     #[serde(skip)]
-    table_ids: HashMap<Arc<str>, u32>,
+    table_ids: FastMap<Arc<str>, u32>,
 }
 
 impl PartialEq for DatabaseSchema {
@@ -508,7 +512,7 @@ impl DatabaseSchema {
             next_table_id: 1,
             tables: BTreeMap::new(),
             triggers: BTreeMap::new(),
-            table_ids: HashMap::new(),
+            table_ids: FastMap::default(),
         }
     }
 

@@ -149,6 +149,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     serve(listener, host, args.session_token, shutdown).await
 }
 
+/// Accepted connections with Nagle's algorithm off: a small reply (a `Done`, a log record)
+/// must not wait for the peer's delayed ACK (up to 40 ms) behind data still in flight.
+fn incoming(listener: tokio::net::TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn {
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    })
+}
+
 /// Serve `host`'s gRPC service on `listener` until `shutdown` resolves; with `token`, a
 /// session must present it.
 pub async fn serve(
@@ -165,7 +177,7 @@ pub async fn serve(
                 .max_decoding_message_size(256 * 1024 * 1024)
                 .max_encoding_message_size(256 * 1024 * 1024),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;
     Ok(())
 }

@@ -305,7 +305,40 @@ struct Queued {
     id: u64,
     seq: u64,
     epoch: u64,
-    encoded: tokio::task::JoinHandle<Result<EncodedWal, String>>,
+    encoding: Encoding,
+}
+
+#[derive(Debug)]
+enum Encoding {
+    Running(tokio::task::JoinHandle<Result<EncodedWal, String>>),
+    Done(Result<EncodedWal, String>),
+}
+
+impl Queued {
+    /// The batch encoded for Python (waiting for the encoder the first time).
+    async fn encoded(&mut self) -> Result<&EncodedWal, String> {
+        if let Encoding::Running(task) = &mut self.encoding {
+            let result = task.await.unwrap_or_else(|e| Err(format!("encoding the batch failed: {e}")));
+            self.encoding = Encoding::Done(result);
+        }
+        match &self.encoding {
+            Encoding::Done(result) => result.as_ref().map_err(Clone::clone),
+            Encoding::Running(_) => unreachable!("replaced above"),
+        }
+    }
+
+    fn abort(&self) {
+        if let Encoding::Running(task) = &self.encoding {
+            task.abort();
+        }
+    }
+}
+
+/// A call's arguments already sent to a worker (see [`Worker::stage`]).
+#[derive(Debug)]
+struct Staged {
+    worker: Arc<Worker>,
+    id: u64,
 }
 
 /// The plugin host.
@@ -409,7 +442,15 @@ impl Host {
     /// With a `deadline` (the caller stops waiting then), a call still queued or waiting
     /// for its worker at the deadline is not run, and a running one gets at most the time
     /// left.
-    async fn invoke(&self, rt: &TriggerRuntime, entry: &str, args: &[u8], deadline: Option<std::time::SystemTime>) -> Result<Done, InvokeError> {
+    /// `staged`: the arguments were sent ahead to a worker; used if that worker takes the call.
+    async fn invoke(
+        &self,
+        rt: &TriggerRuntime,
+        entry: &str,
+        args: &[u8],
+        deadline: Option<std::time::SystemTime>,
+        staged: Option<&Staged>,
+    ) -> Result<Done, InvokeError> {
         let _order = if rt.def.run_async { None } else { Some(rt.order.lock().await) };
         let slot = rt.least_busy();
         slot.busy.fetch_add(1, Ordering::Relaxed);
@@ -423,7 +464,10 @@ impl Host {
                 }
                 timeout = timeout.min(left);
             }
-            worker.invoke(entry, args, timeout).await
+            match staged.filter(|s| Arc::ptr_eq(&s.worker, &worker)) {
+                Some(s) => worker.invoke_staged(entry, s.id, args, timeout).await,
+                None => worker.invoke(entry, args, timeout).await,
+            }
         }
         .await;
         slot.busy.fetch_sub(1, Ordering::Relaxed);
@@ -454,7 +498,7 @@ impl Host {
             let tid = TriggerId { database: tick.database, name: tick.trigger };
             let args = marshal::schedule_call_args(tick.call_time_s);
             let started = format!("starting execution for scheduled time {}", fire_time(tick.scheduled_ns));
-            let done = host.run_call(&tid, "process_scheduled_call", &args, Some(started), None).await;
+            let done = host.run_call(&tid, "process_scheduled_call", &args, Some(started), None, None).await;
             host.link.send(id, host_message::Body::Done(done_message(done))).await;
         });
     }
@@ -467,7 +511,7 @@ impl Host {
             let tid = TriggerId { database: req.database, name: req.trigger };
             let args = marshal::request_call_args(req.query.iter(), req.headers.iter(), &req.body);
             let deadline = (req.deadline_ns > 0).then(|| std::time::UNIX_EPOCH + Duration::from_nanos(req.deadline_ns as u64));
-            let done = host.run_call(&tid, "process_request", &args, None, deadline).await;
+            let done = host.run_call(&tid, "process_request", &args, None, deadline, None).await;
             host.link.send(id, host_message::Body::Done(done_message(done))).await;
         });
     }
@@ -481,6 +525,7 @@ impl Host {
         args: &[u8],
         started: Option<String>,
         deadline: Option<std::time::SystemTime>,
+        staged: Option<&Staged>,
     ) -> Done {
         let rt = match self.runtime(tid) {
             Ok(rt) => rt,
@@ -495,7 +540,7 @@ impl Host {
         if let Some(text) = started {
             self.log(tid, Level::Info, text);
         }
-        match self.invoke(&rt, entry, args, deadline).await {
+        match self.invoke(&rt, entry, args, deadline, staged).await {
             Ok(done) => {
                 rt.crashes.store(0, Ordering::Relaxed);
                 if done.ok {
@@ -536,7 +581,7 @@ impl Host {
     fn wal_batch(self: &Arc<Self>, id: u64, batch: pb::WalBatch) {
         let tid = TriggerId { database: batch.database.clone(), name: batch.trigger.clone() };
         let seq = batch.wal_seq;
-        let encoded = tokio::task::spawn_blocking(move || encode_wal(&batch));
+        let encoding = Encoding::Running(tokio::task::spawn_blocking(move || encode_wal(&batch)));
         let tx = {
             let mut pipelines = self.pipelines.lock();
             pipelines
@@ -549,33 +594,70 @@ impl Host {
                 .clone()
         };
         let epoch = self.epoch.load(Ordering::Acquire);
-        let _ = tx.send(Queued { id, seq, epoch, encoded });
+        let _ = tx.send(Queued { id, seq, epoch, encoding });
     }
 
-    /// Run a trigger's queued batches in order and answer each with `Done`.
+    /// Run a trigger's queued batches in order and answer each with `Done`. While a batch
+    /// runs, the next one (when already queued) is sent to the worker, so the worker starts
+    /// it without waiting for megabytes of rows to cross the socket.
     async fn wal_pipeline(self: Arc<Self>, tid: TriggerId, mut rx: mpsc::UnboundedReceiver<Queued>) {
-        while let Some(q) = rx.recv().await {
+        let mut next: Option<Queued> = None;
+        // (batch id, where its arguments were staged)
+        let mut staged: Option<(u64, Staged)> = None;
+        loop {
+            let mut q = match next.take() {
+                Some(q) => q,
+                None => match rx.recv().await {
+                    Some(q) => q,
+                    None => return,
+                },
+            };
             if q.epoch != self.epoch.load(Ordering::Acquire) {
                 // Its session ended: the core sends it again, in order, on the new one.
-                q.encoded.abort();
+                q.abort();
                 continue;
             }
-            let result = match q.encoded.await {
-                Ok(Ok(encoded)) => self.run_wal(&tid, q.seq, encoded).await,
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(format!("encoding the batch failed: {e}")),
+            let (id, seq) = (q.id, q.seq);
+            let result = match q.encoded().await {
+                Ok(encoded) => {
+                    next = rx.try_recv().ok();
+                    let mine = staged.take().filter(|(staged_id, _)| *staged_id == id).map(|(_, s)| s);
+                    let (done, ahead) = tokio::join!(
+                        self.run_wal(&tid, seq, encoded, mine.as_ref()),
+                        self.stage(&tid, next.as_mut())
+                    );
+                    staged = ahead;
+                    Ok(done)
+                }
+                Err(e) => Err(e),
             };
             let done = result.unwrap_or_else(|e| {
                 self.log(&tid, Level::Error, e.clone());
                 failed(e)
             });
-            self.link.send(q.id, host_message::Body::Done(done_message(done))).await;
+            self.link.send(id, host_message::Body::Done(done_message(done))).await;
         }
     }
 
-    async fn run_wal(&self, tid: &TriggerId, seq: u64, encoded: EncodedWal) -> Result<Done, String> {
+    async fn run_wal(&self, tid: &TriggerId, seq: u64, encoded: &EncodedWal, staged: Option<&Staged>) -> Done {
         let started = format!("starting execution with {} rows from {} tables (WAL file {seq})", encoded.rows, encoded.tables);
-        Ok(self.run_call(tid, "process_writes", &encoded.args, Some(started), None).await)
+        self.run_call(tid, "process_writes", &encoded.args, Some(started), None, staged).await
+    }
+
+    /// Send `next`'s arguments to the worker of a synchronous trigger (the one that will
+    /// run it); nothing when there is no next batch or no live worker.
+    async fn stage(&self, tid: &TriggerId, next: Option<&mut Queued>) -> Option<(u64, Staged)> {
+        let q = next?;
+        if q.epoch != self.epoch.load(Ordering::Acquire) {
+            return None;
+        }
+        let rt = self.runtime(tid).ok()?;
+        if rt.def.run_async {
+            return None;
+        }
+        let worker = rt.workers.first()?.worker.lock().await.clone().filter(|w| !w.is_dead())?;
+        let id = worker.stage(&q.encoded().await.ok()?.args).await.ok()?;
+        Some((q.id, Staged { worker, id }))
     }
 
     /// Dry-run a plugin in a fresh worker that captures writes: `entry` with `args`

@@ -69,19 +69,20 @@ impl Writer {
             self.out.extend_from_slice(&small.to_le_bytes());
             return;
         }
-        // Python longs: sign in the digit count, magnitude in base 2**15, least significant first.
+        // Python longs: sign in the digit count, magnitude in base 2**15, least significant
+        // first (at most 9 digits for 128 bits).
         let mut mag = v.unsigned_abs();
-        let mut digits = Vec::with_capacity(9);
+        let mut digits = [0u8; 18];
+        let mut n = 0;
         while mag > 0 {
-            digits.push((mag & 0x7fff) as u16);
+            digits[2 * n..2 * n + 2].copy_from_slice(&((mag & 0x7fff) as u16).to_le_bytes());
             mag >>= 15;
+            n += 1;
         }
         self.out.push(b'l');
-        let n = digits.len() as i32;
-        self.out.extend_from_slice(&(if v < 0 { -n } else { n }).to_le_bytes());
-        for d in digits {
-            self.out.extend_from_slice(&d.to_le_bytes());
-        }
+        let count = n as i32;
+        self.out.extend_from_slice(&(if v < 0 { -count } else { count }).to_le_bytes());
+        self.out.extend_from_slice(&digits[..2 * n]);
     }
 
     /// A float.
@@ -105,10 +106,16 @@ impl Writer {
     /// A str written once and referenced afterwards (column names, tag values); `intern`
     /// makes it an interned string, which speeds up dict lookups by key.
     pub fn shared_str(&mut self, s: &str, intern: bool) {
+        self.shared(s, intern);
+    }
+
+    /// [`Writer::shared_str`], returning the bytes that refer to `s` from now on, so a
+    /// caller writing the same string per row skips the lookup.
+    fn shared(&mut self, s: &str, intern: bool) -> [u8; 5] {
         if let Some(&idx) = self.interned.get(s) {
-            self.out.push(b'r');
-            self.u32(idx);
-            return;
+            let r = back_ref(idx);
+            self.out.extend_from_slice(&r);
+            return r;
         }
         let short = s.len() < 256 && s.is_ascii();
         let tag = match (intern, short) {
@@ -124,8 +131,18 @@ impl Writer {
             self.u32(s.len() as u32);
         }
         self.out.extend_from_slice(s.as_bytes());
-        self.interned.insert(s.to_string(), self.refs);
+        let idx = self.refs;
+        self.interned.insert(s.to_string(), idx);
         self.refs += 1;
+        back_ref(idx)
+    }
+
+    /// A shared str whose reference bytes are cached in `slot` once known.
+    fn cached(&mut self, slot: &mut Option<[u8; 5]>, s: &str, intern: bool) {
+        match slot {
+            Some(r) => self.out.extend_from_slice(r),
+            None => *slot = Some(self.shared(s, intern)),
+        }
     }
 
     /// bytes.
@@ -157,18 +174,22 @@ impl Writer {
         self.list(total);
         for batch in batches {
             let names: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
-            let columns: Vec<Column<'_>> = batch.columns().iter().map(Column::new).collect::<Result<_, _>>()?;
+            let mut columns: Vec<Column<'_>> = batch.columns().iter().map(Column::new).collect::<Result<_, _>>()?;
+            // Per column: may it hold nulls, and the name's reference once written.
+            let nullable: Vec<bool> = batch.columns().iter().map(|c| c.null_count() > 0).collect();
+            let mut keys: Vec<Option<[u8; 5]>> = vec![None; names.len()];
+            self.out.reserve(batch.num_rows() * (1 + names.len() * 10));
             for row in 0..batch.num_rows() {
                 self.dict();
-                for (name, col) in names.iter().zip(&columns) {
-                    if col.is_null(row) {
+                for (i, col) in columns.iter_mut().enumerate() {
+                    if nullable[i] && col.is_null(row) {
                         if nulls == Nulls::AsNone {
-                            self.shared_str(name, true);
+                            self.cached(&mut keys[i], names[i], true);
                             self.none();
                         }
                         continue;
                     }
-                    self.shared_str(name, true);
+                    self.cached(&mut keys[i], names[i], true);
                     col.write(self, row);
                 }
                 self.dict_end();
@@ -178,6 +199,13 @@ impl Writer {
     }
 }
 
+/// The marshal bytes referring to back-reference `idx`.
+fn back_ref(idx: u32) -> [u8; 5] {
+    let mut r = [b'r', 0, 0, 0, 0];
+    r[1..].copy_from_slice(&idx.to_le_bytes());
+    r
+}
+
 /// One column, typed once per batch so the per-row loop is a plain match.
 enum Column<'a> {
     I64(Vec<i128>, &'a dyn Array),
@@ -185,8 +213,9 @@ enum Column<'a> {
     Bool(&'a BooleanArray),
     Str(&'a dyn Array, StrKind<'a>),
     Bytes(&'a dyn Array),
-    /// Strings from a dictionary: keys per row, values shared by reference.
-    Dict(Vec<Option<usize>>, Vec<String>),
+    /// Strings from a dictionary: keys per row, values shared by reference (each value's
+    /// reference bytes cached once written).
+    Dict(Vec<Option<usize>>, Vec<String>, Vec<Option<[u8; 5]>>),
     /// Anything else, through Arrow's display formatting.
     Text(Vec<Option<String>>),
 }
@@ -217,7 +246,8 @@ fn dict_keys<K: ArrowDictionaryKeyType>(a: &dyn Array) -> Result<Column<'_>, Arr
             }
         })
         .collect();
-    Ok(Column::Dict(idx, strings))
+    let refs = vec![None; strings.len()];
+    Ok(Column::Dict(idx, strings, refs))
 }
 
 impl<'a> Column<'a> {
@@ -284,12 +314,12 @@ impl<'a> Column<'a> {
         match self {
             Column::I64(_, a) | Column::F64(_, a) | Column::Str(a, _) | Column::Bytes(a) => a.is_null(row),
             Column::Bool(a) => a.is_null(row),
-            Column::Dict(keys, _) => keys[row].is_none(),
+            Column::Dict(keys, ..) => keys[row].is_none(),
             Column::Text(v) => v[row].is_none(),
         }
     }
 
-    fn write(&self, w: &mut Writer, row: usize) {
+    fn write(&mut self, w: &mut Writer, row: usize) {
         match self {
             Column::I64(v, _) => w.int(v[row]),
             Column::F64(v, _) => w.float(v[row]),
@@ -305,9 +335,9 @@ impl<'a> Column<'a> {
                 };
                 w.bytes(b);
             }
-            Column::Dict(keys, values) => {
+            Column::Dict(keys, values, refs) => {
                 let k = keys[row].expect("checked by is_null");
-                w.shared_str(&values[k], false);
+                w.cached(&mut refs[k], &values[k], false);
             }
             Column::Text(v) => w.str(v[row].as_deref().unwrap_or_default()),
         }

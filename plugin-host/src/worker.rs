@@ -129,6 +129,9 @@ pub struct Done {
     pub timed_out: bool,
     /// Set by the host: the trigger is stopped by the crash-loop breaker.
     pub stopped: bool,
+    /// The worker did not run the call: the arguments it was to find staged were not
+    /// there (the caller sends them again with the call).
+    pub unstaged: bool,
 }
 
 /// The HTTP answer a request plugin's return value converts to.
@@ -328,6 +331,7 @@ impl Worker {
                                 headers: serde_json::from_value(r.get("headers").cloned().unwrap_or(Value::Null)).unwrap_or_default(),
                                 body,
                             }),
+                            unstaged: header.get("unstaged").and_then(Value::as_bool).unwrap_or(false),
                             ..Done::default()
                         };
                         if let Some(tx) = pending.lock().remove(&id) {
@@ -453,6 +457,29 @@ impl Worker {
 
     /// Run `entry` with marshal-encoded call arguments; kills the worker past `timeout`.
     pub async fn invoke(&self, entry: &str, args: &[u8], timeout: Duration) -> Result<Done, InvokeError> {
+        self.call(entry, Args::Here(args), timeout).await
+    }
+
+    /// Send the arguments of a coming invocation ahead of it, while the worker is busy with
+    /// the one before, so the worker has them when [`Worker::invoke_staged`] asks; the
+    /// worker keeps only the latest. The stage's id, for `invoke_staged`.
+    pub async fn stage(&self, args: &[u8]) -> std::io::Result<u64> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        self.send(&json!({"type": "stage", "id": id}), args).await?;
+        Ok(id)
+    }
+
+    /// [`Worker::invoke`] with the arguments sent earlier by [`Worker::stage`] (the timeout
+    /// counts from now, as for `invoke`); `args` are sent again if the worker does not
+    /// have them.
+    pub async fn invoke_staged(&self, entry: &str, stage: u64, args: &[u8], timeout: Duration) -> Result<Done, InvokeError> {
+        match self.call(entry, Args::Staged(stage), timeout).await {
+            Ok(done) if done.unstaged => self.invoke(entry, args, timeout).await,
+            other => other,
+        }
+    }
+
+    async fn call(&self, entry: &str, args: Args<'_>, timeout: Duration) -> Result<Done, InvokeError> {
         if let Some(status) = self.exited.lock().clone() {
             return Err(InvokeError::Crashed(status));
         }
@@ -460,8 +487,11 @@ impl Worker {
         let (tx, rx) = oneshot::channel();
         self.pending.lock().insert(id, tx);
         let started = Instant::now();
-        let header = json!({"type": "invoke", "id": id, "entry": entry});
-        if let Err(e) = self.send(&header, args).await {
+        let sent = match args {
+            Args::Here(body) => self.send(&json!({"type": "invoke", "id": id, "entry": entry}), body).await,
+            Args::Staged(stage) => self.send(&json!({"type": "invoke", "id": id, "entry": entry, "staged": stage}), &[]).await,
+        };
+        if let Err(e) = sent {
             self.pending.lock().remove(&id);
             return Err(InvokeError::Crashed(e.to_string()));
         }
@@ -478,6 +508,14 @@ impl Worker {
             }
         }
     }
+}
+
+/// Where an invocation's arguments are.
+enum Args<'a> {
+    /// Sent with the invocation.
+    Here(&'a [u8]),
+    /// Sent before, by [`Worker::stage`] with this id.
+    Staged(u64),
 }
 
 impl Drop for Worker {

@@ -217,6 +217,41 @@ def process_writes(influxdb3_local, table_batches, args):
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_batches_run_in_order_with_their_own_rows_across_a_crash() {
+    let mut core = start(Duration::from_secs(30)).await;
+    // Slow enough that the later batches are queued (and sent ahead to the worker) while
+    // one runs; the third crashes the worker once, after its successor was sent ahead.
+    core.trigger("seq", "seq.py", r#"
+import os, time
+def process_writes(influxdb3_local, table_batches, args):
+    first = table_batches[0]["rows"][0]["time"]
+    influxdb3_local.info("saw", first, len(table_batches[0]["rows"]))
+    time.sleep(0.2)
+    marker = os.path.join(os.environ["PLUGIN_DIR"], "crashed")
+    if first == 3000 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(3)
+"#, None).await;
+    for i in 1..=5u64 {
+        let t = i as i64 * 1000;
+        let batch = RecordBatch::try_from_iter([
+            ("usage", Arc::new(Float64Array::from(vec![1.0; i as usize])) as _),
+            ("time", Arc::new(TimestampNanosecondArray::from(vec![t; i as usize])) as _),
+        ])
+        .unwrap();
+        core.wal(i, "seq", &batch).await;
+    }
+    for i in 1..=5u64 {
+        let (id, body) = core.next().await;
+        assert_eq!(id, i, "answers come in order");
+        let d = done(body);
+        assert_eq!(d.ok, i != 3, "{i}: {d:?}");
+    }
+    let saw: Vec<&str> = core.logs.iter().filter_map(|l| l.strip_prefix("1: saw ")).collect();
+    assert_eq!(saw, ["1000 1", "2000 2", "3000 3", "4000 4", "5000 5"], "{:?}", core.logs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_triggers_and_missing_functions_are_clear_errors() {
     let mut core = start(Duration::from_secs(30)).await;
     core.wal(1, "nobody", &cpu()).await;

@@ -126,6 +126,30 @@ def test_sync_trigger_runs_in_order_async_overlaps(tmp_path):
         h.close()
 
 
+def test_staged_arguments_run_with_the_call_that_names_them(tmp_path):
+    h = Host(tmp_path, """
+        import time
+        def process_writes(influxdb3_local, table_batches, args):
+            time.sleep(0.2)
+            influxdb3_local.info("rows", [r["n"] for t in table_batches for r in t["rows"]])
+    """)
+    # The next call's rows arrive while the first runs; its invoke carries no body.
+    h.invoke(1, "process_writes", [{"table_name": "t", "rows": [{"n": 1}]}])
+    h.ch.send({"type": "stage", "id": 7}, marshal.dumps([[{"table_name": "t", "rows": [{"n": 2}, {"n": 3}]}]]))
+    h.ch.send({"type": "invoke", "id": 8, "entry": "process_writes", "staged": 7})
+    assert h.until_done()["id"] == 1
+    assert h.until_done() == {"type": "done", "id": 8, "ok": True, "error": None, "traceback": None, "writes": {}}
+    assert h.logs[-2:] == [("INFO", "rows [1]"), ("INFO", "rows [2, 3]")]
+    # A stage is used once, and only by the call naming it: otherwise the call is not run
+    # and the host is asked for the arguments again.
+    for staged in (7, 9):
+        h.ch.send({"type": "invoke", "id": 10, "entry": "process_writes", "staged": staged})
+        assert h.until_done() == {"type": "done", "id": 10, "ok": False, "unstaged": True, "writes": {},
+                                  "error": "staged arguments missing"}
+    assert h.logs[-1] == ("INFO", "rows [2, 3]"), "nothing ran"
+    h.close()
+
+
 def test_a_worker_that_dies_closes_the_channel(tmp_path):
     h = Host(tmp_path, """
         import os

@@ -11,12 +11,15 @@ call arguments, which the host writes directly; pickle for global-cache values).
 host → worker                              worker → host
   init {trigger, database, plugin_path,      ready {pid, python}
         args, run_async, threads, dry_run}   log {level, text, invocation}
-  invoke {id, entry} + marshal([args...])    done {id, ok, error, traceback, writes,
-                                                   response {status, headers}} + body
-  query_result {id, error} + marshal(rows)   query {id, database, sql, params}
-  write_result {id, error}                   write {id, database, lines, no_sync}
-  cache_result {id, error, found}            cache {id, op, key, ttl} + pickle (global
-        + pickle(value)                             scope only; the trigger scope is local)
+  invoke {id, entry} + marshal([args...]),   done {id, ok, error, traceback, writes,
+    or {id, entry, staged} (no body)               response {status, headers}} + body
+                                                   (or {id, unstaged}: call again with args)
+  stage {id} + marshal([args...]): the next  query {id, database, sql, params}
+    call's arguments, sent while one runs    write {id, database, lines, no_sync}
+  query_result {id, error} + marshal(rows)   cache {id, op, key, ttl} + pickle (global
+  write_result {id, error}                          scope only; the trigger scope is local)
+  cache_result {id, error, found}
+        + pickle(value)
   shutdown {} (or the host kills the process)
 
 A synchronous trigger runs one invocation at a time, in arrival order; an asynchronous one
@@ -71,12 +74,14 @@ class Channel:
             raise ChannelClosed()
         return data
 
-    def recv(self) -> Tuple[Dict[str, Any], bytes]:
+    def recv(self) -> Tuple[Dict[str, Any], memoryview]:
+        """The next frame: its header and a view of its body (no copy: a WAL batch's body
+        runs to megabytes, and marshal and pickle read views)."""
         (n,) = _LEN.unpack(self._read_exact(4))
         frame = self._read_exact(n)
         (h,) = _LEN.unpack_from(frame, 0)
         header = json.loads(frame[4 : 4 + h])
-        return header, frame[4 + h :]
+        return header, memoryview(frame)[4 + h :]
 
 
 class _Pending:
@@ -286,12 +291,24 @@ def serve(channel: Channel) -> int:
         submit = lambda rid, entry, body: jobs.put((rid, entry, body))  # noqa: E731
 
     channel.send({"type": "ready", "pid": os.getpid(), "python": sys.version.split()[0]})
+    staged: Tuple[Optional[int], Any] = (None, b"")
     try:
         while True:
             header, body = channel.recv()
             kind = header.get("type")
             if kind == "invoke":
+                if "staged" in header:
+                    staged_id, body = staged
+                    staged = (None, b"")
+                    if staged_id != header["staged"]:
+                        # Not run: the host sends the call again with its arguments.
+                        channel.send({"type": "done", "id": header["id"], "ok": False, "unstaged": True,
+                                      "writes": {}, "error": "staged arguments missing"})
+                        continue
                 submit(header["id"], header["entry"], body)
+            elif kind == "stage":
+                # The next call's arguments, sent while the current call runs.
+                staged = (header["id"], body)
             elif kind in ("query_result", "write_result", "cache_result"):
                 backend.pending.resolve(header["id"], header, body)
             elif kind == "shutdown":
