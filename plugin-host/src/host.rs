@@ -327,18 +327,19 @@ impl Queued {
         }
     }
 
+    /// Whether encoding has finished (so [`Queued::encoded`] does not wait).
+    fn is_encoded(&self) -> bool {
+        match &self.encoding {
+            Encoding::Running(task) => task.is_finished(),
+            Encoding::Done(_) => true,
+        }
+    }
+
     fn abort(&self) {
         if let Encoding::Running(task) = &self.encoding {
             task.abort();
         }
     }
-}
-
-/// A call's arguments already sent to a worker (see [`Worker::stage`]).
-#[derive(Debug)]
-struct Staged {
-    worker: Arc<Worker>,
-    id: u64,
 }
 
 /// The plugin host.
@@ -442,14 +443,16 @@ impl Host {
     /// With a `deadline` (the caller stops waiting then), a call still queued or waiting
     /// for its worker at the deadline is not run, and a running one gets at most the time
     /// left.
-    /// `staged`: the arguments were sent ahead to a worker; used if that worker takes the call.
+    /// `ahead`: a synchronous trigger's next arguments, sent to the worker behind this call
+    /// (see [`Worker::invoke_staged`]); `staged`: this call's, sent so before.
     async fn invoke(
         &self,
         rt: &TriggerRuntime,
         entry: &str,
         args: &[u8],
         deadline: Option<std::time::SystemTime>,
-        staged: Option<&Staged>,
+        staged: Option<u64>,
+        ahead: Option<&[u8]>,
     ) -> Result<Done, InvokeError> {
         let _order = if rt.def.run_async { None } else { Some(rt.order.lock().await) };
         let slot = rt.least_busy();
@@ -464,10 +467,8 @@ impl Host {
                 }
                 timeout = timeout.min(left);
             }
-            match staged.filter(|s| Arc::ptr_eq(&s.worker, &worker)) {
-                Some(s) => worker.invoke_staged(entry, s.id, args, timeout).await,
-                None => worker.invoke(entry, args, timeout).await,
-            }
+            let ahead = ahead.filter(|_| !rt.def.run_async);
+            worker.invoke_staged(entry, args, staged, timeout, ahead).await
         }
         .await;
         slot.busy.fetch_sub(1, Ordering::Relaxed);
@@ -498,7 +499,7 @@ impl Host {
             let tid = TriggerId { database: tick.database, name: tick.trigger };
             let args = marshal::schedule_call_args(tick.call_time_s);
             let started = format!("starting execution for scheduled time {}", fire_time(tick.scheduled_ns));
-            let done = host.run_call(&tid, "process_scheduled_call", &args, Some(started), None, None).await;
+            let done = host.run_call(&tid, "process_scheduled_call", &args, Some(started), None, None, None).await;
             host.link.send(id, host_message::Body::Done(done_message(done))).await;
         });
     }
@@ -511,7 +512,7 @@ impl Host {
             let tid = TriggerId { database: req.database, name: req.trigger };
             let args = marshal::request_call_args(req.query.iter(), req.headers.iter(), &req.body);
             let deadline = (req.deadline_ns > 0).then(|| std::time::UNIX_EPOCH + Duration::from_nanos(req.deadline_ns as u64));
-            let done = host.run_call(&tid, "process_request", &args, None, deadline, None).await;
+            let done = host.run_call(&tid, "process_request", &args, None, deadline, None, None).await;
             host.link.send(id, host_message::Body::Done(done_message(done))).await;
         });
     }
@@ -525,7 +526,8 @@ impl Host {
         args: &[u8],
         started: Option<String>,
         deadline: Option<std::time::SystemTime>,
-        staged: Option<&Staged>,
+        staged: Option<u64>,
+        ahead: Option<&[u8]>,
     ) -> Done {
         let rt = match self.runtime(tid) {
             Ok(rt) => rt,
@@ -540,7 +542,7 @@ impl Host {
         if let Some(text) = started {
             self.log(tid, Level::Info, text);
         }
-        match self.invoke(&rt, entry, args, deadline, staged).await {
+        match self.invoke(&rt, entry, args, deadline, staged, ahead).await {
             Ok(done) => {
                 rt.crashes.store(0, Ordering::Relaxed);
                 if done.ok {
@@ -597,13 +599,13 @@ impl Host {
         let _ = tx.send(Queued { id, seq, epoch, encoding });
     }
 
-    /// Run a trigger's queued batches in order and answer each with `Done`. While a batch
-    /// runs, the next one (when already queued) is sent to the worker, so the worker starts
-    /// it without waiting for megabytes of rows to cross the socket.
+    /// Run a trigger's queued batches in order and answer each with `Done`. The next
+    /// batch, when already queued and encoded, goes to the worker right behind the current
+    /// one, so the worker starts it without waiting for megabytes of rows to cross the socket.
     async fn wal_pipeline(self: Arc<Self>, tid: TriggerId, mut rx: mpsc::UnboundedReceiver<Queued>) {
         let mut next: Option<Queued> = None;
-        // (batch id, where its arguments were staged)
-        let mut staged: Option<(u64, Staged)> = None;
+        // (batch id, the stage holding its arguments)
+        let mut staged: Option<(u64, u64)> = None;
         loop {
             let mut q = match next.take() {
                 Some(q) => q,
@@ -612,7 +614,8 @@ impl Host {
                     None => return,
                 },
             };
-            if q.epoch != self.epoch.load(Ordering::Acquire) {
+            let epoch = self.epoch.load(Ordering::Acquire);
+            if q.epoch != epoch {
                 // Its session ended: the core sends it again, in order, on the new one.
                 q.abort();
                 continue;
@@ -621,12 +624,14 @@ impl Host {
             let result = match q.encoded().await {
                 Ok(encoded) => {
                     next = rx.try_recv().ok();
-                    let mine = staged.take().filter(|(staged_id, _)| *staged_id == id).map(|(_, s)| s);
-                    let (done, ahead) = tokio::join!(
-                        self.run_wal(&tid, seq, encoded, mine.as_ref()),
-                        self.stage(&tid, next.as_mut())
-                    );
-                    staged = ahead;
+                    let mine = staged.take().filter(|(batch, _)| *batch == id).map(|(_, stage)| stage);
+                    let next_id = next.as_ref().map(|n| n.id);
+                    let ahead = match next.as_mut() {
+                        Some(n) if n.epoch == epoch && n.is_encoded() => n.encoded().await.ok().map(|e| e.args.as_slice()),
+                        _ => None,
+                    };
+                    let done = self.run_wal(&tid, seq, encoded, mine, ahead).await;
+                    staged = next_id.zip(done.staged);
                     Ok(done)
                 }
                 Err(e) => Err(e),
@@ -639,25 +644,9 @@ impl Host {
         }
     }
 
-    async fn run_wal(&self, tid: &TriggerId, seq: u64, encoded: &EncodedWal, staged: Option<&Staged>) -> Done {
+    async fn run_wal(&self, tid: &TriggerId, seq: u64, encoded: &EncodedWal, staged: Option<u64>, ahead: Option<&[u8]>) -> Done {
         let started = format!("starting execution with {} rows from {} tables (WAL file {seq})", encoded.rows, encoded.tables);
-        self.run_call(tid, "process_writes", &encoded.args, Some(started), None, staged).await
-    }
-
-    /// Send `next`'s arguments to the worker of a synchronous trigger (the one that will
-    /// run it); nothing when there is no next batch or no live worker.
-    async fn stage(&self, tid: &TriggerId, next: Option<&mut Queued>) -> Option<(u64, Staged)> {
-        let q = next?;
-        if q.epoch != self.epoch.load(Ordering::Acquire) {
-            return None;
-        }
-        let rt = self.runtime(tid).ok()?;
-        if rt.def.run_async {
-            return None;
-        }
-        let worker = rt.workers.first()?.worker.lock().await.clone().filter(|w| !w.is_dead())?;
-        let id = worker.stage(&q.encoded().await.ok()?.args).await.ok()?;
-        Some((q.id, Staged { worker, id }))
+        self.run_call(tid, "process_writes", &encoded.args, Some(started), None, staged, ahead).await
     }
 
     /// Dry-run a plugin in a fresh worker that captures writes: `entry` with `args`

@@ -132,6 +132,8 @@ pub struct Done {
     /// The worker did not run the call: the arguments it was to find staged were not
     /// there (the caller sends them again with the call).
     pub unstaged: bool,
+    /// The id under which the next call's arguments were sent ahead with this one.
+    pub staged: Option<u64>,
 }
 
 /// The HTTP answer a request plugin's return value converts to.
@@ -457,29 +459,36 @@ impl Worker {
 
     /// Run `entry` with marshal-encoded call arguments; kills the worker past `timeout`.
     pub async fn invoke(&self, entry: &str, args: &[u8], timeout: Duration) -> Result<Done, InvokeError> {
-        self.call(entry, Args::Here(args), timeout).await
+        self.call(entry, args, None, timeout, None).await
     }
 
-    /// Send the arguments of a coming invocation ahead of it, while the worker is busy with
-    /// the one before, so the worker has them when [`Worker::invoke_staged`] asks; the
-    /// worker keeps only the latest. The stage's id, for `invoke_staged`.
-    pub async fn stage(&self, args: &[u8]) -> std::io::Result<u64> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        self.send(&json!({"type": "stage", "id": id}), args).await?;
-        Ok(id)
-    }
-
-    /// [`Worker::invoke`] with the arguments sent earlier by [`Worker::stage`] (the timeout
-    /// counts from now, as for `invoke`); `args` are sent again if the worker does not
-    /// have them.
-    pub async fn invoke_staged(&self, entry: &str, stage: u64, args: &[u8], timeout: Duration) -> Result<Done, InvokeError> {
-        match self.call(entry, Args::Staged(stage), timeout).await {
-            Ok(done) if done.unstaged => self.invoke(entry, args, timeout).await,
+    /// [`Worker::invoke`], where the arguments may already be in the worker (`staged`: the
+    /// id a previous call's [`Done::staged`] gave; sent again if the worker does not have
+    /// them), and where `ahead` (the next call's arguments) is sent right behind the call,
+    /// while it runs, so the worker has them when the next call comes; [`Done::staged`]
+    /// then names them.
+    pub async fn invoke_staged(
+        &self,
+        entry: &str,
+        args: &[u8],
+        staged: Option<u64>,
+        timeout: Duration,
+        ahead: Option<&[u8]>,
+    ) -> Result<Done, InvokeError> {
+        match self.call(entry, args, staged, timeout, ahead).await {
+            Ok(done) if done.unstaged => self.call(entry, args, None, timeout, ahead).await,
             other => other,
         }
     }
 
-    async fn call(&self, entry: &str, args: Args<'_>, timeout: Duration) -> Result<Done, InvokeError> {
+    async fn call(
+        &self,
+        entry: &str,
+        args: &[u8],
+        staged: Option<u64>,
+        timeout: Duration,
+        ahead: Option<&[u8]>,
+    ) -> Result<Done, InvokeError> {
         if let Some(status) = self.exited.lock().clone() {
             return Err(InvokeError::Crashed(status));
         }
@@ -487,36 +496,45 @@ impl Worker {
         let (tx, rx) = oneshot::channel();
         self.pending.lock().insert(id, tx);
         let started = Instant::now();
-        let sent = match args {
-            Args::Here(body) => self.send(&json!({"type": "invoke", "id": id, "entry": entry}), body).await,
-            Args::Staged(stage) => self.send(&json!({"type": "invoke", "id": id, "entry": entry, "staged": stage}), &[]).await,
+        let sent = match staged {
+            None => self.send(&json!({"type": "invoke", "id": id, "entry": entry}), args).await,
+            Some(stage) => self.send(&json!({"type": "invoke", "id": id, "entry": entry, "staged": stage}), &[]).await,
         };
         if let Err(e) = sent {
             self.pending.lock().remove(&id);
             return Err(InvokeError::Crashed(e.to_string()));
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result.map(|mut d| {
-                d.duration = started.elapsed();
-                d
-            }),
-            Ok(Err(_)) => Err(InvokeError::Crashed("channel closed".to_string())),
-            Err(_) => {
-                self.pending.lock().remove(&id);
-                self.kill();
-                Err(InvokeError::Timeout(timeout))
+        let reply = async {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(result)) => result.map(|mut d| {
+                    d.duration = started.elapsed();
+                    d
+                }),
+                Ok(Err(_)) => Err(InvokeError::Crashed("channel closed".to_string())),
+                Err(_) => {
+                    self.pending.lock().remove(&id);
+                    self.kill();
+                    Err(InvokeError::Timeout(timeout))
+                }
             }
-        }
+        };
+        // Behind the invoke on the socket, never before it. Not cancelled (a frame is
+        // written whole): if the worker hangs, the timeout above kills it and the write fails.
+        let stage = async {
+            let body = ahead?;
+            let stage = NEXT_STAGE.fetch_add(1, Ordering::Relaxed);
+            self.send(&json!({"type": "stage", "id": stage}), body).await.ok().map(|()| stage)
+        };
+        let (result, stage) = tokio::join!(reply, stage);
+        result.map(|mut d| {
+            d.staged = stage;
+            d
+        })
     }
 }
 
-/// Where an invocation's arguments are.
-enum Args<'a> {
-    /// Sent with the invocation.
-    Here(&'a [u8]),
-    /// Sent before, by [`Worker::stage`] with this id.
-    Staged(u64),
-}
+/// Ids of staged arguments, unique across workers (a replaced worker never matches).
+static NEXT_STAGE: AtomicU64 = AtomicU64::new(1);
 
 impl Drop for Worker {
     fn drop(&mut self) {
