@@ -184,14 +184,28 @@ impl EngineOutcome {
 }
 
 pub(crate) async fn setup_trigger(api: &Api, plugin_dir: &Path, db: &str, file: &str, source: &str, spec: &str) -> anyhow::Result<()> {
+    setup_trigger_with(api, plugin_dir, db, file, source, spec, None).await
+}
+
+/// [`setup_trigger`] with `trigger_arguments`.
+async fn setup_trigger_with(
+    api: &Api,
+    plugin_dir: &Path,
+    db: &str,
+    file: &str,
+    source: &str,
+    spec: &str,
+    arguments: Option<Value>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(plugin_dir)?;
     std::fs::write(plugin_dir.join(file), source).with_context(|| format!("writing {file}"))?;
     api.post_json("/api/v3/configure/database", &json!({"db": db})).await?;
-    api.post_json(
-        "/api/v3/configure/processing_engine_trigger",
-        &json!({"db": db, "plugin_filename": file, "trigger_name": file.trim_end_matches(".py"), "trigger_specification": spec}),
-    )
-    .await?;
+    let mut trigger =
+        json!({"db": db, "plugin_filename": file, "trigger_name": file.trim_end_matches(".py"), "trigger_specification": spec});
+    if let Some(arguments) = arguments {
+        trigger["trigger_arguments"] = arguments;
+    }
+    api.post_json("/api/v3/configure/processing_engine_trigger", &trigger).await?;
     Ok(())
 }
 
@@ -283,15 +297,8 @@ pub(crate) async fn backlog(api: &Api, plugin_dir: &Path, rows: u64, hosts: u32)
     let db = "bench_engine_backlog";
     let gate = plugin_dir.join("gate.open");
     let _ = std::fs::remove_file(&gate);
-    std::fs::create_dir_all(plugin_dir)?;
-    std::fs::write(plugin_dir.join("gated.py"), GATED_PLUGIN).context("writing gated.py")?;
-    api.post_json("/api/v3/configure/database", &json!({"db": db})).await?;
-    api.post_json(
-        "/api/v3/configure/processing_engine_trigger",
-        &json!({"db": db, "plugin_filename": "gated.py", "trigger_name": "gated", "trigger_specification": "table:cpu",
-                "trigger_arguments": {"gate": gate.display().to_string(), "rows": rows.to_string()}}),
-    )
-    .await?;
+    let arguments = json!({"gate": gate.display().to_string(), "rows": rows.to_string()});
+    setup_trigger_with(api, plugin_dir, db, "gated.py", GATED_PLUGIN, "table:cpu", Some(arguments)).await?;
     write_cpu(api, db, cpu_bodies(rows, hosts)).await?;
     // no_sync acks come before the WAL flush: wait until every row is flushed (rows become
     // queryable when their WAL file is written), so all of them are queued behind the gate.
