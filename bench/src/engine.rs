@@ -60,25 +60,51 @@ def process_writes(influxdb3_local, table_batches, args):
         influxdb3_local.info("gated", n, first, time.time_ns())
 "#;
 
-/// What the interpreter alone can do on this machine: `marshal.loads` of 1M cpu rows like
-/// the benchmark's (interned names, shared tag values) into a list of dicts, and freeing
-/// it; best of 3, rows/s. The floor under any dict delivery into `process_writes`.
+/// What the interpreter alone can do on this machine with 1M cpu rows like the benchmark's
+/// (interned names, shared tag values): build them into a list of dicts and free it, best
+/// of 3, rows/s. First with `marshal.loads` (the pure-Python floor), then, when the venv's
+/// runtime has its speedups, with their row builder from columns (what workers use), with
+/// the arena cache on as in a worker. Prints "marshal native" ("-" for a missing one).
 const CALIBRATE: &str = r#"
-import marshal, sys, time
+import marshal, struct, sys, time
+N = 1_000_000
 hosts = [sys.intern("host-%d" % i) for i in range(100)]
 regions = [sys.intern("region-%d" % i) for i in range(7)]
 rows = [{"host": hosts[i % 100], "region": regions[i % 7], "usage_user": i * 0.5, "usage_system": i * 0.25,
-         "usage_idle": i * 0.125, "time": 1_700_000_000_000_000_000 + i * 1000} for i in range(1_000_000)]
+         "usage_idle": i * 0.125, "time": 1_700_000_000_000_000_000 + i * 1000} for i in range(N)]
 data = marshal.dumps(rows)
 del rows
-best = None
-for _ in range(3):
-    t = time.perf_counter()
-    x = marshal.loads(data)
-    del x
-    d = time.perf_counter() - t
-    best = d if best is None else min(best, d)
-print(1_000_000 / best)
+def best(build):
+    b = None
+    for _ in range(3):
+        t = time.perf_counter()
+        x = build()
+        del x
+        d = time.perf_counter() - t
+        b = d if b is None else min(b, d)
+    return N / b
+out = [best(lambda: marshal.loads(data))]
+try:
+    from weir_plugin import native
+    c = native.load()
+except ImportError:
+    c = None
+if c is None:
+    out.append("-")
+else:
+    c.keep_arenas(native.arena_budget())
+    cols = [["host", 4, None, struct.pack("<%dI" % N, *(i % 100 for i in range(N))), hosts],
+            ["region", 4, None, struct.pack("<%dI" % N, *(i % 7 for i in range(N))), regions],
+            ["usage_user", 0, None, struct.pack("<%dd" % N, *(i * 0.5 for i in range(N))), None],
+            ["usage_system", 0, None, struct.pack("<%dd" % N, *(i * 0.25 for i in range(N))), None],
+            ["usage_idle", 0, None, struct.pack("<%dd" % N, *(i * 0.125 for i in range(N))), None],
+            ["time", 1, None, struct.pack("<%dq" % N, *(1_700_000_000_000_000_000 + i * 1000 for i in range(N))), None]]
+    for col in cols:
+        col[0] = sys.intern(col[0])
+    segments = [[N, cols]]
+    assert c.wal_rows(segments) == marshal.loads(data)
+    out.append(best(lambda: c.wal_rows(segments)))
+print(*out)
 "#;
 
 /// Records when each row reached the plugin.
@@ -138,6 +164,8 @@ pub(crate) struct EngineOutcome {
     pub(crate) backlog: Option<Backlog>,
     /// `marshal.loads` alone, rows/s (see [`CALIBRATE`]).
     pub(crate) marshal_rows_per_s: Option<f64>,
+    /// The runtime's C row builder alone, rows/s (see [`CALIBRATE`]).
+    pub(crate) native_rows_per_s: Option<f64>,
     pub(crate) latency: Option<Latency>,
     /// (lines/s without a trigger, lines/s with the slow trigger).
     pub(crate) slow: Option<(f64, f64)>,
@@ -161,6 +189,7 @@ impl EngineOutcome {
                 "target_rows_per_s": 1_000_000,
             })),
             "marshal_loads_rows_per_s": self.marshal_rows_per_s.map(f64::round),
+            "native_row_builder_rows_per_s": self.native_rows_per_s.map(f64::round),
             "write_to_plugin_latency": self.latency.map(|l| l.to_json()),
             "ingest_with_slow_plugin": self.slow.map(|(base, slow)| json!({
                 "without_trigger_lines_per_s": base.round(),
@@ -336,8 +365,8 @@ pub(crate) async fn backlog(api: &Api, plugin_dir: &Path, rows: u64, hosts: u32)
     }
 }
 
-/// Rows/s of [`CALIBRATE`] with `python`.
-pub(crate) fn calibrate(python: &Path) -> anyhow::Result<f64> {
+/// Rows/s of [`CALIBRATE`] with `python`: marshal.loads, and the C row builder if built.
+pub(crate) fn calibrate(python: &Path) -> anyhow::Result<(f64, Option<f64>)> {
     let out = std::process::Command::new(python)
         .args(["-c", CALIBRATE])
         .output()
@@ -345,7 +374,14 @@ pub(crate) fn calibrate(python: &Path) -> anyhow::Result<f64> {
     if !out.status.success() {
         bail!("calibration failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut figures = text.split_whitespace();
+    let marshal = figures.next().context("no marshal figure")?.parse()?;
+    let native = match figures.next() {
+        Some("-") | None => None,
+        Some(r) => Some(r.parse()?),
+    };
+    Ok((marshal, native))
 }
 
 /// Single-line durable writes at `rate` per second; latency from the client's send time

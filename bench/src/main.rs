@@ -491,14 +491,19 @@ async fn engine_scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> 
     );
     out.backlog = Some(b);
     // The interpreter's own floor, measured now: the venv's Python building the same dicts
-    // with marshal.loads alone, no engine around it.
+    // alone, no engine around it (marshal.loads, and the runtime's C row builder).
     let python = dir.join(".venv/bin/python");
     match engine::calibrate(&python) {
-        Ok(r) => {
-            println!("   for scale: marshal.loads alone builds {} such dict rows/s in {}", stats::thousands(r as u64), python.display());
-            out.marshal_rows_per_s = Some(r);
+        Ok((marshal, native)) => {
+            println!("   for scale: marshal.loads alone builds {} such dict rows/s in {}", stats::thousands(marshal as u64), python.display());
+            match native {
+                Some(r) => println!("   the worker runtime's C row builder alone: {} dict rows/s", stats::thousands(r as u64)),
+                None => println!("   (the worker runtime's C row builder is not built in this venv)"),
+            }
+            out.marshal_rows_per_s = Some(marshal);
+            out.native_rows_per_s = native;
         }
-        Err(e) => println!("   (no marshal.loads calibration: {e:#})"),
+        Err(e) => println!("   (no calibration: {e:#})"),
     }
     release(fleet, report).await?;
 

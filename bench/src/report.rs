@@ -360,6 +360,9 @@ impl Report {
             if let Some(r) = e.marshal_rows_per_s {
                 let _ = writeln!(s, "  for scale: marshal.loads alone, in the plugin venv's Python: {} dict rows/s", thousands(r as u64));
             }
+            if let Some(r) = e.native_rows_per_s {
+                let _ = writeln!(s, "  for scale: the worker runtime's C row builder alone (what workers use): {} dict rows/s", thousands(r as u64));
+            }
             if let Some(l) = &e.latency {
                 let _ = writeln!(
                     s,

@@ -280,13 +280,14 @@ fn fire_time(ns: i64) -> String {
 /// A WAL batch ready for `process_writes`.
 #[derive(Debug)]
 struct EncodedWal {
-    /// marshal-encoded `[table_batches]`.
+    /// marshal-encoded `[table_batches]` (rows, or columns for workers with the speedups).
     args: Vec<u8>,
     rows: usize,
     tables: usize,
 }
 
-fn encode_wal(batch: &pb::WalBatch) -> Result<EncodedWal, String> {
+/// `columns`: as [`marshal::wal_call_args_columns`] (workers with the speedups), else as rows.
+fn encode_wal(batch: &pb::WalBatch, columns: bool) -> Result<EncodedWal, String> {
     let mut tables = Vec::with_capacity(batch.tables.len());
     let mut rows = 0;
     for t in &batch.tables {
@@ -295,7 +296,8 @@ fn encode_wal(batch: &pb::WalBatch) -> Result<EncodedWal, String> {
         rows += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
         tables.push((t.table_name.clone(), batches));
     }
-    let args = marshal::wal_call_args(&tables).map_err(|e| e.to_string())?;
+    let args = if columns { marshal::wal_call_args_columns(&tables) } else { marshal::wal_call_args(&tables) };
+    let args = args.map_err(|e| e.to_string())?;
     Ok(EncodedWal { args, rows, tables: tables.len() })
 }
 
@@ -396,6 +398,7 @@ impl Host {
             run_async: def.run_async,
             memory_limit: self.config.worker_memory,
             dry_run: false,
+            columns: self.venv.native,
         };
         let mut triggers = self.triggers.lock();
         if triggers.get(&id).is_some_and(|t| t.def == def) {
@@ -583,7 +586,8 @@ impl Host {
     fn wal_batch(self: &Arc<Self>, id: u64, batch: pb::WalBatch) {
         let tid = TriggerId { database: batch.database.clone(), name: batch.trigger.clone() };
         let seq = batch.wal_seq;
-        let encoding = Encoding::Running(tokio::task::spawn_blocking(move || encode_wal(&batch)));
+        let columns = self.venv.native;
+        let encoding = Encoding::Running(tokio::task::spawn_blocking(move || encode_wal(&batch, columns)));
         let tx = {
             let mut pipelines = self.pipelines.lock();
             pipelines
@@ -674,6 +678,7 @@ impl Host {
                 run_async: false,
                 memory_limit: self.config.worker_memory,
                 dry_run: true,
+                columns: self.venv.native,
             };
             let worker = Worker::spawn(spec, Arc::clone(&upstream) as Arc<dyn Upstream>, Arc::clone(&self.cache))
                 .await
@@ -701,7 +706,7 @@ impl Host {
     async fn test_wal(&self, req: pb::TestWal) -> pb::TestResult {
         let batch = pb::WalBatch { database: req.database.clone(), trigger: "test".into(), wal_seq: 0, tables: req.tables };
         self.dry_run(&req.database, &req.plugin_filename, req.arguments.as_ref(), "process_writes", || {
-            encode_wal(&batch).map(|e| e.args)
+            encode_wal(&batch, self.venv.native).map(|e| e.args)
         })
         .await
     }

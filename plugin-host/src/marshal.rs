@@ -15,8 +15,8 @@ use arrow::{
         UInt32Array, UInt64Array,
     },
     datatypes::{
-        ArrowDictionaryKeyType, DataType, Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit,
-        UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+        ArrowDictionaryKeyType, DataType, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type,
+        TimeUnit, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
     },
     error::ArrowError,
     record_batch::RecordBatch,
@@ -368,6 +368,183 @@ pub fn wal_call_args(tables: &[(String, Vec<RecordBatch>)]) -> Result<Vec<u8>, A
         w.dict_end();
     }
     Ok(w.finish())
+}
+
+/// [`wal_call_args`] with each table's rows as columns, which a worker with the runtime's
+/// speedups builds into the same dicts about twice as fast as `marshal.loads` builds them
+/// (the format is described in `weir_plugin/rows.py`): `[[[table_name, segments], ...]]`,
+/// one segment `[row_count, columns]` per record batch, a column
+/// `[name, kind, present, data, values]`.
+pub fn wal_call_args_columns(tables: &[(String, Vec<RecordBatch>)]) -> Result<Vec<u8>, ArrowError> {
+    let mut w = Writer::default();
+    w.list(1);
+    w.list(tables.len());
+    for (name, batches) in tables {
+        w.list(2);
+        w.str(name);
+        w.list(batches.len());
+        for batch in batches {
+            w.list(2);
+            w.int(batch.num_rows() as i128);
+            w.list(batch.num_columns());
+            for (field, column) in batch.schema_ref().fields().iter().zip(batch.columns()) {
+                w.list(5);
+                w.shared_str(field.name(), true);
+                w.column(column)?;
+            }
+        }
+    }
+    Ok(w.finish())
+}
+
+/// Column kinds of the columns encoding (the numbers `weir_plugin/rows.py` reads).
+mod kind {
+    pub(super) const F64: i128 = 0;
+    pub(super) const I64: i128 = 1;
+    pub(super) const U64: i128 = 2;
+    pub(super) const BOOL: i128 = 3;
+    pub(super) const REF: i128 = 4;
+    pub(super) const OBJ: i128 = 5;
+}
+
+impl Writer {
+    /// `kind, present, data, values` of one column.
+    fn column(&mut self, a: &ArrayRef) -> Result<(), ArrowError> {
+        match a.data_type() {
+            DataType::Float64 => {
+                let v = a.as_primitive::<Float64Type>().values();
+                self.fixed(kind::F64, a, v.iter().map(|x| x.to_le_bytes()), v.len());
+            }
+            DataType::Float16 | DataType::Float32 => {
+                let cast = arrow::compute::cast(a, &DataType::Float64)?;
+                return self.column(&cast);
+            }
+            DataType::Int64 => {
+                let v = a.as_primitive::<Int64Type>().values();
+                self.fixed(kind::I64, a, v.iter().map(|x| x.to_le_bytes()), v.len());
+            }
+            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => {
+                let cast = arrow::compute::cast(a, &DataType::Int64)?;
+                return self.column(&cast);
+            }
+            DataType::UInt64 => {
+                let v = a.as_primitive::<UInt64Type>().values();
+                self.fixed(kind::U64, a, v.iter().map(|x| x.to_le_bytes()), v.len());
+            }
+            DataType::Timestamp(unit, _) => {
+                let scale: i64 = match unit {
+                    TimeUnit::Second => 1_000_000_000,
+                    TimeUnit::Millisecond => 1_000_000,
+                    TimeUnit::Microsecond => 1_000,
+                    TimeUnit::Nanosecond => 1,
+                };
+                let raw = arrow::compute::cast(a, &DataType::Int64)?;
+                let raw = raw.as_primitive::<Int64Type>();
+                // Nanoseconds since the epoch; a value past i64 goes as a Python int instead.
+                let scaled: Option<Vec<i64>> = raw.values().iter().map(|x| x.checked_mul(scale)).collect();
+                match scaled {
+                    Some(v) => self.fixed(kind::I64, a, v.iter().map(|x| x.to_le_bytes()), v.len()),
+                    None => self.objects(a)?,
+                }
+            }
+            DataType::Boolean => {
+                let v = a.as_boolean().values();
+                self.fixed(kind::BOOL, a, v.iter().map(|x| [u8::from(x)]), v.len());
+            }
+            DataType::Dictionary(key, value)
+                if matches!(**value, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) =>
+            {
+                match **key {
+                    DataType::Int8 => self.refs::<Int8Type>(a)?,
+                    DataType::Int16 => self.refs::<Int16Type>(a)?,
+                    DataType::Int32 => self.refs::<Int32Type>(a)?,
+                    DataType::Int64 => self.refs::<Int64Type>(a)?,
+                    DataType::UInt8 => self.refs::<UInt8Type>(a)?,
+                    DataType::UInt16 => self.refs::<UInt16Type>(a)?,
+                    DataType::UInt32 => self.refs::<UInt32Type>(a)?,
+                    DataType::UInt64 => self.refs::<UInt64Type>(a)?,
+                    _ => self.objects(a)?,
+                }
+            }
+            _ => self.objects(a)?,
+        }
+        Ok(())
+    }
+
+    /// One byte per row, 0 for null; `None` when nothing is null.
+    fn presence(&mut self, a: &dyn Array) {
+        match a.nulls().filter(|n| n.null_count() > 0) {
+            None => self.none(),
+            Some(nulls) => {
+                self.bytes_header(nulls.len());
+                self.out.extend(nulls.iter().map(u8::from));
+            }
+        }
+    }
+
+    fn bytes_header(&mut self, len: usize) {
+        self.out.push(b's');
+        self.u32(len as u32);
+    }
+
+    /// A fixed-width column: little-endian values, one per row.
+    fn fixed<const W: usize>(&mut self, kind: i128, a: &dyn Array, values: impl Iterator<Item = [u8; W]>, n: usize) {
+        self.int(kind);
+        self.presence(a);
+        self.bytes_header(n * W);
+        self.out.reserve(n * W);
+        for v in values {
+            self.out.extend_from_slice(&v);
+        }
+        self.none();
+    }
+
+    /// Dictionary-encoded strings: a u32 index per row into the list of values.
+    fn refs<K: ArrowDictionaryKeyType>(&mut self, a: &dyn Array) -> Result<(), ArrowError> {
+        let d: &DictionaryArray<K> = a.as_dictionary::<K>();
+        let values = arrow::compute::cast(d.values(), &DataType::Utf8)?;
+        let values = values.as_string::<i32>();
+        self.int(kind::REF);
+        self.presence(a);
+        let keys = d.keys();
+        self.bytes_header(keys.len() * 4);
+        self.out.reserve(keys.len() * 4);
+        for i in 0..keys.len() {
+            let k = if keys.is_null(i) {
+                0
+            } else {
+                arrow::datatypes::ArrowNativeType::to_usize(keys.value(i)).unwrap_or(0) as u32
+            };
+            self.out.extend_from_slice(&k.to_le_bytes());
+        }
+        self.list(values.len());
+        for i in 0..values.len() {
+            self.shared_str(values.value(i), false);
+        }
+        Ok(())
+    }
+
+    /// Any other column: a list with each row's value (None where null).
+    fn objects(&mut self, a: &ArrayRef) -> Result<(), ArrowError> {
+        let mut col = Column::new(a)?;
+        self.int(kind::OBJ);
+        let present: Vec<u8> = (0..a.len()).map(|row| u8::from(!col.is_null(row))).collect();
+        if present.contains(&0) {
+            self.bytes(&present);
+        } else {
+            self.none();
+        }
+        self.list(a.len());
+        for row in 0..a.len() {
+            if col.is_null(row) {
+                self.none();
+            } else {
+                col.write(self, row);
+            }
+        }
+        self.none();
+        Ok(())
+    }
 }
 
 /// `[call_time]` for `process_scheduled_call`: whole seconds since the epoch (the worker

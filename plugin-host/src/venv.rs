@@ -14,13 +14,16 @@ use std::{
 use tokio::process::Command;
 
 /// The `weir_plugin` package files, embedded at build time.
-const RUNTIME_FILES: [(&str, &str); 9] = [
+const RUNTIME_FILES: [(&str, &str); 12] = [
     ("__init__.py", include_str!("../../python-sdk/weir_plugin/__init__.py")),
     ("api.py", include_str!("../../python-sdk/weir_plugin/api.py")),
     ("cache.py", include_str!("../../python-sdk/weir_plugin/cache.py")),
     ("engine.py", include_str!("../../python-sdk/weir_plugin/engine.py")),
     ("line_builder.py", include_str!("../../python-sdk/weir_plugin/line_builder.py")),
+    ("native.py", include_str!("../../python-sdk/weir_plugin/native.py")),
+    ("_native.c", include_str!("../../python-sdk/weir_plugin/_native.c")),
     ("response.py", include_str!("../../python-sdk/weir_plugin/response.py")),
+    ("rows.py", include_str!("../../python-sdk/weir_plugin/rows.py")),
     ("testing.py", include_str!("../../python-sdk/weir_plugin/testing.py")),
     ("worker.py", include_str!("../../python-sdk/weir_plugin/worker.py")),
     ("py.typed", include_str!("../../python-sdk/weir_plugin/py.typed")),
@@ -67,6 +70,8 @@ pub struct Venv {
     pub python: PathBuf,
     /// Interpreter version, e.g. `3.11.2`.
     pub version: String,
+    /// The runtime's C speedups (`weir_plugin/_native.c`) were built and load.
+    pub native: bool,
 }
 
 async fn python_version(python: &Path) -> Result<String, Error> {
@@ -105,8 +110,9 @@ fn io<'a>(context: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) 
     move |source| Error::Io { context, path: path.to_path_buf(), source }
 }
 
-/// Make sure `<plugin_dir>/.venv` exists for `python` and holds the current runtime.
-pub async fn ensure(plugin_dir: &Path, python: &str) -> Result<Venv, Error> {
+/// Make sure `<plugin_dir>/.venv` exists for `python` and holds the current runtime, with
+/// its C speedups built if `speedups` (and removed if not).
+pub async fn ensure(plugin_dir: &Path, python: &str, speedups: bool) -> Result<Venv, Error> {
     tokio::fs::create_dir_all(plugin_dir).await.map_err(io("creating the plugin directory", plugin_dir))?;
     let dir = plugin_dir.join(".venv");
     let wanted = python_version(Path::new(python)).await?;
@@ -151,12 +157,13 @@ pub async fn ensure(plugin_dir: &Path, python: &str) -> Result<Venv, Error> {
     }
     let venv_python = dir.join("bin").join("python");
     let version = python_version(&venv_python).await?;
-    install_runtime(&dir, &venv_python).await?;
-    Ok(Venv { dir, python: venv_python, version })
+    let native = install_runtime(&dir, &venv_python, speedups).await?;
+    Ok(Venv { dir, python: venv_python, version, native })
 }
 
-/// Write the embedded `weir_plugin` package into the venv and point a `.pth` file at it.
-async fn install_runtime(venv: &Path, python: &Path) -> Result<(), Error> {
+/// Write the embedded `weir_plugin` package into the venv, point a `.pth` file at it and
+/// build its speedups; whether they were built.
+async fn install_runtime(venv: &Path, python: &Path, speedups: bool) -> Result<bool, Error> {
     let root = venv.join("weir-runtime");
     let pkg = root.join("weir_plugin");
     tokio::fs::create_dir_all(&pkg).await.map_err(io("creating", &pkg))?;
@@ -179,7 +186,49 @@ async fn install_runtime(venv: &Path, python: &Path) -> Result<(), Error> {
     }
     let pth = site.join("weir-runtime.pth");
     tokio::fs::write(&pth, format!("{}\n", root.display())).await.map_err(io("writing", &pth))?;
-    Ok(())
+    if speedups {
+        return Ok(build_native(python, &pkg).await);
+    }
+    // Turned off: nothing a worker could load may stay behind from an earlier start.
+    let mut entries = tokio::fs::read_dir(&pkg).await.map_err(io("reading", &pkg))?;
+    while let Some(entry) = entries.next_entry().await.map_err(io("reading", &pkg))? {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("_native") && name != "_native.c" {
+            tokio::fs::remove_file(entry.path()).await.map_err(io("removing", &entry.path()))?;
+        }
+    }
+    Ok(false)
+}
+
+/// Compile the runtime's optional C speedups (`weir_plugin/_native.c`) into the venv. A
+/// failure (most often: no C compiler) is logged and costs only speed; whether the module
+/// was built and imports.
+async fn build_native(python: &Path, pkg: &Path) -> bool {
+    let out = Command::new(python)
+        .args(["-m", "weir_plugin.native", "build"])
+        .arg(pkg)
+        .env("PYTHONPATH", pkg.parent().unwrap_or(pkg))
+        .stdin(Stdio::null())
+        .output()
+        .await;
+    match out {
+        Ok(out) if out.status.success() => {
+            tracing::debug!(result = %String::from_utf8_lossy(&out.stdout).trim(), "worker speedups ready");
+            true
+        }
+        Ok(out) => {
+            tracing::warn!(
+            detail = %format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim(),
+            "could not build the worker speedups (weir_plugin/_native.c); workers run without them, and deliver rows more slowly"
+        );
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not run the worker speedups build; workers run without them");
+            false
+        }
+    }
 }
 
 /// Where the runtime package lives inside a venv (workers also get it on `PYTHONPATH`).
@@ -196,7 +245,7 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../python-sdk/weir_plugin");
         for entry in std::fs::read_dir(&dir).unwrap() {
             let name = entry.unwrap().file_name().into_string().unwrap();
-            if name.ends_with(".py") {
+            if name.ends_with(".py") || name.ends_with(".c") {
                 assert!(RUNTIME_FILES.iter().any(|(f, _)| *f == name), "{name} is not in RUNTIME_FILES");
             }
         }

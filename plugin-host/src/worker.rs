@@ -108,6 +108,9 @@ pub struct WorkerSpec {
     pub memory_limit: Option<u64>,
     /// Capture `write_sync*` instead of writing (dry runs).
     pub dry_run: bool,
+    /// `process_writes` arguments come as columns (`marshal::wal_call_args_columns`), which
+    /// the worker builds into rows itself; only when the venv's speedups were built.
+    pub columns: bool,
 }
 
 /// The outcome of one invocation, as the worker reports it.
@@ -284,6 +287,7 @@ impl Worker {
             "run_async": spec.run_async,
             "threads": 8,
             "dry_run": spec.dry_run,
+            "columns": spec.columns,
         });
         writer.write_all(&frame(&init, &[])).await.map_err(spawn_err)?;
         let ready = tokio::time::timeout(Duration::from_secs(60), read_frame(&mut reader)).await;

@@ -28,12 +28,18 @@ fn shared_venv_dir() -> std::path::PathBuf {
 }
 
 async fn start(timeout: Duration) -> Core {
+    start_with(timeout, true).await
+}
+
+/// A host whose venv has the worker speedups built (`speedups`) or not.
+async fn start_with(timeout: Duration, speedups: bool) -> Core {
     let dir = tempfile::tempdir().unwrap();
     let plugin_dir = dir.path().join("plugins");
     std::fs::create_dir_all(&plugin_dir).unwrap();
-    // Reuse one venv: link it into this plugin dir.
-    let venv_root = shared_venv_dir();
-    let venv = plugin_host::venv::ensure(&venv_root, "python3").await.unwrap();
+    // Reuse one venv (with the speedups): link it into this plugin dir.
+    let venv_root = if speedups { shared_venv_dir() } else { dir.path().join("plain") };
+    let venv = plugin_host::venv::ensure(&venv_root, "python3", speedups).await.unwrap();
+    assert_eq!(venv.native, speedups, "this machine has a C compiler: the speedups build");
     std::os::unix::fs::symlink(&venv.dir, plugin_dir.join(".venv")).unwrap();
     let host = Host::new(
         HostConfig {
@@ -270,4 +276,32 @@ async fn unknown_triggers_and_missing_functions_are_clear_errors() {
     core.wal(3, "escape", &cpu()).await;
     let d = done(core.next().await.1);
     assert!(d.error.contains("Path traversal detected: ../../etc/passwd"), "{d:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_are_the_same_with_and_without_the_worker_speedups() {
+    let plugin = r#"
+def process_writes(influxdb3_local, table_batches, args):
+    influxdb3_local.info(repr(table_batches))
+"#;
+    let host: DictionaryArray<Int32Type> = vec![Some("a"), None, Some("a")].into_iter().collect();
+    let batch = RecordBatch::try_from_iter([
+        ("host", Arc::new(host) as _),
+        ("usage", Arc::new(Float64Array::from(vec![Some(1.5), None, Some(-0.0)])) as _),
+        ("n", Arc::new(Int64Array::from(vec![None, Some(i64::MIN), Some(7)])) as _),
+        ("time", Arc::new(TimestampNanosecondArray::from(vec![1, 2, 1_700_000_000_000_000_000])) as _),
+    ])
+    .unwrap();
+    let expected = "[{'table_name': 'cpu', 'rows': [{'host': 'a', 'usage': 1.5, 'time': 1}, \
+                    {'n': -9223372036854775808, 'time': 2}, \
+                    {'host': 'a', 'usage': -0.0, 'n': 7, 'time': 1700000000000000000}]}]";
+    for speedups in [true, false] {
+        let mut core = start_with(Duration::from_secs(30), speedups).await;
+        core.trigger("show", "show.py", plugin, None).await;
+        core.wal(1, "show", &batch).await;
+        let (id, body) = core.next().await;
+        assert_eq!(id, 1);
+        assert!(done(body).ok);
+        assert!(core.logs.iter().any(|l| l.ends_with(expected)), "speedups {speedups}: {:?}", core.logs);
+    }
 }

@@ -3,6 +3,7 @@
 import marshal
 import os
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -16,23 +17,25 @@ SDK = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Host:
-    def __init__(self, tmp_path, source, run_async=False, args=None):
+    def __init__(self, tmp_path, source, run_async=False, args=None, columns=False, sdk=SDK):
         path = tmp_path / "plugin.py"
         path.write_text(textwrap.dedent(source))
         ours, theirs = socket.socketpair()
-        env = dict(os.environ, WEIR_IPC_FD=str(theirs.fileno()), PYTHONPATH=SDK, TZ="UTC")
+        env = dict(os.environ, WEIR_IPC_FD=str(theirs.fileno()), PYTHONPATH=str(sdk), TZ="UTC")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "weir_plugin.worker"],
-            pass_fds=[theirs.fileno()], env=env,
+            # `-m` puts the working directory first on sys.path: not the SDK source tree.
+            pass_fds=[theirs.fileno()], env=env, cwd=tmp_path,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         theirs.close()
         ours.settimeout(30)
         self.ch = Channel(ours)
         self.ch.send({"type": "init", "trigger": "t1", "database": "db", "plugin_path": str(path),
-                      "args": args, "run_async": run_async, "threads": 4})
+                      "args": args, "run_async": run_async, "threads": 4, "columns": columns})
         header, _ = self.ch.recv()
         assert header["type"] == "ready" and header["pid"] == self.proc.pid
+        self.ready = header
         self.logs = []
 
     def invoke(self, rid, entry, *args):
@@ -147,6 +150,29 @@ def test_staged_arguments_run_with_the_call_that_names_them(tmp_path):
         assert h.until_done() == {"type": "done", "id": 10, "ok": False, "unstaged": True, "writes": {},
                                   "error": "staged arguments missing"}
     assert h.logs[-1] == ("INFO", "rows [2, 3]"), "nothing ran"
+    h.close()
+
+
+@pytest.mark.parametrize("speedups", [False, True])
+def test_rows_sent_as_columns_reach_the_plugin_as_dicts(tmp_path, native_sdk, speedups):
+    h = Host(tmp_path, """
+        def process_writes(influxdb3_local, table_batches, args):
+            influxdb3_local.info(repr(table_batches))
+    """, columns=True, sdk=native_sdk if speedups else SDK)
+    assert h.ready["native"] is speedups
+    tables = [["cpu", [[2, [["host", 4, None, struct.pack("<2I", 1, 0), ["a", "b"]],
+                            ["usage", 0, b"\1\0", struct.pack("<2d", 0.5, 0.0), None],
+                            ["time", 1, None, struct.pack("<2q", 1, 2), None]]]]],
+              ["mem", []]]
+    expected = repr([{"table_name": "cpu", "rows": [{"host": "b", "usage": 0.5, "time": 1}, {"host": "a", "time": 2}]},
+                     {"table_name": "mem", "rows": []}])
+    h.ch.send({"type": "invoke", "id": 1, "entry": "process_writes"}, marshal.dumps([tables]))
+    assert h.until_done()["ok"]
+    # Staged arguments are columns too.
+    h.ch.send({"type": "stage", "id": 5}, marshal.dumps([tables]))
+    h.ch.send({"type": "invoke", "id": 2, "entry": "process_writes", "staged": 5})
+    assert h.until_done()["ok"]
+    assert h.logs == [("INFO", expected), ("INFO", expected)]
     h.close()
 
 

@@ -6,18 +6,20 @@ to the engine log) without corrupting it.
 
 Frames, both directions: `u32 LE n` then `n` bytes: `u32 LE h`, `h` bytes of UTF-8 JSON (the
 header, with a "type"), and the rest the body (marshal-encoded Python values for rows and
-call arguments, which the host writes directly; pickle for global-cache values).
+call arguments, which the host writes directly; pickle for global-cache values). With
+`columns` in `init`, WAL calls' rows come as columns and are built into dicts here (rows.py).
 
-host → worker                              worker → host
-  init {trigger, database, plugin_path,      ready {pid, python}
-        args, run_async, threads, dry_run}   log {level, text, invocation}
-  invoke {id, entry} + marshal([args...]),   done {id, ok, error, traceback, writes,
-    or {id, entry, staged} (no body)               response {status, headers}} + body
-                                                   (or {id, unstaged}: call again with args)
-  stage {id} + marshal([args...]): the next  query {id, database, sql, params}
-    call's arguments, sent while one runs    write {id, database, lines, no_sync}
-  query_result {id, error} + marshal(rows)   cache {id, op, key, ttl} + pickle (global
-  write_result {id, error}                          scope only; the trigger scope is local)
+host → worker                                worker → host
+  init {trigger, database, plugin_path,        ready {pid, python, native}
+        args, run_async, threads, dry_run,     log {level, text, invocation}
+        columns}                               done {id, ok, error, traceback, writes,
+  invoke {id, entry} + marshal([args...]),           response {status, headers}} + body
+    or {id, entry, staged} (no body)                 (or {id, unstaged}: call again
+  stage {id} + marshal([args...]):                   with the arguments)
+    the next call's arguments, sent while      query {id, database, sql, params}
+    the current one runs                       write {id, database, lines, no_sync}
+  query_result {id, error} + marshal(rows)     cache {id, op, key, ttl} + pickle (global
+  write_result {id, error}                           scope only; the trigger scope is local)
   cache_result {id, error, found}
         + pickle(value)
   shutdown {} (or the host kills the process)
@@ -41,8 +43,10 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Optional, Tuple
 
+from . import native
 from .engine import BackendError, Trigger, install_builtins
 from .response import to_response
+from .rows import wal_tables
 
 _LEN = struct.Struct("<I")
 
@@ -222,8 +226,11 @@ class _LogWriter(io.TextIOBase):
             self._backend.log(self._level, rest)
 
 
-def _call_args(entry: str, body: bytes):
+def _call_args(entry: str, body: bytes, columns: bool = False):
     args = marshal.loads(body) if body else []
+    if columns and entry == "process_writes" and args:
+        # WAL rows sent as columns (rows.py): the dicts are built here.
+        args[0] = wal_tables(args[0])
     if entry == "process_scheduled_call":
         # A naive datetime from whole seconds; workers run with TZ=UTC, so naive UTC.
         args = [datetime.datetime.fromtimestamp(int(args[0]))]
@@ -242,10 +249,12 @@ def serve(channel: Channel) -> int:
     sys.stdout = _LogWriter(backend, "INFO")
     sys.stderr = _LogWriter(backend, "WARN")
 
+    columns = bool(header.get("columns"))
+
     def run(rid: int, entry: str, body: bytes) -> None:
         _current_invocation.id = rid
         try:
-            outcome = trigger.invoke(entry, *_call_args(entry, body))
+            outcome = trigger.invoke(entry, *_call_args(entry, body, columns))
         except BaseException as e:  # bad arguments from the host: report, do not die
             channel.send({"type": "done", "id": rid, "ok": False, "error": f"{type(e).__name__}: {e}",
                           "traceback": traceback.format_exc(), "writes": {}})
@@ -276,7 +285,7 @@ def serve(channel: Channel) -> int:
     if header.get("run_async"):
         pool = ThreadPoolExecutor(max_workers=max(1, int(header.get("threads") or 8)),
                                   thread_name_prefix="invocation")
-        submit = lambda rid, entry, body: pool.submit(run, rid, entry, body)  # noqa: E731
+        submit = lambda *job: pool.submit(run, *job)  # noqa: E731
     else:
         jobs: "queue.Queue" = queue.Queue()
 
@@ -288,9 +297,14 @@ def serve(channel: Channel) -> int:
                 run(*job)
 
         threading.Thread(target=sequential, name="invocation", daemon=True).start()
-        submit = lambda rid, entry, body: jobs.put((rid, entry, body))  # noqa: E731
+        submit = lambda *job: jobs.put(job)  # noqa: E731
 
-    channel.send({"type": "ready", "pid": os.getpid(), "python": sys.version.split()[0]})
+    speedups = native.load()
+    if speedups is not None:
+        # Freed rows' memory stays mapped for the next batch instead of being faulted in again.
+        speedups.keep_arenas(native.arena_budget())
+    channel.send({"type": "ready", "pid": os.getpid(), "python": sys.version.split()[0],
+                  "native": speedups is not None})
     staged: Tuple[Optional[int], Any] = (None, b"")
     try:
         while True:

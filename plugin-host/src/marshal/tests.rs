@@ -5,25 +5,33 @@ use std::{io::Write as _, process::Command, sync::Arc};
 
 use arrow::{
     array::{
-        BinaryArray, BooleanArray, Date32Array, DictionaryArray, Float64Array, Int64Array,
-        StringArray, TimestampNanosecondArray, UInt64Array,
+        BinaryArray, BooleanArray, Date32Array, DictionaryArray, Float32Array, Float64Array,
+        Int8Array, Int64Array, StringArray, TimestampNanosecondArray, TimestampSecondArray,
+        UInt32Array, UInt64Array,
     },
-    datatypes::Int32Type,
+    datatypes::{Int32Type, UInt8Type},
     record_batch::RecordBatch,
 };
 
 use super::*;
 
 fn python_repr(bytes: &[u8]) -> String {
+    python_run("import marshal, sys; print(repr(marshal.loads(sys.stdin.buffer.read())))", bytes)
+}
+
+/// Run `script` with `bytes` on stdin and the SDK importable; its trimmed stdout.
+fn python_run(script: &str, bytes: &[u8]) -> String {
+    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../python-sdk");
     let mut child = Command::new("python3")
-        .args(["-c", "import marshal, sys; print(repr(marshal.loads(sys.stdin.buffer.read())))"])
+        .args(["-c", script])
+        .env("PYTHONPATH", sdk)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("python3 on PATH");
     child.stdin.take().unwrap().write_all(bytes).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "marshal.loads failed");
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim_end().to_string()
 }
 
@@ -98,4 +106,62 @@ fn schedule_and_request_arguments_decode_as_python_values() {
         python_repr(&args),
         r"[{'a': '1'}, {'content-type': 'text/plain', 'x-é': 'ü'}, b'\x00\xffbody']"
     );
+}
+
+/// Decodes `[table_batches]` sent as columns with the SDK's Python decoder and with the C
+/// one (built into a temporary directory), printing both reprs on two lines.
+const DECODE_COLUMNS: &str = r#"
+import importlib.util, marshal, os, sys, tempfile
+from weir_plugin import native, rows
+args = marshal.loads(sys.stdin.buffer.read())
+print(repr([[{"table_name": n, "rows": rows.python_rows(s)} for n, s in args[0]]]))
+dest = tempfile.mkdtemp()
+ok, message = native.build(dest)
+assert ok, message
+so = next(f for f in os.listdir(dest) if f.startswith("_native") and not f.endswith(".stamp"))
+spec = importlib.util.spec_from_file_location("weir_plugin._native", os.path.join(dest, so))
+c = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(c)
+print(repr([[{"table_name": n, "rows": c.wal_rows(s)} for n, s in args[0]]]))
+"#;
+
+#[test]
+fn wal_columns_build_the_same_rows_as_wal_rows() {
+    let host: DictionaryArray<Int32Type> = vec![Some("a"), Some("b"), Some("a"), None].into_iter().collect();
+    let region: DictionaryArray<UInt8Type> = vec![Some("eu"), Some("eu"), Some("us"), Some("us")].into_iter().collect();
+    let wide = RecordBatch::try_from_iter([
+        ("host", Arc::new(host) as _),
+        ("region", Arc::new(region) as _),
+        ("usage", Arc::new(Float64Array::from(vec![Some(1.5), None, Some(f64::NAN), Some(-0.0)])) as _),
+        ("f32", Arc::new(Float32Array::from(vec![Some(0.5), Some(2.0), None, None])) as _),
+        ("n", Arc::new(Int64Array::from(vec![None, Some(i64::MIN), Some(3), Some(i64::MAX)])) as _),
+        ("i8", Arc::new(Int8Array::from(vec![Some(-128), None, Some(127), Some(0)])) as _),
+        ("u32", Arc::new(UInt32Array::from(vec![Some(u32::MAX), None, None, Some(7)])) as _),
+        ("u", Arc::new(UInt64Array::from(vec![Some(u64::MAX), None, None, Some(0)])) as _),
+        ("ok", Arc::new(BooleanArray::from(vec![Some(true), Some(false), None, Some(true)])) as _),
+        ("note", Arc::new(StringArray::from(vec![None, Some("ü"), None, Some("")])) as _),
+        ("blob", Arc::new(BinaryArray::from(vec![Some(b"\x00".as_ref()), None, None, None])) as _),
+        ("day", Arc::new(Date32Array::from(vec![Some(19_000), None, Some(0), None])) as _),
+        // 10^10 s is past i64 nanoseconds: it goes as a Python int.
+        ("secs", Arc::new(TimestampSecondArray::from(vec![Some(1), None, Some(10_000_000_000), Some(-1)])) as _),
+        ("time", Arc::new(TimestampNanosecondArray::from(vec![1, 2, 1_700_000_000_000_000_000, -5])) as _),
+    ])
+    .unwrap();
+    let narrow = RecordBatch::try_from_iter([
+        ("time", Arc::new(TimestampNanosecondArray::from(vec![9])) as _),
+        ("extra", Arc::new(Int64Array::from(vec![Some(1)])) as _),
+    ])
+    .unwrap();
+    let empty = narrow.slice(0, 0);
+    let tables = vec![
+        ("cpu".to_string(), vec![wide.clone(), wide.slice(1, 2), narrow, empty]),
+        ("empty".to_string(), vec![]),
+    ];
+    let expected = python_repr(&wal_call_args(&tables).unwrap());
+    assert!(expected.contains("'secs': 10000000000000000000"), "{expected}");
+    let columns = wal_call_args_columns(&tables).unwrap();
+    let got = python_run(DECODE_COLUMNS, &columns);
+    let (python, c) = got.split_once('\n').expect("two lines");
+    assert_eq!(python, expected, "the Python decoder");
+    assert_eq!(c, expected, "the C decoder");
 }

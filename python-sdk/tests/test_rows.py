@@ -1,0 +1,111 @@
+"""WAL rows sent as columns (rows.py) built into dicts, in C and in Python, and the C
+module's build and arena cache."""
+
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from weir_plugin import native, rows
+
+
+def segments():
+    return [
+        [3, [["host", rows.REF, None, struct.pack("<3I", 0, 1, 0), ["a", "b"]],
+             ["usage", rows.F64, b"\1\0\1", struct.pack("<3d", 1.5, 0.0, -0.0), None],
+             ["n", rows.I64, b"\0\1\1", struct.pack("<3q", 0, -2, 2**63 - 1), None],
+             ["u", rows.U64, b"\1\0\0", struct.pack("<3Q", 2**64 - 1, 0, 0), None],
+             ["ok", rows.BOOL, b"\1\1\0", b"\1\0\0", None],
+             ["note", rows.OBJ, b"\0\1\0", [None, "ü", None], None],
+             # A null REF row may hold any index: it is never read.
+             ["dc", rows.REF, b"\1\0\1", struct.pack("<3I", 0, 99, 0), ["eu"]],
+             ["time", rows.I64, None, struct.pack("<3q", 1, 2, 1_700_000_000_000_000_000), None]]],
+        [1, [["time", rows.I64, None, struct.pack("<q", 9), None], ["blob", rows.OBJ, None, [b"\0"], None]]],
+        [0, []],
+        [2, []],
+    ]
+
+
+EXPECTED = [
+    {"host": "a", "usage": 1.5, "u": 2**64 - 1, "ok": True, "dc": "eu", "time": 1},
+    {"host": "b", "n": -2, "ok": False, "note": "ü", "time": 2},
+    {"host": "a", "usage": -0.0, "n": 2**63 - 1, "dc": "eu", "time": 1_700_000_000_000_000_000},
+    {"time": 9, "blob": b"\0"},
+    {},
+    {},
+]
+
+
+def test_python_and_c_build_the_same_rows_in_column_order(c_module):
+    for build in (rows.python_rows, c_module.wal_rows):
+        got = build(segments())
+        assert got == EXPECTED
+        assert [list(r) for r in got] == [list(r) for r in EXPECTED], "keys in column order"
+        assert all(type(r) is dict for r in got)
+        # Tag values are shared, not copied per row.
+        assert got[0]["host"] is got[2]["host"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ([[1, [["x", 9, None, b"", None]]]], "unknown kind"),
+    ([[2, [["x", rows.F64, None, b"\0" * 8, None]]]], "one value per row"),
+    ([[1, [["x", rows.REF, None, struct.pack("<I", 5), ["a"]]]]], "index is out of range"),
+    ([[1, [["x", rows.OBJ, None, [], None]]]], "one item per row"),
+    ([[1, [["x", rows.F64, b"\1\1", b"\0" * 8, None]]]], "presence mask"),
+    ([[1, [["x", rows.F64, None]]]], "[name, kind, present, data, values]"),
+    ([[-1, []]], "negative row count"),
+    ([[1]], "[row count, columns]"),
+])
+def test_the_c_builder_rejects_malformed_columns(c_module, bad, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        c_module.wal_rows(bad)
+
+
+def test_wal_tables_uses_python_when_the_speedups_are_missing():
+    # The source tree has no built module: the fallback runs.
+    if native.load() is None:
+        assert rows.wal_tables([["cpu", segments()]]) == [{"table_name": "cpu", "rows": EXPECTED}]
+
+
+def test_build_is_skipped_when_current_and_reports_a_missing_compiler(native_sdk, monkeypatch, tmp_path):
+    ok, message = native.build(str(native_sdk / "weir_plugin"))
+    assert ok and message.endswith("is current")
+    real = native.sysconfig.get_config_var
+    monkeypatch.setattr(native.sysconfig, "get_config_var",
+                        lambda name: "/nonexistent/cc" if name == "CC" else real(name))
+    ok, message = native.build(str(tmp_path))
+    assert not ok and "/nonexistent/cc" in message
+    assert os.listdir(tmp_path) == [], "no half-built files left behind"
+
+
+ARENAS = textwrap.dedent("""
+    import importlib.util, resource, sys
+    spec = importlib.util.spec_from_file_location("weir_plugin._native", sys.argv[1])
+    c = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(c)
+    c.keep_arenas(int(sys.argv[2]))
+    def batch():
+        return [{"a": i * 0.5, "b": i * 0.25, "t": 10**18 + i} for i in range(300_000)]
+    x = batch(); del x
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = batch(); del x
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, c.arena_stats()["reused"])
+    c.keep_arenas(0)
+    assert c.arena_stats()["kept"] == 0
+""")
+
+
+def test_kept_arenas_spare_the_next_batch_its_page_faults(c_module):
+    def faults(budget):
+        out = subprocess.run([sys.executable, "-c", ARENAS, c_module.__file__, str(budget)],
+                             capture_output=True, text=True, check=True)
+        return [int(x) for x in out.stdout.split()]
+    freed_faults, freed_reused = faults(0)
+    kept_faults, kept_reused = faults(256 << 20)
+    assert freed_reused == 0 and kept_reused > 0
+    # ~100 MB of dicts: ~25,000 pages faulted in again without the cache.
+    assert freed_faults > 10_000, freed_faults
+    assert kept_faults < freed_faults / 4, (kept_faults, freed_faults)

@@ -1,0 +1,115 @@
+"""The worker runtime's optional C speedups (`_native.c`): building and loading them.
+
+The plugin host runs `python -m weir_plugin.native build DIR` with the venv's interpreter
+when it prepares the venv. That compiles `_native.c` next to this file with the compiler
+and flags the interpreter was built with (`sysconfig`), and skips the work when a module
+built from the same source for the same interpreter is already there. Without a compiler
+the build fails with the compiler's message, the host logs a warning, and workers run
+without the speedups: plugins see no difference except speed.
+"""
+
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from typing import Optional, Tuple
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.join(_HERE, "_native.c")
+
+# Freed allocator arenas a worker keeps for the next batch (see `_native.c`): at most this,
+# and at most an eighth of the worker's address-space limit.
+ARENA_BUDGET = 512 << 20
+
+
+def load():
+    """The compiled module, or None when it was not built (or fails to load)."""
+    try:
+        from . import _native  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _native
+
+
+def arena_budget() -> int:
+    """How many bytes of freed arenas to keep in this process."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError):
+        return ARENA_BUDGET
+    if soft in (resource.RLIM_INFINITY, -1) or soft <= 0:
+        return ARENA_BUDGET
+    return min(ARENA_BUDGET, soft // 8)
+
+
+def _stamp() -> str:
+    with open(SOURCE, "rb") as f:
+        digest = hashlib.sha256(f.read())
+    digest.update(sys.version.encode())
+    digest.update(sys.executable.encode())
+    return digest.hexdigest()
+
+
+def build(dest: str = _HERE) -> Tuple[bool, str]:
+    """Compile `_native.c` into `dest`; (built or already current, what happened)."""
+    if sys.byteorder != "little":
+        # The host writes column buffers little-endian and the C code reads them as they are.
+        return False, "the speedups support little-endian machines only"
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    target = os.path.join(dest, "_native" + suffix)
+    stamp_path = os.path.join(dest, "_native.stamp")
+    stamp = _stamp()
+    try:
+        with open(stamp_path) as f:
+            if f.read() == stamp and os.path.exists(target):
+                return True, f"{target} is current"
+    except OSError:
+        pass
+    cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
+    cflags = shlex.split(sysconfig.get_config_var("CFLAGS") or "")
+    ldshared = sysconfig.get_config_var("LDSHARED") or ""
+    # LDSHARED starts with the compiler; keep only its flags (-shared, -pthread, ...).
+    ldflags = [f for f in shlex.split(ldshared)[1:] if f.startswith("-")] or ["-shared"]
+    include = sysconfig.get_paths()["include"]
+    fd, tmp = tempfile.mkstemp(prefix="_native.", suffix=suffix, dir=dest)
+    os.close(fd)
+    cmd = cc + cflags + ["-O2", "-fPIC", "-I", include] + ldflags + [SOURCE, "-o", tmp]
+    try:
+        out = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        os.unlink(tmp)
+        return False, f"{' '.join(cmd)}: {e}"
+    if out.returncode != 0:
+        os.unlink(tmp)
+        return False, f"{' '.join(cmd)} exited with {out.returncode}: {(out.stdout + out.stderr).strip()}"
+    os.replace(tmp, target)
+    with open(stamp_path, "w") as f:
+        f.write(stamp)
+    return True, f"built {target}"
+
+
+def main(argv) -> int:
+    if len(argv) >= 1 and argv[0] == "build":
+        ok, message = build(argv[1] if len(argv) > 1 else _HERE)
+        if ok:
+            # Prove it loads (the host only sends columns to workers that can build rows fast).
+            try:
+                import importlib
+
+                importlib.import_module("weir_plugin._native")
+            except ImportError as e:
+                ok, message = False, f"{message}, but it does not import: {e}"
+        print(message)
+        return 0 if ok else 1
+    print("usage: python -m weir_plugin.native build [DIR]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+

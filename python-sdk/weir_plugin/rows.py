@@ -1,0 +1,93 @@
+"""WAL rows as the plugin host sends them, turned into `process_writes`'s `table_batches`.
+
+When the worker speedups are built (`native.py`), the host sends WAL calls' tables as
+columns rather than as ready-made row dicts (the worker's `init` says `"columns": true`),
+marshal-encoded:
+
+    [tables, ...]  where a table is    [table_name, segments]
+                   a segment is        [row_count, columns]  (one Arrow record batch)
+                   a column is         [name, kind, present, data, values]
+
+`present` is None (every row has a value) or bytes with one byte per row, 0 meaning null:
+the key is left out of that row, as InfluxDB 3 does. `kind` says what `data` holds:
+
+    F64  0  little-endian f64 per row          BOOL 3  one byte per row, 0 or 1
+    I64  1  little-endian i64 per row          REF  4  little-endian u32 per row: an index
+    U64  2  little-endian u64 per row                  into `values` (a list of str: tags)
+                                               OBJ  5  a list with the row's Python value
+
+Rows keep the column order of their segment; the segments of a table follow each other.
+`_native.wal_rows` builds the dicts in C; `python_rows` here is the same thing in Python, for
+a worker whose speedups failed to load, and the reference the tests hold the C code to.
+"""
+
+import sys
+from typing import Any, Dict, List
+
+from . import native
+
+F64, I64, U64, BOOL, REF, OBJ = range(6)
+
+_FORMATS = {F64: "d", I64: "q", U64: "Q"}
+
+
+def _column_values(kind: int, present: Any, data: Any, values: Any) -> List[Any]:
+    if kind in _FORMATS:
+        view = memoryview(data).cast(_FORMATS[kind])
+        if sys.byteorder != "little":
+            import array
+
+            swapped = array.array(_FORMATS[kind], view)
+            swapped.byteswap()
+            return swapped.tolist()
+        return view.tolist()
+    if kind == BOOL:
+        return [b != 0 for b in bytes(data)]
+    if kind == REF:
+        idx = memoryview(data).cast("I")
+        if sys.byteorder != "little":
+            import array
+
+            swapped = array.array("I", idx)
+            swapped.byteswap()
+            idx = swapped
+        # A null row's index is never read, so it may be anything.
+        nv = len(values)
+        out = [values[i] if i < nv else None for i in idx]
+        if any(i >= nv and (present is None or present[row]) for row, i in enumerate(idx)):
+            raise ValueError("wal_rows: a value index is out of range")
+        return out
+    if kind == OBJ:
+        return list(data)
+    raise ValueError(f"unknown column kind {kind}")
+
+
+def python_rows(segments: List[Any]) -> List[Dict[str, Any]]:
+    """The rows of `segments`, built in Python."""
+    out: List[Dict[str, Any]] = []
+    for n, columns in segments:
+        keys = [c[0] for c in columns]
+        masks = [c[2] for c in columns]
+        if n < 0 or any(m is not None and len(m) != n for m in masks):
+            raise ValueError("wal_rows: a bad row count or presence mask")
+        cols = [_column_values(kind, present, data, values) for _, kind, present, data, values in columns]
+        for c in cols:
+            if len(c) != n:
+                raise ValueError("wal_rows: a column does not hold one value per row")
+        if all(m is None for m in masks):
+            if cols:
+                out.extend(dict(zip(keys, vals)) for vals in zip(*cols))
+            else:
+                out.extend({} for _ in range(n))
+            continue
+        present = [bytes(m) if m is not None else None for m in masks]
+        for i in range(n):
+            out.append({k: col[i] for k, col, p in zip(keys, cols, present) if p is None or p[i]})
+    return out
+
+
+def wal_tables(tables: List[Any]) -> List[Dict[str, Any]]:
+    """`table_batches` from the columns the host sent."""
+    speedups = native.load()
+    build = speedups.wal_rows if speedups is not None else python_rows
+    return [{"table_name": name, "rows": build(segments)} for name, segments in tables]
