@@ -49,6 +49,22 @@ def test_python_and_c_build_the_same_rows_in_column_order(c_module):
         assert got[0]["host"] is got[2]["host"]
 
 
+def test_the_c_builder_leaves_the_collector_as_it_found_it(c_module):
+    import gc
+    assert gc.isenabled()
+    c_module.wal_rows(segments())
+    assert gc.isenabled()
+    with pytest.raises(ValueError):
+        c_module.wal_rows([[1, [["x", 9, None, b"", None]]]])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        c_module.wal_rows(segments())
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 @pytest.mark.parametrize("bad, message", [
     ([[1, [["x", 9, None, b"", None]]]], "unknown kind"),
     ([[2, [["x", rows.F64, None, b"\0" * 8, None]]]], "one value per row"),

@@ -313,15 +313,26 @@ static PyObject *wal_rows(PyObject *self, PyObject *segments) {
     PyObject *out = PyList_New(total);
     if (out == NULL)
         return NULL;
+    /* The rows hold no containers, so no cycle can form while they are built: the collector
+     * would only walk the growing list again and again. */
+#if PY_VERSION_HEX >= 0x030A0000
+    int collecting = PyGC_Disable();
+#else
+    int collecting = 0;
+#endif
     Py_ssize_t at = 0;
     for (Py_ssize_t s = 0; s < PyList_GET_SIZE(segments); s++) {
         PyObject *seg = PyList_GET_ITEM(segments, s);
         if (build_segment(seg, out, at) < 0) {
-            Py_DECREF(out);
-            return NULL;
+            Py_CLEAR(out);
+            break;
         }
         at += PyLong_AsSsize_t(PyList_GET_ITEM(seg, 0));
     }
+#if PY_VERSION_HEX >= 0x030A0000
+    if (collecting)
+        PyGC_Enable();
+#endif
     return out;
 }
 
