@@ -515,8 +515,16 @@ async fn engine_scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> 
     out.latency = Some(l);
     release(fleet, report).await?;
 
-    let mut rates = Vec::new();
-    for (id, slow) in [("engine_ingest_base", false), ("engine_ingest_slow", true)] {
+    // Two rounds, interleaved (without, with, without, with), best of each: one run of each
+    // swings by ±20% on a shared 2-core machine, far more than the effect measured.
+    let mut rates = [0.0f64; 2];
+    let runs = [
+        ("engine_ingest_base", false),
+        ("engine_ingest_slow", true),
+        ("engine_ingest_base_2", false),
+        ("engine_ingest_slow_2", true),
+    ];
+    for (id, slow) in runs {
         let now = query::now_ns();
         let spec = ingest::Spec {
             name: if slow { "durable ingest, 16 senders, slow trigger on cpu".to_string() } else { "durable ingest, 16 senders, no trigger".to_string() },
@@ -542,7 +550,8 @@ async fn engine_scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> 
             engine::setup_trigger(&api, &dir, &spec.db, "slow.py", engine::slow_plugin(), "table:cpu").await?;
         }
         let o = ingest::run(&api, spec, !cli.no_verify).await?;
-        rates.push(o.lines_per_s());
+        let best = &mut rates[usize::from(slow)];
+        *best = best.max(o.lines_per_s());
         report.ingest.push(o);
         release(fleet, report).await?;
     }

@@ -375,7 +375,7 @@ impl Report {
             if let Some((base, slow)) = e.slow {
                 let _ = writeln!(
                     s,
-                    "  durable ingest, 16 senders: {} lines/s without a trigger, {} lines/s with a plugin sleeping 2 s per batch ({:.1}%; must be >= 95%)",
+                    "  durable ingest, 16 senders, best of 2 interleaved runs each: {} lines/s without a trigger, {} lines/s with a plugin sleeping 2 s per batch ({:.1}%; must be >= 95%)",
                     thousands(base as u64),
                     thousands(slow as u64),
                     100.0 * slow / base
