@@ -144,8 +144,9 @@ struct Cli {
     #[arg(long, default_value_t = 20.0)]
     engine_latency_rate: f64,
 
-    /// Lines of each ingest run with and without the slow plugin (engine scenario).
-    #[arg(long, default_value_t = 1_000_000)]
+    /// Lines of each ingest run with and without the slow plugin (engine scenario; runs of
+    /// 1M lines last under 2 s here, too short to average out a noisy neighbour).
+    #[arg(long, default_value_t = 3_000_000)]
     engine_ingest_lines: u64,
 
     /// Python with influxdb3-python and requests installed (e.g. the test venv's): the scan

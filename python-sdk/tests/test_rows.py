@@ -89,12 +89,31 @@ def test_wal_tables_uses_python_when_the_speedups_are_missing():
 def test_build_is_skipped_when_current_and_reports_a_missing_compiler(native_sdk, monkeypatch, tmp_path):
     ok, message = native.build(str(native_sdk / "weir_plugin"))
     assert ok and message.endswith("is current")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    tmp_path = tmp_path / "venv"
+    tmp_path.mkdir()
     real = native.sysconfig.get_config_var
     monkeypatch.setattr(native.sysconfig, "get_config_var",
                         lambda name: "/nonexistent/cc" if name == "CC" else real(name))
     ok, message = native.build(str(tmp_path))
     assert not ok and "/nonexistent/cc" in message
     assert os.listdir(tmp_path) == [], "no half-built files left behind"
+
+
+def test_a_new_venv_copies_the_module_built_for_the_same_interpreter(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first, second = tmp_path / "one", tmp_path / "two"
+    first.mkdir()
+    second.mkdir()
+    ok, message = native.build(str(first))
+    assert ok and message.startswith("built "), message
+    ok, message = native.build(str(second))
+    assert ok and message.startswith("copied "), message
+    so = [p.name for p in first.iterdir() if p.suffix == ".so"]
+    assert [p.name for p in second.iterdir() if p.suffix == ".so"] == so
+    assert (first / so[0]).read_bytes() == (second / so[0]).read_bytes()
+    ok, message = native.build(str(second))
+    assert ok and message.endswith("is current")
 
 
 ARENAS = textwrap.dedent("""

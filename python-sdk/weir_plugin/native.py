@@ -3,7 +3,10 @@
 The plugin host runs `python -m weir_plugin.native build DIR` with the venv's interpreter
 when it prepares the venv. That compiles `_native.c` next to this file with the compiler
 and flags the interpreter was built with (`sysconfig`), and skips the work when a module
-built from the same source for the same interpreter is already there. Without a compiler
+built from the same source for the same interpreter is already there. Built modules are
+also kept in the user's cache directory (`$XDG_CACHE_HOME/weir/worker-speedups`, else
+`~/.cache/...`; best effort), so a new venv for the same interpreter copies one instead
+of compiling again. Without a compiler
 the build fails with the compiler's message, the host logs a warning, and workers run
 without the speedups: plugins see no difference except speed.
 """
@@ -48,11 +51,35 @@ def arena_budget() -> int:
 
 
 def _stamp() -> str:
+    """What a built module depends on: this source, and the base interpreter (any venv of
+    the same interpreter loads the same module)."""
+    import platform
+
     with open(SOURCE, "rb") as f:
         digest = hashlib.sha256(f.read())
-    digest.update(sys.version.encode())
-    digest.update(sys.executable.encode())
+    for part in (sys.version, sys.base_prefix, sysconfig.get_config_var("EXT_SUFFIX") or "", platform.machine()):
+        digest.update(part.encode() + b"\0")
     return digest.hexdigest()
+
+
+def _cache_dir(stamp: str) -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "weir", "worker-speedups", stamp[:32])
+
+
+def _install(src: str, dest_dir: str, target: str) -> None:
+    """Copy `src` to `target` atomically (a worker may be importing the old one)."""
+    import shutil
+
+    fd, tmp = tempfile.mkstemp(prefix="_native.", suffix=".tmp", dir=dest_dir)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def build(dest: str = _HERE) -> Tuple[bool, str]:
@@ -70,6 +97,15 @@ def build(dest: str = _HERE) -> Tuple[bool, str]:
                 return True, f"{target} is current"
     except OSError:
         pass
+    cached = os.path.join(_cache_dir(stamp), "_native" + suffix)
+    if os.path.exists(cached):
+        try:
+            _install(cached, dest, target)
+            with open(stamp_path, "w") as f:
+                f.write(stamp)
+            return True, f"copied {cached} to {target}"
+        except OSError:
+            pass  # compile instead
     cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
     cflags = shlex.split(sysconfig.get_config_var("CFLAGS") or "")
     ldshared = sysconfig.get_config_var("LDSHARED") or ""
@@ -90,6 +126,11 @@ def build(dest: str = _HERE) -> Tuple[bool, str]:
     os.replace(tmp, target)
     with open(stamp_path, "w") as f:
         f.write(stamp)
+    try:
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        _install(target, os.path.dirname(cached), cached)
+    except OSError:
+        pass  # no writable cache directory: the next new venv compiles again
     return True, f"built {target}"
 
 
