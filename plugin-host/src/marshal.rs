@@ -263,12 +263,7 @@ impl<'a> Column<'a> {
             DataType::UInt32 => Column::I64(ints::<UInt32Array>(a, |a, i| a.value(i).into()), a),
             DataType::UInt64 => Column::I64(ints::<UInt64Array>(a, |a, i| a.value(i).into()), a),
             DataType::Timestamp(unit, _) => {
-                let scale: i128 = match unit {
-                    TimeUnit::Second => 1_000_000_000,
-                    TimeUnit::Millisecond => 1_000_000,
-                    TimeUnit::Microsecond => 1_000,
-                    TimeUnit::Nanosecond => 1,
-                };
+                let scale = i128::from(ns_per(*unit));
                 let raw = arrow::compute::cast(a, &DataType::Int64)?;
                 let raw = raw.as_primitive::<Int64Type>();
                 // Timestamps are ints of nanoseconds since the epoch.
@@ -341,6 +336,16 @@ impl<'a> Column<'a> {
             }
             Column::Text(v) => w.str(v[row].as_deref().unwrap_or_default()),
         }
+    }
+}
+
+/// Nanoseconds in one `unit`.
+fn ns_per(unit: TimeUnit) -> i64 {
+    match unit {
+        TimeUnit::Second => 1_000_000_000,
+        TimeUnit::Millisecond => 1_000_000,
+        TimeUnit::Microsecond => 1_000,
+        TimeUnit::Nanosecond => 1,
     }
 }
 
@@ -432,12 +437,7 @@ impl Writer {
                 self.fixed(kind::U64, a, v.iter().map(|x| x.to_le_bytes()), v.len());
             }
             DataType::Timestamp(unit, _) => {
-                let scale: i64 = match unit {
-                    TimeUnit::Second => 1_000_000_000,
-                    TimeUnit::Millisecond => 1_000_000,
-                    TimeUnit::Microsecond => 1_000,
-                    TimeUnit::Nanosecond => 1,
-                };
+                let scale = ns_per(*unit);
                 let raw = arrow::compute::cast(a, &DataType::Int64)?;
                 let raw = raw.as_primitive::<Int64Type>();
                 // Nanoseconds since the epoch; a value past i64 goes as a Python int instead.
