@@ -72,8 +72,17 @@ def test_the_c_builder_leaves_the_collector_as_it_found_it(c_module):
     ([[1, [["x", rows.OBJ, None, [], None]]]], "one item per row"),
     ([[1, [["x", rows.F64, b"\1\1", b"\0" * 8, None]]]], "presence mask"),
     ([[1, [["x", rows.F64, None]]]], "[name, kind, present, data, values]"),
-    ([[-1, []]], "negative row count"),
+    ([[-1, []]], "negative or impossibly large row count"),
     ([[1]], "[row count, columns]"),
+    # Counts whose sum (or size in bytes) wraps around.
+    ([[2**63 - 1, []], [2**63 - 1, []], [12, []]], "impossibly large row count"),
+    ([[2**61, [["a", rows.F64, None, b"", None]]]] * 8, "impossibly large row count"),
+    # Only the exact types marshal makes: a subclass could run Python code mid-build.
+    ([[1, [[type("S", (str,), {})("x"), rows.F64, None, b"\0" * 8, None]]]], "the name is not a str"),
+    ([[1, [["x", type("I", (int,), {})(0), None, b"\0" * 8, None]]]], "the kind is not an int"),
+    ([[1, [["x", rows.F64, None, bytearray(8), None]]]], "not bytes"),
+    ([[1, [["x", rows.F64, bytearray(b"\1"), b"\0" * 8, None]]]], "presence mask is not bytes"),
+    ([[1, [("x", rows.F64, None, b"\0" * 8, None)]]], "[name, kind, present, data, values]"),
 ])
 def test_the_c_builder_rejects_malformed_columns(c_module, bad, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):

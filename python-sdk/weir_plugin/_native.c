@@ -97,12 +97,13 @@ static PyObject *keep_arenas(PyObject *self, PyObject *arg) {
         PyErr_SetString(PyExc_ValueError, "keep_arenas: the byte budget must be >= 0");
         return NULL;
     }
+    pthread_mutex_lock(&arenas_lock);
     if (base_arenas.alloc == NULL) {
+        /* Under the lock: two first calls at once (free-threaded builds) install it once. */
         PyObject_GetArenaAllocator(&base_arenas);
         PyObjectArenaAllocator mine = {NULL, arena_alloc, arena_free};
         PyObject_SetArenaAllocator(&mine);
     }
-    pthread_mutex_lock(&arenas_lock);
     budget = (size_t)n;
     trim_to(budget);
     pthread_mutex_unlock(&arenas_lock);
@@ -125,24 +126,16 @@ static PyObject *arena_stats(PyObject *self, PyObject *unused) {
 /* Column kinds; the numbers are the wire format (rows.py names them). */
 enum { K_F64 = 0, K_I64 = 1, K_U64 = 2, K_BOOL = 3, K_REF = 4, K_OBJ = 5 };
 
+/* Everything the builder reads must be of the exact built-in types marshal produces (list,
+ * str, int, bytes): then nothing it calls can run Python code (no __index__, __hash__ or
+ * buffer hooks), so the borrowed references below stay valid while the rows are built. */
 typedef struct {
-    PyObject *key;          /* borrowed */
+    PyObject *key;          /* borrowed: an exact str */
     int kind;
     const uint8_t *present; /* one byte per row, 0 = null (key left out); NULL = all present */
-    const uint8_t *data;    /* fixed-width values, or REF indices */
-    PyObject *objects;      /* borrowed: the REF values or the OBJ values */
-    Py_buffer present_buf, data_buf;
-    int have_present, have_data;
+    const uint8_t *data;    /* fixed-width values, or REF indices (inside a bytes object) */
+    PyObject *objects;      /* borrowed: the REF values or the OBJ values (an exact list) */
 } Column;
-
-static void release_columns(Column *cols, Py_ssize_t n) {
-    for (Py_ssize_t j = 0; j < n; j++) {
-        if (cols[j].have_present)
-            PyBuffer_Release(&cols[j].present_buf);
-        if (cols[j].have_data)
-            PyBuffer_Release(&cols[j].data_buf);
-    }
-}
 
 static int bad(const char *what, PyObject *name) {
     PyErr_Format(PyExc_ValueError, "wal_rows: column %R: %s", name, what);
@@ -151,14 +144,17 @@ static int bad(const char *what, PyObject *name) {
 
 /* Check one column description `[name, kind, present, data, values]` for `n` rows. */
 static int parse_column(PyObject *desc, Py_ssize_t n, Column *c) {
-    if (!PyList_Check(desc) || PyList_GET_SIZE(desc) != 5) {
+    if (!PyList_CheckExact(desc) || PyList_GET_SIZE(desc) != 5) {
         PyErr_SetString(PyExc_ValueError, "wal_rows: a column is [name, kind, present, data, values]");
         return -1;
     }
     c->key = PyList_GET_ITEM(desc, 0);
-    if (!PyUnicode_Check(c->key))
+    if (!PyUnicode_CheckExact(c->key))
         return bad("the name is not a str", c->key);
-    long kind = PyLong_AsLong(PyList_GET_ITEM(desc, 1));
+    PyObject *kind_obj = PyList_GET_ITEM(desc, 1);
+    if (!PyLong_CheckExact(kind_obj))
+        return bad("the kind is not an int", c->key);
+    long kind = PyLong_AsLong(kind_obj);
     if (kind == -1 && PyErr_Occurred())
         return -1;
     if (kind < K_F64 || kind > K_OBJ)
@@ -167,28 +163,22 @@ static int parse_column(PyObject *desc, Py_ssize_t n, Column *c) {
     PyObject *present = PyList_GET_ITEM(desc, 2), *data = PyList_GET_ITEM(desc, 3);
     PyObject *values = PyList_GET_ITEM(desc, 4);
     if (present != Py_None) {
-        if (PyObject_GetBuffer(present, &c->present_buf, PyBUF_SIMPLE) < 0)
-            return -1;
-        c->have_present = 1;
-        if (c->present_buf.len != n)
-            return bad("the presence mask does not have one byte per row", c->key);
-        c->present = c->present_buf.buf;
+        if (!PyBytes_CheckExact(present) || PyBytes_GET_SIZE(present) != n)
+            return bad("the presence mask is not bytes with one byte per row", c->key);
+        c->present = (const uint8_t *)PyBytes_AS_STRING(present);
     }
     if (c->kind == K_OBJ) {
-        if (!PyList_Check(data) || PyList_GET_SIZE(data) != n)
+        if (!PyList_CheckExact(data) || PyList_GET_SIZE(data) != n)
             return bad("the values are not a list with one item per row", c->key);
         c->objects = data;
         return 0;
     }
-    if (PyObject_GetBuffer(data, &c->data_buf, PyBUF_SIMPLE) < 0)
-        return -1;
-    c->have_data = 1;
-    c->data = c->data_buf.buf;
     Py_ssize_t width = c->kind == K_BOOL ? 1 : c->kind == K_REF ? 4 : 8;
-    if (c->data_buf.len != n * width)
-        return bad("the data does not hold one value per row", c->key);
+    if (!PyBytes_CheckExact(data) || PyBytes_GET_SIZE(data) % width != 0 || PyBytes_GET_SIZE(data) / width != n)
+        return bad("the data is not bytes holding one value per row", c->key);
+    c->data = (const uint8_t *)PyBytes_AS_STRING(data);
     if (c->kind == K_REF) {
-        if (!PyList_Check(values))
+        if (!PyList_CheckExact(values))
             return bad("the referenced values are not a list", c->key);
         c->objects = values;
         Py_ssize_t nvalues = PyList_GET_SIZE(values);
@@ -245,10 +235,8 @@ static PyObject *new_row(Py_ssize_t ncols) {
 #endif
 }
 
-/* Append the rows of one segment `[n, columns]` to `out` starting at `at`. */
-static int build_segment(PyObject *segment, PyObject *out, Py_ssize_t at) {
-    Py_ssize_t n = PyLong_AsSsize_t(PyList_GET_ITEM(segment, 0));
-    PyObject *descs = PyList_GET_ITEM(segment, 1);
+/* Append the `n` rows of one segment's `descs` to `out` starting at `at`. */
+static int build_segment(PyObject *descs, Py_ssize_t n, PyObject *out, Py_ssize_t at) {
     Py_ssize_t ncols = PyList_GET_SIZE(descs);
     Column *cols = PyMem_Calloc(ncols ? (size_t)ncols : 1, sizeof(Column));
     if (cols == NULL) {
@@ -256,12 +244,9 @@ static int build_segment(PyObject *segment, PyObject *out, Py_ssize_t at) {
         return -1;
     }
     int rc = -1;
-    Py_ssize_t parsed = 0;
-    for (; parsed < ncols; parsed++)
-        if (parse_column(PyList_GET_ITEM(descs, parsed), n, &cols[parsed]) < 0) {
-            parsed++;
+    for (Py_ssize_t j = 0; j < ncols; j++)
+        if (parse_column(PyList_GET_ITEM(descs, j), n, &cols[j]) < 0)
             goto done;
-        }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *row = new_row(ncols);
         if (row == NULL)
@@ -282,57 +267,66 @@ static int build_segment(PyObject *segment, PyObject *out, Py_ssize_t at) {
     }
     rc = 0;
 done:
-    release_columns(cols, parsed);
     PyMem_Free(cols);
     return rc;
 }
 
 static PyObject *wal_rows(PyObject *self, PyObject *segments) {
     (void)self;
-    if (!PyList_Check(segments)) {
+    if (!PyList_CheckExact(segments)) {
         PyErr_SetString(PyExc_TypeError, "wal_rows: expected a list of segments");
         return NULL;
     }
+    Py_ssize_t nseg = PyList_GET_SIZE(segments);
+    Py_ssize_t *counts = PyMem_Calloc(nseg ? (size_t)nseg : 1, sizeof(Py_ssize_t));
+    if (counts == NULL)
+        return PyErr_NoMemory();
+    PyObject *out = NULL;
     Py_ssize_t total = 0;
-    for (Py_ssize_t s = 0; s < PyList_GET_SIZE(segments); s++) {
+    for (Py_ssize_t s = 0; s < nseg; s++) {
         PyObject *seg = PyList_GET_ITEM(segments, s);
-        if (!PyList_Check(seg) || PyList_GET_SIZE(seg) != 2 || !PyList_Check(PyList_GET_ITEM(seg, 1))) {
+        if (!PyList_CheckExact(seg) || PyList_GET_SIZE(seg) != 2 || !PyLong_CheckExact(PyList_GET_ITEM(seg, 0))
+            || !PyList_CheckExact(PyList_GET_ITEM(seg, 1))) {
             PyErr_SetString(PyExc_ValueError, "wal_rows: a segment is [row count, columns]");
-            return NULL;
+            goto fail;
         }
         Py_ssize_t n = PyLong_AsSsize_t(PyList_GET_ITEM(seg, 0));
         if (n == -1 && PyErr_Occurred())
-            return NULL;
-        if (n < 0) {
-            PyErr_SetString(PyExc_ValueError, "wal_rows: a negative row count");
-            return NULL;
+            goto fail;
+        if (n < 0 || n > PY_SSIZE_T_MAX / 8 - total) {
+            PyErr_SetString(PyExc_ValueError, "wal_rows: a negative or impossibly large row count");
+            goto fail;
         }
+        counts[s] = n;
         total += n;
     }
     /* Unfilled slots are NULL, which list deallocation skips, so an error part-way is safe. */
-    PyObject *out = PyList_New(total);
+    out = PyList_New(total);
     if (out == NULL)
-        return NULL;
+        goto fail;
     /* The rows hold no containers, so no cycle can form while they are built: the collector
-     * would only walk the growing list again and again. */
+     * would only walk the growing list again and again (and could run finalizers). */
 #if PY_VERSION_HEX >= 0x030A0000
     int collecting = PyGC_Disable();
 #else
     int collecting = 0;
 #endif
     Py_ssize_t at = 0;
-    for (Py_ssize_t s = 0; s < PyList_GET_SIZE(segments); s++) {
-        PyObject *seg = PyList_GET_ITEM(segments, s);
-        if (build_segment(seg, out, at) < 0) {
+    for (Py_ssize_t s = 0; s < nseg; s++) {
+        if (build_segment(PyList_GET_ITEM(PyList_GET_ITEM(segments, s), 1), counts[s], out, at) < 0) {
             Py_CLEAR(out);
             break;
         }
-        at += PyLong_AsSsize_t(PyList_GET_ITEM(seg, 0));
+        at += counts[s];
     }
 #if PY_VERSION_HEX >= 0x030A0000
     if (collecting)
         PyGC_Enable();
+#else
+    (void)collecting;
 #endif
+fail:
+    PyMem_Free(counts);
     return out;
 }
 

@@ -67,11 +67,14 @@ def _cache_dir(stamp: str) -> str:
     return os.path.join(base, "weir", "worker-speedups", stamp[:32])
 
 
+_TMP_PREFIX = "_native-partial-"
+
+
 def _install(src: str, dest_dir: str, target: str) -> None:
     """Copy `src` to `target` atomically (a worker may be importing the old one)."""
     import shutil
 
-    fd, tmp = tempfile.mkstemp(prefix="_native.", suffix=".tmp", dir=dest_dir)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=dest_dir)
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)
@@ -82,8 +85,31 @@ def _install(src: str, dest_dir: str, target: str) -> None:
         raise
 
 
+_LOADS = (
+    "import importlib.util, sys\n"
+    "spec = importlib.util.spec_from_file_location('weir_plugin._native', sys.argv[1])\n"
+    "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+)
+
+
+def _loads(path: str) -> Optional[str]:
+    """None if the module at `path` imports in a fresh interpreter, else why not."""
+    out = subprocess.run([sys.executable, "-c", _LOADS, path], stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=60)
+    return None if out.returncode == 0 else (out.stdout + out.stderr).strip()
+
+
+def _remove(*paths: str) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
 def build(dest: str = _HERE) -> Tuple[bool, str]:
-    """Compile `_native.c` into `dest`; (built or already current, what happened)."""
+    """Compile `_native.c` into `dest`; (built or already current, what happened). On
+    failure no module is left in `dest`, so no worker loads a stale one."""
     if sys.byteorder != "little":
         # The host writes column buffers little-endian and the C code reads them as they are.
         return False, "the speedups support little-endian machines only"
@@ -97,6 +123,10 @@ def build(dest: str = _HERE) -> Tuple[bool, str]:
                 return True, f"{target} is current"
     except OSError:
         pass
+    # Leftovers of a build that was killed part-way.
+    for name in os.listdir(dest):
+        if name.startswith(_TMP_PREFIX):
+            _remove(os.path.join(dest, name))
     cached = os.path.join(_cache_dir(stamp), "_native" + suffix)
     if os.path.exists(cached):
         try:
@@ -106,24 +136,28 @@ def build(dest: str = _HERE) -> Tuple[bool, str]:
             return True, f"copied {cached} to {target}"
         except OSError:
             pass  # compile instead
+    _remove(target, stamp_path)
     cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
     cflags = shlex.split(sysconfig.get_config_var("CFLAGS") or "")
-    ldshared = sysconfig.get_config_var("LDSHARED") or ""
-    # LDSHARED starts with the compiler; keep only its flags (-shared, -pthread, ...).
-    ldflags = [f for f in shlex.split(ldshared)[1:] if f.startswith("-")] or ["-shared"]
+    # LDSHARED is the compiler followed by its flags for a shared module (-shared, or on
+    # macOS -bundle -undefined dynamic_lookup): keep every word after the compiler.
+    ldflags = shlex.split(sysconfig.get_config_var("LDSHARED") or "")[1:] or ["-shared"]
     include = sysconfig.get_paths()["include"]
-    fd, tmp = tempfile.mkstemp(prefix="_native.", suffix=suffix, dir=dest)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=suffix, dir=dest)
     os.close(fd)
     cmd = cc + cflags + ["-O2", "-fPIC", "-I", include] + ldflags + [SOURCE, "-o", tmp]
     try:
         out = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            return False, f"{' '.join(cmd)} exited with {out.returncode}: {(out.stdout + out.stderr).strip()}"
+        why = _loads(tmp)
+        if why is not None:
+            return False, f"{' '.join(cmd)} built a module that does not import: {why}"
+        os.replace(tmp, target)
     except (OSError, subprocess.TimeoutExpired) as e:
-        os.unlink(tmp)
         return False, f"{' '.join(cmd)}: {e}"
-    if out.returncode != 0:
-        os.unlink(tmp)
-        return False, f"{' '.join(cmd)} exited with {out.returncode}: {(out.stdout + out.stderr).strip()}"
-    os.replace(tmp, target)
+    finally:
+        _remove(tmp)  # already gone once replaced; removed on every failure
     with open(stamp_path, "w") as f:
         f.write(stamp)
     try:
