@@ -138,13 +138,51 @@ pub struct BufferedBatch {
     pub max_time: i64,
 }
 
+/// A series' rows, to find a point written again.
+#[derive(Debug)]
+enum SeriesRows {
+    /// Every row so far came later in time than the one before (the usual case): row ids
+    /// in time order, so a repeated time is found by binary search and a new latest point
+    /// costs a push.
+    Ordered(Vec<u32>),
+    /// Once a point arrives earlier than the series' latest: time → row.
+    Map(HashMap<i64, u32>),
+}
+
+impl SeriesRows {
+    /// The row of the point at `time`, or `next` (recorded as that point's row) if new.
+    fn row(&mut self, time: i64, times: &[i64], next: u32) -> u32 {
+        match self {
+            SeriesRows::Ordered(rows) => {
+                match rows.last() {
+                    None => {}
+                    Some(&last) if times[last as usize] < time => {}
+                    Some(_) => match rows.binary_search_by_key(&time, |&r| times[r as usize]) {
+                        Ok(i) => return rows[i],
+                        Err(_) => {
+                            let mut map: HashMap<i64, u32> = rows.iter().map(|&r| (times[r as usize], r)).collect();
+                            map.insert(time, next);
+                            *self = SeriesRows::Map(map);
+                            return next;
+                        }
+                    },
+                }
+                rows.push(next);
+                next
+            }
+            SeriesRows::Map(map) => *map.entry(time).or_insert(next),
+        }
+    }
+}
+
 /// Buffered rows of one table.
 #[derive(Debug, Default)]
 pub struct TableBuffer {
     series: HashMap<Box<[u8]>, u32>,
     /// Per series: (tag column id, dictionary key).
     series_tags: Vec<Vec<(u32, i32)>>,
-    points: HashMap<(u32, i64), u32>,
+    /// Per series: its rows by time.
+    series_rows: Vec<SeriesRows>,
     row_series: Vec<u32>,
     time: Vec<i64>,
     fields: HashMap<u32, FieldColumn>,
@@ -182,12 +220,13 @@ impl TableBuffer {
                         .map(|(col, v)| (col, self.tags.entry(col).or_default().key(v)))
                         .collect();
                     self.series_tags.push(tags);
+                    self.series_rows.push(SeriesRows::Ordered(Vec::new()));
                     self.series.insert(row.series_key.clone(), id);
                     id
                 }
             };
             let next = self.time.len() as u32;
-            let r = *self.points.entry((series, row.time)).or_insert(next);
+            let r = self.series_rows[series as usize].row(row.time, &self.time, next);
             if r == next {
                 if self.time.is_empty() {
                     self.min_time = row.time;

@@ -33,6 +33,55 @@ async fn later_writes_win_field_by_field_in_the_buffer() {
 }
 
 #[tokio::test]
+async fn points_written_again_in_any_time_order_keep_one_row_each() {
+    // Against a model: a pseudo-random stream of points over a few series, in and out of
+    // time order, many written again; each write sets `v` and sometimes `w`.
+    let db = open(&Storage::in_memory()).await.unwrap();
+    let mut model: std::collections::BTreeMap<(String, i64), (i64, Option<i64>)> = Default::default();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for write in 0..40 {
+        let mut body = String::new();
+        for i in 0..25 {
+            let r = next();
+            let host = format!("h{}", r % 4);
+            // Series h0 only ever moves forward in time (some repeats); the others jump around.
+            let time = if host == "h0" { (write * 25 + i) as i64 / 3 } else { (r >> 8) as i64 % 60 };
+            let v = (r >> 20) as i64 % 1000;
+            let w = (r % 3 == 0).then_some((r >> 40) as i64 % 1000);
+            let entry = model.entry((host.clone(), time)).or_insert((v, None));
+            entry.0 = v;
+            if w.is_some() {
+                entry.1 = w;
+            }
+            match w {
+                Some(w) => body.push_str(&format!("cpu,host={host} v={v}i,w={w}i {time}\n")),
+                None => body.push_str(&format!("cpu,host={host} v={v}i {time}\n")),
+            }
+        }
+        db.write(&body).await;
+    }
+    let out = db
+        .sql(
+            "SELECT host || ':' || CAST(CAST(time AS BIGINT) AS VARCHAR) || ':' || CAST(v AS VARCHAR) || ':' \
+             || COALESCE(CAST(w AS VARCHAR), '-') AS r FROM cpu ORDER BY host, time",
+        )
+        .await;
+    let got: Vec<&str> = lines(&out).into_iter().skip(3).filter(|l| l.starts_with("| ")).map(|l| l.trim_matches(|c| c == '|' || c == ' ')).collect();
+    let expected: Vec<String> = model
+        .iter()
+        .map(|((host, time), (v, w))| format!("{host}:{time}:{v}:{}", w.map_or("-".to_string(), |w| w.to_string())))
+        .collect();
+    assert!(expected.len() > 100 && expected.len() < 1000, "{}", expected.len());
+    assert_eq!(got, expected);
+}
+
+#[tokio::test]
 async fn partial_writes_and_type_conflicts() {
     let db = open(&Storage::in_memory()).await.unwrap();
     let out = db.write("m,t=a v=1 1\nbad\nm,t=a v=\"x\" 2\nm,t=a v=3 3").await;
