@@ -17,6 +17,9 @@ the key is left out of that row, as InfluxDB 3 does. `kind` says what `data` hol
                                                OBJ  5  a list with the row's Python value
 
 Rows keep the column order of their segment; the segments of a table follow each other.
+The C builder takes only the exact built-in types marshal produces (list, str, int, bytes),
+so no Python code can run while it holds references into the input; anything else, and
+row counts that cannot be real, raise `ValueError`.
 `_native.wal_rows` builds the dicts in C; `python_rows` here is the same thing in Python, for
 a worker whose speedups failed to load, and the reference the tests hold the C code to.
 """
