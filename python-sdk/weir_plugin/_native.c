@@ -343,6 +343,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "weir_plugin._native",
-                                    "Optional C speedups for the Weir worker runtime.", -1, methods};
+                                    "Optional C speedups for the Weir worker runtime.", -1, methods,
+                                    NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
