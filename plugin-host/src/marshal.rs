@@ -147,8 +147,7 @@ impl Writer {
 
     /// bytes.
     pub fn bytes(&mut self, b: &[u8]) {
-        self.out.push(b's');
-        self.u32(b.len() as u32);
+        self.bytes_header(b.len());
         self.out.extend_from_slice(b);
     }
 
@@ -439,12 +438,16 @@ impl Writer {
             DataType::Timestamp(unit, _) => {
                 let scale = ns_per(*unit);
                 let raw = arrow::compute::cast(a, &DataType::Int64)?;
-                let raw = raw.as_primitive::<Int64Type>();
-                // Nanoseconds since the epoch; a value past i64 goes as a Python int instead.
-                let scaled: Option<Vec<i64>> = raw.values().iter().map(|x| x.checked_mul(scale)).collect();
-                match scaled {
-                    Some(v) => self.fixed(kind::I64, a, v.iter().map(|x| x.to_le_bytes()), v.len()),
-                    None => self.objects(a)?,
+                let raw = raw.as_primitive::<Int64Type>().values();
+                // Nanoseconds since the epoch (the time column already is: no copy); a value
+                // past i64 goes as a Python int instead.
+                if scale == 1 {
+                    self.fixed(kind::I64, a, raw.iter().map(|x| x.to_le_bytes()), raw.len());
+                } else {
+                    match raw.iter().map(|x| x.checked_mul(scale)).collect::<Option<Vec<i64>>>() {
+                        Some(v) => self.fixed(kind::I64, a, v.iter().map(|x| x.to_le_bytes()), v.len()),
+                        None => self.objects(a)?,
+                    }
                 }
             }
             DataType::Boolean => {
@@ -482,6 +485,7 @@ impl Writer {
         }
     }
 
+    /// The start of a bytes object of `len` bytes; the caller appends exactly those.
     fn bytes_header(&mut self, len: usize) {
         self.out.push(b's');
         self.u32(len as u32);

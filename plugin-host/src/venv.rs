@@ -218,10 +218,11 @@ async fn build_native(python: &Path, pkg: &Path) -> bool {
             true
         }
         Ok(out) => {
+            let detail = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
             tracing::warn!(
-            detail = %format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim(),
-            "could not build the worker speedups (weir_plugin/_native.c); workers run without them, and deliver rows more slowly"
-        );
+                detail = %detail.trim(),
+                "could not build the worker speedups (weir_plugin/_native.c); workers run without them, and deliver rows more slowly"
+            );
             false
         }
         Err(e) => {

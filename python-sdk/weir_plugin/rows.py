@@ -24,6 +24,7 @@ row counts that cannot be real, raise `ValueError`.
 a worker whose speedups failed to load, and the reference the tests hold the C code to.
 """
 
+import array
 import sys
 from typing import Any, Dict, List
 
@@ -34,26 +35,23 @@ F64, I64, U64, BOOL, REF, OBJ = range(6)
 _FORMATS = {F64: "d", I64: "q", U64: "Q"}
 
 
+def _little_endian(data: Any, fmt: str) -> Any:
+    """`data` as a sequence of little-endian values of array format `fmt`."""
+    view = memoryview(data).cast(fmt)
+    if sys.byteorder == "little":
+        return view
+    swapped = array.array(fmt, view)
+    swapped.byteswap()
+    return swapped
+
+
 def _column_values(kind: int, present: Any, data: Any, values: Any) -> List[Any]:
     if kind in _FORMATS:
-        view = memoryview(data).cast(_FORMATS[kind])
-        if sys.byteorder != "little":
-            import array
-
-            swapped = array.array(_FORMATS[kind], view)
-            swapped.byteswap()
-            return swapped.tolist()
-        return view.tolist()
+        return _little_endian(data, _FORMATS[kind]).tolist()
     if kind == BOOL:
         return [b != 0 for b in bytes(data)]
     if kind == REF:
-        idx = memoryview(data).cast("I")
-        if sys.byteorder != "little":
-            import array
-
-            swapped = array.array("I", idx)
-            swapped.byteswap()
-            idx = swapped
+        idx = _little_endian(data, "I")
         # A null row's index is never read, so it may be anything.
         nv = len(values)
         out = [values[i] if i < nv else None for i in idx]

@@ -285,7 +285,7 @@ def serve(channel: Channel) -> int:
     if header.get("run_async"):
         pool = ThreadPoolExecutor(max_workers=max(1, int(header.get("threads") or 8)),
                                   thread_name_prefix="invocation")
-        submit = lambda *job: pool.submit(run, *job)  # noqa: E731
+        submit = lambda rid, entry, body: pool.submit(run, rid, entry, body)  # noqa: E731
     else:
         jobs: "queue.Queue" = queue.Queue()
 
@@ -297,7 +297,7 @@ def serve(channel: Channel) -> int:
                 run(*job)
 
         threading.Thread(target=sequential, name="invocation", daemon=True).start()
-        submit = lambda *job: jobs.put(job)  # noqa: E731
+        submit = lambda rid, entry, body: jobs.put((rid, entry, body))  # noqa: E731
 
     speedups = native.load()
     if speedups is not None:
