@@ -61,11 +61,7 @@ impl Api {
             .timeout(Duration::from_secs(300))
             .build()
             .context("cannot build the HTTP client")?;
-        Ok(Self {
-            client,
-            base: base.trim_end_matches('/').to_string(),
-            token,
-        })
+        Ok(Self { client, base: base.trim_end_matches('/').to_string(), token })
     }
 
     /// Base URL (`http://host:port`).
@@ -98,20 +94,13 @@ impl Api {
 
     /// Start `GET /api/v3/query_sql` in `format` and return the response with its body
     /// unread, for streaming measurements.
-    pub(crate) async fn query_raw(
-        &self,
-        db: &str,
-        sql: &str,
-        format: &str,
-    ) -> anyhow::Result<reqwest::Response> {
-        let rb = self
-            .client
-            .get(format!("{}/api/v3/query_sql", self.base))
-            .query(&[("db", db), ("q", sql), ("format", format)]);
-        self.auth(rb)
-            .send()
-            .await
-            .with_context(|| format!("query failed: {sql}"))
+    pub(crate) async fn query_raw(&self, db: &str, sql: &str, format: &str) -> anyhow::Result<reqwest::Response> {
+        let rb = self.client.get(format!("{}/api/v3/query_sql", self.base)).query(&[
+            ("db", db),
+            ("q", sql),
+            ("format", format),
+        ]);
+        self.auth(rb).send().await.with_context(|| format!("query failed: {sql}"))
     }
 
     fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -124,20 +113,14 @@ impl Api {
     /// A `/api/v3/write_lp` target (nanosecond precision).
     pub(crate) fn write_target(&self, db: &str, no_sync: bool, gzip: bool) -> WriteTarget {
         WriteTarget {
-            url: format!(
-                "{}/api/v3/write_lp?db={db}&precision=nanosecond&no_sync={no_sync}",
-                self.base
-            ),
+            url: format!("{}/api/v3/write_lp?db={db}&precision=nanosecond&no_sync={no_sync}", self.base),
             gzip,
         }
     }
 
     /// Send one write and read the whole response.
     pub(crate) async fn write(&self, target: &WriteTarget, body: Bytes) -> WriteResponse {
-        let mut rb = self
-            .client
-            .post(&target.url)
-            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+        let mut rb = self.client.post(&target.url).header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
         if target.gzip {
             rb = rb.header(header::CONTENT_ENCODING, "gzip");
         }
@@ -152,25 +135,13 @@ impl Api {
         .await;
         let latency = started.elapsed();
         match result {
-            Ok((status, detail)) => WriteResponse {
-                status: Some(status),
-                detail,
-                latency,
-            },
-            Err(e) => WriteResponse {
-                status: None,
-                detail: error_chain(&e),
-                latency,
-            },
+            Ok((status, detail)) => WriteResponse { status: Some(status), detail, latency },
+            Err(e) => WriteResponse { status: None, detail: error_chain(&e), latency },
         }
     }
 
     /// Write and insist on 204.
-    pub(crate) async fn write_ok(
-        &self,
-        target: &WriteTarget,
-        body: Bytes,
-    ) -> anyhow::Result<Duration> {
+    pub(crate) async fn write_ok(&self, target: &WriteTarget, body: Bytes) -> anyhow::Result<Duration> {
         let r = self.write(target, body).await;
         if !r.ok() {
             bail!("write to {} failed: {}", target.url, r.describe());
@@ -180,39 +151,23 @@ impl Api {
 
     /// Run SQL, returning the rows (`format=json`) and the latency from sending to the
     /// end of the body (JSON decoding is not counted).
-    pub(crate) async fn query(
-        &self,
-        db: &str,
-        sql: &str,
-    ) -> anyhow::Result<(Vec<Value>, Duration)> {
-        let rb = self
-            .client
-            .get(format!("{}/api/v3/query_sql", self.base))
-            .query(&[("db", db), ("q", sql), ("format", "json")]);
+    pub(crate) async fn query(&self, db: &str, sql: &str) -> anyhow::Result<(Vec<Value>, Duration)> {
+        let rb = self.client.get(format!("{}/api/v3/query_sql", self.base)).query(&[
+            ("db", db),
+            ("q", sql),
+            ("format", "json"),
+        ]);
         let rb = self.auth(rb);
         let started = Instant::now();
-        let resp = rb
-            .send()
-            .await
-            .with_context(|| format!("query failed: {sql}"))?;
+        let resp = rb.send().await.with_context(|| format!("query failed: {sql}"))?;
         let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .with_context(|| format!("reading query result: {sql}"))?;
+        let body = resp.bytes().await.with_context(|| format!("reading query result: {sql}"))?;
         let latency = started.elapsed();
         if !status.is_success() {
-            bail!(
-                "query returned {status}: {}\nSQL: {sql}",
-                String::from_utf8_lossy(&body)
-            );
+            bail!("query returned {status}: {}\nSQL: {sql}", String::from_utf8_lossy(&body));
         }
-        let rows: Vec<Value> = serde_json::from_slice(&body).with_context(|| {
-            format!(
-                "query result is not a JSON array: {}",
-                String::from_utf8_lossy(&body)
-            )
-        })?;
+        let rows: Vec<Value> = serde_json::from_slice(&body)
+            .with_context(|| format!("query result is not a JSON array: {}", String::from_utf8_lossy(&body)))?;
         Ok((rows, latency))
     }
 
@@ -220,10 +175,7 @@ impl Api {
     pub(crate) async fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let r = self
-                .auth(self.client.get(format!("{}/health", self.base)))
-                .send()
-                .await;
+            let r = self.auth(self.client.get(format!("{}/health", self.base))).send().await;
             match r {
                 Ok(resp) if resp.status().is_success() => return Ok(()),
                 Ok(resp) if Instant::now() >= deadline => {
@@ -240,11 +192,7 @@ impl Api {
     /// Scrape `/metrics`. `None` when the endpoint is unavailable (figures that need it
     /// are then left out).
     pub(crate) async fn metrics(&self) -> Option<Metrics> {
-        let resp = self
-            .auth(self.client.get(format!("{}/metrics", self.base)))
-            .send()
-            .await
-            .ok()?;
+        let resp = self.auth(self.client.get(format!("{}/metrics", self.base))).send().await.ok()?;
         if !resp.status().is_success() {
             return None;
         }

@@ -8,15 +8,8 @@ use std::io::Write as _;
 use bytes::Bytes;
 
 /// Regions, assigned round-robin to hosts.
-pub(crate) const REGIONS: [&str; 7] = [
-    "us-east-1",
-    "us-west-2",
-    "eu-west-1",
-    "eu-central-1",
-    "ap-southeast-1",
-    "ap-northeast-1",
-    "sa-east-1",
-];
+pub(crate) const REGIONS: [&str; 7] =
+    ["us-east-1", "us-west-2", "eu-west-1", "eu-central-1", "ap-southeast-1", "ap-northeast-1", "sa-east-1"];
 
 /// Measurements of the ingest data set, in the order they are written for each host.
 pub(crate) const MEASUREMENTS: [&str; 3] = ["cpu", "mem", "disk"];
@@ -95,9 +88,7 @@ fn disk_line(out: &mut Vec<u8>, host: u32, ts: i64, seed: u64) {
 
 /// Build `count` batches in parallel on every core; `make(i)` builds batch `i`.
 fn parallel_batches(count: usize, make: impl Fn(usize) -> Vec<u8> + Sync) -> Vec<Vec<u8>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(count.max(1));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(count.max(1));
     let per_thread = count.div_ceil(threads.max(1));
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -110,10 +101,7 @@ fn parallel_batches(count: usize, make: impl Fn(usize) -> Vec<u8> + Sync) -> Vec
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("generator thread panicked"))
-            .collect()
+        handles.into_iter().flat_map(|h| h.join().expect("generator thread panicked")).collect()
     })
 }
 
@@ -130,13 +118,7 @@ fn finish(raw: Vec<Vec<u8>>, lines: u64, gzip: bool) -> Payloads {
         raw.into_iter().map(Bytes::from).collect()
     };
     let wire_bytes = batches.iter().map(|b| b.len() as u64).sum();
-    Payloads {
-        batches,
-        lines,
-        raw_bytes,
-        wire_bytes,
-        gzip,
-    }
+    Payloads { batches, lines, raw_bytes, wire_bytes, gzip }
 }
 
 /// Shape of the ingest data set.
@@ -160,14 +142,7 @@ pub(crate) struct IngestShape {
 /// line. Line `i` has timestamp `start_ns + i * step_ns`, so timestamps strictly increase
 /// and every point is distinct.
 pub(crate) fn ingest(shape: IngestShape, gzip: bool) -> Payloads {
-    let IngestShape {
-        lines,
-        batch_lines,
-        hosts,
-        start_ns,
-        step_ns,
-        seed,
-    } = shape;
+    let IngestShape { lines, batch_lines, hosts, start_ns, step_ns, seed } = shape;
     let per_tick = u64::from(hosts) * MEASUREMENTS.len() as u64;
     let count = lines.div_ceil(batch_lines) as usize;
     let raw = parallel_batches(count, |b| {
@@ -226,10 +201,7 @@ pub(crate) fn query_data(shape: QueryShape) -> Payloads {
         .map(|k| shape.newest_ns - k * shape.recent_interval_s * S)
         .collect();
     let old_newest = shape.newest_ns - shape.recent_span_s * S;
-    times.extend(
-        (0..shape.old_span_s / shape.old_interval_s)
-            .map(|k| old_newest - k * shape.old_interval_s * S),
-    );
+    times.extend((0..shape.old_span_s / shape.old_interval_s).map(|k| old_newest - k * shape.old_interval_s * S));
     times.reverse();
     let hosts = u64::from(shape.hosts);
     let lines = times.len() as u64 * hosts;
@@ -252,22 +224,12 @@ mod tests {
     use super::*;
 
     fn text(p: &Payloads) -> String {
-        p.batches
-            .iter()
-            .map(|b| std::str::from_utf8(b).unwrap())
-            .collect()
+        p.batches.iter().map(|b| std::str::from_utf8(b).unwrap()).collect()
     }
 
     #[test]
     fn ingest_lines_have_increasing_timestamps_and_all_fields() {
-        let shape = IngestShape {
-            lines: 1_005,
-            batch_lines: 100,
-            hosts: 100,
-            start_ns: 1_000,
-            step_ns: 7,
-            seed: 42,
-        };
+        let shape = IngestShape { lines: 1_005, batch_lines: 100, hosts: 100, start_ns: 1_000, step_ns: 7, seed: 42 };
         let p = ingest(shape, false);
         assert_eq!(p.batches.len(), 11);
         let all = text(&p);
@@ -294,22 +256,13 @@ mod tests {
     #[test]
     fn gzip_round_trips() {
         use std::io::Read as _;
-        let shape = IngestShape {
-            lines: 500,
-            batch_lines: 200,
-            hosts: 10,
-            start_ns: 0,
-            step_ns: 1,
-            seed: 1,
-        };
+        let shape = IngestShape { lines: 500, batch_lines: 200, hosts: 10, start_ns: 0, step_ns: 1, seed: 1 };
         let plain = ingest(shape, false);
         let gz = ingest(shape, true);
         assert!(gz.wire_bytes < gz.raw_bytes);
         for (p, g) in plain.batches.iter().zip(&gz.batches) {
             let mut out = Vec::new();
-            flate2::read::GzDecoder::new(&g[..])
-                .read_to_end(&mut out)
-                .unwrap();
+            flate2::read::GzDecoder::new(&g[..]).read_to_end(&mut out).unwrap();
             assert_eq!(&out[..], &p[..]);
         }
     }
@@ -328,10 +281,7 @@ mod tests {
         });
         assert_eq!(p.lines, 3 * (6 + 3));
         let all = text(&p);
-        let ts: Vec<i64> = all
-            .lines()
-            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
-            .collect();
+        let ts: Vec<i64> = all.lines().map(|l| l.rsplit(' ').next().unwrap().parse().unwrap()).collect();
         assert_eq!(ts.len(), 27);
         assert_eq!(*ts.last().unwrap(), 100_000 * s);
         assert_eq!(ts[0], (100_000 - 60 - 60) * s);

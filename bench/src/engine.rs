@@ -212,7 +212,14 @@ impl EngineOutcome {
     }
 }
 
-pub(crate) async fn setup_trigger(api: &Api, plugin_dir: &Path, db: &str, file: &str, source: &str, spec: &str) -> anyhow::Result<()> {
+pub(crate) async fn setup_trigger(
+    api: &Api,
+    plugin_dir: &Path,
+    db: &str,
+    file: &str,
+    source: &str,
+    spec: &str,
+) -> anyhow::Result<()> {
     setup_trigger_with(api, plugin_dir, db, file, source, spec, None).await
 }
 
@@ -229,8 +236,7 @@ async fn setup_trigger_with(
     std::fs::create_dir_all(plugin_dir)?;
     std::fs::write(plugin_dir.join(file), source).with_context(|| format!("writing {file}"))?;
     api.post_json("/api/v3/configure/database", &json!({"db": db})).await?;
-    let mut trigger =
-        json!({"db": db, "plugin_filename": file, "trigger_name": file.trim_end_matches(".py"), "trigger_specification": spec});
+    let mut trigger = json!({"db": db, "plugin_filename": file, "trigger_name": file.trim_end_matches(".py"), "trigger_specification": spec});
     if let Some(arguments) = arguments {
         trigger["trigger_arguments"] = arguments;
     }
@@ -247,7 +253,10 @@ async fn progress(api: &Api, db: &str) -> Option<(u64, f64)> {
 }
 
 async fn engine_log(api: &Api, db: &str) -> String {
-    match api.query(db, "SELECT log_level, log_text FROM system.processing_engine_logs ORDER BY event_time DESC LIMIT 10").await {
+    match api
+        .query(db, "SELECT log_level, log_text FROM system.processing_engine_logs ORDER BY event_time DESC LIMIT 10")
+        .await
+    {
         Ok((rows, _)) => serde_json::to_string(&rows).unwrap_or_default(),
         Err(e) => e.to_string(),
     }
@@ -305,7 +314,10 @@ pub(crate) async fn throughput(api: &Api, plugin_dir: &Path, rows: u64, hosts: u
     let warm = Instant::now() + Duration::from_secs(60);
     while progress(api, db).await.map(|(n, _)| n) != Some(1) {
         if Instant::now() > warm {
-            bail!("the counting plugin did not see the warm-up row within 60 s; engine log: {}", engine_log(api, db).await);
+            bail!(
+                "the counting plugin did not see the warm-up row within 60 s; engine log: {}",
+                engine_log(api, db).await
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -319,7 +331,12 @@ pub(crate) async fn throughput(api: &Api, plugin_dir: &Path, rows: u64, hosts: u
             && n > rows
         {
             let delivered_time = started.elapsed();
-            return Ok(Throughput { rows: n - 1, write_time, delivered_time, plugin_busy: Duration::from_secs_f64(busy) });
+            return Ok(Throughput {
+                rows: n - 1,
+                write_time,
+                delivered_time,
+                plugin_busy: Duration::from_secs_f64(busy),
+            });
         }
         if Instant::now() > deadline {
             bail!(
@@ -371,7 +388,10 @@ pub(crate) async fn backlog(api: &Api, plugin_dir: &Path, rows: u64, hosts: u32)
             });
         }
         if Instant::now() > deadline {
-            bail!("the gated plugin did not count {rows} rows within 2 minutes; engine log: {}", engine_log(api, db).await);
+            bail!(
+                "the gated plugin did not count {rows} rows within 2 minutes; engine log: {}",
+                engine_log(api, db).await
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -425,7 +445,8 @@ pub(crate) async fn latency(api: &Api, plugin_dir: &Path, writes: usize, rate: f
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     let rows = loop {
-        let (rows, _) = api.query(db, "SELECT id, recv, CAST(time AS BIGINT) AS sent FROM lat WHERE id <> 'warm'").await?;
+        let (rows, _) =
+            api.query(db, "SELECT id, recv, CAST(time AS BIGINT) AS sent FROM lat WHERE id <> 'warm'").await?;
         if rows.len() >= writes {
             break rows;
         }

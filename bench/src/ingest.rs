@@ -164,31 +164,20 @@ pub(crate) async fn run(api: &Api, spec: Spec, verify: bool) -> anyhow::Result<O
         thousands(payloads.lines),
         payloads.batches.len(),
         payloads.raw_bytes as f64 / 1e6,
-        if payloads.gzip {
-            format!(" ({:.1} MB gzipped)", payloads.wire_bytes as f64 / 1e6)
-        } else {
-            String::new()
-        },
+        if payloads.gzip { format!(" ({:.1} MB gzipped)", payloads.wire_bytes as f64 / 1e6) } else { String::new() },
         generate.as_secs_f64()
     );
 
     // Warm-up: create the database and its tables outside the timed run.
     let warm = api.write_target(&spec.db, false, false);
-    api.write_ok(
-        &warm,
-        Bytes::from(datagen::warmup_lines(shape.start_ns - 1)),
-    )
-    .await
-    .context("warm-up write")?;
+    api.write_ok(&warm, Bytes::from(datagen::warmup_lines(shape.start_ns - 1))).await.context("warm-up write")?;
 
     let before = api.metrics().await;
     let target = api.write_target(&spec.db, spec.no_sync, payloads.gzip);
     let batches = Arc::new(payloads.batches);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let pace = spec
-        .rate
-        .map(|r| Duration::from_secs_f64(shape.batch_lines as f64 / r));
+    let pace = spec.rate.map(|r| Duration::from_secs_f64(shape.batch_lines as f64 / r));
     let tasks: Vec<_> = (0..spec.senders)
         .map(|_| {
             let api = api.clone();
@@ -234,11 +223,7 @@ pub(crate) async fn run(api: &Api, spec: Spec, verify: bool) -> anyhow::Result<O
 
     let verify = if verify {
         // Wait for stragglers only when every write was accepted.
-        let patience = if failures == 0 {
-            VISIBILITY_TIMEOUT
-        } else {
-            Duration::ZERO
-        };
+        let patience = if failures == 0 { VISIBILITY_TIMEOUT } else { Duration::ZERO };
         Some(wait_visible(api, &spec.db, payloads.lines, patience).await?)
     } else {
         None
@@ -283,11 +268,7 @@ pub(crate) async fn run(api: &Api, spec: Spec, verify: bool) -> anyhow::Result<O
             thousands(v.first_count),
             match v.all_visible_after {
                 Some(d) if v.first_count != v.final_count => {
-                    format!(
-                        "; all {} after {:.0} ms",
-                        thousands(v.final_count),
-                        d.as_secs_f64() * 1e3
-                    )
+                    format!("; all {} after {:.0} ms", thousands(v.final_count), d.as_secs_f64() * 1e3)
                 }
                 _ => String::new(),
             }
@@ -303,12 +284,7 @@ pub(crate) async fn run(api: &Api, spec: Spec, verify: bool) -> anyhow::Result<O
 const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Count the rows written (excluding the warm-up lines) until all `lines` are there.
-async fn wait_visible(
-    api: &Api,
-    db: &str,
-    lines: u64,
-    patience: Duration,
-) -> anyhow::Result<Visibility> {
+async fn wait_visible(api: &Api, db: &str, lines: u64, patience: Duration) -> anyhow::Result<Visibility> {
     let started = Instant::now();
     let warmup = MEASUREMENTS.len() as u64;
     let first_count = count_rows(api, db).await?.saturating_sub(warmup);
@@ -317,20 +293,14 @@ async fn wait_visible(
         tokio::time::sleep(Duration::from_millis(20)).await;
         count = count_rows(api, db).await?.saturating_sub(warmup);
     }
-    Ok(Visibility {
-        first_count,
-        final_count: count,
-        all_visible_after: (count == lines).then(|| started.elapsed()),
-    })
+    Ok(Visibility { first_count, final_count: count, all_visible_after: (count == lines).then(|| started.elapsed()) })
 }
 
 /// Rows in all ingest tables of `db`.
 async fn count_rows(api: &Api, db: &str) -> anyhow::Result<u64> {
     let mut total = 0;
     for m in MEASUREMENTS {
-        let (rows, _) = api
-            .query(db, &format!("SELECT count(*) AS n FROM {m}"))
-            .await?;
+        let (rows, _) = api.query(db, &format!("SELECT count(*) AS n FROM {m}")).await?;
         let n = rows
             .first()
             .and_then(|r| r.get("n"))

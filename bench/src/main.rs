@@ -8,10 +8,10 @@
 mod client;
 mod datagen;
 mod engine;
-mod requests;
 mod ingest;
 mod query;
 mod report;
+mod requests;
 mod scan;
 mod server;
 mod stats;
@@ -178,10 +178,7 @@ impl Cli {
             && d.exists()
             && std::fs::read_dir(d)?.next().is_some()
         {
-            bail!(
-                "--data-dir {} is not empty; the benchmark needs a fresh directory",
-                d.display()
-            );
+            bail!("--data-dir {} is not empty; the benchmark needs a fresh directory", d.display());
         }
         Ok(())
     }
@@ -256,9 +253,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         ),
     };
     if cli.host.is_some() {
-        machine
-            .weir_version
-            .push_str(" (local binary; the external server may differ)");
+        machine.weir_version.push_str(" (local binary; the external server may differ)");
     }
     print!("{}", machine.render());
 
@@ -271,10 +266,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         cli.host.clone(),
         cli.token.clone(),
     );
-    let mut report = Report {
-        machine,
-        ..Report::default()
-    };
+    let mut report = Report { machine, ..Report::default() };
 
     // Run the scenarios, stopping the server whatever happens (error, Ctrl-C).
     let result = tokio::select! {
@@ -330,11 +322,7 @@ async fn release(fleet: &mut Fleet, report: &mut Report) -> anyhow::Result<()> {
 
 async fn scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> anyhow::Result<()> {
     // Unique database names on an external server; plain ones on our own.
-    let suffix = if cli.host.is_some() {
-        format!("_{}", query::now_ns() / 1_000_000_000)
-    } else {
-        String::new()
-    };
+    let suffix = if cli.host.is_some() { format!("_{}", query::now_ns() / 1_000_000_000) } else { String::new() };
 
     if cli.runs(Scenario::Ingest) {
         const HOUR_NS: i64 = 3_600 * 1_000_000_000;
@@ -371,14 +359,9 @@ async fn scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> anyhow:
                 gzip: cli.gzip,
                 rate,
             };
-            println!(
-                "\n== {name} ({senders} senders, no_sync={no_sync}, db {}) ==",
-                spec.db
-            );
+            println!("\n== {name} ({senders} senders, no_sync={no_sync}, db {}) ==", spec.db);
             let api = fleet.acquire(id).await?;
-            report
-                .ingest
-                .push(ingest::run(&api, spec, !cli.no_verify).await?);
+            report.ingest.push(ingest::run(&api, spec, !cli.no_verify).await?);
             release(fleet, report).await?;
         }
     }
@@ -401,14 +384,9 @@ async fn scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> anyhow:
     if cli.runs(Scenario::Lone) {
         println!("\n== lone writes (one line per request, one request at a time) ==");
         let api = fleet.acquire("lone").await?;
-        let durable = query::lone_writes(
-            &api,
-            &format!("bench_lone_sync{suffix}"),
-            "lone durable write",
-            cli.lone_writes,
-            false,
-        )
-        .await?;
+        let durable =
+            query::lone_writes(&api, &format!("bench_lone_sync{suffix}"), "lone durable write", cli.lone_writes, false)
+                .await?;
         let nosync = query::lone_writes(
             &api,
             &format!("bench_lone_nosync{suffix}"),
@@ -466,7 +444,10 @@ async fn scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> anyhow:
 
 async fn engine_scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> anyhow::Result<engine::EngineOutcome> {
     let mut out = engine::EngineOutcome::default();
-    println!("\n== processing engine: {} rows into a counting plugin (4 senders, no_sync) ==", stats::thousands(cli.engine_rows));
+    println!(
+        "\n== processing engine: {} rows into a counting plugin (4 senders, no_sync) ==",
+        stats::thousands(cli.engine_rows)
+    );
     let api = fleet.acquire("engine_throughput").await?;
     let dir = fleet.plugin_dir().context("plugin directory of the started server")?;
     let t = engine::throughput(&api, &dir, cli.engine_rows, cli.hosts).await?;
@@ -480,7 +461,10 @@ async fn engine_scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> 
     out.throughput = Some(t);
     release(fleet, report).await?;
 
-    println!("\n== processing engine: {} rows queued behind a gated plugin, then delivered ==", stats::thousands(cli.engine_rows));
+    println!(
+        "\n== processing engine: {} rows queued behind a gated plugin, then delivered ==",
+        stats::thousands(cli.engine_rows)
+    );
     let api = fleet.acquire("engine_backlog").await?;
     let dir = fleet.plugin_dir().context("plugin directory of the started server")?;
     let b = engine::backlog(&api, &dir, cli.engine_rows, cli.hosts).await?;
@@ -496,9 +480,15 @@ async fn engine_scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> 
     let python = dir.join(".venv/bin/python");
     match engine::calibrate(&python) {
         Ok((marshal, native)) => {
-            println!("   for scale: marshal.loads alone builds {} such dict rows/s in {}", stats::thousands(marshal as u64), python.display());
+            println!(
+                "   for scale: marshal.loads alone builds {} such dict rows/s in {}",
+                stats::thousands(marshal as u64),
+                python.display()
+            );
             match native {
-                Some(r) => println!("   the worker runtime's C row builder alone: {} dict rows/s", stats::thousands(r as u64)),
+                Some(r) => {
+                    println!("   the worker runtime's C row builder alone: {} dict rows/s", stats::thousands(r as u64))
+                }
                 None => println!("   (the worker runtime's C row builder is not built in this venv)"),
             }
             out.marshal_rows_per_s = Some(marshal);
@@ -508,7 +498,10 @@ async fn engine_scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> 
     }
     release(fleet, report).await?;
 
-    println!("\n== processing engine: write → plugin latency ({} durable single-line writes at {}/s) ==", cli.engine_latency_writes, cli.engine_latency_rate);
+    println!(
+        "\n== processing engine: write → plugin latency ({} durable single-line writes at {}/s) ==",
+        cli.engine_latency_writes, cli.engine_latency_rate
+    );
     let api = fleet.acquire("engine_latency").await?;
     let dir = fleet.plugin_dir().context("plugin directory of the started server")?;
     let l = engine::latency(&api, &dir, cli.engine_latency_writes, cli.engine_latency_rate).await?;
@@ -528,7 +521,11 @@ async fn engine_scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> 
     for (id, slow) in runs {
         let now = query::now_ns();
         let spec = ingest::Spec {
-            name: if slow { "durable ingest, 16 senders, slow trigger on cpu".to_string() } else { "durable ingest, 16 senders, no trigger".to_string() },
+            name: if slow {
+                "durable ingest, 16 senders, slow trigger on cpu".to_string()
+            } else {
+                "durable ingest, 16 senders, no trigger".to_string()
+            },
             id,
             senders: 16,
             no_sync: false,

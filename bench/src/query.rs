@@ -15,9 +15,7 @@ use crate::{
 const NS_PER_S: i64 = 1_000_000_000;
 
 pub(crate) fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
 /// Figures of one repeated query.
@@ -35,10 +33,7 @@ pub(crate) struct QueryFigures {
 impl QueryFigures {
     pub(crate) fn problem(&self) -> Option<String> {
         match self.expected_rows {
-            Some(e) if e != self.rows => Some(format!(
-                "{}: returned {} rows, expected {e}",
-                self.name, self.rows
-            )),
+            Some(e) if e != self.rows => Some(format!("{}: returned {} rows, expected {e}", self.name, self.rows)),
             None if self.rows == 0 => Some(format!("{}: returned no rows", self.name)),
             _ => None,
         }
@@ -67,10 +62,7 @@ pub(crate) struct QueryOutcome {
 
 impl QueryOutcome {
     pub(crate) fn problems(&self) -> Vec<String> {
-        self.queries
-            .iter()
-            .filter_map(QueryFigures::problem)
-            .collect()
+        self.queries.iter().filter_map(QueryFigures::problem).collect()
     }
 
     pub(crate) fn to_json(&self) -> Value {
@@ -145,15 +137,7 @@ pub(crate) async fn run(api: &Api, db: &str, args: QueryArgs) -> anyhow::Result<
          WHERE time >= now() - INTERVAL '1 hour' GROUP BY host"
         .to_string();
     queries.push(
-        repeat(
-            api,
-            db,
-            "last-hour aggregate, all hosts",
-            aggregate,
-            args.runs,
-            Some(args.hosts as usize),
-        )
-        .await?,
+        repeat(api, db, "last-hour aggregate, all hosts", aggregate, args.runs, Some(args.hosts as usize)).await?,
     );
     let single = format!(
         "SELECT time, usage_user, usage_system FROM cpu \
@@ -164,25 +148,9 @@ pub(crate) async fn run(api: &Api, db: &str, args: QueryArgs) -> anyhow::Result<
         "SELECT avg(usage_user), max(usage_system) FROM cpu \
          WHERE host = '{host}' AND time >= now() - INTERVAL '1 hour'"
     );
-    queries.push(
-        repeat(
-            api,
-            db,
-            "last-hour aggregate, one host",
-            single_agg,
-            args.runs,
-            Some(1),
-        )
-        .await?,
-    );
+    queries.push(repeat(api, db, "last-hour aggregate, one host", single_agg, args.runs, Some(1)).await?);
 
-    let outcome = QueryOutcome {
-        db: db.to_string(),
-        rows_written: payloads.lines,
-        recent_rows,
-        write_time,
-        queries,
-    };
+    let outcome = QueryOutcome { db: db.to_string(), rows_written: payloads.lines, recent_rows, write_time, queries };
     for p in outcome.problems() {
         eprintln!("!! FAILED: {p}");
     }
@@ -211,13 +179,7 @@ async fn repeat(
         "   {name}: {} runs, ms p50 {:.2} p99 {:.2} mean {:.2}; {rows} rows",
         latency.count, latency.p50, latency.p99, latency.mean
     );
-    Ok(QueryFigures {
-        name,
-        sql,
-        latency,
-        rows,
-        expected_rows,
-    })
+    Ok(QueryFigures { name, sql, latency, rows, expected_rows })
 }
 
 /// Figures of sequential single-line writes.
@@ -254,18 +216,11 @@ pub(crate) async fn lone_writes(
     let base = now_ns() - 600 * NS_PER_S;
     let line = |i: usize| {
         let mut out = Vec::with_capacity(128);
-        datagen::cpu_line(
-            &mut out,
-            (i % 100) as u32,
-            base + i as i64 * 1_000,
-            i as u64,
-        );
+        datagen::cpu_line(&mut out, (i % 100) as u32, base + i as i64 * 1_000, i as u64);
         Bytes::from(out)
     };
     // Warm-up (creates the database and table), not counted.
-    api.write_ok(&target, line(0))
-        .await
-        .context("warm-up write")?;
+    api.write_ok(&target, line(0)).await.context("warm-up write")?;
     let before = api.metrics().await;
     let mut samples = Vec::with_capacity(count);
     for i in 1..=count {
@@ -288,16 +243,7 @@ pub(crate) async fn lone_writes(
         latency.p90,
         latency.p99,
         latency.max,
-        server
-            .wal_flushes
-            .map(|f| format!("; {f:.0} WAL flushes"))
-            .unwrap_or_default()
+        server.wal_flushes.map(|f| format!("; {f:.0} WAL flushes")).unwrap_or_default()
     );
-    Ok(LoneOutcome {
-        name,
-        db: db.to_string(),
-        no_sync,
-        latency,
-        server,
-    })
+    Ok(LoneOutcome { name, db: db.to_string(), no_sync, latency, server })
 }

@@ -49,14 +49,10 @@ impl Machine {
         });
         let os = read("/etc/os-release")
             .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("PRETTY_NAME="))
-                    .map(|v| v.trim_matches('"').to_string())
+                s.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=")).map(|v| v.trim_matches('"').to_string())
             })
             .unwrap_or_else(|| std::env::consts::OS.to_string());
-        let kernel = read("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default();
+        let kernel = read("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
         Self {
             date_utc: utc_now(),
             nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -73,16 +69,11 @@ impl Machine {
     pub(crate) fn render(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "weir-bench {}  ({})", self.bench_version, self.date_utc);
-        let _ = writeln!(
-            s,
-            "  machine : {} CPUs (nproc), {}",
-            self.nproc, self.cpu_model
-        );
+        let _ = writeln!(s, "  machine : {} CPUs (nproc), {}", self.nproc, self.cpu_model);
         let _ = writeln!(
             s,
             "            {} RAM, {}, kernel {}",
-            self.mem_total_gib
-                .map_or_else(|| "? GiB".to_string(), |g| format!("{g:.1} GiB")),
+            self.mem_total_gib.map_or_else(|| "? GiB".to_string(), |g| format!("{g:.1} GiB")),
             self.os,
             self.kernel
         );
@@ -154,11 +145,7 @@ fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
 
 impl Report {
     pub(crate) fn problems(&self) -> Vec<String> {
-        let mut p: Vec<String> = self
-            .ingest
-            .iter()
-            .flat_map(ingest::Outcome::problems)
-            .collect();
+        let mut p: Vec<String> = self.ingest.iter().flat_map(ingest::Outcome::problems).collect();
         if let Some(q) = &self.query {
             p.extend(q.problems());
         }
@@ -175,9 +162,7 @@ impl Report {
     pub(crate) fn render(&self) -> String {
         let mut s = String::from("\n================ RESULTS ================\n");
         if !self.ingest.is_empty() {
-            s.push_str(
-                "\nIngest (10^6 bytes = 1 MB; latency = one write request, send to response):\n",
-            );
+            s.push_str("\nIngest (10^6 bytes = 1 MB; latency = one write request, send to response):\n");
             let rows: Vec<Vec<String>> = self
                 .ingest
                 .iter()
@@ -199,8 +184,8 @@ impl Report {
                 .collect();
             s.push_str(&table(
                 &[
-                    "scenario", "lines", "wall s", "lines/s", "MB/s", "reqs", "p50 ms", "p90 ms",
-                    "p99 ms", "max ms", "non-204",
+                    "scenario", "lines", "wall s", "lines/s", "MB/s", "reqs", "p50 ms", "p90 ms", "p99 ms", "max ms",
+                    "non-204",
                 ],
                 &rows,
             ));
@@ -215,16 +200,11 @@ impl Report {
                         opt(d.wal_flushes, |v| format!("{v:.0}")),
                         opt(d.mean_flush_ms(), ms),
                         opt(d.wal_flushes, |f| {
-                            if f > 0.0 {
-                                format!("{:.1}", o.requests as f64 / f)
-                            } else {
-                                "-".to_string()
-                            }
+                            if f > 0.0 { format!("{:.1}", o.requests as f64 / f) } else { "-".to_string() }
                         }),
                         opt(d.wal_bytes, |b| format!("{:.1}", b / 1e6)),
                         opt(d.snapshots, |v| format!("{v:.0}")),
-                        o.verify
-                            .map_or_else(|| "-".to_string(), |v| thousands(v.first_count)),
+                        o.verify.map_or_else(|| "-".to_string(), |v| thousands(v.first_count)),
                         o.verify.map_or_else(
                             || "-".to_string(),
                             |v| match v.all_visible_after {
@@ -273,12 +253,7 @@ impl Report {
                     ]
                 })
                 .collect();
-            s.push_str(&table(
-                &[
-                    "query", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms", "max ms", "rows",
-                ],
-                &rows,
-            ));
+            s.push_str(&table(&["query", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms", "max ms", "rows"], &rows));
             for f in &q.queries {
                 let _ = writeln!(s, "    {}: {}", f.name, f.sql);
             }
@@ -303,8 +278,7 @@ impl Report {
                             format!("{:.2}", m.total.as_secs_f64()),
                             ms(m.first.as_secs_f64() * 1e3),
                             ms(t.runs[0].first.as_secs_f64() * 1e3),
-                            t.max_rss_growth()
-                                .map_or_else(|| "-".to_string(), |g| format!("{:.0}", g as f64 / 1e6)),
+                            t.max_rss_growth().map_or_else(|| "-".to_string(), |g| format!("{:.0}", g as f64 / 1e6)),
                         ]
                     })
                 })
@@ -326,9 +300,9 @@ impl Report {
                 .scan
                 .iter()
                 .flat_map(|o| {
-                    o.python.iter().map(move |c| {
-                        vec![thousands(o.rows), c.name.clone(), thousands(c.median_rows_per_s() as u64)]
-                    })
+                    o.python
+                        .iter()
+                        .map(move |c| vec![thousands(o.rows), c.name.clone(), thousands(c.median_rows_per_s() as u64)])
                 })
                 .collect();
             if !py.is_empty() {
@@ -358,10 +332,18 @@ impl Report {
                 );
             }
             if let Some(r) = e.marshal_rows_per_s {
-                let _ = writeln!(s, "  for scale: marshal.loads alone, in the plugin venv's Python: {} dict rows/s", thousands(r as u64));
+                let _ = writeln!(
+                    s,
+                    "  for scale: marshal.loads alone, in the plugin venv's Python: {} dict rows/s",
+                    thousands(r as u64)
+                );
             }
             if let Some(r) = e.native_rows_per_s {
-                let _ = writeln!(s, "  for scale: the worker runtime's C row builder alone (what workers use): {} dict rows/s", thousands(r as u64));
+                let _ = writeln!(
+                    s,
+                    "  for scale: the worker runtime's C row builder alone (what workers use): {} dict rows/s",
+                    thousands(r as u64)
+                );
             }
             if let Some(l) = &e.latency {
                 let _ = writeln!(
@@ -387,7 +369,15 @@ impl Report {
             let rows: Vec<Vec<String>> = r
                 .cells
                 .iter()
-                .map(|c| vec![c.kind.to_string(), c.clients.to_string(), thousands(c.per_s as u64), ms(c.latency.p50), ms(c.latency.p99)])
+                .map(|c| {
+                    vec![
+                        c.kind.to_string(),
+                        c.clients.to_string(),
+                        thousands(c.per_s as u64),
+                        ms(c.latency.p50),
+                        ms(c.latency.p99),
+                    ]
+                })
                 .collect();
             s.push_str(&table(&["trigger", "clients", "req/s", "p50 ms", "p99 ms"], &rows));
             if let Some(j) = &r.jitter {
@@ -444,26 +434,14 @@ impl Report {
                     vec![
                         p.served.clone(),
                         p.pid.map_or_else(|| "?".to_string(), |v| v.to_string()),
-                        opt(p.peak_rss_bytes.map(|b| b as f64), |b| {
-                            format!("{:.0}", b / 1e6)
-                        }),
+                        opt(p.peak_rss_bytes.map(|b| b as f64), |b| format!("{:.0}", b / 1e6)),
                         format!("{:.1}", p.data_dir_bytes as f64 / 1e6),
                         format!("{:.2}", p.shutdown.as_secs_f64()),
                         p.how.clone(),
                     ]
                 })
                 .collect();
-            s.push_str(&table(
-                &[
-                    "scenarios",
-                    "pid",
-                    "peak RSS MB",
-                    "data dir MB",
-                    "stop s",
-                    "stopped",
-                ],
-                &rows,
-            ));
+            s.push_str(&table(&["scenarios", "pid", "peak RSS MB", "data dir MB", "stop s", "stopped"], &rows));
             for p in &self.servers {
                 if let Some(k) = &p.kept {
                     let _ = writeln!(s, "  kept {} (server.log, data)", k.display());
@@ -496,12 +474,7 @@ fn utc_now() -> String {
     let secs = query::now_ns().div_euclid(1_000_000_000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian calendar.

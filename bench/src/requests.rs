@@ -179,7 +179,8 @@ pub(crate) async fn run(api: &Api, plugin_dir: &Path, seconds: f64) -> anyhow::R
             out.cells.push(cell);
         }
     }
-    let (rows, _) = api.query(db, "SELECT late_ns FROM jitter ORDER BY time").await.context("reading jitter samples")?;
+    let (rows, _) =
+        api.query(db, "SELECT late_ns FROM jitter ORDER BY time").await.context("reading jitter samples")?;
     // The first call may start mid-second with the trigger's creation: skip it.
     let samples: Vec<Duration> = rows
         .iter()

@@ -341,11 +341,7 @@ impl RssWatch {
     }
 }
 
-async fn flight_once(
-    client: &mut FlightClient,
-    db: &str,
-    sql: &str,
-) -> anyhow::Result<(u64, Option<u64>, Duration)> {
+async fn flight_once(client: &mut FlightClient, db: &str, sql: &str) -> anyhow::Result<(u64, Option<u64>, Duration)> {
     let ticket = json!({"database": db, "sql_query": sql, "query_type": "sql"}).to_string();
     let started = Instant::now();
     let mut stream = client.do_get(Ticket::new(ticket)).await.context("Flight DoGet")?;
@@ -359,12 +355,7 @@ async fn flight_once(
     Ok((rows, None, first.unwrap_or_default()))
 }
 
-async fn http_once(
-    api: &Api,
-    db: &str,
-    sql: &str,
-    format: &str,
-) -> anyhow::Result<(u64, Option<u64>, Duration)> {
+async fn http_once(api: &Api, db: &str, sql: &str, format: &str) -> anyhow::Result<(u64, Option<u64>, Duration)> {
     let started = Instant::now();
     let resp = api.query_raw(db, sql, format).await?;
     let status = resp.status();

@@ -43,28 +43,21 @@ impl Server {
     /// Start `weir serve` on a free port with a fresh data directory and wait until it
     /// says it is listening.
     pub(crate) async fn spawn(args: SpawnArgs<'_>) -> anyhow::Result<Self> {
-        let scratch = tempfile::Builder::new()
-            .prefix("weir-bench-")
-            .tempdir()
-            .context("cannot create a temporary directory")?;
+        let scratch =
+            tempfile::Builder::new().prefix("weir-bench-").tempdir().context("cannot create a temporary directory")?;
         let scratch_path = scratch.path().to_path_buf();
         let data_dir = match args.data_dir {
             Some(d) => {
                 if d.exists() && std::fs::read_dir(d)?.next().is_some() {
-                    bail!(
-                        "--data-dir {} is not empty; the benchmark needs a fresh directory",
-                        d.display()
-                    );
+                    bail!("--data-dir {} is not empty; the benchmark needs a fresh directory", d.display());
                 }
-                std::fs::create_dir_all(d)
-                    .with_context(|| format!("cannot create {}", d.display()))?;
+                std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
                 d.to_path_buf()
             }
             None => scratch_path.join("data"),
         };
         let log_path = scratch_path.join("server.log");
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
 
         let mut cmd = Command::new(args.bin);
         cmd.arg("serve")
@@ -82,10 +75,7 @@ impl Server {
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
         let mut child = cmd.spawn().with_context(|| {
-            format!(
-                "cannot start {} (build it with scripts/bench, or pass --weir-bin)",
-                args.bin.display()
-            )
+            format!("cannot start {} (build it with scripts/bench, or pass --weir-bin)", args.bin.display())
         })?;
         let stdout = child.stdout.take().context("no stdout pipe")?;
         let mut lines = BufReader::new(stdout).lines();
@@ -105,30 +95,17 @@ impl Server {
                 let why = match other {
                     Err(_) => format!("did not report readiness within {:?}", args.startup_timeout),
                     Ok(Err(e)) => format!("stdout read failed: {e}"),
-                    _ => format!(
-                        "exited before listening ({:?})",
-                        child.try_wait().ok().flatten()
-                    ),
+                    _ => format!("exited before listening ({:?})", child.try_wait().ok().flatten()),
                 };
                 let _ = child.start_kill();
                 let _ = child.wait().await;
-                bail!(
-                    "weir serve {why}\n--- server log ---\n{}",
-                    log_tail(&log_path, 40)
-                );
+                bail!("weir serve {why}\n--- server log ---\n{}", log_tail(&log_path, 40));
             }
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
-        Ok(Self {
-            child,
-            url,
-            data_dir,
-            log_path,
-            scratch: Some(scratch),
-            scratch_path,
-        })
+        Ok(Self { child, url, data_dir, log_path, scratch: Some(scratch), scratch_path })
     }
 
     /// Process id.
@@ -161,10 +138,7 @@ impl Server {
     /// Whether the process is still running.
     pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "weir serve exited unexpectedly ({status})\n--- server log ---\n{}",
-                log_tail(&self.log_path, 40)
-            );
+            bail!("weir serve exited unexpectedly ({status})\n--- server log ---\n{}", log_tail(&self.log_path, 40));
         }
         Ok(())
     }
@@ -187,17 +161,11 @@ impl Server {
             None => false,
         };
         if termed && let Ok(Ok(status)) = tokio::time::timeout(grace, self.child.wait()).await {
-            return (
-                started.elapsed(),
-                format!("exited after SIGTERM ({status})"),
-            );
+            return (started.elapsed(), format!("exited after SIGTERM ({status})"));
         }
         let _ = self.child.start_kill();
         let status = self.child.wait().await;
-        (
-            started.elapsed(),
-            format!("killed (SIGKILL) after not exiting on SIGTERM: {status:?}"),
-        )
+        (started.elapsed(), format!("killed (SIGKILL) after not exiting on SIGTERM: {status:?}"))
     }
 }
 
@@ -344,18 +312,12 @@ impl Fleet {
             server.check_alive()?;
             let waited = server.wait_idle(Duration::from_secs(120)).await;
             if waited > Duration::from_secs(1) {
-                println!(
-                    "   (waited {:.1} s for the server to become idle)",
-                    waited.as_secs_f64()
-                );
+                println!("   (waited {:.1} s for the server to become idle)", waited.as_secs_f64());
             }
             self.served.push(id.to_string());
             return Ok(api.clone());
         }
-        let data_dir = self
-            .data_root
-            .as_ref()
-            .map(|r| if self.fresh { r.join(id) } else { r.clone() });
+        let data_dir = self.data_root.as_ref().map(|r| if self.fresh { r.join(id) } else { r.clone() });
         let mut extra_args = self.extra_args.clone();
         if self.fresh {
             extra_args.extend_from_slice(scenario_args);
@@ -369,9 +331,7 @@ impl Fleet {
         .await?;
         println!(
             "   server: pid {} at {}, data dir {}",
-            server
-                .pid()
-                .map_or_else(|| "?".to_string(), |p| p.to_string()),
+            server.pid().map_or_else(|| "?".to_string(), |p| p.to_string()),
             server.url,
             server.data_dir.display()
         );
@@ -401,11 +361,7 @@ impl Fleet {
             return Ok(None);
         };
         server.check_alive()?;
-        if self.fresh {
-            Ok(self.stop().await)
-        } else {
-            Ok(None)
-        }
+        if self.fresh { Ok(self.stop().await) } else { Ok(None) }
     }
 
     /// Stop the current server, if any (end of run, error, interruption).

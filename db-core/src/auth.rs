@@ -107,9 +107,7 @@ pub struct Authenticator {
 
 impl fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Authenticator")
-            .field("enabled", &self.enabled)
-            .finish()
+        f.debug_struct("Authenticator").field("enabled", &self.enabled).finish()
     }
 }
 
@@ -130,10 +128,7 @@ impl Authenticator {
             return Ok(None);
         }
         let token = token.ok_or(AuthError::Missing)?;
-        self.catalog
-            .token_by_hash(&hash_token(token))
-            .map(Some)
-            .ok_or(AuthError::Invalid)
+        self.catalog.token_by_hash(&hash_token(token)).map(Some).ok_or(AuthError::Invalid)
     }
 
     /// Check an `Authorization` header value. `Ok(None)` when auth is off.
@@ -148,18 +143,13 @@ impl Authenticator {
     /// Create an admin token named `name` and return its clear text (shown once).
     pub async fn create_admin_token(&self, name: &str) -> catalog::Result<String> {
         let token = generate_token();
-        self.catalog
-            .add_token(name, hash_token(&token), true, SystemTime.now_ns())
-            .await?;
+        self.catalog.add_token(name, hash_token(&token), true, SystemTime.now_ns()).await?;
         Ok(token)
     }
 
     /// Register a known clear-text token as the admin token (operator-supplied bootstrap).
     pub async fn register_admin_token(&self, name: &str, token: &str) -> catalog::Result<()> {
-        self.catalog
-            .add_token(name, hash_token(token), true, SystemTime.now_ns())
-            .await
-            .map(|_| ())
+        self.catalog.add_token(name, hash_token(token), true, SystemTime.now_ns()).await.map(|_| ())
     }
 
     /// Whether an admin token exists.

@@ -244,10 +244,7 @@ impl TableDef {
         let mut t = Self {
             id,
             name,
-            columns: vec![ColumnDef {
-                name: Arc::from(TIME_COLUMN),
-                kind: ColumnKind::Time,
-            }],
+            columns: vec![ColumnDef { name: Arc::from(TIME_COLUMN), kind: ColumnKind::Time }],
             by_name: FastMap::default(),
             schema: None,
         };
@@ -256,12 +253,7 @@ impl TableDef {
     }
 
     fn reindex(&mut self) {
-        self.by_name = self
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (Arc::clone(&c.name), i))
-            .collect();
+        self.by_name = self.columns.iter().enumerate().map(|(i, c)| (Arc::clone(&c.name), i)).collect();
         self.schema = Some(Arc::new(self.build_schema()));
     }
 
@@ -277,9 +269,8 @@ impl TableDef {
 
     /// Ids of the tag columns, sorted by tag name (the series key order).
     pub fn tag_ids_sorted(&self) -> Vec<usize> {
-        let mut ids: Vec<usize> = (0..self.columns.len())
-            .filter(|&i| self.columns[i].kind == ColumnKind::Tag)
-            .collect();
+        let mut ids: Vec<usize> =
+            (0..self.columns.len()).filter(|&i| self.columns[i].kind == ColumnKind::Tag).collect();
         ids.sort_by(|&a, &b| self.columns[a].name.cmp(&self.columns[b].name));
         ids
     }
@@ -315,11 +306,7 @@ impl TableDef {
             .into_iter()
             .map(|i| {
                 let c = &self.columns[i];
-                Field::new(
-                    c.name.as_ref(),
-                    c.kind.arrow_type(),
-                    c.kind != ColumnKind::Time,
-                )
+                Field::new(c.name.as_ref(), c.kind.arrow_type(), c.kind != ColumnKind::Time)
             })
             .collect();
         Schema::new(fields)
@@ -517,11 +504,7 @@ impl DatabaseSchema {
     }
 
     fn reindex(&mut self) {
-        self.table_ids = self
-            .tables
-            .values()
-            .map(|t| (Arc::clone(&t.name), t.id))
-            .collect();
+        self.table_ids = self.tables.values().map(|t| (Arc::clone(&t.name), t.id)).collect();
     }
 
     fn insert_table(&mut self, table: TableDef) {
@@ -590,9 +573,7 @@ impl Default for CatalogState {
 impl CatalogState {
     /// Live (not deleted) database by name.
     pub fn db(&self, name: &str) -> Option<&Arc<DatabaseSchema>> {
-        self.databases
-            .values()
-            .find(|d| !d.deleted && d.name.as_ref() == name)
+        self.databases.values().find(|d| !d.deleted && d.name.as_ref() == name)
     }
 
     /// The request trigger (any state) serving `path` (normalized), with its database.
@@ -611,20 +592,13 @@ impl CatalogState {
         struct Probe {
             format_version: u32,
         }
-        let probe: Probe = serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
-            path: path.to_string(),
-            message: e.to_string(),
-        })?;
+        let probe: Probe = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Corrupt { path: path.to_string(), message: e.to_string() })?;
         if probe.format_version > CATALOG_FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion {
-                found: probe.format_version,
-                supported: CATALOG_FORMAT_VERSION,
-            });
+            return Err(Error::UnsupportedVersion { found: probe.format_version, supported: CATALOG_FORMAT_VERSION });
         }
-        let mut state: Self = serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
-            path: path.to_string(),
-            message: e.to_string(),
-        })?;
+        let mut state: Self = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Corrupt { path: path.to_string(), message: e.to_string() })?;
         for db in state.databases.values_mut() {
             let db = Arc::make_mut(db);
             for t in db.tables.values_mut() {
@@ -645,12 +619,7 @@ impl CatalogState {
 /// Check a database name against InfluxDB 3's rules: 1–64 characters, ASCII letters,
 /// digits, `_` and `-`, starting with a letter or digit.
 pub fn validate_db_name(name: &str) -> Result<()> {
-    let invalid = |reason| {
-        Err(Error::InvalidDbName {
-            name: name.to_string(),
-            reason,
-        })
-    };
+    let invalid = |reason| Err(Error::InvalidDbName { name: name.to_string(), reason });
     if name.is_empty() {
         return invalid("name is empty");
     }
@@ -660,10 +629,7 @@ pub fn validate_db_name(name: &str) -> Result<()> {
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         return invalid("name must start with a letter or digit");
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         return invalid("only ASCII letters, digits, '_' and '-' are allowed");
     }
     Ok(())
@@ -690,9 +656,7 @@ pub struct Catalog {
 
 impl fmt::Debug for Catalog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Catalog")
-            .field("sequence", &self.state.read().sequence)
-            .finish_non_exhaustive()
+        f.debug_struct("Catalog").field("sequence", &self.state.read().sequence).finish_non_exhaustive()
     }
 }
 
@@ -736,14 +700,7 @@ impl Catalog {
 
     /// Live databases, sorted by name.
     pub fn databases(&self) -> Vec<Arc<DatabaseSchema>> {
-        let mut dbs: Vec<_> = self
-            .state
-            .read()
-            .databases
-            .values()
-            .filter(|d| !d.deleted)
-            .cloned()
-            .collect();
+        let mut dbs: Vec<_> = self.state.read().databases.values().filter(|d| !d.deleted).cloned().collect();
         dbs.sort_by(|a, b| a.name.cmp(&b.name));
         dbs
     }
@@ -814,10 +771,7 @@ impl Catalog {
     /// Soft-delete a database and persist the catalog. Returns its id.
     pub async fn delete_db(&self, name: &str) -> Result<u32> {
         let id = self.mutate(|s| {
-            let id = s
-                .db(name)
-                .map(|d| d.id)
-                .ok_or_else(|| Error::DbNotFound(name.to_string()))?;
+            let id = s.db(name).map(|d| d.id).ok_or_else(|| Error::DbNotFound(name.to_string()))?;
             if let Some(db) = s.databases.get_mut(&id) {
                 let db = Arc::make_mut(db);
                 db.deleted = true;
@@ -901,10 +855,7 @@ impl Catalog {
     /// lines against the returned schema.
     pub fn add_columns(&self, db_id: u32, additions: &[ColumnAddition]) -> Result<Arc<DatabaseSchema>> {
         self.mutate(|s| {
-            let db = s
-                .databases
-                .get_mut(&db_id)
-                .ok_or_else(|| Error::DbNotFound(format!("id {db_id}")))?;
+            let db = s.databases.get_mut(&db_id).ok_or_else(|| Error::DbNotFound(format!("id {db_id}")))?;
             let db = Arc::make_mut(db);
             for add in additions {
                 let table_id = match db.table(&add.table) {
@@ -924,15 +875,10 @@ impl Catalog {
                     continue;
                 }
                 let table = Arc::make_mut(table);
-                table.columns.push(ColumnDef {
-                    name: Arc::clone(&add.column),
-                    kind: add.kind,
-                });
+                table.columns.push(ColumnDef { name: Arc::clone(&add.column), kind: add.kind });
                 table.reindex();
             }
-            Ok(Arc::clone(s.databases.get(&db_id).ok_or_else(|| {
-                Error::DbNotFound(format!("id {db_id}"))
-            })?))
+            Ok(Arc::clone(s.databases.get(&db_id).ok_or_else(|| Error::DbNotFound(format!("id {db_id}")))?))
         })
     }
 
@@ -942,13 +888,7 @@ impl Catalog {
             if s.tokens.iter().any(|t| t.name == name) {
                 return Err(Error::TokenExists(name.to_string()));
             }
-            let info = TokenInfo {
-                id: s.next_token_id,
-                name: name.to_string(),
-                hash,
-                created_at: now_ns,
-                admin,
-            };
+            let info = TokenInfo { id: s.next_token_id, name: name.to_string(), hash, created_at: now_ns, admin };
             s.next_token_id += 1;
             s.tokens.push(info.clone());
             Ok(info)
@@ -964,12 +904,7 @@ impl Catalog {
 
     /// Token by hash.
     pub fn token_by_hash(&self, hash: &str) -> Option<TokenInfo> {
-        self.state
-            .read()
-            .tokens
-            .iter()
-            .find(|t| t.hash == hash)
-            .cloned()
+        self.state.read().tokens.iter().find(|t| t.hash == hash).cloned()
     }
 
     /// Whether there are changes not yet persisted.
@@ -983,11 +918,7 @@ impl Catalog {
         self.dirty.store(false, Ordering::Release);
         let state = self.snapshot();
         let bytes = Bytes::from(state.encode());
-        if let Err(e) = self
-            .storage
-            .put_durable(&self.storage.catalog_path(), bytes)
-            .await
-        {
+        if let Err(e) = self.storage.put_durable(&self.storage.catalog_path(), bytes).await {
             self.dirty.store(true, Ordering::Release);
             return Err(e.into());
         }

@@ -80,10 +80,7 @@ pub fn startup() -> anyhow::Result<()> {
         return exec_plugin_host(args);
     }
     crate::telemetry::init_logging(&cli.log_filter);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("weir")
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("weir").build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(cfg) => serve::run(*cfg).await,

@@ -180,9 +180,7 @@ fn checkpoint_key(db_id: u32, name: &str) -> String {
 
 impl FlushListener for Engine {
     fn wants(&self, db_id: u32) -> bool {
-        self.catalog
-            .db_by_id(db_id)
-            .is_some_and(|db| db.triggers.values().any(|t| !t.disabled && t.spec().is_wal()))
+        self.catalog.db_by_id(db_id).is_some_and(|db| db.triggers.values().any(|t| !t.disabled && t.spec().is_wal()))
     }
 
     fn retain_after(&self) -> Option<u64> {
@@ -242,7 +240,10 @@ fn ipc(batches: &[RecordBatch]) -> Result<Vec<u8>, arrow::error::ArrowError> {
 }
 
 /// An IPC stream with `schema` even when there are no batches (an empty answer).
-fn ipc_with_schema(schema: &arrow::datatypes::SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, arrow::error::ArrowError> {
+fn ipc_with_schema(
+    schema: &arrow::datatypes::SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<Vec<u8>, arrow::error::ArrowError> {
     let mut w = StreamWriter::try_new(Vec::new(), schema)?;
     for b in batches {
         w.write(b)?;
@@ -364,12 +365,20 @@ impl Engine {
 
     /// Send an admin request on the current session and wait up to `deadline` for its
     /// reply; `what` names it in the timeout error.
-    async fn request(&self, body: core_message::Body, deadline: Duration, what: &str) -> Result<host_message::Body, EngineError> {
+    async fn request(
+        &self,
+        body: core_message::Body,
+        deadline: Duration,
+        what: &str,
+    ) -> Result<host_message::Body, EngineError> {
         let reply = self.send(body).await.ok_or(EngineError::Unavailable)?;
         match tokio::time::timeout(deadline, reply).await {
             Ok(Ok(body)) => Ok(body),
             Ok(Err(_)) => Err(EngineError::Unavailable),
-            Err(_) => Err(EngineError::Failed(format!("{what} did not finish within {}", humantime::format_duration(deadline)))),
+            Err(_) => Err(EngineError::Failed(format!(
+                "{what} did not finish within {}",
+                humantime::format_duration(deadline)
+            ))),
         }
     }
 
@@ -430,7 +439,8 @@ impl Engine {
         self.sync_schedules();
         for name in triggers {
             self.log.clear_state(db_id, name);
-            let body = core_message::Body::TriggerDrop(pb::TriggerDrop { database: db.to_string(), name: name.to_string() });
+            let body =
+                core_message::Body::TriggerDrop(pb::TriggerDrop { database: db.to_string(), name: name.to_string() });
             self.notify(body).await;
         }
     }
@@ -468,7 +478,9 @@ impl Engine {
             self.save_checkpoints().await;
         }
         let body = match def {
-            Some(t) if !t.disabled => core_message::Body::TriggerSet(pb::TriggerSet { trigger: Some(trigger_message(db, &t)) }),
+            Some(t) if !t.disabled => {
+                core_message::Body::TriggerSet(pb::TriggerSet { trigger: Some(trigger_message(db, &t)) })
+            }
             _ => core_message::Body::TriggerDrop(pb::TriggerDrop { database: db.to_string(), name: name.to_string() }),
         };
         self.notify(body).await;
@@ -600,7 +612,9 @@ impl Engine {
             .catalog
             .databases()
             .iter()
-            .flat_map(|db| db.triggers.values().filter(|t| !t.disabled).map(|t| trigger_message(&db.name, t)).collect::<Vec<_>>())
+            .flat_map(|db| {
+                db.triggers.values().filter(|t| !t.disabled).map(|t| trigger_message(&db.name, t)).collect::<Vec<_>>()
+            })
             .collect();
         let sync = core_message::Body::TriggerSync(pb::TriggerSync { triggers });
         session.tx.send(pb::CoreMessage { id: 0, body: Some(sync) }).await?;
@@ -616,21 +630,30 @@ impl Engine {
                         pb::LogLevel::Error => LogLevel::Error,
                         _ => LogLevel::Info,
                     };
-                    self.log.push(&l.database, &l.trigger, level, l.text, if l.time_ns > 0 { l.time_ns } else { now() });
+                    self.log.push(
+                        &l.database,
+                        &l.trigger,
+                        level,
+                        l.text,
+                        if l.time_ns > 0 { l.time_ns } else { now() },
+                    );
                 }
                 host_message::Body::Query(q) => {
                     let engine = Arc::clone(self);
                     let tx = session.tx.clone();
                     tokio::spawn(async move {
                         let body = engine.plugin_query(q).await;
-                        let _ = tx.send(pb::CoreMessage { id: msg.id, body: Some(core_message::Body::QueryResult(body)) }).await;
+                        let _ = tx
+                            .send(pb::CoreMessage { id: msg.id, body: Some(core_message::Body::QueryResult(body)) })
+                            .await;
                     });
                 }
                 host_message::Body::Write(w) => {
                     let engine = Arc::clone(self);
                     let tx = session.tx.clone();
                     tokio::spawn(async move {
-                        let error = engine.plugin_write(&w.database, &w.lines, w.no_sync).await.err().unwrap_or_default();
+                        let error =
+                            engine.plugin_write(&w.database, &w.lines, w.no_sync).await.err().unwrap_or_default();
                         let reply = core_message::Body::WriteResult(pb::WriteResult { error });
                         let _ = tx.send(pb::CoreMessage { id: msg.id, body: Some(reply) }).await;
                     });
@@ -781,12 +804,8 @@ impl Engine {
     }
 
     async fn save_checkpoints(&self) {
-        let map: HashMap<String, u64> = self
-            .checkpoints
-            .lock()
-            .iter()
-            .map(|((db, name), cp)| (checkpoint_key(*db, name), *cp))
-            .collect();
+        let map: HashMap<String, u64> =
+            self.checkpoints.lock().iter().map(|((db, name), cp)| (checkpoint_key(*db, name), *cp)).collect();
         let bytes = serde_json::to_vec(&map).unwrap_or_default();
         if let Err(e) = self.storage.put_durable(&self.storage.path(CHECKPOINTS), bytes.into()).await {
             tracing::warn!(error = %e, "cannot persist trigger checkpoints; retrying");
@@ -831,9 +850,12 @@ impl Engine {
                 // A full queue (a trigger far behind) skips this file for that trigger
                 // only, so one slow plugin never holds up the others.
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.record(&db, name, LogLevel::Error, format!(
-                        "trigger is {TRIGGER_QUEUE} WAL files behind: WAL file {seq} was not delivered to it"
-                    ));
+                    self.record(
+                        &db,
+                        name,
+                        LogLevel::Error,
+                        format!("trigger is {TRIGGER_QUEUE} WAL files behind: WAL file {seq} was not delivered to it"),
+                    );
                     return;
                 }
             }
@@ -848,7 +870,8 @@ impl Engine {
     async fn trigger_loop(self: Arc<Self>, key: (u32, Arc<str>), mut rx: mpsc::Receiver<pb::WalBatch>) {
         let (db_id, name) = key;
         let mut pending: std::collections::VecDeque<pb::WalBatch> = std::collections::VecDeque::new();
-        let mut waiting: std::collections::VecDeque<oneshot::Receiver<host_message::Body>> = std::collections::VecDeque::new();
+        let mut waiting: std::collections::VecDeque<oneshot::Receiver<host_message::Body>> =
+            std::collections::VecDeque::new();
         let mut announced: Option<u64> = None;
         let mut attempt = 1;
         loop {

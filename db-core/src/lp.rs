@@ -99,11 +99,7 @@ pub struct LineError {
 
 impl fmt::Display for LineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "line {}: {}: {}",
-            self.line_number, self.message, self.original_line
-        )
+        write!(f, "line {}: {}: {}", self.line_number, self.message, self.original_line)
     }
 }
 
@@ -205,11 +201,7 @@ fn scan_element(b: &[u8], mut i: usize, el: Element) -> Result<(usize, bool), St
                 _ => i += 1,
             },
             _ => {
-                return Err(format!(
-                    "invalid character {:?} in {}",
-                    char::from(c),
-                    el.describe()
-                ));
+                return Err(format!("invalid character {:?} in {}", char::from(c), el.describe()));
             }
         }
     }
@@ -272,9 +264,7 @@ fn skip_spaces(b: &[u8], mut i: usize) -> usize {
 
 /// Index of the first `,` or ` ` at or after `i`, or `b.len()`.
 fn find_value_end(b: &[u8], i: usize) -> usize {
-    b.get(i..)
-        .and_then(|rest| rest.iter().position(|&c| c == b',' || c == b' '))
-        .map_or(b.len(), |p| i + p)
+    b.get(i..).and_then(|rest| rest.iter().position(|&c| c == b',' || c == b' ')).map_or(b.len(), |p| i + p)
 }
 
 /// Quotes `s` for an error message, truncating very long input.
@@ -318,24 +308,14 @@ fn parse_signed(s: &[u8]) -> Result<i64, NumError> {
         }
         if !overflow {
             let v = i64::from(d - b'0');
-            let next = acc.checked_mul(10).and_then(|a| {
-                if negative {
-                    a.checked_sub(v)
-                } else {
-                    a.checked_add(v)
-                }
-            });
+            let next = acc.checked_mul(10).and_then(|a| if negative { a.checked_sub(v) } else { a.checked_add(v) });
             match next {
                 Some(n) => acc = n,
                 None => overflow = true,
             }
         }
     }
-    if overflow {
-        Err(NumError::Range)
-    } else {
-        Ok(acc)
-    }
+    if overflow { Err(NumError::Range) } else { Ok(acc) }
 }
 
 /// Parses `digits` into a u64 (no sign allowed).
@@ -350,26 +330,17 @@ fn parse_unsigned(s: &[u8]) -> Result<u64, NumError> {
             return Err(NumError::Syntax);
         }
         if !overflow {
-            match acc
-                .checked_mul(10)
-                .and_then(|a| a.checked_add(u64::from(d - b'0')))
-            {
+            match acc.checked_mul(10).and_then(|a| a.checked_add(u64::from(d - b'0'))) {
                 Some(n) => acc = n,
                 None => overflow = true,
             }
         }
     }
-    if overflow {
-        Err(NumError::Range)
-    } else {
-        Ok(acc)
-    }
+    if overflow { Err(NumError::Range) } else { Ok(acc) }
 }
 
 fn count_digits(s: &[u8], i: usize) -> usize {
-    s.get(i..).map_or(0, |rest| {
-        rest.iter().take_while(|c| c.is_ascii_digit()).count()
-    })
+    s.get(i..).map_or(0, |rest| rest.iter().take_while(|c| c.is_ascii_digit()).count())
 }
 
 /// Checks the float grammar accepted by InfluxDB 3:
@@ -406,33 +377,23 @@ fn is_float_syntax(s: &[u8]) -> bool {
 /// Parses an unquoted field value token (number or boolean).
 fn parse_scalar<'a>(tok: &'a str, key: &str) -> Result<FieldValue<'a>, String> {
     let b = tok.as_bytes();
-    let invalid = || {
-        format!(
-            "invalid field value {} for field {}",
-            quoted(tok),
-            quoted(key)
-        )
-    };
+    let invalid = || format!("invalid field value {} for field {}", quoted(tok), quoted(key));
     match b.split_last() {
         Some((b'i', digits)) => {
             return match parse_signed(digits) {
                 Ok(v) => Ok(FieldValue::I64(v)),
-                Err(NumError::Range) => Err(format!(
-                    "integer value out of range for field {}: {}",
-                    quoted(key),
-                    quoted(tok)
-                )),
+                Err(NumError::Range) => {
+                    Err(format!("integer value out of range for field {}: {}", quoted(key), quoted(tok)))
+                }
                 Err(NumError::Syntax) => Err(invalid()),
             };
         }
         Some((b'u', digits)) => {
             return match parse_unsigned(digits) {
                 Ok(v) => Ok(FieldValue::U64(v)),
-                Err(NumError::Range) => Err(format!(
-                    "unsigned integer value out of range for field {}: {}",
-                    quoted(key),
-                    quoted(tok)
-                )),
+                Err(NumError::Range) => {
+                    Err(format!("unsigned integer value out of range for field {}: {}", quoted(key), quoted(tok)))
+                }
                 Err(NumError::Syntax) => Err(invalid()),
             };
         }
@@ -448,11 +409,7 @@ fn parse_scalar<'a>(tok: &'a str, key: &str) -> Result<FieldValue<'a>, String> {
     }
     match tok.parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(FieldValue::F64(v)),
-        Ok(_) => Err(format!(
-            "float value out of range for field {}: {}",
-            quoted(key),
-            quoted(tok)
-        )),
+        Ok(_) => Err(format!("float value out of range for field {}: {}", quoted(key), quoted(tok))),
         Err(_) => Err(invalid()),
     }
 }
@@ -477,10 +434,7 @@ fn first_duplicate<'x, V>(items: &'x [(Cow<'_, str>, V)]) -> Option<&'x str> {
         None
     } else {
         let mut seen = HashSet::with_capacity(items.len());
-        items
-            .iter()
-            .map(|(k, _)| k.as_ref())
-            .find(|&k| !seen.insert(k))
+        items.iter().map(|(k, _)| k.as_ref()).find(|&k| !seen.insert(k))
     }
 }
 
@@ -492,11 +446,7 @@ fn dedupe_fields(fields: &mut Vec<(Cow<'_, str>, FieldValue<'_>)>) {
     }
     let first_index: Vec<usize> = {
         let mut map: HashMap<&str, usize> = HashMap::with_capacity(fields.len());
-        fields
-            .iter()
-            .enumerate()
-            .map(|(i, (k, _))| *map.entry(k.as_ref()).or_insert(i))
-            .collect()
+        fields.iter().enumerate().map(|(i, (k, _))| *map.entry(k.as_ref()).or_insert(i)).collect()
     };
     let mut slots: Vec<Option<_>> = fields.drain(..).map(Some).collect();
     for (i, &first) in first_index.iter().enumerate() {
@@ -558,11 +508,7 @@ pub fn parse_line(line: &str) -> Result<ParsedLine<'_>, String> {
         }
         tags.push((
             unescape(raw_key, key_escaped, is_key_escapable),
-            unescape(
-                &line[value_start..value_end],
-                value_escaped,
-                is_key_escapable,
-            ),
+            unescape(&line[value_start..value_end], value_escaped, is_key_escapable),
         ));
         i = value_end;
     }
@@ -594,10 +540,7 @@ pub fn parse_line(line: &str) -> Result<ParsedLine<'_>, String> {
             Some(b'"') => {
                 let content_start = value_start + 1;
                 let Some((close, escaped)) = scan_string(b, content_start) else {
-                    return Err(format!(
-                        "unterminated string field value for field {}",
-                        quoted(raw_key)
-                    ));
+                    return Err(format!("unterminated string field value for field {}", quoted(raw_key)));
                 };
                 i = close + 1;
                 if !matches!(b.get(i), None | Some(b',' | b' ')) {
@@ -608,11 +551,7 @@ pub fn parse_line(line: &str) -> Result<ParsedLine<'_>, String> {
                         quoted(raw_key)
                     ));
                 }
-                FieldValue::Str(unescape(
-                    &line[content_start..close],
-                    escaped,
-                    is_string_escapable,
-                ))
+                FieldValue::Str(unescape(&line[content_start..close], escaped, is_string_escapable))
             }
             Some(_) => {
                 let value_end = find_value_end(b, value_start);
@@ -633,10 +572,7 @@ pub fn parse_line(line: &str) -> Result<ParsedLine<'_>, String> {
     let mut timestamp = None;
     if i < b.len() {
         let ts_start = i;
-        let ts_end = b
-            .get(i..)
-            .and_then(|rest| rest.iter().position(|&c| c == b' '))
-            .map_or(b.len(), |p| i + p);
+        let ts_end = b.get(i..).and_then(|rest| rest.iter().position(|&c| c == b' ')).map_or(b.len(), |p| i + p);
         let tok = &line[ts_start..ts_end];
         timestamp = Some(match parse_signed(tok.as_bytes()) {
             Ok(ts) => ts,
@@ -645,20 +581,12 @@ pub fn parse_line(line: &str) -> Result<ParsedLine<'_>, String> {
         });
         i = skip_spaces(b, ts_end);
         if i < b.len() {
-            return Err(format!(
-                "unexpected trailing content after timestamp: {}",
-                quoted(&line[i..])
-            ));
+            return Err(format!("unexpected trailing content after timestamp: {}", quoted(&line[i..])));
         }
     }
 
     dedupe_fields(&mut fields);
-    Ok(ParsedLine {
-        measurement,
-        tags,
-        fields,
-        timestamp,
-    })
+    Ok(ParsedLine { measurement, tags, fields, timestamp })
 }
 
 // ---------------------------------------------------------------------------
@@ -681,11 +609,7 @@ pub struct LineIter<'a> {
 /// line number is the 1-based physical line on which the logical line starts.
 /// Errors do not stop the iteration.
 pub fn parse_lines(body: &str) -> LineIter<'_> {
-    LineIter {
-        body,
-        pos: 0,
-        line_number: 1,
-    }
+    LineIter { body, pos: 0, line_number: 1 }
 }
 
 impl<'a> Iterator for LineIter<'a> {
@@ -743,11 +667,7 @@ impl<'a> Iterator for LineIter<'a> {
             self.pos = if end < b.len() { end + 1 } else { b.len() };
             return Some(match result {
                 Ok(parsed) => Ok((line_number, raw, parsed)),
-                Err(message) => Err(LineError {
-                    line_number,
-                    original_line: raw.to_string(),
-                    message,
-                }),
+                Err(message) => Err(LineError { line_number, original_line: raw.to_string(), message }),
             });
         }
     }
@@ -758,9 +678,7 @@ fn strip_cr(line: &str) -> &str {
 }
 
 fn find_byte(b: &[u8], from: usize, needle: u8) -> Option<usize> {
-    b.get(from..)
-        .and_then(|rest| rest.iter().position(|&c| c == needle))
-        .map(|p| from + p)
+    b.get(from..).and_then(|rest| rest.iter().position(|&c| c == needle)).map(|p| from + p)
 }
 
 /// Finds the end (index of the terminating `\n`, or `b.len()`) of the logical
@@ -868,8 +786,7 @@ pub enum Precision {
     Nanosecond,
 }
 
-const VALID_PRECISIONS: &str =
-    "auto, s, second, ms, millisecond, us, u, microsecond, ns, n, nanosecond";
+const VALID_PRECISIONS: &str = "auto, s, second, ms, millisecond, us, u, microsecond, ns, n, nanosecond";
 
 impl FromStr for Precision {
     type Err = String;
@@ -882,10 +799,7 @@ impl FromStr for Precision {
             "us" | "u" | "microsecond" => Precision::Microsecond,
             "ns" | "n" | "nanosecond" => Precision::Nanosecond,
             _ => {
-                return Err(format!(
-                    "invalid precision {}: expected one of {VALID_PRECISIONS}",
-                    quoted(s)
-                ));
+                return Err(format!("invalid precision {}: expected one of {VALID_PRECISIONS}", quoted(s)));
             }
         })
     }

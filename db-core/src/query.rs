@@ -40,8 +40,7 @@ use datafusion::{
     datasource::{TableProvider, TableType},
     error::DataFusionError,
     execution::{
-        SendableRecordBatchStream, SessionStateBuilder, context::SessionState,
-        runtime_env::RuntimeEnvBuilder,
+        SendableRecordBatchStream, SessionStateBuilder, context::SessionState, runtime_env::RuntimeEnvBuilder,
     },
     logical_expr::LogicalPlan,
     physical_plan::RecordBatchStream,
@@ -142,9 +141,7 @@ pub enum QueryParams {
 impl QueryParams {
     /// Named parameters from a JSON object (HTTP `params`, the InfluxDB Flight ticket):
     /// strings, numbers and booleans are accepted and bound as their text.
-    pub fn from_json(
-        params: impl IntoIterator<Item = (String, serde_json::Value)>,
-    ) -> Result<Self, String> {
+    pub fn from_json(params: impl IntoIterator<Item = (String, serde_json::Value)>) -> Result<Self, String> {
         let mut out = HashMap::new();
         for (k, v) in params {
             let s = match v {
@@ -152,9 +149,7 @@ impl QueryParams {
                 serde_json::Value::Number(n) => n.to_string(),
                 serde_json::Value::Bool(b) => b.to_string(),
                 other => {
-                    return Err(format!(
-                        "parameter {k:?} must be a string, number or boolean, got {other}"
-                    ));
+                    return Err(format!("parameter {k:?} must be a string, number or boolean, got {other}"));
                 }
             };
             out.insert(k, s);
@@ -198,12 +193,7 @@ pub struct TableListing {
 #[async_trait]
 pub trait QueryExecutor: Send + Sync + fmt::Debug {
     /// Plan and start a SQL query against `db`; the stream yields the answer.
-    async fn query_sql(
-        &self,
-        db: &str,
-        sql: &str,
-        params: QueryParams,
-    ) -> Result<SendableRecordBatchStream>;
+    async fn query_sql(&self, db: &str, sql: &str, params: QueryParams) -> Result<SendableRecordBatchStream>;
 
     /// Plan `sql` without running it: the answer's schema and the placeholders.
     async fn describe(&self, db: &str, sql: &str) -> Result<QueryShape>;
@@ -254,11 +244,8 @@ impl SqlExecutor {
         let runtime = RuntimeEnvBuilder::new().build_arc()?;
         let url = datafusion::execution::object_store::ObjectStoreUrl::parse(provider::STORE_URL)?;
         runtime.register_object_store(url.as_ref(), args.object_store);
-        let state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_runtime_env(runtime)
-            .with_default_features()
-            .build();
+        let state =
+            SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features().build();
         Ok(Self {
             catalog: args.catalog,
             buffer: args.buffer,
@@ -283,10 +270,7 @@ impl SqlExecutor {
     fn context(&self, db: Arc<DatabaseSchema>) -> SessionContext {
         let ctx = SessionContext::new_with_state(self.state.clone());
         let catalog = WeirCatalog {
-            user: Arc::new(UserSchema {
-                db: Arc::clone(&db),
-                buffer: Arc::clone(&self.buffer),
-            }),
+            user: Arc::new(UserSchema { db: Arc::clone(&db), buffer: Arc::clone(&self.buffer) }),
             system: Arc::new(SystemSchema::new(
                 Arc::clone(&self.catalog),
                 Arc::clone(&self.buffer),
@@ -302,21 +286,13 @@ impl SqlExecutor {
 
 #[async_trait]
 impl QueryExecutor for SqlExecutor {
-    async fn query_sql(
-        &self,
-        db: &str,
-        sql: &str,
-        params: QueryParams,
-    ) -> Result<SendableRecordBatchStream> {
+    async fn query_sql(&self, db: &str, sql: &str, params: QueryParams) -> Result<SendableRecordBatchStream> {
         let started = Instant::now();
         let entry = self.log.start(db, "sql", sql);
         let result = async {
             let ctx = self.context(self.db(db)?);
-            let stream = self
-                .runtime
-                .run(plan_and_execute(ctx, sql.to_string(), params))
-                .await
-                .map_err(Error::Execution)??;
+            let stream =
+                self.runtime.run(plan_and_execute(ctx, sql.to_string(), params)).await.map_err(Error::Execution)??;
             Ok::<_, Error>(self.runtime.bridge(stream))
         }
         .await;
@@ -346,8 +322,7 @@ impl QueryExecutor for SqlExecutor {
             .run(async move {
                 let plan = plan(&ctx, &sql).await?;
                 let schema = Arc::new(plan.schema().as_arrow().clone());
-                let mut params: Vec<(String, Option<DataType>)> =
-                    plan.get_parameter_types()?.into_iter().collect();
+                let mut params: Vec<(String, Option<DataType>)> = plan.get_parameter_types()?.into_iter().collect();
                 // Positional placeholders are bound by index, so report $1..$max even when
                 // the statement skips one.
                 let max = params.iter().filter_map(|(n, _)| n.trim_start_matches('$').parse::<usize>().ok()).max();
@@ -358,10 +333,8 @@ impl QueryExecutor for SqlExecutor {
                     }
                 }
                 params.sort_by_key(|(name, _)| placeholder_order(name));
-                let params = params
-                    .into_iter()
-                    .map(|(name, ty)| Field::new(name, ty.unwrap_or(DataType::Null), true))
-                    .collect();
+                let params =
+                    params.into_iter().map(|(name, ty)| Field::new(name, ty.unwrap_or(DataType::Null), true)).collect();
                 Ok(QueryShape { schema, params })
             })
             .await
@@ -384,9 +357,9 @@ impl QueryExecutor for SqlExecutor {
                 arrow_schema: table.schema(),
             });
         };
-        let catalog = ctx.catalog(CATALOG_NAME).ok_or_else(|| {
-            Error::Execution(DataFusionError::Internal("catalog not registered".into()))
-        })?;
+        let catalog = ctx
+            .catalog(CATALOG_NAME)
+            .ok_or_else(|| Error::Execution(DataFusionError::Internal("catalog not registered".into())))?;
         for schema_name in catalog.schema_names() {
             let Some(schema) = catalog.schema(&schema_name) else { continue };
             for name in schema.table_names() {
@@ -407,9 +380,7 @@ impl QueryExecutor for SqlExecutor {
 
 impl SqlExecutor {
     fn db(&self, name: &str) -> Result<Arc<DatabaseSchema>> {
-        self.catalog
-            .db(name)
-            .ok_or_else(|| Error::DbNotFound(name.to_string()))
+        self.catalog.db(name).ok_or_else(|| Error::DbNotFound(name.to_string()))
     }
 }
 
@@ -488,10 +459,7 @@ pub fn number_question_marks(sql: &str) -> Result<Cow<'_, str>> {
 
 /// Parse and plan `sql` with writes and statements refused.
 async fn plan(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan> {
-    let options = SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false);
+    let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
     let sql = number_question_marks(sql)?;
     let state = ctx.state();
     let plan = state.create_logical_plan(&sql).await?;
@@ -500,36 +468,25 @@ async fn plan(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan> {
 }
 
 /// Plan `sql` in `ctx`, bind parameters, and start execution (runs on the query runtime).
-async fn plan_and_execute(
-    ctx: SessionContext,
-    sql: String,
-    params: QueryParams,
-) -> Result<SendableRecordBatchStream> {
+async fn plan_and_execute(ctx: SessionContext, sql: String, params: QueryParams) -> Result<SendableRecordBatchStream> {
     let plan = plan(&ctx, &sql).await?;
     let mut wanted: Vec<String> = plan.get_parameter_names()?.into_iter().collect();
     wanted.sort_by_key(|name| placeholder_order(name));
     let mut df = DataFrame::new(ctx.state(), plan);
     match params {
         QueryParams::Named(params) => {
-            if let Some(missing) =
-                wanted.iter().find(|p| !params.contains_key(p.trim_start_matches('$')))
-            {
+            if let Some(missing) = wanted.iter().find(|p| !params.contains_key(p.trim_start_matches('$'))) {
                 return Err(Error::MissingParam(missing.clone()));
             }
             if !params.is_empty() {
-                let values: Vec<(String, ScalarValue)> = params
-                    .into_iter()
-                    .map(|(k, v)| (k, ScalarValue::Utf8(Some(v))))
-                    .collect();
+                let values: Vec<(String, ScalarValue)> =
+                    params.into_iter().map(|(k, v)| (k, ScalarValue::Utf8(Some(v)))).collect();
                 df = df.with_param_values(ParamValues::from(values)).map_err(Error::invalid)?;
             }
         }
         QueryParams::Positional(values) => {
-            let bound = |name: &str| {
-                name.trim_start_matches('$')
-                    .parse::<usize>()
-                    .is_ok_and(|i| i >= 1 && i <= values.len())
-            };
+            let bound =
+                |name: &str| name.trim_start_matches('$').parse::<usize>().is_ok_and(|i| i >= 1 && i <= values.len());
             if let Some(missing) = wanted.iter().find(|p| !bound(p)) {
                 return Err(Error::MissingParam(missing.clone()));
             }
@@ -633,8 +590,7 @@ impl SchemaProvider for UserSchema {
 
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
         Ok(self.db.table(name).map(|t| {
-            Arc::new(WeirTable::new(self.db.id, Arc::clone(t), Arc::clone(&self.buffer)))
-                as Arc<dyn TableProvider>
+            Arc::new(WeirTable::new(self.db.id, Arc::clone(t), Arc::clone(&self.buffer))) as Arc<dyn TableProvider>
         }))
     }
 

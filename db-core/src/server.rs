@@ -9,7 +9,14 @@ pub mod admin;
 pub mod flight;
 pub mod http;
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, task::{Context, Poll}};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use axum::body::Body;
 use hyper_util::{
@@ -21,8 +28,7 @@ use tokio::net::TcpListener;
 use tower::Service;
 
 use crate::{
-    auth::Authenticator, catalog::Catalog, query::QueryExecutor, telemetry::Metrics,
-    write_buffer::WriteBuffer,
+    auth::Authenticator, catalog::Catalog, query::QueryExecutor, telemetry::Metrics, write_buffer::WriteBuffer,
 };
 
 /// Everything request handlers need.
@@ -114,8 +120,7 @@ impl Hybrid {
     pub fn new(state: SharedState) -> Self {
         Self {
             http: http::router(Arc::clone(&state)),
-            grpc: tonic::service::Routes::new(admin::service(Arc::clone(&state)))
-                .add_service(flight::service(state)),
+            grpc: tonic::service::Routes::new(admin::service(Arc::clone(&state))).add_service(flight::service(state)),
         }
     }
 }
@@ -199,4 +204,3 @@ pub async fn serve(
     }
     Ok(())
 }
-

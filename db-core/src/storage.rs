@@ -77,11 +77,7 @@ impl Storage {
     /// Wrap an object store. `local_root` must be the directory a `LocalFileSystem` store
     /// is rooted at (it enables fsync-based durable writes), or `None`.
     pub fn new(store: Arc<dyn ObjectStore>, local_root: Option<PathBuf>, node: &str) -> Self {
-        Self {
-            store,
-            local_root,
-            node: node.to_string(),
-        }
+        Self { store, local_root, node: node.to_string() }
     }
 
     /// An in-memory store, for tests.
@@ -126,9 +122,7 @@ impl Storage {
 
     /// Path of a Parquet file.
     pub fn parquet_path(&self, db_id: u32, table_id: u32, partition: &str, file_id: u64) -> Path {
-        self.path(&format!(
-            "dbs/{db_id}/{table_id}/{partition}/{file_id:020}.parquet"
-        ))
+        self.path(&format!("dbs/{db_id}/{table_id}/{partition}/{file_id:020}.parquet"))
     }
 
     /// Write an object so that it survives a crash once this returns.
@@ -140,10 +134,7 @@ impl Storage {
                 tokio::task::spawn_blocking(move || write_file_durable(&full, &bytes))
                     .await
                     .map_err(|e| Error::Task(e.to_string()))?
-                    .map_err(|source| Error::Io {
-                        path: display,
-                        source,
-                    })
+                    .map_err(|source| Error::Io { path: display, source })
             }
             None => self.put(path, bytes).await,
         }
@@ -160,24 +151,15 @@ impl Storage {
             .put(path, PutPayload::from_bytes(bytes))
             .await
             .map(|_| ())
-            .map_err(|source| Error::ObjectStore {
-                path: path.to_string(),
-                source,
-            })
+            .map_err(|source| Error::ObjectStore { path: path.to_string(), source })
     }
 
     /// Read an object; `None` when it does not exist.
     pub async fn get(&self, path: &Path) -> Result<Option<Bytes>> {
         match self.store.get(path).await {
-            Ok(r) => r.bytes().await.map(Some).map_err(|source| Error::ObjectStore {
-                path: path.to_string(),
-                source,
-            }),
+            Ok(r) => r.bytes().await.map(Some).map_err(|source| Error::ObjectStore { path: path.to_string(), source }),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(source) => Err(Error::ObjectStore {
-                path: path.to_string(),
-                source,
-            }),
+            Err(source) => Err(Error::ObjectStore { path: path.to_string(), source }),
         }
     }
 
@@ -189,10 +171,7 @@ impl Storage {
             .map_ok(|m| m.location)
             .try_collect()
             .await
-            .map_err(|source| Error::ObjectStore {
-                path: prefix.to_string(),
-                source,
-            })?;
+            .map_err(|source| Error::ObjectStore { path: prefix.to_string(), source })?;
         out.sort();
         Ok(out)
     }
@@ -201,19 +180,14 @@ impl Storage {
     pub async fn delete(&self, path: &Path) -> Result<()> {
         match self.store.delete(path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(source) => Err(Error::ObjectStore {
-                path: path.to_string(),
-                source,
-            }),
+            Err(source) => Err(Error::ObjectStore { path: path.to_string(), source }),
         }
     }
 }
 
 /// Write `bytes` to `path` atomically and durably: temp file, fsync, rename, fsync dir.
 fn write_file_durable(path: &FsPath, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| std::io::Error::other("path has no parent directory"))?;
+    let dir = path.parent().ok_or_else(|| std::io::Error::other("path has no parent directory"))?;
     if !dir.exists() {
         // Remember the deepest directory that already exists: every directory created
         // below it, and it itself, must be fsynced for the new entries to be durable.
@@ -226,11 +200,8 @@ fn write_file_durable(path: &FsPath, bytes: &[u8]) -> std::io::Result<()> {
             }
         }
     }
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("path has no file name"))?
-        .to_string_lossy()
-        .into_owned();
+    let file_name =
+        path.file_name().ok_or_else(|| std::io::Error::other("path has no file name"))?.to_string_lossy().into_owned();
     let tmp = dir.join(format!(".{file_name}.tmp"));
     {
         let mut f = std::fs::File::create(&tmp)?;

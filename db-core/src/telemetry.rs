@@ -51,10 +51,7 @@ impl fmt::Debug for Metrics {
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
-    [
-        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
-    ]
-    .into_iter()
+    [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0].into_iter()
 }
 
 impl Default for Metrics {
@@ -81,17 +78,9 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register(WRITE_LINES, "Line-protocol lines accepted", m.write_lines.clone());
-        registry.register(
-            WRITE_LINES_REJECTED,
-            "Line-protocol lines rejected",
-            m.write_lines_rejected.clone(),
-        );
+        registry.register(WRITE_LINES_REJECTED, "Line-protocol lines rejected", m.write_lines_rejected.clone());
         registry.register(WRITE_BYTES, "Line-protocol bytes received", m.write_bytes.clone());
-        registry.register(
-            WAL_FLUSH_DURATION,
-            "Time to write one WAL file durably",
-            m.wal_flush_duration.clone(),
-        );
+        registry.register(WAL_FLUSH_DURATION, "Time to write one WAL file durably", m.wal_flush_duration.clone());
         registry.register(WAL_FLUSH_BYTES, "Bytes written to WAL files", m.wal_flush_bytes.clone());
         registry.register(WAL_FLUSH_ERRORS, "WAL files that failed to write", m.wal_flush_errors.clone());
         registry.register(QUERIES, "SQL queries run", m.queries.clone());
@@ -144,10 +133,7 @@ impl Metrics {
 
 /// Install the global tracing subscriber with an EnvFilter expression.
 pub fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

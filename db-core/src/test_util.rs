@@ -39,10 +39,7 @@ impl TestDb {
         let buffer = WriteBuffer::open(WriteBufferArgs {
             catalog: Arc::clone(&catalog),
             storage: storage.clone(),
-            config: WriteBufferConfig {
-                snapshot_interval: Duration::from_secs(3600),
-                ..Default::default()
-            },
+            config: WriteBufferConfig { snapshot_interval: Duration::from_secs(3600), ..Default::default() },
             time: Arc::new(MockTime::new(1_000_000_000_000)),
             metrics: Arc::clone(&metrics),
         })
@@ -55,20 +52,11 @@ impl TestDb {
             runtime: test_runtime(),
         })
         .expect("executor");
-        Ok(Self {
-            buffer,
-            exec,
-            metrics,
-        })
+        Ok(Self { buffer, exec, metrics })
     }
 
     /// Server state over this database, with `token` registered as the admin token.
-    pub(crate) async fn into_server(
-        self,
-        auth: bool,
-        token: Option<&str>,
-        max_request_bytes: usize,
-    ) -> SharedState {
+    pub(crate) async fn into_server(self, auth: bool, token: Option<&str>, max_request_bytes: usize) -> SharedState {
         let catalog = Arc::clone(self.buffer.catalog());
         let auth = Authenticator::new(Arc::clone(&catalog), auth);
         if let Some(t) = token {
@@ -87,10 +75,7 @@ impl TestDb {
 
     /// Write to database `db` with ns precision; panics on a request-level error.
     pub(crate) async fn write(&self, lp: &str) -> WriteOutcome {
-        self.buffer
-            .write_lp("db", lp, Precision::Nanosecond, true, false)
-            .await
-            .expect("write")
+        self.buffer.write_lp("db", lp, Precision::Nanosecond, true, false).await.expect("write")
     }
 
     /// Run SQL on `db` and pretty-print the answer; panics on error.
@@ -100,11 +85,8 @@ impl TestDb {
 
     /// Run SQL on `db` and pretty-print the answer.
     pub(crate) async fn try_sql(&self, sql: &str) -> Result<String, String> {
-        let stream = self
-            .exec
-            .query_sql("db", sql, crate::query::QueryParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
+        let stream =
+            self.exec.query_sql("db", sql, crate::query::QueryParams::default()).await.map_err(|e| e.to_string())?;
         let batches: Vec<_> = stream.try_collect().await.map_err(|e| e.to_string())?;
         Ok(pretty_format_batches(&batches).map_err(|e| e.to_string())?.to_string())
     }

@@ -17,9 +17,7 @@ pub struct SystemTime;
 
 impl TimeProvider for SystemTime {
     fn now_ns(&self) -> i64 {
-        let d = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
     }
 }

@@ -171,11 +171,7 @@ pub struct DecodedFile {
 
 /// Decode a WAL file. A bad header is an error; a bad frame ends the valid prefix.
 pub fn decode_file(bytes: &[u8], path: &str) -> Result<DecodedFile> {
-    let corrupt = |offset: usize, reason: String| Error::Corrupt {
-        path: path.to_string(),
-        offset,
-        reason,
-    };
+    let corrupt = |offset: usize, reason: String| Error::Corrupt { path: path.to_string(), offset, reason };
     if bytes.len() < HEADER_LEN {
         return Err(corrupt(0, format!("file is {} bytes, shorter than its header", bytes.len())));
     }
@@ -213,17 +209,11 @@ pub fn decode_file(bytes: &[u8], path: &str) -> Result<DecodedFile> {
     if damage.is_none() && !complete {
         damage = Some((pos, "missing end marker: the file was truncated".to_string()));
     }
-    Ok(DecodedFile {
-        seq,
-        entries,
-        damage,
-    })
+    Ok(DecodedFile { seq, entries, damage })
 }
 
 fn check_footer(bytes: &[u8], pos: usize, entries: usize) -> Result<(), String> {
-    let footer = bytes
-        .get(pos..pos + FOOTER_LEN)
-        .ok_or_else(|| "torn end marker".to_string())?;
+    let footer = bytes.get(pos..pos + FOOTER_LEN).ok_or_else(|| "torn end marker".to_string())?;
     if bytes.len() != pos + FOOTER_LEN {
         return Err(format!("{} unexpected bytes after the end marker", bytes.len() - pos - FOOTER_LEN));
     }
@@ -269,9 +259,8 @@ fn decode_frame(b: &[u8]) -> Result<(WalEntry, usize), String> {
     let mut head = Cursor(b);
     let len = head.u32().map_err(|_| "torn frame header".to_string())? as usize;
     let crc = head.u32().map_err(|_| "torn frame header".to_string())?;
-    let payload = head
-        .take(len)
-        .map_err(|_| format!("torn frame: {len} payload bytes announced, {} present", head.0.len()))?;
+    let payload =
+        head.take(len).map_err(|_| format!("torn frame: {len} payload bytes announced, {} present", head.0.len()))?;
     if crc32fast::hash(payload) != crc {
         return Err("checksum mismatch".to_string());
     }
@@ -282,25 +271,14 @@ fn decode_frame(b: &[u8]) -> Result<(WalEntry, usize), String> {
     }
     let db_id = c.u32()?;
     let name_len = c.u16()? as usize;
-    let db_name = std::str::from_utf8(c.take(name_len)?)
-        .map_err(|_| "database name is not UTF-8".to_string())?
-        .to_string();
+    let db_name =
+        std::str::from_utf8(c.take(name_len)?).map_err(|_| "database name is not UTF-8".to_string())?.to_string();
     let precision = precision_from_code(c.u8()?).ok_or("unknown precision code")?;
     let default_time = c.i64()?;
     let text_len = c.u32()? as usize;
-    let text = std::str::from_utf8(c.take(text_len)?)
-        .map_err(|_| "line protocol text is not UTF-8".to_string())?
-        .to_string();
-    Ok((
-        WalEntry {
-            db_id,
-            db_name,
-            precision,
-            default_time,
-            text,
-        },
-        8 + len,
-    ))
+    let text =
+        std::str::from_utf8(c.take(text_len)?).map_err(|_| "line protocol text is not UTF-8".to_string())?.to_string();
+    Ok((WalEntry { db_id, db_name, precision, default_time, text }, 8 + len))
 }
 
 /// Receives flushed WAL contents, in log order, before writers are acknowledged.
@@ -320,10 +298,7 @@ pub struct WalConfig {
 
 impl Default for WalConfig {
     fn default() -> Self {
-        Self {
-            flush_interval: Duration::from_secs(1),
-            min_spacing: Duration::ZERO,
-        }
+        Self { flush_interval: Duration::from_secs(1), min_spacing: Duration::ZERO }
     }
 }
 
@@ -363,10 +338,7 @@ pub struct Wal<T: Send + 'static> {
 
 impl<T: Send + 'static> fmt::Debug for Wal<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Wal")
-            .field("config", &self.config)
-            .field("storage", &self.storage)
-            .finish_non_exhaustive()
+        f.debug_struct("Wal").field("config", &self.config).field("storage", &self.storage).finish_non_exhaustive()
     }
 }
 
@@ -448,26 +420,14 @@ impl<T: Send + 'static> Wal<T> {
             last_start = Some(Instant::now());
             let (entries, items, waiters) = {
                 let mut p = self.pending.lock();
-                (
-                    std::mem::take(&mut p.entries),
-                    std::mem::take(&mut p.items),
-                    std::mem::take(&mut p.waiters),
-                )
+                (std::mem::take(&mut p.entries), std::mem::take(&mut p.items), std::mem::take(&mut p.waiters))
             };
             let bytes = Bytes::from(encode_file(seq, &entries));
-            let stats = FlushStats {
-                seq,
-                entries: entries.len(),
-                bytes: bytes.len(),
-                duration: Duration::ZERO,
-            };
+            let stats = FlushStats { seq, entries: entries.len(), bytes: bytes.len(), duration: Duration::ZERO };
             let started = Instant::now();
             let path = self.storage.wal_path(seq);
             let result = self.storage.put_durable(&path, bytes).await;
-            let stats = FlushStats {
-                duration: started.elapsed(),
-                ..stats
-            };
+            let stats = FlushStats { duration: started.elapsed(), ..stats };
             if let Some(obs) = &self.observer {
                 obs(&stats, result.is_ok());
             }
@@ -482,10 +442,7 @@ impl<T: Send + 'static> Wal<T> {
                     tracing::error!(seq, error = %e, "wal flush failed; failing its writes");
                     // Best effort: a half-written file must not resurrect failed writes.
                     let _ = self.storage.delete(&path).await;
-                    let err = Error::Write {
-                        seq,
-                        message: e.to_string(),
-                    };
+                    let err = Error::Write { seq, message: e.to_string() };
                     for w in waiters {
                         let _ = w.send(Err(err.clone()));
                     }

@@ -80,11 +80,7 @@ pub struct WriteBufferConfig {
 
 impl Default for WriteBufferConfig {
     fn default() -> Self {
-        Self {
-            wal: WalConfig::default(),
-            snapshot_interval: Duration::from_secs(600),
-            snapshot_rows: 5_000_000,
-        }
+        Self { wal: WalConfig::default(), snapshot_interval: Duration::from_secs(600), snapshot_rows: 5_000_000 }
     }
 }
 
@@ -177,7 +173,10 @@ impl FlushedWal {
 
 /// Validated rows straight to one Arrow batch with the table's schema (tags as
 /// dictionaries, absent columns null).
-fn rows_to_batch(def: &crate::catalog::TableDef, rows: &[&validate::Row]) -> Result<RecordBatch, arrow::error::ArrowError> {
+fn rows_to_batch(
+    def: &crate::catalog::TableDef,
+    rows: &[&validate::Row],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
     use arrow::array::{
         ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, StringDictionaryBuilder,
         TimestampNanosecondArray, UInt64Builder,
@@ -209,27 +208,52 @@ fn rows_to_batch(def: &crate::catalog::TableDef, rows: &[&validate::Row]) -> Res
             }
             ColumnKind::Field(FieldType::Int64) => {
                 let mut b = Int64Builder::with_capacity(rows.len());
-                rows.iter().for_each(|r| b.append_option(match find(r, col) { Some(Value::I64(x)) => Some(*x), _ => None }));
+                rows.iter().for_each(|r| {
+                    b.append_option(match find(r, col) {
+                        Some(Value::I64(x)) => Some(*x),
+                        _ => None,
+                    })
+                });
                 Arc::new(b.finish())
             }
             ColumnKind::Field(FieldType::UInt64) => {
                 let mut b = UInt64Builder::with_capacity(rows.len());
-                rows.iter().for_each(|r| b.append_option(match find(r, col) { Some(Value::U64(x)) => Some(*x), _ => None }));
+                rows.iter().for_each(|r| {
+                    b.append_option(match find(r, col) {
+                        Some(Value::U64(x)) => Some(*x),
+                        _ => None,
+                    })
+                });
                 Arc::new(b.finish())
             }
             ColumnKind::Field(FieldType::Float64) => {
                 let mut b = Float64Builder::with_capacity(rows.len());
-                rows.iter().for_each(|r| b.append_option(match find(r, col) { Some(Value::F64(x)) => Some(*x), _ => None }));
+                rows.iter().for_each(|r| {
+                    b.append_option(match find(r, col) {
+                        Some(Value::F64(x)) => Some(*x),
+                        _ => None,
+                    })
+                });
                 Arc::new(b.finish())
             }
             ColumnKind::Field(FieldType::Boolean) => {
                 let mut b = BooleanBuilder::with_capacity(rows.len());
-                rows.iter().for_each(|r| b.append_option(match find(r, col) { Some(Value::Bool(x)) => Some(*x), _ => None }));
+                rows.iter().for_each(|r| {
+                    b.append_option(match find(r, col) {
+                        Some(Value::Bool(x)) => Some(*x),
+                        _ => None,
+                    })
+                });
                 Arc::new(b.finish())
             }
             ColumnKind::Field(FieldType::String) => {
                 let mut b = StringBuilder::new();
-                rows.iter().for_each(|r| b.append_option(match find(r, col) { Some(Value::Str(x)) => Some(x.as_ref()), _ => None }));
+                rows.iter().for_each(|r| {
+                    b.append_option(match find(r, col) {
+                        Some(Value::Str(x)) => Some(x.as_ref()),
+                        _ => None,
+                    })
+                });
                 Arc::new(b.finish())
             }
         };
@@ -407,9 +431,7 @@ pub struct WriteBuffer {
 
 impl fmt::Debug for WriteBuffer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WriteBuffer")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("WriteBuffer").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -417,17 +439,8 @@ impl WriteBuffer {
     /// Restore state from storage (manifest, then WAL replay) and start the WAL flusher
     /// and the snapshot task.
     pub async fn open(args: WriteBufferArgs) -> Result<Arc<Self>> {
-        let WriteBufferArgs {
-            catalog,
-            storage,
-            config,
-            time,
-            metrics,
-        } = args;
-        let manifest = persist::load_latest_manifest(&storage)
-            .await?
-            .map(|(_, m)| m)
-            .unwrap_or_default();
+        let WriteBufferArgs { catalog, storage, config, time, metrics } = args;
+        let manifest = persist::load_latest_manifest(&storage).await?.map(|(_, m)| m).unwrap_or_default();
         let shared = Arc::new(Shared {
             catalog: Arc::clone(&catalog),
             state: RwLock::new(BufferState {
@@ -442,10 +455,7 @@ impl WriteBuffer {
 
         // Replay the WAL written after the snapshot.
         let files = wal::list_files(&storage).await?;
-        let to_replay: Vec<_> = files
-            .into_iter()
-            .filter(|(seq, _)| *seq > manifest.wal_seq)
-            .collect();
+        let to_replay: Vec<_> = files.into_iter().filter(|(seq, _)| *seq > manifest.wal_seq).collect();
         let mut last_seq = manifest.wal_seq;
         let count = to_replay.len();
         for (i, (seq, path)) in to_replay.iter().enumerate() {
@@ -458,11 +468,7 @@ impl WriteBuffer {
                 Ok(d) => d,
                 Err(e) if newest => {
                     tracing::warn!(file = %path, error = %e, "newest wal file is unreadable; nothing recovered from it");
-                    wal::DecodedFile {
-                        seq: *seq,
-                        entries: Vec::new(),
-                        damage: Some((0, e.to_string())),
-                    }
+                    wal::DecodedFile { seq: *seq, entries: Vec::new(), damage: Some((0, e.to_string())) }
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -494,21 +500,11 @@ impl WriteBuffer {
                 let Some(db) = catalog.db_for_replay(entry.db_id, &entry.db_name)? else {
                     continue;
                 };
-                let v = validate::validate(
-                    &catalog,
-                    &db.name,
-                    &entry.text,
-                    entry.precision,
-                    entry.default_time,
-                    true,
-                )?;
+                let v = validate::validate(&catalog, &db.name, &entry.text, entry.precision, entry.default_time, true)?;
                 for e in &v.errors {
                     tracing::warn!(file = %path, error = %e, "wal line no longer valid on replay");
                 }
-                items.push(WriteItem {
-                    db_id: db.id,
-                    tables: v.tables,
-                });
+                items.push(WriteItem { db_id: db.id, tables: v.tables });
             }
             {
                 let mut state = shared.state.write();
@@ -516,11 +512,7 @@ impl WriteBuffer {
             }
             last_seq = last_seq.max(*seq);
         }
-        tracing::info!(
-            replayed_files = count,
-            parquet_files = manifest.files.len(),
-            "write buffer restored"
-        );
+        tracing::info!(replayed_files = count, parquet_files = manifest.files.len(), "write buffer restored");
 
         let observer: FlushObserver = {
             let metrics = Arc::clone(&metrics);
@@ -569,59 +561,28 @@ impl WriteBuffer {
         no_sync: bool,
     ) -> Result<WriteOutcome> {
         let default_time = self.time.now_ns();
-        let v = validate::validate(
-            &self.shared.catalog,
-            db,
-            body,
-            precision,
-            default_time,
-            accept_partial,
-        )?;
+        let v = validate::validate(&self.shared.catalog, db, body, precision, default_time, accept_partial)?;
         self.metrics.observe_write(v.accepted_lines, v.errors.len(), body.len());
         if !accept_partial && !v.errors.is_empty() {
             return Err(Error::Rejected(v.errors));
         }
         let Some(db) = v.db.filter(|_| v.accepted_lines > 0) else {
-            return Ok(WriteOutcome {
-                accepted_lines: 0,
-                errors: v.errors,
-                accepted_bytes: 0,
-            });
+            return Ok(WriteOutcome { accepted_lines: 0, errors: v.errors, accepted_bytes: 0 });
         };
         let accepted_bytes = v.accepted_text.len();
-        let entry = WalEntry {
-            db_id: db.id,
-            db_name: db.name.to_string(),
-            precision,
-            default_time,
-            text: v.accepted_text,
-        };
-        let rx = self.wal.write(
-            entry,
-            WriteItem {
-                db_id: db.id,
-                tables: v.tables,
-            },
-        );
+        let entry =
+            WalEntry { db_id: db.id, db_name: db.name.to_string(), precision, default_time, text: v.accepted_text };
+        let rx = self.wal.write(entry, WriteItem { db_id: db.id, tables: v.tables });
         if !no_sync {
             rx.await.map_err(|_| wal::Error::Shutdown)??;
         }
-        Ok(WriteOutcome {
-            accepted_lines: v.accepted_lines,
-            errors: v.errors,
-            accepted_bytes,
-        })
+        Ok(WriteOutcome { accepted_lines: v.accepted_lines, errors: v.errors, accepted_bytes })
     }
 
     /// The data of one table for a scan: the Parquet files and buffer segments whose time
     /// range meets `time_range` (inclusive bounds in ns), with their write generations.
     pub fn table_data(&self, db_id: u32, table_id: u32, time_range: Option<(i64, i64)>) -> TableData {
-        let Some(def) = self
-            .shared
-            .catalog
-            .db_by_id(db_id)
-            .and_then(|d| d.table_by_id(table_id).cloned())
-        else {
+        let Some(def) = self.shared.catalog.db_by_id(db_id).and_then(|d| d.table_by_id(table_id).cloned()) else {
             return TableData::default();
         };
         let (lo, hi) = time_range.unwrap_or((i64::MIN, i64::MAX));
@@ -647,11 +608,7 @@ impl WriteBuffer {
                 source: PieceSource::File((*f).clone()),
             });
         }
-        let buffered = state
-            .frozen
-            .iter()
-            .map(|f| &f.dbs)
-            .chain(std::iter::once(&state.open));
+        let buffered = state.frozen.iter().map(|f| &f.dbs).chain(std::iter::once(&state.open));
         for dbs in buffered {
             generation += 1;
             let Some(tb) = dbs.get(&db_id).and_then(|t| t.get(&table_id)) else {
@@ -661,17 +618,14 @@ impl WriteBuffer {
                 continue;
             }
             match tb.segments(&def) {
-                Ok(segments) => pieces.extend(
-                    segments
-                        .into_iter()
-                        .filter(|s| overlaps(s.min_time, s.max_time))
-                        .map(|s| Piece {
-                            generation,
-                            min_time: s.min_time,
-                            max_time: s.max_time,
-                            source: PieceSource::Batch(s.batch),
-                        }),
-                ),
+                Ok(segments) => {
+                    pieces.extend(segments.into_iter().filter(|s| overlaps(s.min_time, s.max_time)).map(|s| Piece {
+                        generation,
+                        min_time: s.min_time,
+                        max_time: s.max_time,
+                        source: PieceSource::Batch(s.batch),
+                    }))
+                }
                 Err(e) => tracing::error!(error = %e, "cannot convert buffered rows"),
             }
         }
@@ -752,10 +706,7 @@ impl WriteBuffer {
         {
             let mut state = self.shared.state.write();
             if state.open_rows > 0 {
-                let frozen = Frozen {
-                    wal_seq: state.last_seq,
-                    dbs: std::mem::take(&mut state.open),
-                };
+                let frozen = Frozen { wal_seq: state.last_seq, dbs: std::mem::take(&mut state.open) };
                 state.open_rows = 0;
                 state.frozen.push(Arc::new(frozen));
             }
@@ -784,15 +735,8 @@ impl WriteBuffer {
                 let batches = tb.record_batches(def).map_err(persist::Error::from)?;
                 let parts = persist::partition_batches(def, &def.schema(), &batches)?;
                 for part in &parts {
-                    let f = persist::write_file(
-                        &self.storage,
-                        *db_id,
-                        *table_id,
-                        next_file_id,
-                        frozen.wal_seq,
-                        part,
-                    )
-                    .await?;
+                    let f = persist::write_file(&self.storage, *db_id, *table_id, next_file_id, frozen.wal_seq, part)
+                        .await?;
                     next_file_id += 1;
                     new_files.push(f);
                 }
@@ -801,14 +745,8 @@ impl WriteBuffer {
         // The catalog must know every table a file belongs to before the WAL that could
         // re-create them is retired.
         self.shared.catalog.persist().await?;
-        let live = |f: &ParquetFile| {
-            catalog
-                .databases
-                .get(&f.db_id)
-                .is_some_and(|d| !d.deleted)
-        };
-        let (kept, dropped): (Vec<ParquetFile>, Vec<ParquetFile>) =
-            base.files.iter().cloned().partition(|f| live(f));
+        let live = |f: &ParquetFile| catalog.databases.get(&f.db_id).is_some_and(|d| !d.deleted);
+        let (kept, dropped): (Vec<ParquetFile>, Vec<ParquetFile>) = base.files.iter().cloned().partition(|f| live(f));
         let manifest = Manifest {
             format_version: persist::MANIFEST_FORMAT_VERSION,
             wal_seq: frozen.wal_seq,
@@ -816,10 +754,7 @@ impl WriteBuffer {
             files: kept.into_iter().chain(new_files).collect(),
         };
         self.storage
-            .put_durable(
-                &self.storage.snapshot_path(frozen.wal_seq),
-                bytes::Bytes::from(manifest.encode()),
-            )
+            .put_durable(&self.storage.snapshot_path(frozen.wal_seq), bytes::Bytes::from(manifest.encode()))
             .await
             .map_err(persist::Error::from)?;
         {
@@ -842,20 +777,14 @@ impl WriteBuffer {
         }
         if let Ok(paths) = self.storage.list(&self.storage.snapshot_dir()).await {
             for p in paths {
-                let seq = p
-                    .filename()
-                    .and_then(|n| n.strip_suffix(".json"))
-                    .and_then(|n| n.parse::<u64>().ok());
+                let seq = p.filename().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse::<u64>().ok());
                 if seq.is_some_and(|s| s < frozen.wal_seq) {
                     let _ = self.storage.delete(&p).await;
                 }
             }
         }
         for f in dropped {
-            let _ = self
-                .storage
-                .delete(&object_store::path::Path::from(f.path.as_str()))
-                .await;
+            let _ = self.storage.delete(&object_store::path::Path::from(f.path.as_str())).await;
         }
         tracing::info!(wal_seq = frozen.wal_seq, "snapshot persisted");
         Ok(())

@@ -19,10 +19,7 @@ pub fn bin_dir() -> PathBuf {
     }
     // target/debug/deps/<test-exe> → target/debug
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .expect("test executable lives in target/<profile>/deps")
+    exe.parent().and_then(Path::parent).map(Path::to_path_buf).expect("test executable lives in target/<profile>/deps")
 }
 
 /// Path of a built binary; panics with instructions when it is missing.
@@ -82,11 +79,7 @@ impl Server {
     fn spawn(config: ServerConfig, data_dir: PathBuf, tmp: Option<Arc<tempfile::TempDir>>) -> Self {
         std::fs::create_dir_all(&data_dir).expect("data dir");
         let log_path = data_dir.join(format!("server-{}.log", std::process::id()));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .expect("log file");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
         let mut cmd = Command::new(bin("weir"));
         cmd.arg("serve")
             .arg("--http-bind")
@@ -140,15 +133,7 @@ impl Server {
             }
             assert!(Instant::now() < deadline, "weir serve did not start within 120s");
         };
-        Self {
-            child: Some(child),
-            url,
-            data_dir,
-            _tmp: tmp,
-            config,
-            stdout: lines,
-            log_path,
-        }
+        Self { child: Some(child), url, data_dir, _tmp: tmp, config, stdout: lines, log_path }
     }
 
     /// What the server printed on stdout so far.
@@ -202,16 +187,9 @@ impl Server {
     pub fn http(&self) -> reqwest::Client {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(t) = self.token() {
-            headers.insert(
-                reqwest::header::AUTHORIZATION,
-                format!("Bearer {t}").parse().expect("header"),
-            );
+            headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {t}").parse().expect("header"));
         }
-        reqwest::Client::builder()
-            .default_headers(headers)
-            .timeout(Duration::from_secs(120))
-            .build()
-            .expect("client")
+        reqwest::Client::builder().default_headers(headers).timeout(Duration::from_secs(120)).build().expect("client")
     }
 
     /// The plugin directory `weir serve` uses by default (beside the store).
@@ -284,9 +262,20 @@ impl Server {
     }
 
     /// The rows of `sql` once `check` accepts them (panics after 60 s, with the engine log).
-    pub async fn rows_when(&self, db: &str, sql: &str, check: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    pub async fn rows_when(
+        &self,
+        db: &str,
+        sql: &str,
+        check: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
         let got = eventually(Duration::from_secs(60), || async {
-            let r = self.http().get(format!("{}/api/v3/query_sql", self.url)).query(&[("db", db), ("q", sql)]).send().await.ok()?;
+            let r = self
+                .http()
+                .get(format!("{}/api/v3/query_sql", self.url))
+                .query(&[("db", db), ("q", sql)])
+                .send()
+                .await
+                .ok()?;
             if r.status() != 200 {
                 return None;
             }

@@ -6,10 +6,7 @@ const TOKEN: &str = "apiv3_cli-admin";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_round_trip() {
-    let s = Server::start(ServerConfig {
-        admin_token: Some(TOKEN.into()),
-        ..Default::default()
-    });
+    let s = Server::start(ServerConfig { admin_token: Some(TOKEN.into()), ..Default::default() });
     let host = s.url.as_str();
     let common = ["--host", host, "--token", TOKEN];
 
@@ -24,7 +21,8 @@ async fn cli_round_trip() {
     assert_eq!(out, "iox::database\ncli_db\n");
 
     // write from arguments, from stdin, from a file in several batches
-    let (ok, _, err) = weir_cli(&[&["write", "-d", "cli_db"][..], &common, &["m,k=a v=1 1", "m,k=b v=2 2"]].concat(), None);
+    let (ok, _, err) =
+        weir_cli(&[&["write", "-d", "cli_db"][..], &common, &["m,k=a v=1 1", "m,k=b v=2 2"]].concat(), None);
     assert!(ok, "{err}");
     assert!(err.contains("accepted 2 of 2 line(s)"), "{err}");
     let (ok, _, err) = weir_cli(&[&["write", "-d", "cli_db"][..], &common].concat(), Some("m,k=c v=3 3\n"));
@@ -38,7 +36,8 @@ async fn cli_round_trip() {
     lp.push_str("big,k=x v=\"wrong type\" 99999\n");
     std::fs::write(&file, &lp).unwrap();
     let (ok, _, err) = weir_cli(
-        &[&["write", "-d", "cli_db", "--batch-lines", "1000", "--file"][..], &[file.to_str().unwrap()], &common].concat(),
+        &[&["write", "-d", "cli_db", "--batch-lines", "1000", "--file"][..], &[file.to_str().unwrap()], &common]
+            .concat(),
         None,
     );
     assert!(!ok, "a rejected line makes the command fail");
@@ -47,21 +46,36 @@ async fn cli_round_trip() {
     assert!(err.contains("rejected line 2502:"), "{err}");
 
     // query in several formats
-    let (ok, out, err) = weir_cli(&[&["query", "-d", "cli_db"][..], &common, &["--format", "csv", "SELECT k, v FROM m ORDER BY k"]].concat(), None);
+    let (ok, out, err) = weir_cli(
+        &[&["query", "-d", "cli_db"][..], &common, &["--format", "csv", "SELECT k, v FROM m ORDER BY k"]].concat(),
+        None,
+    );
     assert!(ok, "{err}");
     assert_eq!(out, "k,v\na,1.0\nb,2.0\nc,3.0\n");
-    let (ok, out, _) = weir_cli(&[&["query", "-d", "cli_db"][..], &common, &["SELECT count(*) AS n FROM big"]].concat(), None);
+    let (ok, out, _) =
+        weir_cli(&[&["query", "-d", "cli_db"][..], &common, &["SELECT count(*) AS n FROM big"]].concat(), None);
     assert!(ok);
     assert!(out.contains("| 2500 |"), "{out}");
     let (ok, out, _) = weir_cli(
-        &[&["query", "-d", "cli_db"][..], &common, &["--format", "json", "--param", "k=b", "SELECT v FROM m WHERE k = $k"]].concat(),
+        &[
+            &["query", "-d", "cli_db"][..],
+            &common,
+            &["--format", "json", "--param", "k=b", "SELECT v FROM m WHERE k = $k"],
+        ]
+        .concat(),
         None,
     );
     assert!(ok);
     assert_eq!(out, r#"[{"v":2.0}]"#);
     let pq = dir.path().join("out.parquet");
     let (ok, _, err) = weir_cli(
-        &[&["query", "-d", "cli_db", "--format", "parquet", "--output"][..], &[pq.to_str().unwrap()], &common, &["SELECT * FROM big"]].concat(),
+        &[
+            &["query", "-d", "cli_db", "--format", "parquet", "--output"][..],
+            &[pq.to_str().unwrap()],
+            &common,
+            &["SELECT * FROM big"],
+        ]
+        .concat(),
         None,
     );
     assert!(ok, "{err}");
@@ -97,14 +111,24 @@ fn help_explains_itself() {
     let (ok, out, _) = weir_cli(&["serve", "--help"], None);
     assert!(ok);
     for flag in [
-        "--http-bind", "--object-store", "--data-dir", "--wal-flush-interval", "--without-auth", "--max-http-request-size", "WEIR_HTTP_BIND",
-        "--plugin-dir", "--plugin-repo", "--plugin-timeout", "--package-manager",
+        "--http-bind",
+        "--object-store",
+        "--data-dir",
+        "--wal-flush-interval",
+        "--without-auth",
+        "--max-http-request-size",
+        "WEIR_HTTP_BIND",
+        "--plugin-dir",
+        "--plugin-repo",
+        "--plugin-timeout",
+        "--package-manager",
     ] {
         assert!(out.contains(flag), "serve --help lacks {flag}");
     }
     let (ok, out, _) = weir_cli(&["--help"], None);
     assert!(ok);
-    for cmd in ["serve", "write", "query", "create", "show", "delete", "update", "test", "install", "enable", "disable"] {
+    for cmd in ["serve", "write", "query", "create", "show", "delete", "update", "test", "install", "enable", "disable"]
+    {
         assert!(out.contains(cmd), "--help lacks {cmd}");
     }
 }
@@ -117,13 +141,12 @@ async fn write_retries_until_the_server_is_up() {
     // Start the CLI first: nothing listens yet.
     let cli = {
         let host = host.clone();
-        std::thread::spawn(move || weir_cli(&["write", "-d", "late", "--host", &host, "--retries", "8", "m v=1 1"], None))
+        std::thread::spawn(move || {
+            weir_cli(&["write", "-d", "late", "--host", &host, "--retries", "8", "m v=1 1"], None)
+        })
     };
     std::thread::sleep(std::time::Duration::from_millis(700));
-    let s = Server::start(ServerConfig {
-        bind: Some(format!("127.0.0.1:{port}")),
-        ..Default::default()
-    });
+    let s = Server::start(ServerConfig { bind: Some(format!("127.0.0.1:{port}")), ..Default::default() });
     let (ok, _, err) = cli.join().unwrap();
     assert!(ok, "{err}");
     assert!(err.contains("retry 1/8"), "the first attempt failed and was retried: {err}");

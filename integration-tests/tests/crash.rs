@@ -48,17 +48,20 @@ fn batch(client: usize, round: usize, first: u64) -> (String, Vec<u64>, Option<u
     (lp, good, bad)
 }
 
-async fn client_loop(url: String, client: usize, round: usize, start: u64, stop: Arc<AtomicBool>, ledger: Arc<Mutex<Ledger>>) -> u64 {
+async fn client_loop(
+    url: String,
+    client: usize,
+    round: usize,
+    start: u64,
+    stop: Arc<AtomicBool>,
+    ledger: Arc<Mutex<Ledger>>,
+) -> u64 {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
     let mut next = start;
     while !stop.load(Ordering::SeqCst) {
         let (lp, good, bad) = batch(client, round, next);
         next += BATCH as u64;
-        let resp = http
-            .post(format!("{url}/api/v3/write_lp?db=crash"))
-            .body(lp)
-            .send()
-            .await;
+        let resp = http.post(format!("{url}/api/v3/write_lp?db=crash")).body(lp).send().await;
         let Ok(resp) = resp else {
             // Connection died with the server: outcome unknown, neither acked nor rejected.
             break;
@@ -119,9 +122,7 @@ async fn kill9_under_load_loses_no_acknowledged_write() {
         server = server.restart();
 
         let l = ledger.lock().await;
-        let rows = server
-            .query("crash", "SELECT client, n FROM load", "csv")
-            .await;
+        let rows = server.query("crash", "SELECT client, n FROM load", "csv").await;
         let mut present: HashSet<(usize, u64)> = HashSet::new();
         let mut total = 0usize;
         for line in rows.lines().skip(1) {

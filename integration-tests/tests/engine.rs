@@ -31,18 +31,20 @@ async fn wal_trigger_writes_a_derived_table_and_sees_its_own_output() {
     let s = start(&[]);
     s.create_db("eng").await;
     s.plugin("derive.py", DERIVE);
-    let (status, body) = s.create_trigger(json!({
-        "db": "eng", "plugin_filename": "derive.py", "trigger_name": "derive",
-        "trigger_specification": "all_tables", "trigger_arguments": {"suffix": "x2"},
-        "trigger_settings": {"run_async": false, "error_behavior": "log"}
-    }))
-    .await;
+    let (status, body) = s
+        .create_trigger(json!({
+            "db": "eng", "plugin_filename": "derive.py", "trigger_name": "derive",
+            "trigger_specification": "all_tables", "trigger_arguments": {"suffix": "x2"},
+            "trigger_settings": {"run_async": false, "error_behavior": "log"}
+        }))
+        .await;
     assert_eq!(status, 200, "{body}");
     // Same name again: conflict.
-    let (status, body) = s.create_trigger(json!({
-        "db": "eng", "plugin_filename": "derive.py", "trigger_name": "derive", "trigger_specification": "all_tables"
-    }))
-    .await;
+    let (status, body) = s
+        .create_trigger(json!({
+            "db": "eng", "plugin_filename": "derive.py", "trigger_name": "derive", "trigger_specification": "all_tables"
+        }))
+        .await;
     assert_eq!(status, 409, "{body}");
 
     let (status, _) = s.write("eng", "cpu,host=a usage=1.5 1000000000\ncpu,host=b usage=4 2000000000").await;
@@ -67,17 +69,32 @@ async fn wal_trigger_writes_a_derived_table_and_sees_its_own_output() {
     assert!(s.engine_logs("eng").await.iter().any(|l| l == "INFO: empty query []"), "{:?}", s.engine_logs("eng").await);
 
     let t = s.rows("eng", "SELECT trigger_name, plugin_filename, trigger_specification, disabled, error_behavior FROM system.processing_engine_triggers").await;
-    assert_eq!(t, vec![json!({"trigger_name": "derive", "plugin_filename": "derive.py", "trigger_specification": "all_tables", "disabled": false, "error_behavior": "log"})]);
+    assert_eq!(
+        t,
+        vec![
+            json!({"trigger_name": "derive", "plugin_filename": "derive.py", "trigger_specification": "all_tables", "disabled": false, "error_behavior": "log"})
+        ]
+    );
     let a = s.rows("eng", "SELECT * FROM system.processing_engine_trigger_arguments").await;
     assert_eq!(a, vec![json!({"trigger_name": "derive", "argument_key": "suffix", "argument_value": "x2"})]);
 
     // Disable: nothing more is delivered; deleting a disabled trigger needs no force.
-    let r = s.http().post(format!("{}/api/v3/configure/processing_engine_trigger/disable?db=eng&trigger_name=derive", s.url)).send().await.unwrap();
+    let r = s
+        .http()
+        .post(format!("{}/api/v3/configure/processing_engine_trigger/disable?db=eng&trigger_name=derive", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     s.write("eng", "cpu,host=c usage=1 3000000000").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(s.rows("eng", "SELECT count(*) AS n FROM cpu_x2").await[0]["n"], 2);
-    let r = s.http().delete(format!("{}/api/v3/configure/processing_engine_trigger?db=eng&trigger_name=derive", s.url)).send().await.unwrap();
+    let r = s
+        .http()
+        .delete(format!("{}/api/v3/configure/processing_engine_trigger?db=eng&trigger_name=derive", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert!(s.rows("eng", "SELECT * FROM system.processing_engine_triggers").await.is_empty());
 }
@@ -87,11 +104,12 @@ async fn triggers_survive_a_restart_and_enabled_ones_need_force_to_delete() {
     let s = start(&[]);
     s.create_db("r").await;
     s.plugin("derive.py", DERIVE);
-    let (status, body) = s.create_trigger(json!({
-        "db": "r", "plugin_filename": "derive.py", "trigger_name": "t1",
-        "trigger_specification": "table:cpu", "trigger_arguments": {"suffix": "after"}
-    }))
-    .await;
+    let (status, body) = s
+        .create_trigger(json!({
+            "db": "r", "plugin_filename": "derive.py", "trigger_name": "t1",
+            "trigger_specification": "table:cpu", "trigger_arguments": {"suffix": "after"}
+        }))
+        .await;
     assert_eq!(status, 200, "{body}");
     let s = s.restart();
     s.write("r", "mem,host=a free=1i 1000000000\ncpu,host=a usage=2 1000000000").await;
@@ -100,9 +118,19 @@ async fn triggers_survive_a_restart_and_enabled_ones_need_force_to_delete() {
     // table:cpu never sees mem.
     assert!(!s.engine_logs("r").await.iter().any(|l| l.contains("batch mem")));
 
-    let r = s.http().delete(format!("{}/api/v3/configure/processing_engine_trigger?db=r&trigger_name=t1", s.url)).send().await.unwrap();
+    let r = s
+        .http()
+        .delete(format!("{}/api/v3/configure/processing_engine_trigger?db=r&trigger_name=t1", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
-    let r = s.http().delete(format!("{}/api/v3/configure/processing_engine_trigger?db=r&trigger_name=t1&force=true", s.url)).send().await.unwrap();
+    let r = s
+        .http()
+        .delete(format!("{}/api/v3/configure/processing_engine_trigger?db=r&trigger_name=t1&force=true", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     // Bad specs and unknown databases are clear errors.
     let (status, body) = s.create_trigger(json!({"db": "r", "plugin_filename": "derive.py", "trigger_name": "t2", "trigger_specification": "tables:cpu"})).await;
@@ -116,7 +144,9 @@ async fn triggers_survive_a_restart_and_enabled_ones_need_force_to_delete() {
 async fn crashes_hangs_and_errors_are_logged_while_writes_keep_being_acknowledged() {
     let s = start(&["--plugin-timeout", "2s"]);
     s.create_db("bad").await;
-    s.plugin("bad.py", r#"
+    s.plugin(
+        "bad.py",
+        r#"
 import os, sys, time
 def process_writes(influxdb3_local, table_batches, args):
     for t in table_batches:
@@ -133,11 +163,13 @@ def process_writes(influxdb3_local, table_batches, args):
                 sys.exit(1)
             print("printed", mode)
             influxdb3_local.write(LineBuilder("ok").tag("mode", mode).int64_field("n", 1).time_ns(r["time"]))
-"#);
-    let (status, body) = s.create_trigger(json!({
-        "db": "bad", "plugin_filename": "bad.py", "trigger_name": "bad", "trigger_specification": "table:m"
-    }))
-    .await;
+"#,
+    );
+    let (status, body) = s
+        .create_trigger(json!({
+            "db": "bad", "plugin_filename": "bad.py", "trigger_name": "bad", "trigger_specification": "table:m"
+        }))
+        .await;
     assert_eq!(status, 200, "{body}");
     let modes = ["fine", "crash", "after_crash", "raise", "exit", "hang", "after_hang"];
     for (i, mode) in modes.iter().enumerate() {
@@ -163,14 +195,17 @@ def process_writes(influxdb3_local, table_batches, args):
 async fn a_killed_plugin_host_is_restarted_and_no_batch_is_lost() {
     let s = start(&[]);
     s.create_db("k").await;
-    s.plugin("copy.py", r#"
+    s.plugin(
+        "copy.py",
+        r#"
 import os
 def process_writes(influxdb3_local, table_batches, args):
     influxdb3_local.info("host pid", os.getppid())
     for t in table_batches:
         for r in t["rows"]:
             influxdb3_local.write(LineBuilder("copy").tag("k", r["k"]).int64_field("n", r["n"]).time_ns(r["time"]))
-"#);
+"#,
+    );
     let (status, body) = s.create_trigger(json!({"db": "k", "plugin_filename": "copy.py", "trigger_name": "copy", "trigger_specification": "table:src"})).await;
     assert_eq!(status, 200, "{body}");
     let write = |i: i64| {
@@ -182,7 +217,8 @@ def process_writes(influxdb3_local, table_batches, args):
     };
     write(0).await;
     s.rows_when("k", "SELECT n FROM copy", |r| r.len() == 1).await;
-    let pid = s.engine_logs("k")
+    let pid = s
+        .engine_logs("k")
         .await
         .iter()
         .find_map(|l| l.strip_prefix("INFO: host pid ").map(|p| p.trim().to_string()))
@@ -196,7 +232,13 @@ def process_writes(influxdb3_local, table_batches, args):
     let copied = s.rows_when("k", "SELECT n FROM copy ORDER BY n", |r| r.len() == 20).await;
     let n: Vec<i64> = copied.iter().map(|r| r["n"].as_i64().unwrap()).collect();
     assert_eq!(n, (0..20).collect::<Vec<_>>());
-    let new_pid = s.engine_logs("k").await.iter().rev().find_map(|l| l.strip_prefix("INFO: host pid ").map(|p| p.trim().to_string())).unwrap();
+    let new_pid = s
+        .engine_logs("k")
+        .await
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("INFO: host pid ").map(|p| p.trim().to_string()))
+        .unwrap();
     assert_ne!(new_pid, pid, "a new plugin host runs the plugin");
 }
 
@@ -212,8 +254,17 @@ async fn the_cli_creates_shows_toggles_and_deletes_triggers() {
         weir_cli(&all, None)
     };
     let (ok, out, err) = cli(&[
-        "create", "trigger", "viacli", "-d", "cli", "--path", "derive.py", "--trigger-spec", "table:cpu",
-        "--trigger-arguments", "suffix=cli",
+        "create",
+        "trigger",
+        "viacli",
+        "-d",
+        "cli",
+        "--path",
+        "derive.py",
+        "--trigger-spec",
+        "table:cpu",
+        "--trigger-arguments",
+        "suffix=cli",
     ]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "Trigger viacli created successfully");
@@ -223,7 +274,10 @@ async fn the_cli_creates_shows_toggles_and_deletes_triggers() {
 
     let (ok, out, err) = cli(&["show", "triggers", "-d", "cli", "--format", "csv"]);
     assert!(ok, "{err}");
-    assert_eq!(out.trim(), "trigger_name,plugin_filename,trigger_specification,disabled,error_behavior\nviacli,derive.py,table:cpu,false,log");
+    assert_eq!(
+        out.trim(),
+        "trigger_name,plugin_filename,trigger_specification,disabled,error_behavior\nviacli,derive.py,table:cpu,false,log"
+    );
 
     let (ok, _, err) = cli(&["delete", "trigger", "viacli", "-d", "cli"]);
     assert!(!ok);
@@ -268,15 +322,21 @@ async fn packages_install_from_pypi_into_the_plugin_venv() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(outcome.0, 200, "{}", outcome.1);
-    s.plugin("uses_pkg.py", r#"
+    s.plugin(
+        "uses_pkg.py",
+        r#"
 import tinydb
 def process_writes(influxdb3_local, table_batches, args):
     influxdb3_local.info("tinydb", tinydb.__version__)
-"#);
+"#,
+    );
     let (status, body) = s.create_trigger(json!({"db": "pkg", "plugin_filename": "uses_pkg.py", "trigger_name": "p", "trigger_specification": "all_tables"})).await;
     assert_eq!(status, 200, "{body}");
     s.write("pkg", &format!("m v=1 {T0}")).await;
-    let ok = eventually(Duration::from_secs(60), || async { s.engine_logs("pkg").await.iter().any(|l| l == "INFO: tinydb 4.8.2").then_some(()) }).await;
+    let ok = eventually(Duration::from_secs(60), || async {
+        s.engine_logs("pkg").await.iter().any(|l| l == "INFO: tinydb 4.8.2").then_some(())
+    })
+    .await;
     assert!(ok.is_some(), "{:?}", s.engine_logs("pkg").await);
 
     // A package that does not exist: the real pip error comes back.
@@ -343,7 +403,13 @@ async fn dry_runs_capture_writes_for_files_and_packages() {
     assert_eq!(errors.len(), 1, "{answer}");
     assert!(errors[0].as_str().unwrap().starts_with("line 2:"), "{answer}");
     // Captured, not applied: the table does not exist.
-    let r = s.http().get(format!("{}/api/v3/query_sql", s.url)).query(&[("db", "dry"), ("q", "SELECT * FROM cpu_t")]).send().await.unwrap();
+    let r = s
+        .http()
+        .get(format!("{}/api/v3/query_sql", s.url))
+        .query(&[("db", "dry"), ("q", "SELECT * FROM cpu_t")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     // Nothing reached the engine log either.
     assert!(s.engine_logs("dry").await.is_empty());
@@ -352,15 +418,31 @@ async fn dry_runs_capture_writes_for_files_and_packages() {
     let pkg = s.plugin_dir().join("pkgplug");
     std::fs::create_dir_all(&pkg).unwrap();
     std::fs::write(pkg.join("helpers.py"), "def tag():\n    return 'from-helper'\n").unwrap();
-    std::fs::write(pkg.join("__init__.py"), r#"
+    std::fs::write(
+        pkg.join("__init__.py"),
+        r#"
 from .helpers import tag
 def process_writes(influxdb3_local, table_batches, args):
     n = sum(len(t["rows"]) for t in table_batches)
     influxdb3_local.write_sync(LineBuilder("seen").tag("by", tag()).int64_field("n", n).time_ns(5), True)
     influxdb3_local.warn("args", args)
-"#).unwrap();
+"#,
+    )
+    .unwrap();
     let (ok, out, err) = weir_cli(
-        &["test", "wal_plugin", "pkgplug", "-d", "dry", "--lp", "m v=1 1\nm v=2 2", "--input-arguments", "a=1,b=2", "--host", &s.url],
+        &[
+            "test",
+            "wal_plugin",
+            "pkgplug",
+            "-d",
+            "dry",
+            "--lp",
+            "m v=1 1\nm v=2 2",
+            "--input-arguments",
+            "a=1,b=2",
+            "--host",
+            &s.url,
+        ],
         None,
     );
     assert!(ok, "{err}");
@@ -376,14 +458,17 @@ async fn after_kill_9_of_weir_serve_triggers_resume_from_their_checkpoint() {
     // still needs them.
     let s = start(&["--snapshot-rows", "3"]);
     s.create_db("cp").await;
-    s.plugin("slowcopy.py", r#"
+    s.plugin(
+        "slowcopy.py",
+        r#"
 import time
 def process_writes(influxdb3_local, table_batches, args):
     time.sleep(0.3)
     for t in table_batches:
         for r in t["rows"]:
             influxdb3_local.write(LineBuilder("copy").tag("k", r["k"]).int64_field("n", r["n"]).time_ns(r["time"]))
-"#);
+"#,
+    );
     let (status, body) = s.create_trigger(json!({"db": "cp", "plugin_filename": "slowcopy.py", "trigger_name": "copy", "trigger_specification": "table:src"})).await;
     assert_eq!(status, 200, "{body}");
     // Let the first batch through, so the worker runs, then write 12 more quickly: the slow

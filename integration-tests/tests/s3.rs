@@ -60,10 +60,7 @@ async fn s3_store_persists_and_restarts() {
             "--snapshot-rows".into(),
             "50".into(),
         ],
-        env: vec![
-            ("AWS_ACCESS_KEY_ID".into(), "test".into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
-        ],
+        env: vec![("AWS_ACCESS_KEY_ID".into(), "test".into()), ("AWS_SECRET_ACCESS_KEY".into(), "test".into())],
         ..Default::default()
     };
     let s = Server::start(config);

@@ -86,7 +86,8 @@ async fn schedule_triggers_fire_on_their_schedule_and_coalesce_overruns() {
         }
     }
     // every:1s calls are whole, consecutive seconds (aligned to the epoch, none twice).
-    let every: Vec<i64> = ticks.iter().filter(|t| t["trigger"] == "every").map(|t| t["call_s"].as_i64().unwrap()).collect();
+    let every: Vec<i64> =
+        ticks.iter().filter(|t| t["trigger"] == "every").map(|t| t["call_s"].as_i64().unwrap()).collect();
     assert!(every.windows(2).all(|w| w[1] > w[0]), "{every:?}");
 
     // A synchronous trigger that overruns: never two runs at once, missed ticks counted,
@@ -337,7 +338,8 @@ async fn plugins_call_request_triggers_and_async_triggers_spread_over_workers() 
             async move { http.get(url).send().await.ok()?.json::<Value>().await.ok() }
         });
         let answers = futures::future::join_all(calls).await;
-        let pids: std::collections::BTreeSet<i64> = answers.iter().flatten().filter_map(|v| v["pid"].as_i64()).collect();
+        let pids: std::collections::BTreeSet<i64> =
+            answers.iter().flatten().filter_map(|v| v["pid"].as_i64()).collect();
         (pids.len() == 2).then_some(pids)
     })
     .await;
@@ -464,7 +466,19 @@ async fn schedule_and_request_dry_runs_over_http_and_the_cli() {
     assert_eq!(body["body"], "hello");
 
     let (ok, out, err) = weir_cli(
-        &["test", "schedule_plugin", "tick.py", "-d", "dry", "--schedule", "cron:0 0 * * *", "--input-arguments", "name=cli", "--host", &s.url],
+        &[
+            "test",
+            "schedule_plugin",
+            "tick.py",
+            "-d",
+            "dry",
+            "--schedule",
+            "cron:0 0 * * *",
+            "--input-arguments",
+            "name=cli",
+            "--host",
+            &s.url,
+        ],
         None,
     );
     assert!(ok, "{out}{err}");
@@ -477,7 +491,8 @@ async fn schedule_and_request_dry_runs_over_http_and_the_cli() {
     assert!(ok, "{out}{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["response"]["body"], "ping", "{v}");
-    let (ok, out, err) = weir_cli(&["test", "request_plugin", "web.py", "-d", "dry", "--query", "mode=raise", "--host", &s.url], None);
+    let (ok, out, err) =
+        weir_cli(&["test", "request_plugin", "web.py", "-d", "dry", "--query", "mode=raise", "--host", &s.url], None);
     assert!(ok, "{out}{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert!(v["errors"][0].as_str().unwrap().contains("bad mode requested"), "{v}");
@@ -502,9 +517,16 @@ async fn requests_get_503_at_once_when_the_plugin_host_is_down() {
     let row = trigger_row(&s, "down", "hook").await;
     assert_eq!(row["state"], "STOPPED", "{row}");
     // Catalog queries never wait for the host; only system.plugin_files needs it.
-    let cols = s.rows("down", "SELECT column_name FROM information_schema.columns WHERE table_name = 'plugin_files'").await;
+    let cols =
+        s.rows("down", "SELECT column_name FROM information_schema.columns WHERE table_name = 'plugin_files'").await;
     assert_eq!(cols.len(), 5, "{cols:?}");
-    let r = s.http().get(format!("{}/api/v3/query_sql", s.url)).query(&[("db", "down"), ("q", "SELECT * FROM system.plugin_files")]).send().await.unwrap();
+    let r = s
+        .http()
+        .get(format!("{}/api/v3/query_sql", s.url))
+        .query(&[("db", "down"), ("q", "SELECT * FROM system.plugin_files")])
+        .send()
+        .await
+        .unwrap();
     assert!(!r.status().is_success());
     assert!(r.text().await.unwrap().contains("plugin host"));
 }
@@ -548,7 +570,9 @@ async fn plugins_are_uploaded_updated_and_listed_with_an_admin_token() {
         .create_trigger(json!({"db": "up", "plugin_filename": "hello.py", "trigger_name": "hello", "trigger_specification": "request:hello"}))
         .await;
     assert_eq!(status, 200, "{body}");
-    let get = || async { http.get(format!("{}/api/v3/engine/hello", s.url)).send().await.unwrap().json::<Value>().await.unwrap() };
+    let get = || async {
+        http.get(format!("{}/api/v3/engine/hello", s.url)).send().await.unwrap().json::<Value>().await.unwrap()
+    };
     assert_eq!(get().await["v"], 1);
     // PUT replaces; the next call runs the new version.
     let r = http
@@ -580,14 +604,29 @@ async fn plugins_are_uploaded_updated_and_listed_with_an_admin_token() {
         .create_trigger(json!({"db": "up", "plugin_filename": "pkg", "trigger_name": "pkg", "trigger_specification": "request:pkg"}))
         .await;
     assert_eq!(status, 200, "{body}");
-    let pkg_get = || async { http.get(format!("{}/api/v3/engine/pkg", s.url)).send().await.unwrap().json::<Value>().await.unwrap() };
+    let pkg_get = || async {
+        http.get(format!("{}/api/v3/engine/pkg", s.url)).send().await.unwrap().json::<Value>().await.unwrap()
+    };
     assert_eq!(pkg_get().await["pkg"], "one");
     let local = tempfile::tempdir().unwrap();
     let dir = local.path().join("pkg");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("__init__.py"), "def process_request(influxdb3_local, query_parameters, request_headers, request_body, args):\n    return {'pkg': 'two'}\n").unwrap();
     let (ok, out, err) = weir_cli(
-        &["update", "trigger", "-d", "up", "-t", "pkg", "-p", dir.to_str().unwrap(), "--host", &s.url, "--token", TOKEN],
+        &[
+            "update",
+            "trigger",
+            "-d",
+            "up",
+            "-t",
+            "pkg",
+            "-p",
+            dir.to_str().unwrap(),
+            "--host",
+            &s.url,
+            "--token",
+            TOKEN,
+        ],
         None,
     );
     assert!(ok, "{out}{err}");
@@ -598,23 +637,46 @@ async fn plugins_are_uploaded_updated_and_listed_with_an_admin_token() {
     let file = local.path().join("uploaded.py");
     std::fs::write(&file, "def process_scheduled_call(influxdb3_local, call_time, args):\n    pass\n").unwrap();
     let (ok, out, err) = weir_cli(
-        &["create", "trigger", "up_tick", "-d", "up", "--path", file.to_str().unwrap(), "--upload", "--trigger-spec", "every:1h",
-          "--host", &s.url, "--token", TOKEN],
+        &[
+            "create",
+            "trigger",
+            "up_tick",
+            "-d",
+            "up",
+            "--path",
+            file.to_str().unwrap(),
+            "--upload",
+            "--trigger-spec",
+            "every:1h",
+            "--host",
+            &s.url,
+            "--token",
+            TOKEN,
+        ],
         None,
     );
     assert!(ok, "{out}{err}");
     assert!(s.plugin_dir().join("uploaded.py").exists());
 
-    let files = s.rows("up", "SELECT plugin_name, file_name, size_bytes FROM system.plugin_files ORDER BY plugin_name, file_name").await;
-    let names: Vec<(String, String)> =
-        files.iter().map(|f| (f["plugin_name"].as_str().unwrap().to_string(), f["file_name"].as_str().unwrap().to_string())).collect();
+    let files = s
+        .rows(
+            "up",
+            "SELECT plugin_name, file_name, size_bytes FROM system.plugin_files ORDER BY plugin_name, file_name",
+        )
+        .await;
+    let names: Vec<(String, String)> = files
+        .iter()
+        .map(|f| (f["plugin_name"].as_str().unwrap().to_string(), f["file_name"].as_str().unwrap().to_string()))
+        .collect();
     assert_eq!(
         names,
-        [("hello.py", "hello.py"), ("pkg", "__init__.py"), ("uploaded.py", "uploaded.py")].map(|(a, b)| (a.to_string(), b.to_string()))
+        [("hello.py", "hello.py"), ("pkg", "__init__.py"), ("uploaded.py", "uploaded.py")]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
     );
     let (ok, out, err) = weir_cli(&["show", "plugins", "--host", &s.url, "--token", TOKEN], None);
     assert!(ok && out.contains("uploaded.py"), "{out}{err}");
-    let (ok, out, err) = weir_cli(&["show", "summary", "-d", "up", "--host", &s.url, "--token", TOKEN, "--format", "json"], None);
+    let (ok, out, err) =
+        weir_cli(&["show", "summary", "-d", "up", "--host", &s.url, "--token", TOKEN, "--format", "json"], None);
     assert!(ok, "{out}{err}");
     let summary: Vec<Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(summary.len(), 3, "{summary:?}");

@@ -18,10 +18,7 @@ fn wal_files(data_dir: &std::path::Path) -> Vec<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torn_tail_recovers_and_older_damage_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig {
-        data_dir: Some(dir.path().to_path_buf()),
-        ..Default::default()
-    };
+    let config = ServerConfig { data_dir: Some(dir.path().to_path_buf()), ..Default::default() };
     let mut s = Server::start(config.clone());
     for i in 0..3 {
         let (status, body) = s.write("w", &format!("m v={i} {i}")).await;

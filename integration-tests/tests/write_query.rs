@@ -22,8 +22,7 @@ async fn write_all_endpoints(s: &Server) {
     let gz = {
         use std::io::Write;
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(b"cpu,host=c usage=3.5 1700000001000\nmem,host=a free=10u 1700000001000")
-            .unwrap();
+        e.write_all(b"cpu,host=c usage=3.5 1700000001000\nmem,host=a free=10u 1700000001000").unwrap();
         e.finish().unwrap()
     };
     let r = http
@@ -63,10 +62,7 @@ async fn answers(s: &Server) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_endpoints_query_formats_and_restarts() {
-    let s = Server::start(ServerConfig {
-        admin_token: Some(TOKEN.into()),
-        ..Default::default()
-    });
+    let s = Server::start(ServerConfig { admin_token: Some(TOKEN.into()), ..Default::default() });
     write_all_endpoints(&s).await;
 
     let a = answers(&s).await;
@@ -115,10 +111,7 @@ async fn write_endpoints_query_formats_and_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_to_parquet_and_restarts_from_them() {
-    let s = Server::start(ServerConfig {
-        args: vec!["--snapshot-rows".into(), "100".into()],
-        ..Default::default()
-    });
+    let s = Server::start(ServerConfig { args: vec!["--snapshot-rows".into(), "100".into()], ..Default::default() });
     let mut lp = String::new();
     for i in 0..250 {
         lp.push_str(&format!("m,k=k{} v={i}i {}\n", i % 10, 1_700_000_000_000_000_000i64 + i * 1_000_000_000));

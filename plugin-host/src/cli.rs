@@ -6,7 +6,10 @@ use clap::Parser;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
-use weir_proto::plugin::v1::{self as pb, plugin_host_server::{PluginHost, PluginHostServer}};
+use weir_proto::plugin::v1::{
+    self as pb,
+    plugin_host_server::{PluginHost, PluginHostServer},
+};
 
 use crate::host::{Host, HostConfig};
 
@@ -96,7 +99,9 @@ impl PluginHost for Service {
                 p.len() == want.len() && p.bytes().zip(want.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
             });
             if !ok {
-                return Err(Status::unauthenticated("this plugin host needs the session token (WEIR_PLUGIN_HOST_TOKEN)"));
+                return Err(Status::unauthenticated(
+                    "this plugin host needs the session token (WEIR_PLUGIN_HOST_TOKEN)",
+                ));
             }
         }
         let (tx, rx) = mpsc::channel(1024);
@@ -158,7 +163,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 /// Accepted connections with Nagle's algorithm off: a small reply (a `Done`, a log record)
 /// must not wait for the peer's delayed ACK (up to 40 ms) behind data still in flight.
-fn incoming(listener: tokio::net::TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     use tokio_stream::StreamExt as _;
     TcpListenerStream::new(listener).map(|conn| {
         if let Ok(stream) = &conn {

@@ -40,10 +40,7 @@ fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> FileError {
 }
 
 fn millis(meta: &std::fs::Metadata) -> i64 {
-    meta.modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_millis() as i64)
+    meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The entries of `dir` worth listing, sorted by name, with their real paths: hidden names
@@ -174,10 +171,15 @@ pub fn put(plugin_dir: &Path, req: &pb::PutPlugin) -> Result<(), FileError> {
         }
     } else {
         if !name.ends_with(".py") {
-            return Err(FileError::Invalid(format!("plugin file {name} must end in .py (upload a directory for a package)")));
+            return Err(FileError::Invalid(format!(
+                "plugin file {name} must end in .py (upload a directory for a package)"
+            )));
         }
         if req.files.len() != 1 {
-            return Err(FileError::Invalid(format!("a plugin file takes exactly one content, got {}", req.files.len())));
+            return Err(FileError::Invalid(format!(
+                "a plugin file takes exactly one content, got {}",
+                req.files.len()
+            )));
         }
     }
     let path = target(plugin_dir, name)?;
@@ -246,7 +248,15 @@ mod tests {
     }
 
     fn put_file(dir: &Path, name: &str, content: &str, mode: Mode) -> Result<(), FileError> {
-        put(dir, &pb::PutPlugin { plugin_name: name.into(), files: vec![file(content)], directory: false, mode: mode as i32 })
+        put(
+            dir,
+            &pb::PutPlugin {
+                plugin_name: name.into(),
+                files: vec![file(content)],
+                directory: false,
+                mode: mode as i32,
+            },
+        )
     }
 
     #[test]
@@ -258,8 +268,18 @@ mod tests {
         assert_eq!(std::fs::read_to_string(d.path().join("a.py")).unwrap(), "two");
         assert!(matches!(put_file(d.path(), "b.py", "x", Mode::Replace), Err(FileError::Missing(_))));
         assert!(matches!(put_file(d.path(), "notpython.txt", "x", Mode::Create), Err(FileError::Invalid(_))));
-        let files = |names: &[&str]| names.iter().map(|n| pb::FileContent { relative_path: n.to_string(), content: n.as_bytes().to_vec() }).collect();
-        let pkg = |names: &[&str], mode: Mode| pb::PutPlugin { plugin_name: "pkg".into(), files: files(names), directory: true, mode: mode as i32 };
+        let files = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| pb::FileContent { relative_path: n.to_string(), content: n.as_bytes().to_vec() })
+                .collect()
+        };
+        let pkg = |names: &[&str], mode: Mode| pb::PutPlugin {
+            plugin_name: "pkg".into(),
+            files: files(names),
+            directory: true,
+            mode: mode as i32,
+        };
         put(d.path(), &pkg(&["__init__.py", "util/helpers.py"], Mode::Create)).unwrap();
         put(d.path(), &pkg(&["__init__.py", "new.py"], Mode::Replace)).unwrap();
         assert!(!d.path().join("pkg/util").exists(), "the old tree is gone");
@@ -267,7 +287,8 @@ mod tests {
         // A failed replace (a bad file name inside) leaves the old tree in place.
         assert!(put(d.path(), &pkg(&["__init__.py", "../escape.py"], Mode::Replace)).is_err());
         assert!(d.path().join("pkg/new.py").exists());
-        let listed: Vec<(String, String)> = list(d.path()).unwrap().into_iter().map(|f| (f.plugin_name, f.file_name)).collect();
+        let listed: Vec<(String, String)> =
+            list(d.path()).unwrap().into_iter().map(|f| (f.plugin_name, f.file_name)).collect();
         assert_eq!(
             listed,
             [("a.py", "a.py"), ("pkg", "__init__.py"), ("pkg", "new.py")].map(|(a, b)| (a.to_string(), b.to_string()))
@@ -275,10 +296,20 @@ mod tests {
         // A rejected upload creates nothing (not even its parent directories).
         assert!(matches!(put_file(d.path(), "new/dir/x.txt", "x", Mode::Create), Err(FileError::Invalid(_))));
         assert!(!d.path().join("new").exists());
-        let twice = pb::PutPlugin { plugin_name: "p2".into(), files: files(&["__init__.py", "__init__.py"]), directory: true, mode: 0 };
+        let twice = pb::PutPlugin {
+            plugin_name: "p2".into(),
+            files: files(&["__init__.py", "__init__.py"]),
+            directory: true,
+            mode: 0,
+        };
         assert!(matches!(put(d.path(), &twice), Err(FileError::Invalid(_))));
         // No temporary files are left behind.
-        assert!(std::fs::read_dir(d.path()).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with(".weir-")));
+        assert!(
+            std::fs::read_dir(d.path())
+                .unwrap()
+                .flatten()
+                .all(|e| !e.file_name().to_string_lossy().starts_with(".weir-"))
+        );
     }
 
     #[test]

@@ -61,9 +61,7 @@ fn level(l: Level) -> pb::LogLevel {
 }
 
 fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
 impl CoreLink {
@@ -108,7 +106,13 @@ impl CoreLink {
 
 #[async_trait]
 impl Upstream for CoreLink {
-    async fn query(&self, trigger: &TriggerId, database: &str, sql: &str, params: BTreeMap<String, String>) -> Result<Vec<u8>, String> {
+    async fn query(
+        &self,
+        trigger: &TriggerId,
+        database: &str,
+        sql: &str,
+        params: BTreeMap<String, String>,
+    ) -> Result<Vec<u8>, String> {
         let body = host_message::Body::Query(pb::Query {
             database: database.to_string(),
             sql: sql.to_string(),
@@ -129,7 +133,13 @@ impl Upstream for CoreLink {
         }
     }
 
-    async fn write(&self, trigger: &TriggerId, database: &str, lines: Vec<String>, no_sync: bool) -> Result<(), String> {
+    async fn write(
+        &self,
+        trigger: &TriggerId,
+        database: &str,
+        lines: Vec<String>,
+        no_sync: bool,
+    ) -> Result<(), String> {
         let body = host_message::Body::Write(pb::Write {
             database: database.to_string(),
             lines,
@@ -174,11 +184,23 @@ struct TestUpstream {
 
 #[async_trait]
 impl Upstream for TestUpstream {
-    async fn query(&self, trigger: &TriggerId, database: &str, sql: &str, params: BTreeMap<String, String>) -> Result<Vec<u8>, String> {
+    async fn query(
+        &self,
+        trigger: &TriggerId,
+        database: &str,
+        sql: &str,
+        params: BTreeMap<String, String>,
+    ) -> Result<Vec<u8>, String> {
         self.link.query(trigger, database, sql, params).await
     }
 
-    async fn write(&self, _trigger: &TriggerId, _database: &str, _lines: Vec<String>, _no_sync: bool) -> Result<(), String> {
+    async fn write(
+        &self,
+        _trigger: &TriggerId,
+        _database: &str,
+        _lines: Vec<String>,
+        _no_sync: bool,
+    ) -> Result<(), String> {
         Err("writes are captured in a dry run".to_string())
     }
 
@@ -228,10 +250,7 @@ impl TriggerRuntime {
     }
 
     fn least_busy(&self) -> &WorkerSlot {
-        self.workers
-            .iter()
-            .min_by_key(|w| w.busy.load(Ordering::Relaxed))
-            .expect("at least one worker slot")
+        self.workers.iter().min_by_key(|w| w.busy.load(Ordering::Relaxed)).expect("at least one worker slot")
     }
 }
 
@@ -241,11 +260,7 @@ fn done_message(done: Done) -> pb::Done {
         ok: done.ok,
         error: done.error.unwrap_or_default(),
         traceback: done.traceback.unwrap_or_default(),
-        writes: done
-            .writes
-            .into_iter()
-            .map(|(database, lines)| pb::DatabaseWrites { database, lines })
-            .collect(),
+        writes: done.writes.into_iter().map(|(database, lines)| pb::DatabaseWrites { database, lines }).collect(),
         duration_ns: done.duration.as_nanos() as u64,
         response: done.response.map(|r| pb::HttpResponse {
             status: u32::from(r.status),
@@ -411,10 +426,8 @@ impl Host {
     /// Make the running triggers exactly `defs`: unchanged ones keep their workers (and
     /// trigger caches), others are dropped or (re)defined.
     fn sync_triggers(&self, defs: Vec<pb::Trigger>) {
-        let keep: std::collections::HashSet<TriggerId> = defs
-            .iter()
-            .map(|d| TriggerId { database: d.database.clone(), name: d.name.clone() })
-            .collect();
+        let keep: std::collections::HashSet<TriggerId> =
+            defs.iter().map(|d| TriggerId { database: d.database.clone(), name: d.name.clone() }).collect();
         self.triggers.lock().retain(|id, _| keep.contains(id));
         self.pipelines.lock().retain(|id, _| keep.contains(id));
         for def in defs {
@@ -488,11 +501,9 @@ impl Host {
     }
 
     fn runtime(&self, tid: &TriggerId) -> Result<Arc<TriggerRuntime>, String> {
-        self.triggers
-            .lock()
-            .get(tid)
-            .cloned()
-            .ok_or_else(|| format!("trigger {} in database {} is not running in the plugin host", tid.name, tid.database))
+        self.triggers.lock().get(tid).cloned().ok_or_else(|| {
+            format!("trigger {} in database {} is not running in the plugin host", tid.name, tid.database)
+        })
     }
 
     /// Run a schedule tick and answer with `Done`.
@@ -514,7 +525,8 @@ impl Host {
         tokio::spawn(async move {
             let tid = TriggerId { database: req.database, name: req.trigger };
             let args = marshal::request_call_args(req.query.iter(), req.headers.iter(), &req.body);
-            let deadline = (req.deadline_ns > 0).then(|| std::time::UNIX_EPOCH + Duration::from_nanos(req.deadline_ns as u64));
+            let deadline =
+                (req.deadline_ns > 0).then(|| std::time::UNIX_EPOCH + Duration::from_nanos(req.deadline_ns as u64));
             let done = host.run_call(&tid, "process_request", &args, None, deadline, None, None).await;
             host.link.send(id, host_message::Body::Done(done_message(done))).await;
         });
@@ -631,7 +643,9 @@ impl Host {
                     let mine = staged.take().filter(|(batch, _)| *batch == id).map(|(_, stage)| stage);
                     let next_id = next.as_ref().map(|n| n.id);
                     let ahead = match next.as_mut() {
-                        Some(n) if n.epoch == epoch && n.is_encoded() => n.encoded().await.ok().map(|e| e.args.as_slice()),
+                        Some(n) if n.epoch == epoch && n.is_encoded() => {
+                            n.encoded().await.ok().map(|e| e.args.as_slice())
+                        }
                         _ => None,
                     };
                     let done = self.run_wal(&tid, seq, encoded, mine, ahead).await;
@@ -648,8 +662,16 @@ impl Host {
         }
     }
 
-    async fn run_wal(&self, tid: &TriggerId, seq: u64, encoded: &EncodedWal, staged: Option<u64>, ahead: Option<&[u8]>) -> Done {
-        let started = format!("starting execution with {} rows from {} tables (WAL file {seq})", encoded.rows, encoded.tables);
+    async fn run_wal(
+        &self,
+        tid: &TriggerId,
+        seq: u64,
+        encoded: &EncodedWal,
+        staged: Option<u64>,
+        ahead: Option<&[u8]>,
+    ) -> Done {
+        let started =
+            format!("starting execution with {} rows from {} tables (WAL file {seq})", encoded.rows, encoded.tables);
         self.run_call(tid, "process_writes", &encoded.args, Some(started), None, staged, ahead).await
     }
 
@@ -704,7 +726,8 @@ impl Host {
     }
 
     async fn test_wal(&self, req: pb::TestWal) -> pb::TestResult {
-        let batch = pb::WalBatch { database: req.database.clone(), trigger: "test".into(), wal_seq: 0, tables: req.tables };
+        let batch =
+            pb::WalBatch { database: req.database.clone(), trigger: "test".into(), wal_seq: 0, tables: req.tables };
         self.dry_run(&req.database, &req.plugin_filename, req.arguments.as_ref(), "process_writes", || {
             encode_wal(&batch, self.venv.native).map(|e| e.args)
         })
@@ -742,7 +765,11 @@ impl Host {
     }
 
     /// Serve one core session until its stream ends.
-    pub async fn session(self: Arc<Self>, mut inbound: Streaming<pb::CoreMessage>, tx: mpsc::Sender<Result<pb::HostMessage, Status>>) {
+    pub async fn session(
+        self: Arc<Self>,
+        mut inbound: Streaming<pb::CoreMessage>,
+        tx: mpsc::Sender<Result<pb::HostMessage, Status>>,
+    ) {
         // A new session takes over the link (the core reconnected; the old stream may not
         // have noticed yet). Remember ours so its end does not clear a newer one.
         let ours = tx.clone();
@@ -848,7 +875,9 @@ impl Host {
                         };
                         let reply = match result {
                             Ok(()) => pb::AdminResult { ok: true, ..Default::default() },
-                            Err(error) => pb::AdminResult { ok: false, kind: "invalid".to_string(), error, ..Default::default() },
+                            Err(error) => {
+                                pb::AdminResult { ok: false, kind: "invalid".to_string(), error, ..Default::default() }
+                            }
                         };
                         host.link.send(msg.id, host_message::Body::AdminResult(reply)).await;
                     });

@@ -10,13 +10,12 @@ use std::collections::HashMap;
 
 use arrow::{
     array::{
-        Array, ArrayRef, AsArray, BooleanArray, DictionaryArray, Float16Array, Float32Array,
-        Float64Array, Int8Array, Int16Array, Int32Array, Int64Array, UInt8Array, UInt16Array,
-        UInt32Array, UInt64Array,
+        Array, ArrayRef, AsArray, BooleanArray, DictionaryArray, Float16Array, Float32Array, Float64Array, Int8Array,
+        Int16Array, Int32Array, Int64Array, UInt8Array, UInt16Array, UInt32Array, UInt64Array,
     },
     datatypes::{
-        ArrowDictionaryKeyType, DataType, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type,
-        TimeUnit, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+        ArrowDictionaryKeyType, DataType, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit, UInt8Type,
+        UInt16Type, UInt32Type, UInt64Type,
     },
     error::ArrowError,
     record_batch::RecordBatch,
@@ -237,13 +236,7 @@ fn dict_keys<K: ArrowDictionaryKeyType>(a: &dyn Array) -> Result<Column<'_>, Arr
     let strings: Vec<String> = (0..values.len()).map(|i| values.value(i).to_string()).collect();
     let keys = d.keys();
     let idx = (0..keys.len())
-        .map(|i| {
-            if d.is_null(i) {
-                None
-            } else {
-                arrow::datatypes::ArrowNativeType::to_usize(keys.value(i))
-            }
-        })
+        .map(|i| if d.is_null(i) { None } else { arrow::datatypes::ArrowNativeType::to_usize(keys.value(i)) })
         .collect();
     let refs = vec![None; strings.len()];
     Ok(Column::Dict(idx, strings, refs))
@@ -351,11 +344,7 @@ fn ns_per(unit: TimeUnit) -> i64 {
 /// Any other type (dates, decimals, lists, ...) as its display string: never a failure.
 fn text(a: &dyn Array) -> Result<Column<'_>, ArrowError> {
     let f = ArrayFormatter::try_new(a, &FormatOptions::default())?;
-    Ok(Column::Text(
-        (0..a.len())
-            .map(|i| (!a.is_null(i)).then(|| f.value(i).to_string()))
-            .collect(),
-    ))
+    Ok(Column::Text((0..a.len()).map(|i| (!a.is_null(i)).then(|| f.value(i).to_string())).collect()))
 }
 
 /// `[table_batches]`: the argument list of `process_writes` after `influxdb3_local`.
@@ -427,7 +416,12 @@ impl Writer {
                 let v = a.as_primitive::<Int64Type>().values();
                 self.fixed(kind::I64, a, v.iter().map(|x| x.to_le_bytes()), v.len());
             }
-            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => {
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32 => {
                 let cast = arrow::compute::cast(a, &DataType::Int64)?;
                 return self.column(&cast);
             }

@@ -26,11 +26,7 @@ pub enum Install {
 }
 
 async fn run(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("cannot run the package manager: {e}"))?;
+    let out = cmd.stdin(Stdio::null()).output().await.map_err(|e| format!("cannot run the package manager: {e}"))?;
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if out.status.success() {
         Ok(text)

@@ -29,7 +29,10 @@ pub fn check_name(name: &str) -> Result<&Path, String> {
     if name.chars().any(|c| c.is_control() || matches!(c, '\\' | '%' | '\u{2215}' | '\u{2044}' | '\u{ff0f}')) {
         return refuse();
     }
-    if name.starts_with('~') || name.contains("://") || name.contains(':') && name.len() > 1 && name.as_bytes()[1] == b':' {
+    if name.starts_with('~')
+        || name.contains("://")
+        || name.contains(':') && name.len() > 1 && name.as_bytes()[1] == b':'
+    {
         return refuse();
     }
     let path = Path::new(name);
@@ -72,16 +75,61 @@ mod tests {
     fn hostile(outside: &Path) -> Vec<String> {
         let out = outside.display().to_string();
         let mut names: Vec<String> = [
-            "..", ".", "../", "./", "../x.py", "../../etc/passwd", "../../../../../../etc/passwd",
-            "a/../../x.py", "a/b/../../../x.py", "./../ok.py", "ok.py/../../x.py", "pkg/..", "pkg/../..",
-            "/etc/passwd", "/", "//etc/passwd", "/tmp/x.py", "~/x.py", "~root/.ssh/id_rsa",
-            "..\\x.py", "a\\..\\..\\x.py", "\\etc\\passwd", "C:\\Windows\\win.ini", "C:/x.py", "\\\\server\\share\\x.py",
-            "%2e%2e/x.py", "%2e%2e%2fx.py", "..%2fx.py", "%252e%252e/x.py", "%c0%ae%c0%ae/x.py", "ok%00.py",
-            "x\0.py", "\0", "../x.py\0.py", "ok.py\n", "a\nb.py", "\r../x.py", "\t.py", "ok.py\u{7f}",
-            ".venv/bin/python", ".venv/lib/python3.11/site-packages/x.py", ".hidden.py", "pkg/.git/config",
-            "..\u{2215}x.py", "..\u{ff0f}x.py", "..\u{2044}x.py",
-            "file:///etc/passwd", "http://evil.example/x.py", "a//b.py", "pkg/", " ../x.py", "ok.py ",
-            "escape/secret.txt", "escape", "linkfile.py",
+            "..",
+            ".",
+            "../",
+            "./",
+            "../x.py",
+            "../../etc/passwd",
+            "../../../../../../etc/passwd",
+            "a/../../x.py",
+            "a/b/../../../x.py",
+            "./../ok.py",
+            "ok.py/../../x.py",
+            "pkg/..",
+            "pkg/../..",
+            "/etc/passwd",
+            "/",
+            "//etc/passwd",
+            "/tmp/x.py",
+            "~/x.py",
+            "~root/.ssh/id_rsa",
+            "..\\x.py",
+            "a\\..\\..\\x.py",
+            "\\etc\\passwd",
+            "C:\\Windows\\win.ini",
+            "C:/x.py",
+            "\\\\server\\share\\x.py",
+            "%2e%2e/x.py",
+            "%2e%2e%2fx.py",
+            "..%2fx.py",
+            "%252e%252e/x.py",
+            "%c0%ae%c0%ae/x.py",
+            "ok%00.py",
+            "x\0.py",
+            "\0",
+            "../x.py\0.py",
+            "ok.py\n",
+            "a\nb.py",
+            "\r../x.py",
+            "\t.py",
+            "ok.py\u{7f}",
+            ".venv/bin/python",
+            ".venv/lib/python3.11/site-packages/x.py",
+            ".hidden.py",
+            "pkg/.git/config",
+            "..\u{2215}x.py",
+            "..\u{ff0f}x.py",
+            "..\u{2044}x.py",
+            "file:///etc/passwd",
+            "http://evil.example/x.py",
+            "a//b.py",
+            "pkg/",
+            " ../x.py",
+            "ok.py ",
+            "escape/secret.txt",
+            "escape",
+            "linkfile.py",
         ]
         .iter()
         .map(|s| s.to_string())

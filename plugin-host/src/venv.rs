@@ -147,11 +147,7 @@ pub async fn ensure(plugin_dir: &Path, python: &str, speedups: bool) -> Result<V
         if !out.status.success() {
             return Err(Error::Create {
                 path: dir,
-                detail: format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
+                detail: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
             });
         }
     }

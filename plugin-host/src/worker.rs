@@ -41,9 +41,16 @@ const MAX_FRAME: usize = 256 * 1024 * 1024;
 #[async_trait]
 pub trait Upstream: Send + Sync + std::fmt::Debug {
     /// Run SQL for a plugin: the answer as marshal-encoded rows, or the error text.
-    async fn query(&self, trigger: &TriggerId, database: &str, sql: &str, params: BTreeMap<String, String>) -> Result<Vec<u8>, String>;
+    async fn query(
+        &self,
+        trigger: &TriggerId,
+        database: &str,
+        sql: &str,
+        params: BTreeMap<String, String>,
+    ) -> Result<Vec<u8>, String>;
     /// Write line protocol for a plugin now.
-    async fn write(&self, trigger: &TriggerId, database: &str, lines: Vec<String>, no_sync: bool) -> Result<(), String>;
+    async fn write(&self, trigger: &TriggerId, database: &str, lines: Vec<String>, no_sync: bool)
+    -> Result<(), String>;
     /// A log line about a trigger.
     fn log(&self, trigger: &TriggerId, level: Level, text: String);
 }
@@ -220,7 +227,11 @@ fn str_field(v: &Value, key: &str) -> String {
 
 impl Worker {
     /// Start the process and wait for its `ready`.
-    pub async fn spawn(spec: WorkerSpec, upstream: Arc<dyn Upstream>, cache: Arc<GlobalCache>) -> Result<Arc<Self>, InvokeError> {
+    pub async fn spawn(
+        spec: WorkerSpec,
+        upstream: Arc<dyn Upstream>,
+        cache: Arc<GlobalCache>,
+    ) -> Result<Arc<Self>, InvokeError> {
         let spawn_err = |e: std::io::Error| InvokeError::Spawn(e.to_string());
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(spawn_err)?;
         let theirs: OwnedFd = theirs.into();
@@ -333,8 +344,13 @@ impl Worker {
                                 .unwrap_or_default(),
                             duration: Duration::ZERO,
                             response: header.get("response").map(|r| HttpResponse {
-                                status: r.get("status").and_then(Value::as_u64).and_then(|s| u16::try_from(s).ok()).unwrap_or(500),
-                                headers: serde_json::from_value(r.get("headers").cloned().unwrap_or(Value::Null)).unwrap_or_default(),
+                                status: r
+                                    .get("status")
+                                    .and_then(Value::as_u64)
+                                    .and_then(|s| u16::try_from(s).ok())
+                                    .unwrap_or(500),
+                                headers: serde_json::from_value(r.get("headers").cloned().unwrap_or(Value::Null))
+                                    .unwrap_or_default(),
                                 body,
                             }),
                             unstaged: header.get("unstaged").and_then(Value::as_bool).unwrap_or(false),
@@ -344,7 +360,9 @@ impl Worker {
                             let _ = tx.send(Ok(done));
                         }
                     }
-                    "log" => upstream.log(&trigger, Level::parse(&str_field(&header, "level")), str_field(&header, "text")),
+                    "log" => {
+                        upstream.log(&trigger, Level::parse(&str_field(&header, "level")), str_field(&header, "text"))
+                    }
                     "query" | "write" | "cache" => {
                         let Some(worker) = w.upgrade() else { break "worker dropped".to_string() };
                         let upstream = Arc::clone(&upstream);
@@ -369,7 +387,8 @@ impl Worker {
             let mut waiting: Vec<_> = pending.lock().drain().collect();
             waiting.sort_by_key(|(id, _)| *id);
             for (_, tx) in waiting {
-                let error = if charged { InvokeError::Lost(status.clone()) } else { InvokeError::Crashed(status.clone()) };
+                let error =
+                    if charged { InvokeError::Lost(status.clone()) } else { InvokeError::Crashed(status.clone()) };
                 charged = true;
                 let _ = tx.send(Err(error));
             }

@@ -101,9 +101,8 @@ impl Core {
             name: name.into(),
             plugin_filename: file.into(),
             specification: "all_tables".into(),
-            arguments: args.map(|a| pb::Arguments {
-                values: a.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            }),
+            arguments: args
+                .map(|a| pb::Arguments { values: a.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }),
             run_async: false,
             workers: 1,
         };
@@ -161,7 +160,11 @@ def process_writes(influxdb3_local, table_batches, args):
     let mut w = StreamWriter::try_new(Vec::new(), answer.schema_ref()).unwrap();
     w.write(&answer).unwrap();
     w.finish().unwrap();
-    core.send(qid, core_message::Body::QueryResult(pb::QueryResult { error: String::new(), arrow_ipc: w.into_inner().unwrap() })).await;
+    core.send(
+        qid,
+        core_message::Body::QueryResult(pb::QueryResult { error: String::new(), arrow_ipc: w.into_inner().unwrap() }),
+    )
+    .await;
 
     let (id, body) = core.next().await;
     assert_eq!(id, 7);
@@ -177,7 +180,10 @@ def process_writes(influxdb3_local, table_batches, args):
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashes_and_timeouts_fail_the_call_and_the_next_call_gets_a_new_worker() {
     let mut core = start(Duration::from_secs(2)).await;
-    core.trigger("flaky", "flaky.py", r#"
+    core.trigger(
+        "flaky",
+        "flaky.py",
+        r#"
 import os, time
 def process_writes(influxdb3_local, table_batches, args):
     mode = open(os.path.join(os.environ["PLUGIN_DIR"], "mode.txt")).read().strip()
@@ -192,7 +198,10 @@ def process_writes(influxdb3_local, table_batches, args):
         hog = bytearray(8 * 1024 ** 3)  # past the 4 GiB address-space cap
         influxdb3_local.info("allocated", len(hog))
     influxdb3_local.info("pid", os.getpid())
-"#, None).await;
+"#,
+        None,
+    )
+    .await;
     let mode = core.plugin_dir.join("mode.txt");
     let mut pids = Vec::new();
     for (i, m) in ["ok", "crash", "ok", "hang", "exit", "oom", "ok"].into_iter().enumerate() {
@@ -227,7 +236,10 @@ async fn queued_batches_run_in_order_with_their_own_rows_across_a_crash() {
     let mut core = start(Duration::from_secs(30)).await;
     // Slow enough that the later batches are queued (and sent ahead to the worker) while
     // one runs; the third crashes the worker once, after its successor was sent ahead.
-    core.trigger("seq", "seq.py", r#"
+    core.trigger(
+        "seq",
+        "seq.py",
+        r#"
 import os, time
 def process_writes(influxdb3_local, table_batches, args):
     first = table_batches[0]["rows"][0]["time"]
@@ -237,7 +249,10 @@ def process_writes(influxdb3_local, table_batches, args):
     if first == 3000 and not os.path.exists(marker):
         open(marker, "w").close()
         os._exit(3)
-"#, None).await;
+"#,
+        None,
+    )
+    .await;
     for i in 1..=5u64 {
         let t = i as i64 * 1000;
         let batch = RecordBatch::try_from_iter([

@@ -3,11 +3,7 @@
 use super::*;
 
 fn add(table: &str, column: &str, kind: ColumnKind) -> ColumnAddition {
-    ColumnAddition {
-        table: Arc::from(table),
-        column: Arc::from(column),
-        kind,
-    }
+    ColumnAddition { table: Arc::from(table), column: Arc::from(column), kind }
 }
 
 #[test]
@@ -38,10 +34,7 @@ async fn grows_and_persists() {
     let db = cat
         .add_columns(
             db.id,
-            &[
-                add("cpu", "host", ColumnKind::Tag),
-                add("cpu", "usage", ColumnKind::Field(FieldType::Float64)),
-            ],
+            &[add("cpu", "host", ColumnKind::Tag), add("cpu", "usage", ColumnKind::Field(FieldType::Float64))],
         )
         .unwrap();
     let cpu = db.table("cpu").unwrap();
@@ -94,9 +87,7 @@ async fn concurrent_additions_keep_the_first_type() {
     let cat = Catalog::load(Storage::in_memory()).await.unwrap();
     let (db, _) = cat.db_or_create("d").unwrap();
     cat.add_columns(db.id, &[add("t", "f", ColumnKind::Field(FieldType::Int64))]).unwrap();
-    let db = cat
-        .add_columns(db.id, &[add("t", "f", ColumnKind::Field(FieldType::String))])
-        .unwrap();
+    let db = cat.add_columns(db.id, &[add("t", "f", ColumnKind::Field(FieldType::String))]).unwrap();
     assert_eq!(db.table("t").unwrap().column("f").unwrap().kind, ColumnKind::Field(FieldType::Int64));
 }
 

@@ -335,10 +335,17 @@ fn key_values(pairs: &[String]) -> anyhow::Result<Option<pb::TriggerArguments>> 
 /// `weir test wal_plugin|schedule_plugin|request_plugin`: prints the dry-run answer as JSON.
 pub async fn test(c: TestCommand) -> anyhow::Result<()> {
     let out = match c {
-        TestCommand::WalPlugin { run: DryRun { common, filename, database, input_arguments }, lp, file, cache_name: _ } => {
+        TestCommand::WalPlugin {
+            run: DryRun { common, filename, database, input_arguments },
+            lp,
+            file,
+            cache_name: _,
+        } => {
             let input_lp = match (lp, file) {
                 (Some(lp), _) => lp,
-                (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?,
+                (None, Some(f)) => {
+                    std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?
+                }
                 (None, None) => bail!("give --lp or --file"),
             };
             let r = connect(&common)
@@ -354,7 +361,11 @@ pub async fn test(c: TestCommand) -> anyhow::Result<()> {
                 .into_inner();
             serde_json::json!({"log_lines": r.log_lines, "database_writes": writes_json(r.database_writes), "errors": r.errors})
         }
-        TestCommand::SchedulePlugin { run: DryRun { common, filename, database, input_arguments }, schedule, cache_name: _ } => {
+        TestCommand::SchedulePlugin {
+            run: DryRun { common, filename, database, input_arguments },
+            schedule,
+            cache_name: _,
+        } => {
             let r = connect(&common)
                 .await?
                 .test_schedule_plugin(pb::TestSchedulePluginRequest {
@@ -373,9 +384,17 @@ pub async fn test(c: TestCommand) -> anyhow::Result<()> {
                 "errors": r.errors,
             })
         }
-        TestCommand::RequestPlugin { run: DryRun { common, filename, database, input_arguments }, body, query, headers, method } => {
+        TestCommand::RequestPlugin {
+            run: DryRun { common, filename, database, input_arguments },
+            body,
+            query,
+            headers,
+            method,
+        } => {
             let body = match body.as_deref() {
-                Some(b) if b.starts_with('@') => std::fs::read(&b[1..]).with_context(|| format!("cannot read {}", &b[1..]))?,
+                Some(b) if b.starts_with('@') => {
+                    std::fs::read(&b[1..]).with_context(|| format!("cannot read {}", &b[1..]))?
+                }
                 Some(b) => b.as_bytes().to_vec(),
                 None => Vec::new(),
             };
@@ -549,17 +568,12 @@ async fn connect_with(c: &Common, lazy: bool) -> anyhow::Result<Client> {
     let channel = if lazy {
         endpoint.connect_lazy()
     } else {
-        endpoint
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {}", c.host))?
+        endpoint.connect().await.with_context(|| format!("cannot connect to {}", c.host))?
     };
     let auth = match &c.token {
-        Some(t) => Some(
-            format!("Bearer {t}")
-                .parse()
-                .context("the token contains characters not allowed in a header")?,
-        ),
+        Some(t) => {
+            Some(format!("Bearer {t}").parse().context("the token contains characters not allowed in a header")?)
+        }
         None => None,
     };
     Ok(AdminClient::with_interceptor(channel, Auth(auth))
@@ -597,10 +611,7 @@ impl Batch {
 fn batches(input: &str, per_batch: usize) -> Vec<Batch> {
     let per_batch = per_batch.max(1);
     let mut out = Vec::new();
-    let mut cur = Batch {
-        body: String::new(),
-        starts: Vec::new(),
-    };
+    let mut cur = Batch { body: String::new(), starts: Vec::new() };
     let mut body_line = 1;
     for item in lp::parse_lines(input) {
         let (n, text): (usize, std::borrow::Cow<'_, str>) = match item {
@@ -614,13 +625,7 @@ fn batches(input: &str, per_batch: usize) -> Vec<Batch> {
         body_line += 1 + text.matches('\n').count();
         cur.body.push_str(&text);
         if cur.starts.len() >= per_batch {
-            out.push(std::mem::replace(
-                &mut cur,
-                Batch {
-                    body: String::new(),
-                    starts: Vec::new(),
-                },
-            ));
+            out.push(std::mem::replace(&mut cur, Batch { body: String::new(), starts: Vec::new() }));
             body_line = 1;
         }
     }
@@ -649,9 +654,7 @@ pub async fn write(a: WriteArgs) -> anyhow::Result<()> {
         (None, false) => a.lines.join("\n"),
         (None, true) => {
             let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .context("cannot read standard input")?;
+            std::io::stdin().read_to_string(&mut s).context("cannot read standard input")?;
             s
         }
     };
@@ -744,7 +747,11 @@ fn write_output(out: Option<&PathBuf>, bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
-async fn encode_batches(fmt: Format, batches: Vec<RecordBatch>, schema: arrow::datatypes::SchemaRef) -> anyhow::Result<Vec<u8>> {
+async fn encode_batches(
+    fmt: Format,
+    batches: Vec<RecordBatch>,
+    schema: arrow::datatypes::SchemaRef,
+) -> anyhow::Result<Vec<u8>> {
     let stream = MemoryStream::try_new(batches, schema, None)?;
     Ok(format::encode_all(fmt, Box::pin(stream)).await?)
 }
@@ -757,13 +764,8 @@ pub async fn query(a: QueryArgs) -> anyhow::Result<()> {
     }
     let mut params = Vec::new();
     for p in &a.params {
-        let (k, v) = p
-            .split_once('=')
-            .with_context(|| format!("--param {p:?} must be NAME=VALUE"))?;
-        params.push(pb::QueryParam {
-            name: k.to_string(),
-            value: v.to_string(),
-        });
+        let (k, v) = p.split_once('=').with_context(|| format!("--param {p:?} must be NAME=VALUE"))?;
+        params.push(pb::QueryParam { name: k.to_string(), value: v.to_string() });
     }
     let (schema, batches) = run_sql(&a.common, &a.database, &a.sql, params).await?;
     let bytes = encode_batches(fmt, batches, schema).await?;
@@ -807,9 +809,7 @@ pub async fn create(c: CreateCommand) -> anyhow::Result<()> {
         CreateCommand::Token { common, admin: _, name } => {
             let r = connect(&common)
                 .await?
-                .create_admin_token(pb::CreateAdminTokenRequest {
-                    name: name.unwrap_or_default(),
-                })
+                .create_admin_token(pb::CreateAdminTokenRequest { name: name.unwrap_or_default() })
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -875,7 +875,10 @@ pub async fn show(c: ShowCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            use arrow::{array::{BooleanArray, StringArray}, datatypes::{DataType, Field, Schema}};
+            use arrow::{
+                array::{BooleanArray, StringArray},
+                datatypes::{DataType, Field, Schema},
+            };
             let schema = std::sync::Arc::new(Schema::new(vec![
                 Field::new("trigger_name", DataType::Utf8, false),
                 Field::new("plugin_filename", DataType::Utf8, false),
@@ -906,7 +909,10 @@ pub async fn show(c: ShowCommand) -> anyhow::Result<()> {
                 .map_err(status_error)?
                 .into_inner()
                 .files;
-            use arrow::{array::{Int64Array, StringArray}, datatypes::{DataType, Field, Schema}};
+            use arrow::{
+                array::{Int64Array, StringArray},
+                datatypes::{DataType, Field, Schema},
+            };
             let schema = std::sync::Arc::new(Schema::new(vec![
                 Field::new("plugin_name", DataType::Utf8, false),
                 Field::new("file_name", DataType::Utf8, false),
@@ -943,9 +949,11 @@ pub async fn show(c: ShowCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
-                arrow::datatypes::Field::new("iox::database", arrow::datatypes::DataType::Utf8, false),
-            ]));
+            let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+                "iox::database",
+                arrow::datatypes::DataType::Utf8,
+                false,
+            )]));
             let names: Vec<String> = r.databases.into_iter().map(|d| d.name).collect();
             let batch = RecordBatch::try_new(
                 std::sync::Arc::clone(&schema),

@@ -4,13 +4,7 @@
 //! auth bootstrap → query executor → listener. Shutdown order: stop accepting, drain
 //! connections, flush the WAL.
 
-use std::{
-    io::Write as _,
-    net::SocketAddr,
-    path::PathBuf,
-    sync::Arc,
-    time::Duration,
-};
+use std::{io::Write as _, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
@@ -180,9 +174,7 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected a number with an optional unit"))?;
+    let n: usize = num.parse().map_err(|_| format!("invalid size {s:?}: expected a number with an optional unit"))?;
     let mult: usize = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "K" => 1 << 10,
@@ -211,10 +203,7 @@ pub fn build_storage(cfg: &ObjectStoreConfig, node_id: &str) -> anyhow::Result<S
         }
         ObjectStoreKind::Memory => Storage::new(Arc::new(object_store::memory::InMemory::new()), None, node_id),
         ObjectStoreKind::S3 => {
-            let bucket = cfg
-                .bucket
-                .as_deref()
-                .context("--object-store s3 needs --bucket (or WEIR_BUCKET)")?;
+            let bucket = cfg.bucket.as_deref().context("--object-store s3 needs --bucket (or WEIR_BUCKET)")?;
             let mut b = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .with_region(&cfg.aws_region)
@@ -243,10 +232,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         catalog: Arc::clone(&catalog),
         storage: storage.clone(),
         config: WriteBufferConfig {
-            wal: WalConfig {
-                flush_interval: cfg.wal_flush_interval,
-                min_spacing: cfg.wal_min_spacing,
-            },
+            wal: WalConfig { flush_interval: cfg.wal_flush_interval, min_spacing: cfg.wal_min_spacing },
             snapshot_interval: cfg.snapshot_interval,
             snapshot_rows: cfg.snapshot_rows,
         },
@@ -277,9 +263,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         buffer: Arc::clone(&buffer),
         metrics: Arc::clone(&metrics),
         object_store: storage.object_store(),
-        runtime: QueryRuntime::start(
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-        )?,
+        runtime: QueryRuntime::start(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))?,
     })?;
     let engine_log = Arc::clone(executor.engine_log());
     let query: Arc<dyn crate::query::QueryExecutor> = Arc::new(executor);

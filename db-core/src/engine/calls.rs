@@ -97,7 +97,14 @@ impl Engine {
     /// Record an invocation's outcome in the trigger's state and apply its error
     /// behaviour. `attempt` counts tries of this input (1 for the first); `failure` is the
     /// error and whether the host stopped the trigger.
-    pub(super) fn after_call(self: &Arc<Self>, db_id: u32, db: &str, def: &TriggerDef, attempt: u32, failure: Option<(String, bool)>) -> Next {
+    pub(super) fn after_call(
+        self: &Arc<Self>,
+        db_id: u32,
+        db: &str,
+        def: &TriggerDef,
+        attempt: u32,
+        failure: Option<(String, bool)>,
+    ) -> Next {
         let Some((error, stopped)) = failure else {
             self.log.update_state(db_id, &def.name, |s| {
                 s.runs += 1;
@@ -123,14 +130,21 @@ impl Engine {
         match def.error_behavior {
             ErrorBehavior::Log => Next::Continue,
             // Requests are answered at once: the caller retries, not the engine.
-            _ if matches!(def.spec(), TriggerSpec::Request(_)) && def.error_behavior == ErrorBehavior::Retry => Next::Continue,
+            _ if matches!(def.spec(), TriggerSpec::Request(_)) && def.error_behavior == ErrorBehavior::Retry => {
+                Next::Continue
+            }
             ErrorBehavior::Retry if attempt <= def.max_retries() => {
                 let delay = backoff(attempt, at.unsigned_abs());
-                self.record(db, &def.name, LogLevel::Warn, format!(
-                    "attempt {attempt} failed; retrying in {} (at most {} retries)",
-                    humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
-                    def.max_retries()
-                ));
+                self.record(
+                    db,
+                    &def.name,
+                    LogLevel::Warn,
+                    format!(
+                        "attempt {attempt} failed; retrying in {} (at most {} retries)",
+                        humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
+                        def.max_retries()
+                    ),
+                );
                 Next::Retry(delay)
             }
             ErrorBehavior::Retry => {
@@ -138,7 +152,12 @@ impl Engine {
                 Next::Continue
             }
             ErrorBehavior::Disable => {
-                self.record(db, &def.name, LogLevel::Error, "error_behavior is disable: disabling the trigger".to_string());
+                self.record(
+                    db,
+                    &def.name,
+                    LogLevel::Error,
+                    "error_behavior is disable: disabling the trigger".to_string(),
+                );
                 // On its own task: disabling stops the caller's task too.
                 let engine = Arc::clone(self);
                 let (db, name) = (db.to_string(), def.name.to_string());
@@ -243,7 +262,11 @@ impl Engine {
         let mut attempt = 1;
         loop {
             // A retry only while the trigger still exists unchanged and enabled.
-            if attempt > 1 && !self.catalog.db_by_id(db_id).is_some_and(|d| d.triggers.get(def.name.as_ref()).is_some_and(|t| t.as_ref() == def && !t.disabled)) {
+            if attempt > 1
+                && !self.catalog.db_by_id(db_id).is_some_and(|d| {
+                    d.triggers.get(def.name.as_ref()).is_some_and(|t| t.as_ref() == def && !t.disabled)
+                })
+            {
                 return;
             }
             // The host may be starting or restarting: give it a moment before missing the tick.
@@ -251,7 +274,10 @@ impl Engine {
                 self.wait_for_session().await;
             }
             let deadline = self.config.plugin_timeout + Duration::from_secs(60);
-            let failure = match self.request(core_message::Body::ScheduleTick(tick.clone()), deadline, "the scheduled call").await {
+            let failure = match self
+                .request(core_message::Body::ScheduleTick(tick.clone()), deadline, "the scheduled call")
+                .await
+            {
                 Ok(host_message::Body::Done(done)) if done.ok => {
                     self.commit_writes(&db.name, &def.name, done.writes).await;
                     None
@@ -260,7 +286,12 @@ impl Engine {
                 Ok(other) => Some((format!("unexpected reply: {other:?}"), false)),
                 // Not the plugin's failure: the tick is missed, the error behaviour not applied.
                 Err(e @ EngineError::Unavailable) => {
-                    self.record(&db.name, &def.name, LogLevel::Warn, format!("scheduled call at {} missed: {e}", super::rfc3339(fire)));
+                    self.record(
+                        &db.name,
+                        &def.name,
+                        LogLevel::Warn,
+                        format!("scheduled call at {} missed: {e}", super::rfc3339(fire)),
+                    );
                     self.log.update_state(db_id, &def.name, |s| s.missed_ticks += 1);
                     return;
                 }
@@ -281,7 +312,12 @@ impl Engine {
     }
 
     /// Run the request trigger `def` of database `db` for one HTTP request.
-    pub async fn http_request(self: &Arc<Self>, db: &DatabaseSchema, def: &TriggerDef, call: HttpCall) -> Result<HttpAnswer, EngineError> {
+    pub async fn http_request(
+        self: &Arc<Self>,
+        db: &DatabaseSchema,
+        def: &TriggerDef,
+        call: HttpCall,
+    ) -> Result<HttpAnswer, EngineError> {
         let db_id = db.id;
         let req = pb::HttpRequest {
             database: db.name.to_string(),
@@ -297,10 +333,12 @@ impl Engine {
         // No session: 503 at once, not after a timeout.
         let reply = self.send(core_message::Body::HttpRequest(req)).await.ok_or(EngineError::Unavailable)?;
         let timeout = self.config.plugin_timeout;
-        let timed_out = || EngineError::Timeout(format!(
-            "the request plugin did not answer within {}",
-            humantime::format_duration(timeout)
-        ));
+        let timed_out = || {
+            EngineError::Timeout(format!(
+                "the request plugin did not answer within {}",
+                humantime::format_duration(timeout)
+            ))
+        };
         let done = match tokio::time::timeout(timeout + Duration::from_secs(1), reply).await {
             Ok(Ok(host_message::Body::Done(done))) => done,
             Ok(Ok(other)) => return Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),

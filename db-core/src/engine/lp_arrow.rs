@@ -4,7 +4,10 @@
 use std::{collections::HashMap, sync::Arc};
 
 use arrow::{
-    array::{ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampNanosecondBuilder, UInt64Builder},
+    array::{
+        ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampNanosecondBuilder,
+        UInt64Builder,
+    },
     datatypes::{DataType, Field, Schema, TimeUnit},
     error::ArrowError,
     record_batch::RecordBatch,
@@ -95,11 +98,8 @@ pub fn tables(lp: &str, default_time: i64) -> Result<(Tables, Vec<String>), Arro
         let t = tables.entry(name).or_default();
         let mut row = HashMap::new();
         let mut bad = None;
-        let cells = line
-            .tags
-            .iter()
-            .map(|(k, v)| (k.as_ref(), Kind::Tag, Value::Str(v.to_string())))
-            .chain(line.fields.iter().map(|(k, v)| {
+        let cells = line.tags.iter().map(|(k, v)| (k.as_ref(), Kind::Tag, Value::Str(v.to_string()))).chain(
+            line.fields.iter().map(|(k, v)| {
                 let value = match v {
                     FieldValue::I64(x) => Value::I64(*x),
                     FieldValue::U64(x) => Value::U64(*x),
@@ -108,7 +108,8 @@ pub fn tables(lp: &str, default_time: i64) -> Result<(Tables, Vec<String>), Arro
                     FieldValue::Str(x) => Value::Str(x.to_string()),
                 };
                 (k.as_ref(), Kind::of(v), value)
-            }));
+            }),
+        );
         let mut additions = Vec::new();
         for (key, kind, value) in cells {
             let col = match t.index.get(key) {
@@ -153,27 +154,52 @@ pub fn tables(lp: &str, default_time: i64) -> Result<(Tables, Vec<String>), Arro
             let (dt, array): (DataType, ArrayRef) = match kind {
                 Kind::Tag | Kind::Str => {
                     let mut b = StringBuilder::new();
-                    cells.for_each(|c| b.append_option(match c { Some(Value::Str(s)) => Some(s.as_str()), _ => None }));
+                    cells.for_each(|c| {
+                        b.append_option(match c {
+                            Some(Value::Str(s)) => Some(s.as_str()),
+                            _ => None,
+                        })
+                    });
                     (DataType::Utf8, Arc::new(b.finish()))
                 }
                 Kind::I64 => {
                     let mut b = Int64Builder::new();
-                    cells.for_each(|c| b.append_option(match c { Some(Value::I64(x)) => Some(*x), _ => None }));
+                    cells.for_each(|c| {
+                        b.append_option(match c {
+                            Some(Value::I64(x)) => Some(*x),
+                            _ => None,
+                        })
+                    });
                     (DataType::Int64, Arc::new(b.finish()))
                 }
                 Kind::U64 => {
                     let mut b = UInt64Builder::new();
-                    cells.for_each(|c| b.append_option(match c { Some(Value::U64(x)) => Some(*x), _ => None }));
+                    cells.for_each(|c| {
+                        b.append_option(match c {
+                            Some(Value::U64(x)) => Some(*x),
+                            _ => None,
+                        })
+                    });
                     (DataType::UInt64, Arc::new(b.finish()))
                 }
                 Kind::F64 => {
                     let mut b = Float64Builder::new();
-                    cells.for_each(|c| b.append_option(match c { Some(Value::F64(x)) => Some(*x), _ => None }));
+                    cells.for_each(|c| {
+                        b.append_option(match c {
+                            Some(Value::F64(x)) => Some(*x),
+                            _ => None,
+                        })
+                    });
                     (DataType::Float64, Arc::new(b.finish()))
                 }
                 Kind::Bool => {
                     let mut b = BooleanBuilder::new();
-                    cells.for_each(|c| b.append_option(match c { Some(Value::Bool(x)) => Some(*x), _ => None }));
+                    cells.for_each(|c| {
+                        b.append_option(match c {
+                            Some(Value::Bool(x)) => Some(*x),
+                            _ => None,
+                        })
+                    });
                     (DataType::Boolean, Arc::new(b.finish()))
                 }
             };
@@ -203,7 +229,10 @@ mod tests {
         let cpu = pretty_format_batches(&[tables[0].1.clone()]).unwrap().to_string();
         let rows: Vec<Vec<&str>> = cpu.lines().map(|l| l.split('|').map(str::trim).collect()).collect();
         assert!(rows.iter().any(|r| r.get(1..5) == Some(&["a", "1.5", "", "2023-11-14T22:13:20"][..])), "{cpu}");
-        assert!(rows.iter().any(|r| r.get(1..5) == Some(&["b", "2.0", "true", "1970-01-01T00:00:00.000000007"][..])), "{cpu}");
+        assert!(
+            rows.iter().any(|r| r.get(1..5) == Some(&["b", "2.0", "true", "1970-01-01T00:00:00.000000007"][..])),
+            "{cpu}"
+        );
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with("line 4: column \"usage\" is a string here but a float"), "{errors:?}");
         assert!(errors[1].starts_with("line 5:"), "{errors:?}");

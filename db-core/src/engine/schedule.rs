@@ -27,8 +27,9 @@ impl Schedule {
     pub fn parse(spec: &str) -> Result<Self, String> {
         if let Some(d) = spec.strip_prefix("every:") {
             let d = d.trim();
-            let interval = humantime::parse_duration(d)
-                .map_err(|e| format!("invalid duration {d:?} in {spec:?}: {e} (examples: every:10s, every:1m, every:250ms)"))?;
+            let interval = humantime::parse_duration(d).map_err(|e| {
+                format!("invalid duration {d:?} in {spec:?}: {e} (examples: every:10s, every:1m, every:250ms)")
+            })?;
             if interval < MIN_INTERVAL {
                 return Err(format!("{spec:?} is shorter than the minimum schedule interval of 1ms"));
             }
@@ -73,11 +74,7 @@ impl Schedule {
             Self::Every(d) => {
                 let first = after.div_euclid(*d) + 1;
                 let last = until.div_euclid(*d);
-                if last < first {
-                    (0, None)
-                } else {
-                    ((last - first + 1) as u64, Some(last * d))
-                }
+                if last < first { (0, None) } else { ((last - first + 1) as u64, Some(last * d)) }
             }
             Self::Cron(_) => {
                 let (mut n, mut latest, mut t) = (0u64, None, after);

@@ -17,14 +17,8 @@ fn ok(
 ) -> Want {
     Want::Line(ParsedLine {
         measurement: Cow::Borrowed(measurement),
-        tags: tags
-            .iter()
-            .map(|&(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v)))
-            .collect(),
-        fields: fields
-            .iter()
-            .map(|(k, v)| (Cow::Borrowed(*k), v.clone()))
-            .collect(),
+        tags: tags.iter().map(|&(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v))).collect(),
+        fields: fields.iter().map(|(k, v)| (Cow::Borrowed(*k), v.clone())).collect(),
         timestamp,
     })
 }
@@ -71,14 +65,8 @@ fn cases() -> Vec<(&'static str, Want)> {
     vec![
         // --- basics -------------------------------------------------------
         ("cpu value=1", ok("cpu", &[], &[("value", fl(1.0))], None)),
-        (
-            "cpu value=1 1465839830100400200",
-            ok("cpu", &[], &[("value", fl(1.0))], Some(1465839830100400200)),
-        ),
-        (
-            "cpu,host=a value=1",
-            ok("cpu", &[("host", "a")], &[("value", fl(1.0))], None),
-        ),
+        ("cpu value=1 1465839830100400200", ok("cpu", &[], &[("value", fl(1.0))], Some(1465839830100400200))),
+        ("cpu,host=a value=1", ok("cpu", &[("host", "a")], &[("value", fl(1.0))], None)),
         (
             "cpu,host=a,region=west usage=64.2,idle=30i 1590488773254420000",
             ok(
@@ -88,29 +76,12 @@ fn cases() -> Vec<(&'static str, Want)> {
                 Some(1590488773254420000),
             ),
         ),
-        (
-            "cpu,b=2,a=1 v=1",
-            ok("cpu", &[("b", "2"), ("a", "1")], &[("v", fl(1.0))], None),
-        ),
+        ("cpu,b=2,a=1 v=1", ok("cpu", &[("b", "2"), ("a", "1")], &[("v", fl(1.0))], None)),
         (
             r#"cpu v=1,w=2i,x=3u,y=true,z="s""#,
-            ok(
-                "cpu",
-                &[],
-                &[
-                    ("v", fl(1.0)),
-                    ("w", int(2)),
-                    ("x", uint(3)),
-                    ("y", bool_(true)),
-                    ("z", s("s")),
-                ],
-                None,
-            ),
+            ok("cpu", &[], &[("v", fl(1.0)), ("w", int(2)), ("x", uint(3)), ("y", bool_(true)), ("z", s("s"))], None),
         ),
-        (
-            "cpu,v=a v=1",
-            ok("cpu", &[("v", "a")], &[("v", fl(1.0))], None),
-        ),
+        ("cpu,v=a v=1", ok("cpu", &[("v", "a")], &[("v", fl(1.0))], None)),
         (
             "#cpu v=1",
             ok("#cpu", &[], &[("v", fl(1.0))], None), // comments are a parse_lines concept
@@ -121,22 +92,10 @@ fn cases() -> Vec<(&'static str, Want)> {
         ("cpu   v=1", ok("cpu", &[], &[("v", fl(1.0))], None)),
         ("cpu v=1    5", ok("cpu", &[], &[("v", fl(1.0))], Some(5))),
         ("cpu v=1 ", ok("cpu", &[], &[("v", fl(1.0))], None)),
-        (
-            "cpu v=1 123   ",
-            ok("cpu", &[], &[("v", fl(1.0))], Some(123)),
-        ),
-        (
-            "cpu,a=b   v=1",
-            ok("cpu", &[("a", "b")], &[("v", fl(1.0))], None),
-        ),
-        (
-            "cpu\tv=1",
-            err(r"invalid character '\t' in measurement name"),
-        ),
-        (
-            "cpu v=1\t123",
-            err(r#"invalid field value "1\t123" for field "v""#),
-        ),
+        ("cpu v=1 123   ", ok("cpu", &[], &[("v", fl(1.0))], Some(123))),
+        ("cpu,a=b   v=1", ok("cpu", &[("a", "b")], &[("v", fl(1.0))], None)),
+        ("cpu\tv=1", err(r"invalid character '\t' in measurement name")),
+        ("cpu v=1\t123", err(r#"invalid field value "1\t123" for field "v""#)),
         ("cpu v=1 123\t", err("invalid timestamp")),
         ("", err("empty line")),
         ("   ", err("empty line")),
@@ -153,95 +112,38 @@ fn cases() -> Vec<(&'static str, Want)> {
         (r"cpu\\ v=1", ok(r"cpu\", &[], &[("v", fl(1.0))], None)),
         (r"c\\\ pu v=1", ok(r"c\ pu", &[], &[("v", fl(1.0))], None)),
         (r"\ cpu v=1", ok(" cpu", &[], &[("v", fl(1.0))], None)),
-        (
-            r"c\\,a=b v=1",
-            ok(r"c\", &[("a", "b")], &[("v", fl(1.0))], None),
-        ),
+        (r"c\\,a=b v=1", ok(r"c\", &[("a", "b")], &[("v", fl(1.0))], None)),
         (r#"c"pu" v=1"#, ok(r#"c"pu""#, &[], &[("v", fl(1.0))], None)),
         (r"cpu\é v=1", ok(r"cpu\é", &[], &[("v", fl(1.0))], None)),
         ("温度 値=1", ok("温度", &[], &[("値", fl(1.0))], None)),
-        (
-            "🙂,🔑=🔒 📈=1i",
-            ok("🙂", &[("🔑", "🔒")], &[("📈", int(1))], None),
-        ),
+        ("🙂,🔑=🔒 📈=1i", ok("🙂", &[("🔑", "🔒")], &[("📈", int(1))], None)),
         (r"cpu\ v=1", err("missing fields")),
         (r"cpu\", err("missing fields")),
         (",a=b v=1", err("empty measurement name")),
         (" ,a=b v=1", err("empty measurement name")),
         (" v=1", err("missing fields")),
-        (
-            "cpu\0 v=1",
-            err(r"invalid character '\0' in measurement name"),
-        ),
+        ("cpu\0 v=1", err(r"invalid character '\0' in measurement name")),
         // --- tag escapes ----------------------------------------------------
-        (
-            r"cpu,ho\,st=a v=1",
-            ok("cpu", &[("ho,st", "a")], &[("v", fl(1.0))], None),
-        ),
-        (
-            r"cpu,ho\=st=a v=1",
-            ok("cpu", &[("ho=st", "a")], &[("v", fl(1.0))], None),
-        ),
-        (
-            r"cpu,ho\ st=a v=1",
-            ok("cpu", &[("ho st", "a")], &[("v", fl(1.0))], None),
-        ),
-        (
-            r"cpu,ho\\st=a v=1",
-            ok("cpu", &[(r"ho\st", "a")], &[("v", fl(1.0))], None),
-        ),
-        (
-            r"cpu,ho\xst=a v=1",
-            ok("cpu", &[(r"ho\xst", "a")], &[("v", fl(1.0))], None),
-        ),
-        (
-            r"cpu,host=a\,b v=1",
-            ok("cpu", &[("host", "a,b")], &[("v", fl(1.0))], None),
-        ),
-        (
-            r"cpu,host=a\=b v=1",
-            ok("cpu", &[("host", "a=b")], &[("v", fl(1.0))], None),
-        ),
-        (
-            r"cpu,host=a\ b v=1",
-            ok("cpu", &[("host", "a b")], &[("v", fl(1.0))], None),
-        ),
-        (
-            "cpu,host=a=b v=1",
-            ok("cpu", &[("host", "a=b")], &[("v", fl(1.0))], None),
-        ),
-        (
-            r"cpu,host=a\\ v=1",
-            ok("cpu", &[("host", r"a\")], &[("v", fl(1.0))], None),
-        ),
-        (
-            r"cpu,host=a\xb v=1",
-            ok("cpu", &[("host", r"a\xb")], &[("v", fl(1.0))], None),
-        ),
-        (
-            r"cpu,host=\\ v=1",
-            ok("cpu", &[("host", r"\")], &[("v", fl(1.0))], None),
-        ),
-        (
-            r#"cpu,#k="v" v=1"#,
-            ok("cpu", &[("#k", r#""v""#)], &[("v", fl(1.0))], None),
-        ),
-        (
-            "cpu,地点=東京 v=1",
-            ok("cpu", &[("地点", "東京")], &[("v", fl(1.0))], None),
-        ),
+        (r"cpu,ho\,st=a v=1", ok("cpu", &[("ho,st", "a")], &[("v", fl(1.0))], None)),
+        (r"cpu,ho\=st=a v=1", ok("cpu", &[("ho=st", "a")], &[("v", fl(1.0))], None)),
+        (r"cpu,ho\ st=a v=1", ok("cpu", &[("ho st", "a")], &[("v", fl(1.0))], None)),
+        (r"cpu,ho\\st=a v=1", ok("cpu", &[(r"ho\st", "a")], &[("v", fl(1.0))], None)),
+        (r"cpu,ho\xst=a v=1", ok("cpu", &[(r"ho\xst", "a")], &[("v", fl(1.0))], None)),
+        (r"cpu,host=a\,b v=1", ok("cpu", &[("host", "a,b")], &[("v", fl(1.0))], None)),
+        (r"cpu,host=a\=b v=1", ok("cpu", &[("host", "a=b")], &[("v", fl(1.0))], None)),
+        (r"cpu,host=a\ b v=1", ok("cpu", &[("host", "a b")], &[("v", fl(1.0))], None)),
+        ("cpu,host=a=b v=1", ok("cpu", &[("host", "a=b")], &[("v", fl(1.0))], None)),
+        (r"cpu,host=a\\ v=1", ok("cpu", &[("host", r"a\")], &[("v", fl(1.0))], None)),
+        (r"cpu,host=a\xb v=1", ok("cpu", &[("host", r"a\xb")], &[("v", fl(1.0))], None)),
+        (r"cpu,host=\\ v=1", ok("cpu", &[("host", r"\")], &[("v", fl(1.0))], None)),
+        (r#"cpu,#k="v" v=1"#, ok("cpu", &[("#k", r#""v""#)], &[("v", fl(1.0))], None)),
+        ("cpu,地点=東京 v=1", ok("cpu", &[("地点", "東京")], &[("v", fl(1.0))], None)),
         (r"cpu,host=a\ v=1", err("missing fields")),
-        (
-            r#"cpu,host="a b" v=1"#,
-            err(r#"missing field value for field "b\"""#),
-        ),
+        (r#"cpu,host="a b" v=1"#, err(r#"missing field value for field "b\"""#)),
         // --- tag errors -----------------------------------------------------
         ("cpu,host v=1", err(r#"missing tag value for tag "host""#)),
         ("cpu,host= v=1", err(r#"missing tag value for tag "host""#)),
-        (
-            "cpu,host=,a=b v=1",
-            err(r#"missing tag value for tag "host""#),
-        ),
+        ("cpu,host=,a=b v=1", err(r#"missing tag value for tag "host""#)),
         ("cpu,host=", err(r#"missing tag value for tag "host""#)),
         ("cpu,a,b=c v=1", err(r#"missing tag value for tag "a""#)),
         ("cpu,=a v=1", err("empty tag key")),
@@ -254,39 +156,15 @@ fn cases() -> Vec<(&'static str, Want)> {
         ("cpu,host=a,host=b v=1", err(r#"duplicate tag key "host""#)),
         (r"cpu,h\ x=a,h\ x=b v=1", err(r#"duplicate tag key "h x""#)),
         ("cpu,a\tb=c v=1", err(r"invalid character '\t' in tag key")),
-        (
-            "cpu,a=b\tc v=1",
-            err(r"invalid character '\t' in tag value"),
-        ),
+        ("cpu,a=b\tc v=1", err(r"invalid character '\t' in tag value")),
         // --- field keys -----------------------------------------------------
-        (
-            r"cpu fi\,eld=1",
-            ok("cpu", &[], &[("fi,eld", fl(1.0))], None),
-        ),
-        (
-            r"cpu fi\=eld=1",
-            ok("cpu", &[], &[("fi=eld", fl(1.0))], None),
-        ),
-        (
-            r"cpu fi\ eld=1",
-            ok("cpu", &[], &[("fi eld", fl(1.0))], None),
-        ),
-        (
-            r"cpu fi\\eld=1",
-            ok("cpu", &[], &[(r"fi\eld", fl(1.0))], None),
-        ),
-        (
-            r"cpu fi\xeld=1",
-            ok("cpu", &[], &[(r"fi\xeld", fl(1.0))], None),
-        ),
-        (
-            r"cpu field\\=1",
-            ok("cpu", &[], &[(r"field\", fl(1.0))], None),
-        ),
-        (
-            r#"cpu fi"eld=1"#,
-            ok("cpu", &[], &[(r#"fi"eld"#, fl(1.0))], None),
-        ),
+        (r"cpu fi\,eld=1", ok("cpu", &[], &[("fi,eld", fl(1.0))], None)),
+        (r"cpu fi\=eld=1", ok("cpu", &[], &[("fi=eld", fl(1.0))], None)),
+        (r"cpu fi\ eld=1", ok("cpu", &[], &[("fi eld", fl(1.0))], None)),
+        (r"cpu fi\\eld=1", ok("cpu", &[], &[(r"fi\eld", fl(1.0))], None)),
+        (r"cpu fi\xeld=1", ok("cpu", &[], &[(r"fi\xeld", fl(1.0))], None)),
+        (r"cpu field\\=1", ok("cpu", &[], &[(r"field\", fl(1.0))], None)),
+        (r#"cpu fi"eld=1"#, ok("cpu", &[], &[(r#"fi"eld"#, fl(1.0))], None)),
         ("cpu 値=1", ok("cpu", &[], &[("値", fl(1.0))], None)),
         ("cpu a\tb=1", err(r"invalid character '\t' in field key")),
         ("cpu =1", err("empty field key")),
@@ -319,15 +197,9 @@ fn cases() -> Vec<(&'static str, Want)> {
         ("m v=5e-324", mv(fl(5e-324))),
         ("m v=1e-400", mv(fl(0.0))),
         ("m v=9223372036854775808", mv(fl(9223372036854775808.0))),
-        (
-            "m v=1e309",
-            err(r#"float value out of range for field "v""#),
-        ),
+        ("m v=1e309", err(r#"float value out of range for field "v""#)),
         ("m v=-1e309", err("float value out of range")),
-        (
-            "m v=+1.0",
-            err(r#"invalid field value "+1.0" for field "v""#),
-        ),
+        ("m v=+1.0", err(r#"invalid field value "+1.0" for field "v""#)),
         ("m v=.5", err("invalid field value")),
         ("m v=1.", err("invalid field value")),
         ("m v=1.e5", err("invalid field value")),
@@ -344,10 +216,7 @@ fn cases() -> Vec<(&'static str, Want)> {
         ("m v=1_000", err("invalid field value")),
         ("m v=-", err("invalid field value")),
         ("m v=--1", err("invalid field value")),
-        (
-            "m usage=12x",
-            err(r#"invalid field value "12x" for field "usage""#),
-        ),
+        ("m usage=12x", err(r#"invalid field value "12x" for field "usage""#)),
         // --- signed integers ------------------------------------------------
         ("m v=12i", mv(int(12))),
         ("m v=-12i", mv(int(-12))),
@@ -356,18 +225,9 @@ fn cases() -> Vec<(&'static str, Want)> {
         ("m v=00012i", mv(int(12))),
         ("m v=9223372036854775807i", mv(int(i64::MAX))),
         ("m v=-9223372036854775808i", mv(int(i64::MIN))),
-        (
-            "m v=9223372036854775808i",
-            err(r#"integer value out of range for field "v""#),
-        ),
-        (
-            "m v=-9223372036854775809i",
-            err("integer value out of range"),
-        ),
-        (
-            "m v=99999999999999999999999i",
-            err("integer value out of range"),
-        ),
+        ("m v=9223372036854775808i", err(r#"integer value out of range for field "v""#)),
+        ("m v=-9223372036854775809i", err("integer value out of range")),
+        ("m v=99999999999999999999999i", err("integer value out of range")),
         ("m v=99999999999999999999999xi", err("invalid field value")),
         ("m v=+12i", err("invalid field value")),
         ("m v=12.0i", err("invalid field value")),
@@ -381,10 +241,7 @@ fn cases() -> Vec<(&'static str, Want)> {
         ("m v=12u", mv(uint(12))),
         ("m v=0u", mv(uint(0))),
         ("m v=18446744073709551615u", mv(uint(u64::MAX))),
-        (
-            "m v=18446744073709551616u",
-            err(r#"unsigned integer value out of range for field "v""#),
-        ),
+        ("m v=18446744073709551616u", err(r#"unsigned integer value out of range for field "v""#)),
         ("m v=-1u", err(r#"invalid field value "-1u""#)),
         ("m v=+1u", err("invalid field value")),
         ("m v=u", err("invalid field value")),
@@ -426,35 +283,17 @@ fn cases() -> Vec<(&'static str, Want)> {
         ("m v=\"cr\r\nlf\"", mv(s("cr\r\nlf"))),
         (r#"m v="日本語 🙂""#, mv(s("日本語 🙂"))),
         (r#"m v="x=1 2""#, mv(s("x=1 2"))),
-        (
-            r#"m v="a",w=1"#,
-            ok("m", &[], &[("v", s("a")), ("w", fl(1.0))], None),
-        ),
+        (r#"m v="a",w=1"#, ok("m", &[], &[("v", s("a")), ("w", fl(1.0))], None)),
         (r#"m v="a" 123"#, ok("m", &[], &[("v", s("a"))], Some(123))),
-        (
-            r#"m v="a b" 123  "#,
-            ok("m", &[], &[("v", s("a b"))], Some(123)),
-        ),
-        (
-            r#"m v="unterminated"#,
-            err(r#"unterminated string field value for field "v""#),
-        ),
+        (r#"m v="a b" 123  "#, ok("m", &[], &[("v", s("a b"))], Some(123))),
+        (r#"m v="unterminated"#, err(r#"unterminated string field value for field "v""#)),
         (r#"m v="a\""#, err("unterminated string field value")),
         (r#"m v=""#, err("unterminated string field value")),
-        (
-            r#"m v="a"b"#,
-            err("unexpected characters after closing quote"),
-        ),
-        (
-            r#"m v="a""b""#,
-            err("unexpected characters after closing quote"),
-        ),
+        (r#"m v="a"b"#, err("unexpected characters after closing quote")),
+        (r#"m v="a""b""#, err("unexpected characters after closing quote")),
         (r#"m v=a"b""#, err(r#"invalid field value "a\"b\"""#)),
         ("m v='a'", err("invalid field value")),
-        (
-            "m v=hello",
-            err(r#"invalid field value "hello" for field "v""#),
-        ),
+        ("m v=hello", err(r#"invalid field value "hello" for field "v""#)),
         // --- timestamps -----------------------------------------------------
         ("m v=1 0", ts(0)),
         ("m v=1 -1", ts(-1)),
@@ -462,15 +301,9 @@ fn cases() -> Vec<(&'static str, Want)> {
         ("m v=1 0123", ts(123)),
         ("m v=1 9223372036854775807", ts(i64::MAX)),
         ("m v=1 -9223372036854775808", ts(i64::MIN)),
-        (
-            "m v=1 9223372036854775808",
-            err(r#"timestamp out of range "9223372036854775808""#),
-        ),
+        ("m v=1 9223372036854775808", err(r#"timestamp out of range "9223372036854775808""#)),
         ("m v=1 -9223372036854775809", err("timestamp out of range")),
-        (
-            "m v=1 99999999999999999999999999",
-            err("timestamp out of range"),
-        ),
+        ("m v=1 99999999999999999999999999", err("timestamp out of range")),
         ("m v=1 abc", err(r#"invalid timestamp "abc""#)),
         ("m v=1 +1", err(r#"invalid timestamp "+1""#)),
         ("m v=1 1.5", err("invalid timestamp")),
@@ -478,36 +311,19 @@ fn cases() -> Vec<(&'static str, Want)> {
         ("m v=1 -", err("invalid timestamp")),
         ("m v=1 12a", err("invalid timestamp")),
         ("m v=1 ,w=2", err("invalid timestamp")),
-        (
-            "m v=1 123 456",
-            err(r#"unexpected trailing content after timestamp: "456""#),
-        ),
+        ("m v=1 123 456", err(r#"unexpected trailing content after timestamp: "456""#)),
         ("m v=1 123 x y", err("unexpected trailing content")),
         ("m v=1 123 # comment", err("unexpected trailing content")),
         // --- duplicates -----------------------------------------------------
-        (
-            "m a=1,b=2,a=3",
-            ok("m", &[], &[("a", fl(3.0)), ("b", fl(2.0))], None),
-        ),
+        ("m a=1,b=2,a=3", ok("m", &[], &[("a", fl(3.0)), ("b", fl(2.0))], None)),
         (r#"m a=1i,a="x""#, ok("m", &[], &[("a", s("x"))], None)),
         (r"m a\ b=1,a\ b=2", ok("m", &[], &[("a b", fl(2.0))], None)),
         ("m a=1,a=2,a=3 7", ok("m", &[], &[("a", fl(3.0))], Some(7))),
-        (
-            "m a=1,b=2,c=3,b=4,a=5",
-            ok(
-                "m",
-                &[],
-                &[("a", fl(5.0)), ("b", fl(4.0)), ("c", fl(3.0))],
-                None,
-            ),
-        ),
+        ("m a=1,b=2,c=3,b=4,a=5", ok("m", &[], &[("a", fl(5.0)), ("b", fl(4.0)), ("c", fl(3.0))], None)),
         // --- error precedence / mixed ----------------------------------------
         ("m,a=1,a=2 v=x", err("duplicate tag key")),
         ("m v=x 123abc", err("invalid field value")),
-        (
-            r#"m v="ok",w=bad"#,
-            err(r#"invalid field value "bad" for field "w""#),
-        ),
+        (r#"m v="ok",w=bad"#, err(r#"invalid field value "bad" for field "w""#)),
     ]
 }
 
@@ -521,19 +337,13 @@ fn check_case(input: &str, want: &Want) -> Result<(), String> {
                 Err(format!("expected {expected:?}\n      got {actual:?}"))
             }
         }
-        (Want::Line(expected), Err(e)) => {
-            Err(format!("expected {expected:?}\n      got error {e:?}"))
-        }
-        (Want::Err(sub), Ok(actual)) => Err(format!(
-            "expected error containing {sub:?}\n      got {actual:?}"
-        )),
+        (Want::Line(expected), Err(e)) => Err(format!("expected {expected:?}\n      got error {e:?}")),
+        (Want::Err(sub), Ok(actual)) => Err(format!("expected error containing {sub:?}\n      got {actual:?}")),
         (Want::Err(sub), Err(e)) => {
             if e.contains(sub) {
                 Ok(())
             } else {
-                Err(format!(
-                    "expected error containing {sub:?}\n      got error {e:?}"
-                ))
+                Err(format!("expected error containing {sub:?}\n      got error {e:?}"))
             }
         }
     }
@@ -550,13 +360,7 @@ fn table_driven_edge_cases() {
     }
     println!("lp table cases: {}", cases.len());
     assert!(cases.len() >= 120, "only {} cases", cases.len());
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 
 #[test]
@@ -576,10 +380,7 @@ fn unescaped_input_is_borrowed_and_escaped_input_is_owned() {
     assert!(matches!(line.tags[0].1, Cow::Borrowed("a")));
     assert!(matches!(&line.tags[1].1, Cow::Owned(v) if v == "v x"));
     assert!(matches!(line.fields[0].0, Cow::Borrowed("f")));
-    assert!(matches!(
-        &line.fields[1].1,
-        FieldValue::Str(Cow::Borrowed("str"))
-    ));
+    assert!(matches!(&line.fields[1].1, FieldValue::Str(Cow::Borrowed("str"))));
     assert!(matches!(&line.fields[2].1, FieldValue::Str(Cow::Owned(v)) if v == "q\"s"));
 
     // A backslash that escapes nothing does not force an allocation.
@@ -588,10 +389,7 @@ fn unescaped_input_is_borrowed_and_escaped_input_is_owned() {
     assert!(matches!(line.tags[0].0, Cow::Borrowed(r"t\x")));
     assert!(matches!(line.tags[0].1, Cow::Borrowed(r"a\b")));
     assert!(matches!(line.fields[0].0, Cow::Borrowed(r"f\g")));
-    assert!(matches!(
-        &line.fields[0].1,
-        FieldValue::Str(Cow::Borrowed(r"s\t"))
-    ));
+    assert!(matches!(&line.fields[0].1, FieldValue::Str(Cow::Borrowed(r"s\t"))));
 
     let line = parse_line(r"c\,pu v=1").unwrap();
     assert!(matches!(&line.measurement, Cow::Owned(m) if m == "c,pu"));
@@ -605,24 +403,15 @@ fn many_tags_and_fields_use_the_hashed_duplicate_check() {
     let parsed = parse_line(&line).unwrap();
     assert_eq!(parsed.tags.len(), 40);
     assert_eq!(parsed.fields.len(), 40);
-    assert_eq!(
-        parsed.fields[39],
-        (Cow::Borrowed("f39"), FieldValue::I64(39))
-    );
+    assert_eq!(parsed.fields[39], (Cow::Borrowed("f39"), FieldValue::I64(39)));
 
     let dup_tag = format!("m,{},t7=x {}", tags.join(","), fields.join(","));
-    assert_eq!(
-        parse_line(&dup_tag).unwrap_err(),
-        r#"duplicate tag key "t7""#
-    );
+    assert_eq!(parse_line(&dup_tag).unwrap_err(), r#"duplicate tag key "t7""#);
 
     let dup_fields = format!("m {},f3=-3i,f0=\"zero\"", fields.join(","));
     let parsed = parse_line(&dup_fields).unwrap();
     assert_eq!(parsed.fields.len(), 40);
-    assert_eq!(
-        parsed.fields[0],
-        (Cow::Borrowed("f0"), FieldValue::Str(Cow::Borrowed("zero")))
-    );
+    assert_eq!(parsed.fields[0], (Cow::Borrowed("f0"), FieldValue::Str(Cow::Borrowed("zero"))));
     assert_eq!(parsed.fields[3], (Cow::Borrowed("f3"), FieldValue::I64(-3)));
     assert_eq!(parsed.fields[4], (Cow::Borrowed("f4"), FieldValue::I64(4)));
 }
@@ -633,10 +422,7 @@ fn long_values_are_truncated_in_error_messages() {
     let e = parse_line(&format!("m v={long}")).unwrap_err();
     assert!(e.len() < 200, "{e}");
     assert!(e.starts_with("invalid field value \"xxxx"), "{e}");
-    assert!(
-        e.contains("...\" for field") || e.contains("\"... for field"),
-        "{e}"
-    );
+    assert!(e.contains("...\" for field") || e.contains("\"... for field"), "{e}");
 
     // Truncation respects UTF-8 boundaries.
     let long = "é".repeat(100);
@@ -676,30 +462,20 @@ fn parse_lines_numbers_comments_blanks_and_multiline_strings() {
         vec![
             (3, Ok("cpu v=1 1".to_string())),
             (6, Ok("cpu,host=a s=\"multi\nline\nstring\" 2".to_string())),
-            (
-                9,
-                Err(r#"missing field value for field "line""#.to_string())
-            ),
+            (9, Err(r#"missing field value for field "line""#.to_string())),
             (10, Ok("cpu v=2i 3".to_string())),
             (12, Ok("mem free=10u".to_string())),
         ]
     );
     match &items[1] {
-        Ok((_, _, line)) => assert_eq!(
-            line.fields[0],
-            (
-                Cow::Borrowed("s"),
-                FieldValue::Str(Cow::Borrowed("multi\nline\nstring"))
-            )
-        ),
+        Ok((_, _, line)) => {
+            assert_eq!(line.fields[0], (Cow::Borrowed("s"), FieldValue::Str(Cow::Borrowed("multi\nline\nstring"))))
+        }
         Err(e) => panic!("{e}"),
     }
     let e = items[2].as_ref().unwrap_err();
     assert_eq!(e.original_line, "bad line");
-    assert_eq!(
-        e.to_string(),
-        r#"line 9: missing field value for field "line": bad line"#
-    );
+    assert_eq!(e.to_string(), r#"line 9: missing field value for field "line": bad line"#);
 }
 
 #[test]
@@ -713,19 +489,12 @@ fn parse_lines_edge_bodies() {
     let items: Vec<_> = parse_lines("a v=1\r\nb v=2\r\nc v=3").collect();
     assert_eq!(
         summarize(&items),
-        vec![
-            (1, Ok("a v=1".to_string())),
-            (2, Ok("b v=2".to_string())),
-            (3, Ok("c v=3".to_string())),
-        ]
+        vec![(1, Ok("a v=1".to_string())), (2, Ok("b v=2".to_string())), (3, Ok("c v=3".to_string())),]
     );
 
     // A quote inside a comment does not start a string.
     let items: Vec<_> = parse_lines("# \"unbalanced\na v=1\nb v=2").collect();
-    assert_eq!(
-        summarize(&items).iter().map(|x| x.0).collect::<Vec<_>>(),
-        vec![2, 3]
-    );
+    assert_eq!(summarize(&items).iter().map(|x| x.0).collect::<Vec<_>>(), vec![2, 3]);
 
     // A quote in a tag value or inside an unquoted field value is not a string.
     let items: Vec<_> = parse_lines("c,t=\"x v=1\nc v=a\"b\nc v=2").collect();
@@ -733,85 +502,41 @@ fn parse_lines_edge_bodies() {
         summarize(&items),
         vec![
             (1, Ok("c,t=\"x v=1".to_string())),
-            (
-                2,
-                Err(r#"invalid field value "a\"b" for field "v""#.to_string())
-            ),
+            (2, Err(r#"invalid field value "a\"b" for field "v""#.to_string())),
             (3, Ok("c v=2".to_string())),
         ]
     );
 
     // Escaped quote keeps the string open across the newline.
     let items: Vec<_> = parse_lines("c s=\"a\\\"\nb\" 1\nc v=1").collect();
-    assert_eq!(
-        summarize(&items),
-        vec![
-            (1, Ok("c s=\"a\\\"\nb\" 1".to_string())),
-            (3, Ok("c v=1".to_string()))
-        ]
-    );
+    assert_eq!(summarize(&items), vec![(1, Ok("c s=\"a\\\"\nb\" 1".to_string())), (3, Ok("c v=1".to_string()))]);
 
     // Escaped backslash closes the string before the newline.
     let items: Vec<_> = parse_lines("c s=\"a\\\\\"\nc v=1").collect();
-    assert_eq!(
-        summarize(&items),
-        vec![
-            (1, Ok("c s=\"a\\\\\"".to_string())),
-            (2, Ok("c v=1".to_string()))
-        ]
-    );
+    assert_eq!(summarize(&items), vec![(1, Ok("c s=\"a\\\\\"".to_string())), (2, Ok("c v=1".to_string()))]);
 
     // Second string field spanning lines, and an escaped '=' in a key.
     let items: Vec<_> = parse_lines("c a=1,k\\==\"x\ny\",b=\"\n\n\" 5\nd v=1\n").collect();
-    assert_eq!(
-        summarize(&items).iter().map(|x| x.0).collect::<Vec<_>>(),
-        vec![1, 5]
-    );
+    assert_eq!(summarize(&items).iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 5]);
     assert!(items.iter().all(Result::is_ok));
 
     // An unterminated string swallows the rest of the body.
     let items: Vec<_> = parse_lines("a v=1\nc s=\"abc\nc v=1\nc v=2\n").collect();
     assert_eq!(
         summarize(&items),
-        vec![
-            (1, Ok("a v=1".to_string())),
-            (
-                2,
-                Err(r#"unterminated string field value for field "s""#.to_string())
-            ),
-        ]
+        vec![(1, Ok("a v=1".to_string())), (2, Err(r#"unterminated string field value for field "s""#.to_string())),]
     );
 
     // Leading whitespace is kept in the original line; a '#' that is not
     // the first non-whitespace character is not a comment.
     let items: Vec<_> = parse_lines("  a v=1\n\tb,#=x v=1\n").collect();
-    assert_eq!(
-        summarize(&items),
-        vec![
-            (1, Ok("  a v=1".to_string())),
-            (2, Ok("\tb,#=x v=1".to_string()))
-        ]
-    );
+    assert_eq!(summarize(&items), vec![(1, Ok("  a v=1".to_string())), (2, Ok("\tb,#=x v=1".to_string()))]);
 
     // Mixed good and bad lines: errors do not stop the iteration.
     let body = "ok v=1\n,bad v=1\nok v=2 abc\nok v=3 3\nok v=\"x\" 4 5\nok,t=1,t=2 v=1\nok v=4";
     let items: Vec<_> = parse_lines(body).collect();
-    let got: Vec<_> = summarize(&items)
-        .into_iter()
-        .map(|(n, r)| (n, r.is_ok()))
-        .collect();
-    assert_eq!(
-        got,
-        vec![
-            (1, true),
-            (2, false),
-            (3, false),
-            (4, true),
-            (5, false),
-            (6, false),
-            (7, true)
-        ]
-    );
+    let got: Vec<_> = summarize(&items).into_iter().map(|(n, r)| (n, r.is_ok())).collect();
+    assert_eq!(got, vec![(1, true), (2, false), (3, false), (4, true), (5, false), (6, false), (7, true)]);
 }
 
 // ---------------------------------------------------------------------------
@@ -853,33 +578,19 @@ fn precision_to_nanos_fixed_units() {
     assert_eq!(Precision::Nanosecond.to_nanos(1), Some(1));
     assert_eq!(Precision::Nanosecond.to_nanos(i64::MAX), Some(i64::MAX));
     assert_eq!(Precision::Nanosecond.to_nanos(i64::MIN), Some(i64::MIN));
-    for p in [
-        Precision::Second,
-        Precision::Millisecond,
-        Precision::Microsecond,
-        Precision::Nanosecond,
-        Precision::Auto,
-    ] {
+    for p in [Precision::Second, Precision::Millisecond, Precision::Microsecond, Precision::Nanosecond, Precision::Auto]
+    {
         assert_eq!(p.to_nanos(0), Some(0), "{p:?}");
     }
 
     // Overflow boundaries.
     let max_s = i64::MAX / 1_000_000_000;
-    assert_eq!(
-        Precision::Second.to_nanos(max_s),
-        Some(max_s * 1_000_000_000)
-    );
+    assert_eq!(Precision::Second.to_nanos(max_s), Some(max_s * 1_000_000_000));
     assert_eq!(Precision::Second.to_nanos(max_s + 1), None);
     let min_s = i64::MIN / 1_000_000_000;
-    assert_eq!(
-        Precision::Second.to_nanos(min_s),
-        Some(min_s * 1_000_000_000)
-    );
+    assert_eq!(Precision::Second.to_nanos(min_s), Some(min_s * 1_000_000_000));
     assert_eq!(Precision::Second.to_nanos(min_s - 1), None);
-    assert_eq!(
-        Precision::Millisecond.to_nanos(i64::MAX / 1_000_000 + 1),
-        None
-    );
+    assert_eq!(Precision::Millisecond.to_nanos(i64::MAX / 1_000_000 + 1), None);
     assert_eq!(Precision::Microsecond.to_nanos(i64::MAX / 1_000 + 1), None);
     assert_eq!(Precision::Microsecond.to_nanos(i64::MIN / 1_000 - 1), None);
     assert_eq!(Precision::Second.to_nanos(i64::MAX), None);
@@ -905,12 +616,7 @@ fn precision_auto_thresholds() {
     assert_eq!(auto(1_708_976_567_000_000_000), Precision::Nanosecond);
     assert_eq!(auto(i64::MAX), Precision::Nanosecond);
     assert_eq!(auto(i64::MIN), Precision::Nanosecond);
-    for fixed in [
-        Precision::Second,
-        Precision::Millisecond,
-        Precision::Microsecond,
-        Precision::Nanosecond,
-    ] {
+    for fixed in [Precision::Second, Precision::Millisecond, Precision::Microsecond, Precision::Nanosecond] {
         assert_eq!(fixed.resolve(5_000_000_000_000_000), fixed);
     }
 
@@ -920,28 +626,13 @@ fn precision_auto_thresholds() {
     assert_eq!(Precision::Auto.to_nanos(1_708_976_567_000), want);
     assert_eq!(Precision::Auto.to_nanos(1_708_976_567_000_000), want);
     assert_eq!(Precision::Auto.to_nanos(1_708_976_567_000_000_000), want);
-    assert_eq!(
-        Precision::Auto.to_nanos(-1_708_976_567),
-        Some(-1_708_976_567_000_000_000)
-    );
+    assert_eq!(Precision::Auto.to_nanos(-1_708_976_567), Some(-1_708_976_567_000_000_000));
 
     // Auto never overflows: the largest value of each band still fits.
-    assert_eq!(
-        Precision::Auto.to_nanos(4_999_999_999),
-        Some(4_999_999_999_000_000_000)
-    );
-    assert_eq!(
-        Precision::Auto.to_nanos(-4_999_999_999),
-        Some(-4_999_999_999_000_000_000)
-    );
-    assert_eq!(
-        Precision::Auto.to_nanos(4_999_999_999_999),
-        Some(4_999_999_999_999_000_000)
-    );
-    assert_eq!(
-        Precision::Auto.to_nanos(4_999_999_999_999_999),
-        Some(4_999_999_999_999_999_000)
-    );
+    assert_eq!(Precision::Auto.to_nanos(4_999_999_999), Some(4_999_999_999_000_000_000));
+    assert_eq!(Precision::Auto.to_nanos(-4_999_999_999), Some(-4_999_999_999_000_000_000));
+    assert_eq!(Precision::Auto.to_nanos(4_999_999_999_999), Some(4_999_999_999_999_000_000));
+    assert_eq!(Precision::Auto.to_nanos(4_999_999_999_999_999), Some(4_999_999_999_999_999_000));
     assert_eq!(Precision::Auto.to_nanos(i64::MAX), Some(i64::MAX));
     assert_eq!(Precision::Auto.to_nanos(i64::MIN), Some(i64::MIN));
 }
@@ -970,21 +661,14 @@ impl Rng {
     }
 }
 
-const NAME_CHARS: &[char] = &[
-    'a', 'b', 'Z', '0', '9', ' ', ',', '=', '\\', '"', 'é', '東', '🙂', '-', '.', '#', '\'', '\r',
-];
+const NAME_CHARS: &[char] =
+    &['a', 'b', 'Z', '0', '9', ' ', ',', '=', '\\', '"', 'é', '東', '🙂', '-', '.', '#', '\'', '\r'];
 const STRING_EXTRA: &[char] = &['\n', '\t', '\r', '\0'];
 
 fn random_name(rng: &mut Rng, extra: &[char]) -> String {
     let len = 1 + rng.below(6);
     (0..len)
-        .map(|_| {
-            if !extra.is_empty() && rng.below(5) == 0 {
-                rng.pick(extra)
-            } else {
-                rng.pick(NAME_CHARS)
-            }
-        })
+        .map(|_| if !extra.is_empty() && rng.below(5) == 0 { rng.pick(extra) } else { rng.pick(NAME_CHARS) })
         .collect()
 }
 
@@ -1014,11 +698,7 @@ fn random_value(rng: &mut Rng) -> (FieldValue<'static>, String) {
             let exp = rng.below(600) as i32 - 300;
             let sign = if rng.below(2) == 0 { 1.0 } else { -1.0 };
             let v = sign * mantissa * 10f64.powi(exp);
-            let text = if rng.below(2) == 0 {
-                format!("{v:?}")
-            } else {
-                format!("{v:e}")
-            };
+            let text = if rng.below(2) == 0 { format!("{v:?}") } else { format!("{v:e}") };
             (FieldValue::F64(v), text)
         }
         3 => {
@@ -1031,11 +711,7 @@ fn random_value(rng: &mut Rng) -> (FieldValue<'static>, String) {
             (FieldValue::Bool(b), text.to_string())
         }
         _ => {
-            let v = if rng.below(6) == 0 {
-                String::new()
-            } else {
-                random_name(rng, STRING_EXTRA)
-            };
+            let v = if rng.below(6) == 0 { String::new() } else { random_name(rng, STRING_EXTRA) };
             let text = format!("\"{}\"", escape(&v, &['"', '\\']));
             (FieldValue::Str(Cow::Owned(v)), text)
         }
@@ -1085,12 +761,7 @@ fn random_line(rng: &mut Rng) -> (String, ParsedLine<'static>) {
     if rng.below(4) == 0 {
         text.push(' ');
     }
-    let line = ParsedLine {
-        measurement: Cow::Owned(measurement),
-        tags,
-        fields,
-        timestamp,
-    };
+    let line = ParsedLine { measurement: Cow::Owned(measurement), tags, fields, timestamp };
     (text, line)
 }
 
@@ -1121,9 +792,8 @@ fn random_lines_round_trip_through_parse_line_and_parse_lines() {
             body.push_str(&text);
             body.push_str(if rng.below(2) == 0 { "\n" } else { "\r\n" });
         }
-        let got: Vec<_> = parse_lines(&body)
-            .map(|item| item.unwrap_or_else(|e| panic!("{e}\nbody {body:?}")))
-            .collect();
+        let got: Vec<_> =
+            parse_lines(&body).map(|item| item.unwrap_or_else(|e| panic!("{e}\nbody {body:?}"))).collect();
         assert_eq!(got.len(), expected.len(), "body {body:?}");
         for ((n, raw, line), (want_n, want_raw, want_line)) in got.iter().zip(&expected) {
             assert_eq!(n, want_n, "body {body:?}");
@@ -1144,8 +814,8 @@ const SEEDS: &[&str] = &[
 ];
 
 const MUTATION_CHARS: &[char] = &[
-    '\\', ',', '=', ' ', '"', '\n', '\r', '\t', '#', '-', '+', '.', 'e', 'E', 'i', 'u', 't', 'f',
-    '0', '9', '\0', 'é', '🙂',
+    '\\', ',', '=', ' ', '"', '\n', '\r', '\t', '#', '-', '+', '.', 'e', 'E', 'i', 'u', 't', 'f', '0', '9', '\0', 'é',
+    '🙂',
 ];
 
 fn char_boundaries(s: &str) -> Vec<usize> {
@@ -1213,12 +883,7 @@ fn check_invariants(input: &str) {
         assert!(!line.fields.is_empty(), "{input:?}");
         assert!(first_duplicate(&line.tags).is_none(), "{input:?}");
         assert!(first_duplicate(&line.fields).is_none(), "{input:?}");
-        assert!(
-            line.tags
-                .iter()
-                .all(|(k, v)| !k.is_empty() && !v.is_empty()),
-            "{input:?}"
-        );
+        assert!(line.tags.iter().all(|(k, v)| !k.is_empty() && !v.is_empty()), "{input:?}");
         for (_, v) in &line.fields {
             if let FieldValue::F64(f) = v {
                 assert!(f.is_finite(), "{input:?}");
@@ -1243,10 +908,8 @@ fn check_invariants(input: &str) {
             Err(e) => (e.line_number, e.original_line),
         })
         .collect();
-    let reference: Vec<(usize, String)> = reference_split(input)
-        .into_iter()
-        .map(|(n, raw)| (n, raw.to_string()))
-        .collect();
+    let reference: Vec<(usize, String)> =
+        reference_split(input).into_iter().map(|(n, raw)| (n, raw.to_string())).collect();
     assert_eq!(split, reference, "{input:?}");
 }
 

@@ -27,8 +27,7 @@ use datafusion::{
         expressions::{Column, Literal},
     },
     physical_plan::{
-        DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties,
-        RecordBatchStream,
+        DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties, RecordBatchStream,
         coalesce_partitions::CoalescePartitionsExec,
         execution_plan::{Boundedness, EmissionType},
         projection::ProjectionExec,
@@ -56,17 +55,9 @@ pub fn plan(
             .fields()
             .iter()
             .enumerate()
-            .map(|(j, f)| {
-                (
-                    Arc::new(Column::new(f.name(), j)) as Arc<dyn PhysicalExpr>,
-                    f.name().to_string(),
-                )
-            })
+            .map(|(j, f)| (Arc::new(Column::new(f.name(), j)) as Arc<dyn PhysicalExpr>, f.name().to_string()))
             .collect();
-        exprs.push((
-            Arc::new(Literal::new(ScalarValue::UInt64(Some(i as u64)))),
-            ORDER_COLUMN.to_string(),
-        ));
+        exprs.push((Arc::new(Literal::new(ScalarValue::UInt64(Some(i as u64)))), ORDER_COLUMN.to_string()));
         ordered.push(Arc::new(ProjectionExec::try_new(exprs, source)?));
     }
     let input: Arc<dyn ExecutionPlan> = match ordered.len() {
@@ -85,28 +76,21 @@ pub fn plan(
     sort.push(PhysicalSortExpr::new_default(Arc::new(Column::new(TIME_COLUMN, time_idx))));
     let order_idx = with_order.index_of(ORDER_COLUMN)?;
     sort.push(PhysicalSortExpr::new_default(Arc::new(Column::new(ORDER_COLUMN, order_idx))));
-    let ordering = LexOrdering::new(sort).ok_or_else(|| {
-        datafusion::error::DataFusionError::Internal("empty dedup ordering".to_string())
-    })?;
+    let ordering = LexOrdering::new(sort)
+        .ok_or_else(|| datafusion::error::DataFusionError::Internal("empty dedup ordering".to_string()))?;
     let sorted: Arc<dyn ExecutionPlan> = Arc::new(SortExec::new(ordering.clone(), input));
     Ok(Arc::new(DedupExec::try_new(table, Arc::clone(schema), sorted, ordering)?))
 }
 
 /// Apply a scan projection on top of a deduplicated plan.
-pub fn project(
-    plan: Arc<dyn ExecutionPlan>,
-    projection: Option<&Vec<usize>>,
-) -> DfResult<Arc<dyn ExecutionPlan>> {
+pub fn project(plan: Arc<dyn ExecutionPlan>, projection: Option<&Vec<usize>>) -> DfResult<Arc<dyn ExecutionPlan>> {
     let Some(p) = projection else { return Ok(plan) };
     let schema = plan.schema();
     let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = p
         .iter()
         .map(|&i| {
             let f = schema.field(i);
-            (
-                Arc::new(Column::new(f.name(), i)) as Arc<dyn PhysicalExpr>,
-                f.name().to_string(),
-            )
+            (Arc::new(Column::new(f.name(), i)) as Arc<dyn PhysicalExpr>, f.name().to_string())
         })
         .collect();
     Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
@@ -152,14 +136,7 @@ impl DedupExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        Ok(Self {
-            input,
-            schema,
-            key,
-            fields,
-            ordering,
-            properties,
-        })
+        Ok(Self { input, schema, key, fields, ordering, properties })
     }
 }
 
@@ -203,9 +180,7 @@ impl ExecutionPlan for DedupExec {
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         if children.len() != 1 {
-            return Err(datafusion::error::DataFusionError::Internal(
-                "DedupExec takes one child".to_string(),
-            ));
+            return Err(datafusion::error::DataFusionError::Internal("DedupExec takes one child".to_string()));
         }
         Ok(Arc::new(Self {
             input: children.remove(0),
@@ -220,11 +195,7 @@ impl ExecutionPlan for DedupExec {
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
         let in_schema = self.input.schema();
-        let sort_fields = self
-            .key
-            .iter()
-            .map(|&i| SortField::new(in_schema.field(i).data_type().clone()))
-            .collect();
+        let sort_fields = self.key.iter().map(|&i| SortField::new(in_schema.field(i).data_type().clone())).collect();
         Ok(Box::pin(DedupStream {
             input,
             schema: Arc::clone(&self.schema),

@@ -44,9 +44,7 @@ impl FromStr for Format {
             "pretty" => Self::Pretty,
             "parquet" => Self::Parquet,
             other => {
-                return Err(format!(
-                    "unsupported format {other:?}: expected json, jsonl, csv, pretty or parquet"
-                ));
+                return Err(format!("unsupported format {other:?}: expected json, jsonl, csv, pretty or parquet"));
             }
         })
     }
@@ -184,7 +182,6 @@ pub async fn encode_all(format: Format, input: SendableRecordBatchStream) -> Res
     }
     Ok(out)
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::{
     catalog::Session,
     common::{Result as DfResult, ScalarValue},
@@ -24,7 +25,6 @@ use datafusion::{
     logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown},
     physical_plan::{ExecutionPlan, empty::EmptyExec, limit::GlobalLimitExec, union::UnionExec},
 };
-use datafusion::datasource::memory::MemorySourceConfig;
 
 use super::dedup;
 use crate::{
@@ -46,11 +46,7 @@ pub struct WeirTable {
 impl WeirTable {
     /// A provider for `table` of database `db_id`.
     pub fn new(db_id: u32, table: Arc<TableDef>, buffer: Arc<WriteBuffer>) -> Self {
-        Self {
-            db_id,
-            table,
-            buffer,
-        }
+        Self { db_id, table, buffer }
     }
 }
 
@@ -64,10 +60,7 @@ impl TableProvider for WeirTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
         // Filters only prune by time; DataFusion still applies them exactly.
         Ok(filters
             .iter()
@@ -89,13 +82,10 @@ impl TableProvider for WeirTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let schema = self.schema();
-        let range = filters
-            .iter()
-            .filter_map(time_bounds)
-            .fold(None, |acc: Option<(i64, i64)>, (lo, hi)| match acc {
-                None => Some((lo, hi)),
-                Some((a, b)) => Some((a.max(lo), b.min(hi))),
-            });
+        let range = filters.iter().filter_map(time_bounds).fold(None, |acc: Option<(i64, i64)>, (lo, hi)| match acc {
+            None => Some((lo, hi)),
+            Some((a, b)) => Some((a.max(lo), b.min(hi))),
+        });
         if let Some((lo, hi)) = range
             && lo > hi
         {
@@ -176,7 +166,10 @@ fn project(schema: &SchemaRef, projection: Option<&Vec<usize>>) -> DfResult<Sche
 }
 
 /// Spread batches over up to `n` partitions (round robin) so scans use every core.
-fn split_partitions(batches: Vec<arrow::record_batch::RecordBatch>, n: usize) -> Vec<Vec<arrow::record_batch::RecordBatch>> {
+fn split_partitions(
+    batches: Vec<arrow::record_batch::RecordBatch>,
+    n: usize,
+) -> Vec<Vec<arrow::record_batch::RecordBatch>> {
     let n = n.min(batches.len()).max(1);
     let mut parts: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
     for (i, b) in batches.into_iter().enumerate() {
@@ -233,9 +226,7 @@ pub(crate) fn time_bounds(e: &Expr) -> Option<(i64, i64)> {
                 _ => None,
             }
         }
-        Expr::Between(b) if !b.negated && is_time(&b.expr) => {
-            Some((scalar_ns(&b.low)?, scalar_ns(&b.high)?))
-        }
+        Expr::Between(b) if !b.negated && is_time(&b.expr) => Some((scalar_ns(&b.low)?, scalar_ns(&b.high)?)),
         _ => None,
     }
 }

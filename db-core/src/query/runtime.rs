@@ -8,8 +8,7 @@
 use std::{fmt, future::Future};
 
 use datafusion::{
-    error::DataFusionError, execution::SendableRecordBatchStream,
-    physical_plan::stream::RecordBatchStreamAdapter,
+    error::DataFusionError, execution::SendableRecordBatchStream, physical_plan::stream::RecordBatchStreamAdapter,
 };
 use futures::StreamExt;
 use tokio::{runtime::Handle, sync::mpsc};
@@ -48,10 +47,7 @@ impl QueryRuntime {
         F: Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        self.handle
-            .spawn(fut)
-            .await
-            .map_err(|e| DataFusionError::Execution(format!("query task failed: {e}")))
+        self.handle.spawn(fut).await.map_err(|e| DataFusionError::Execution(format!("query task failed: {e}")))
     }
 
     /// Drive `stream` on the query runtime; the returned stream receives its batches.

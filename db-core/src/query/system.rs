@@ -314,7 +314,13 @@ impl EngineLog {
         if rows.len() >= ENGINE_LOG_SIZE {
             rows.pop_front();
         }
-        rows.push_back(EngineLogRow { database: Arc::from(database), event_time, trigger: trigger.to_string(), level, text });
+        rows.push_back(EngineLogRow {
+            database: Arc::from(database),
+            event_time,
+            trigger: trigger.to_string(),
+            level,
+            text,
+        });
     }
 
     fn batch(&self, database: &str) -> DfResult<RecordBatch> {
@@ -368,13 +374,7 @@ impl SystemSchema {
         log: Arc<QueryLog>,
         engine_log: Arc<EngineLog>,
     ) -> Self {
-        Self {
-            catalog,
-            buffer,
-            db,
-            log,
-            engine_log,
-        }
+        Self { catalog, buffer, db, log, engine_log }
     }
 
     fn triggers(&self) -> DfResult<RecordBatch> {
@@ -405,7 +405,9 @@ impl SystemSchema {
             Field::new("checkpoint", DataType::UInt64, true),
             Field::new("lag", DataType::UInt64, true),
         ]));
-        let checkpoint = |t: &crate::catalog::TriggerDef, s: &TriggerState| s.checkpoint.filter(|_| t.spec().is_wal() && !t.disabled);
+        let checkpoint = |t: &crate::catalog::TriggerDef, s: &TriggerState| {
+            s.checkpoint.filter(|_| t.spec().is_wal() && !t.disabled)
+        };
         Ok(RecordBatch::try_new(
             schema,
             vec![
@@ -416,7 +418,9 @@ impl SystemSchema {
                 Arc::new(StringArray::from_iter_values(t.iter().map(|t| t.error_behavior.as_str()))),
                 Arc::new(BooleanArray::from_iter(t.iter().map(|t| Some(t.run_async)))),
                 Arc::new(StringArray::from_iter_values(t.iter().zip(&states).map(|(t, s)| state(t, s)))),
-                Arc::new(StringArray::from_iter(states.iter().map(|s| s.stopped.as_deref().or(s.last_error.as_deref())))),
+                Arc::new(StringArray::from_iter(
+                    states.iter().map(|s| s.stopped.as_deref().or(s.last_error.as_deref())),
+                )),
                 Arc::new(TimestampNanosecondArray::from_iter(states.iter().map(|s| s.last_error_at))),
                 Arc::new(UInt64Array::from_iter_values(states.iter().map(|s| s.attempts))),
                 Arc::new(UInt64Array::from_iter_values(states.iter().map(|s| s.runs))),
@@ -436,12 +440,7 @@ impl SystemSchema {
             .db
             .triggers
             .values()
-            .flat_map(|t| {
-                t.arguments
-                    .iter()
-                    .flatten()
-                    .map(move |(k, v)| (t.name.as_ref(), k.as_str(), v.as_str()))
-            })
+            .flat_map(|t| t.arguments.iter().flatten().map(move |(k, v)| (t.name.as_ref(), k.as_str(), v.as_str())))
             .collect();
         let schema = Arc::new(Schema::new(vec![
             Field::new("trigger_name", DataType::Utf8, false),
@@ -495,18 +494,8 @@ impl SystemSchema {
     }
 
     fn parquet_files(&self) -> DfResult<RecordBatch> {
-        let files: Vec<_> = self
-            .buffer
-            .parquet_files()
-            .into_iter()
-            .filter(|f| f.db_id == self.db.id)
-            .collect();
-        let table_name = |id: u32| {
-            self.db
-                .table_by_id(id)
-                .map(|t| t.name.to_string())
-                .unwrap_or_default()
-        };
+        let files: Vec<_> = self.buffer.parquet_files().into_iter().filter(|f| f.db_id == self.db.id).collect();
+        let table_name = |id: u32| self.db.table_by_id(id).map(|t| t.name.to_string()).unwrap_or_default();
         let schema = Arc::new(Schema::new(vec![
             Field::new("table_name", DataType::Utf8, false),
             Field::new("path", DataType::Utf8, false),

@@ -22,10 +22,8 @@ fn rows(out: &str) -> Vec<&str> {
 async fn show_tables_rows_match_influxdb() {
     let db = db().await;
     let out = db.sql("SHOW TABLES").await;
-    let rows: Vec<Vec<&str>> = out
-        .lines()
-        .map(|l| l.split('|').map(str::trim).filter(|c| !c.is_empty()).collect())
-        .collect();
+    let rows: Vec<Vec<&str>> =
+        out.lines().map(|l| l.split('|').map(str::trim).filter(|c| !c.is_empty()).collect()).collect();
     for want in [
         ["public", "iox", "cpu", "BASE TABLE"],
         ["public", "system", "queries", "BASE TABLE"],
@@ -113,14 +111,21 @@ async fn system_tables() {
     assert_eq!(rows(&out), ["| db            | 1           |"]);
     let out = db.sql("SELECT table_name, column_count FROM system.tables").await;
     assert_eq!(rows(&out), ["| cpu        | 8            |"]);
-    let out = db.sql("SELECT query_text, success, running FROM system.queries WHERE query_text LIKE 'SELECT table_name%'").await;
+    let out = db
+        .sql("SELECT query_text, success, running FROM system.queries WHERE query_text LIKE 'SELECT table_name%'")
+        .await;
     assert_eq!(rows(&out).len(), 1, "{out}");
 }
 
 #[tokio::test]
 async fn ddl_and_dml_are_refused() {
     let db = db().await;
-    for sql in ["CREATE TABLE t (a INT)", "INSERT INTO cpu SELECT * FROM cpu", "DROP TABLE cpu", "SET datafusion.execution.batch_size = 1"] {
+    for sql in [
+        "CREATE TABLE t (a INT)",
+        "INSERT INTO cpu SELECT * FROM cpu",
+        "DROP TABLE cpu",
+        "SET datafusion.execution.batch_size = 1",
+    ] {
         let e = db.try_sql(sql).await.unwrap_err();
         assert!(e.contains("not supported"), "{sql}: {e}");
     }

@@ -59,9 +59,9 @@ impl IntoStatus for catalog::Error {
                 Status::not_found(self.to_string())
             }
             catalog::Error::InvalidTrigger(_) => Status::invalid_argument(self.to_string()),
-            catalog::Error::Storage(_)
-            | catalog::Error::Corrupt { .. }
-            | catalog::Error::UnsupportedVersion { .. } => Status::internal(self.to_string()),
+            catalog::Error::Storage(_) | catalog::Error::Corrupt { .. } | catalog::Error::UnsupportedVersion { .. } => {
+                Status::internal(self.to_string())
+            }
         }
     }
 }
@@ -72,10 +72,7 @@ impl IntoStatus for write_buffer::Error {
             write_buffer::Error::Catalog(c) => c.into_status(),
             write_buffer::Error::Rejected(errors) => Status::invalid_argument(format!(
                 "write rejected, nothing written: {}",
-                errors
-                    .first()
-                    .map(|e| e.to_string())
-                    .unwrap_or_default()
+                errors.first().map(|e| e.to_string()).unwrap_or_default()
             )),
             write_buffer::Error::Wal(w) => Status::unavailable(format!("write was not persisted: {w}")),
             write_buffer::Error::Persist(p) => Status::internal(p.to_string()),
@@ -87,9 +84,7 @@ impl IntoStatus for query::Error {
     fn into_status(self) -> Status {
         match self {
             query::Error::DbNotFound(_) => Status::not_found(self.to_string()),
-            query::Error::Invalid(_) | query::Error::MissingParam(_) => {
-                Status::invalid_argument(self.to_string())
-            }
+            query::Error::Invalid(_) | query::Error::MissingParam(_) => Status::invalid_argument(self.to_string()),
             query::Error::Execution(_) => Status::internal(self.to_string()),
         }
     }
@@ -127,11 +122,7 @@ impl AdminService {
             return Ok(());
         }
         let token = metadata_token(req.metadata()).map_err(IntoStatus::into_status)?;
-        self.state
-            .auth
-            .check_token(token.as_deref())
-            .map(|_| ())
-            .map_err(IntoStatus::into_status)
+        self.state.auth.check_token(token.as_deref()).map(|_| ()).map_err(IntoStatus::into_status)
     }
 }
 
@@ -151,7 +142,11 @@ type QueryStream = Pin<Box<dyn Stream<Item = Result<pb::QueryResponse, Status>> 
 fn dry_run_response(o: crate::engine::TestOutcome) -> pb::TestWalPluginResponse {
     pb::TestWalPluginResponse {
         log_lines: o.log_lines,
-        database_writes: o.database_writes.into_iter().map(|(database, lines)| pb::PluginWrites { database, lines }).collect(),
+        database_writes: o
+            .database_writes
+            .into_iter()
+            .map(|(database, lines)| pb::PluginWrites { database, lines })
+            .collect(),
         errors: o.errors,
         trigger_time: o.trigger_time.unwrap_or_default(),
     }
@@ -164,11 +159,7 @@ impl Admin for AdminService {
         req: Request<pb::CreateDatabaseRequest>,
     ) -> Result<Response<pb::CreateDatabaseResponse>, Status> {
         self.authorize(&req)?;
-        self.state
-            .catalog
-            .create_db(&req.into_inner().name)
-            .await
-            .map_err(IntoStatus::into_status)?;
+        self.state.catalog.create_db(&req.into_inner().name).await.map_err(IntoStatus::into_status)?;
         Ok(Response::new(pb::CreateDatabaseResponse {}))
     }
 
@@ -221,12 +212,7 @@ impl Admin for AdminService {
             n if n.is_empty() => ADMIN_TOKEN_NAME.to_string(),
             n => n,
         };
-        let token = self
-            .state
-            .auth
-            .create_admin_token(&name)
-            .await
-            .map_err(IntoStatus::into_status)?;
+        let token = self.state.auth.create_admin_token(&name).await.map_err(IntoStatus::into_status)?;
         Ok(Response::new(pb::CreateAdminTokenResponse { name, token }))
     }
 
@@ -328,7 +314,10 @@ impl Admin for AdminService {
                 name: t.name.to_string(),
                 plugin_filename: t.plugin_filename.clone(),
                 specification: t.specification.clone(),
-                arguments: t.arguments.as_ref().map(|a| pb::TriggerArguments { values: a.clone().into_iter().collect() }),
+                arguments: t
+                    .arguments
+                    .as_ref()
+                    .map(|a| pb::TriggerArguments { values: a.clone().into_iter().collect() }),
                 run_async: t.run_async,
                 error_behavior: t.error_behavior.as_str().to_string(),
                 disabled: t.disabled,
@@ -346,10 +335,7 @@ impl Admin for AdminService {
         self.authorize(&req)?;
         let r = req.into_inner();
         let engine = self.state.engine().map_err(IntoStatus::into_status)?;
-        let output = engine
-            .install(r.packages, r.requirements_location)
-            .await
-            .map_err(IntoStatus::into_status)?;
+        let output = engine.install(r.packages, r.requirements_location).await.map_err(IntoStatus::into_status)?;
         Ok(Response::new(pb::InstallPackagesResponse { output }))
     }
 
@@ -391,13 +377,19 @@ impl Admin for AdminService {
             "" => host::put_plugin::Mode::CreateOrReplace,
             "create" => host::put_plugin::Mode::Create,
             "replace" => host::put_plugin::Mode::Replace,
-            other => return Err(Status::invalid_argument(format!("unknown mode {other:?}: expected create or replace"))),
+            other => {
+                return Err(Status::invalid_argument(format!("unknown mode {other:?}: expected create or replace")));
+            }
         };
         let engine = self.state.engine().map_err(IntoStatus::into_status)?;
         engine
             .put_plugin(host::PutPlugin {
                 plugin_name: r.plugin_name,
-                files: r.files.into_iter().map(|f| host::FileContent { relative_path: f.relative_path, content: f.content }).collect(),
+                files: r
+                    .files
+                    .into_iter()
+                    .map(|f| host::FileContent { relative_path: f.relative_path, content: f.content })
+                    .collect(),
                 directory: r.directory,
                 mode: mode as i32,
             })
@@ -442,10 +434,8 @@ impl Admin for AdminService {
             headers: r.headers.into_iter().collect(),
             body: r.body,
         };
-        let mut o = engine
-            .test_request(&r.database, &r.plugin_filename, args, call)
-            .await
-            .map_err(IntoStatus::into_status)?;
+        let mut o =
+            engine.test_request(&r.database, &r.plugin_filename, args, call).await.map_err(IntoStatus::into_status)?;
         let response = o.response.take().unwrap_or_default();
         let o = dry_run_response(o);
         Ok(Response::new(pb::TestRequestPluginResponse {
@@ -471,8 +461,7 @@ impl Admin for AdminService {
             .await
             .map_err(IntoStatus::into_status)?;
         let schema = stream.schema();
-        let mut writer = StreamWriter::try_new(Vec::new(), &schema)
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut writer = StreamWriter::try_new(Vec::new(), &schema).map_err(|e| Status::internal(e.to_string()))?;
         let header = std::mem::take(writer.get_mut());
         let writer = Arc::new(parking_lot::Mutex::new(writer));
         let first = futures::stream::once(async move { Ok(pb::QueryResponse { arrow_ipc: header }) });
@@ -480,9 +469,7 @@ impl Admin for AdminService {
             let batch = batch.map_err(|e| query::Error::from(e).into_status())?;
             let mut w = writer.lock();
             w.write(&batch).map_err(|e| Status::internal(e.to_string()))?;
-            Ok(pb::QueryResponse {
-                arrow_ipc: std::mem::take(w.get_mut()),
-            })
+            Ok(pb::QueryResponse { arrow_ipc: std::mem::take(w.get_mut()) })
         });
         Ok(Response::new(Box::pin(first.chain(batches))))
     }

@@ -26,20 +26,18 @@ use arrow::{
     record_batch::RecordBatch,
 };
 use arrow_flight::{
-    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
-    HandshakeRequest, HandshakeResponse, IpcMessage, PollInfo, SchemaAsIpc,
-    SchemaResult, Ticket,
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
+    HandshakeResponse, IpcMessage, PollInfo, SchemaAsIpc, SchemaResult, Ticket,
     decode::FlightRecordBatchStream,
     encode::FlightDataEncoderBuilder,
     error::FlightError,
     flight_service_server::{FlightService, FlightServiceServer},
     sql::{
-        ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
-        ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
-        CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
-        CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
-        CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
-        SqlSupportedTransaction, TicketStatementQuery,
+        ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+        CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+        CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
+        CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, SqlSupportedTransaction,
+        TicketStatementQuery,
         metadata::{SqlInfoData, SqlInfoDataBuilder},
         server::{FlightSqlService, PeekableFlightDataStream},
     },
@@ -75,10 +73,7 @@ type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send 
 /// Build the tonic service.
 pub fn service(state: SharedState) -> FlightServiceServer<FlightFront> {
     FlightServiceServer::new(FlightFront {
-        sql: WeirFlightSql {
-            state,
-            prepared: Mutex::new(PreparedStatements::default()),
-        },
+        sql: WeirFlightSql { state, prepared: Mutex::new(PreparedStatements::default()) },
     })
     .max_decoding_message_size(64 * 1024 * 1024)
     .max_encoding_message_size(64 * 1024 * 1024)
@@ -99,11 +94,7 @@ pub struct WeirFlightSql {
 }
 
 fn database_header(md: &MetadataMap) -> Option<String> {
-    DATABASE_HEADERS
-        .iter()
-        .filter_map(|h| md.get(*h)?.to_str().ok())
-        .find(|v| !v.is_empty())
-        .map(str::to_string)
+    DATABASE_HEADERS.iter().filter_map(|h| md.get(*h)?.to_str().ok()).find(|v| !v.is_empty()).map(str::to_string)
 }
 
 fn require_database(md: &MetadataMap) -> Result<String, Status> {
@@ -144,9 +135,8 @@ fn wire_type(t: &DataType) -> DataType {
 }
 
 fn schema_bytes(schema: &Schema) -> Result<bytes::Bytes, Status> {
-    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
-        .try_into()
-        .map_err(|e| internal("encoding schema", e))?;
+    let IpcMessage(bytes) =
+        SchemaAsIpc::new(schema, &IpcWriteOptions::default()).try_into().map_err(|e| internal("encoding schema", e))?;
     Ok(bytes)
 }
 
@@ -154,10 +144,7 @@ fn schema_bytes(schema: &Schema) -> Result<bytes::Bytes, Status> {
 fn stream_response(stream: SendableRecordBatchStream) -> Response<DoGetStream> {
     let schema = stream.schema();
     let batches = stream.map_err(|e| FlightError::Tonic(Box::new(query::Error::from(e).into_status())));
-    let data = FlightDataEncoderBuilder::new()
-        .with_schema(schema)
-        .build(batches)
-        .map_err(Status::from);
+    let data = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from);
     Response::new(Box::pin(data))
 }
 
@@ -278,11 +265,8 @@ impl PreparedStatements {
     }
 
     fn id(&self, handle: &[u8]) -> Result<u64, Status> {
-        let unknown = || {
-            Status::not_found(
-                "unknown prepared statement handle (closed, evicted, or from before a restart)",
-            )
-        };
+        let unknown =
+            || Status::not_found("unknown prepared statement handle (closed, evicted, or from before a restart)");
         let (id, nonce) = decode_handle(handle).ok_or_else(unknown)?;
         match self.open.get(&id) {
             Some(p) if p.nonce == nonce => Ok(id),
@@ -379,9 +363,7 @@ impl FlightFront {
         match ticket.query_type.as_deref().unwrap_or("sql") {
             "sql" => {}
             "influxql" => {
-                return Err(Status::unimplemented(
-                    "InfluxQL is not supported by Weir yet; send query_type \"sql\"",
-                ));
+                return Err(Status::unimplemented("InfluxQL is not supported by Weir yet; send query_type \"sql\""));
             }
             other => {
                 return Err(Status::invalid_argument(format!(
@@ -393,8 +375,7 @@ impl FlightFront {
             Some(d) => d,
             None => require_database(request.metadata())?,
         };
-        let params = QueryParams::from_json(ticket.params.unwrap_or_default())
-            .map_err(Status::invalid_argument)?;
+        let params = QueryParams::from_json(ticket.params.unwrap_or_default()).map_err(Status::invalid_argument)?;
         self.sql.run(&database, &ticket.sql_query, params).await
     }
 }
@@ -417,8 +398,7 @@ impl FlightService for FlightFront {
     ) -> Result<Response<Self::HandshakeStream>, Status> {
         let token = self.authorize(request.metadata())?;
         let reply = HandshakeResponse { protocol_version: 0, payload: Default::default() };
-        let mut response: Response<Self::HandshakeStream> =
-            Response::new(Box::pin(futures::stream::iter([Ok(reply)])));
+        let mut response: Response<Self::HandshakeStream> = Response::new(Box::pin(futures::stream::iter([Ok(reply)])));
         if let Some(token) = token.filter(|t| !t.is_empty())
             && let Ok(v) = format!("Bearer {token}").parse()
         {
@@ -427,34 +407,22 @@ impl FlightService for FlightFront {
         Ok(response)
     }
 
-    async fn list_flights(
-        &self,
-        request: Request<Criteria>,
-    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+    async fn list_flights(&self, request: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
         self.authorize(request.metadata())?;
         self.sql.list_flights(request).await
     }
 
-    async fn get_flight_info(
-        &self,
-        request: Request<FlightDescriptor>,
-    ) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
         self.authorize(request.metadata())?;
         self.sql.get_flight_info(request).await
     }
 
-    async fn poll_flight_info(
-        &self,
-        request: Request<FlightDescriptor>,
-    ) -> Result<Response<PollInfo>, Status> {
+    async fn poll_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
         self.authorize(request.metadata())?;
         self.sql.poll_flight_info(request).await
     }
 
-    async fn get_schema(
-        &self,
-        request: Request<FlightDescriptor>,
-    ) -> Result<Response<SchemaResult>, Status> {
+    async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
         self.authorize(request.metadata())?;
         self.sql.get_schema(request).await
     }
@@ -469,10 +437,7 @@ impl FlightService for FlightFront {
         self.sql.do_get(request).await
     }
 
-    async fn do_put(
-        &self,
-        request: Request<Streaming<FlightData>>,
-    ) -> Result<Response<Self::DoPutStream>, Status> {
+    async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
         self.authorize(request.metadata())?;
         self.sql.do_put(request).await
     }
@@ -485,58 +450,32 @@ impl FlightService for FlightFront {
         self.sql.do_exchange(request).await
     }
 
-    async fn do_action(
-        &self,
-        request: Request<Action>,
-    ) -> Result<Response<Self::DoActionStream>, Status> {
+    async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
         self.authorize(request.metadata())?;
         self.sql.do_action(request).await
     }
 
-    async fn list_actions(
-        &self,
-        request: Request<Empty>,
-    ) -> Result<Response<Self::ListActionsStream>, Status> {
+    async fn list_actions(&self, request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
         self.authorize(request.metadata())?;
         self.sql.list_actions(request).await
     }
 }
 
 impl WeirFlightSql {
-    async fn run(
-        &self,
-        database: &str,
-        sql: &str,
-        params: QueryParams,
-    ) -> Result<Response<DoGetStream>, Status> {
-        let stream = self
-            .state
-            .query
-            .query_sql(database, sql, params)
-            .await
-            .map_err(IntoStatus::into_status)?;
+    async fn run(&self, database: &str, sql: &str, params: QueryParams) -> Result<Response<DoGetStream>, Status> {
+        let stream = self.state.query.query_sql(database, sql, params).await.map_err(IntoStatus::into_status)?;
         Ok(stream_response(stream))
     }
 
     async fn wire_shape(&self, database: &str, sql: &str) -> Result<query::QueryShape, Status> {
-        let mut shape = self
-            .state
-            .query
-            .describe(database, sql)
-            .await
-            .map_err(IntoStatus::into_status)?;
+        let mut shape = self.state.query.describe(database, sql).await.map_err(IntoStatus::into_status)?;
         shape.schema = Arc::new(wire_schema(&shape.schema));
         Ok(shape)
     }
 
     async fn tables_batch(&self, md: &MetadataMap, query: CommandGetTables) -> Result<RecordBatch, Status> {
         let database = require_database(md)?;
-        let tables = self
-            .state
-            .query
-            .list_tables(&database)
-            .await
-            .map_err(IntoStatus::into_status)?;
+        let tables = self.state.query.list_tables(&database).await.map_err(IntoStatus::into_status)?;
         let mut builder = query.into_builder();
         for t in tables {
             builder
@@ -761,10 +700,7 @@ impl FlightSqlService for WeirFlightSql {
         query: CommandGetSqlInfo,
         _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let batch = query
-            .into_builder(&SQL_INFO)
-            .build()
-            .map_err(|e| internal("building SqlInfo", e))?;
+        let batch = query.into_builder(&SQL_INFO).build().map_err(|e| internal("building SqlInfo", e))?;
         Ok(batch_response(batch))
     }
 

@@ -24,7 +24,9 @@ use serde_json::json;
 use super::SharedState;
 use crate::{
     auth::{self, AuthError},
-    catalog, lp::LineError, query as q, write_buffer,
+    catalog,
+    lp::LineError,
+    query as q, write_buffer,
 };
 
 #[cfg(test)]
@@ -143,13 +145,11 @@ impl From<catalog::Error> for ApiError {
             | catalog::Error::TriggerExists { .. }
             | catalog::Error::RequestPathTaken { .. }
             | catalog::Error::TriggerEnabled { .. } => Self::Conflict(e.to_string()),
-            catalog::Error::DbNotFound(_) | catalog::Error::TriggerNotFound { .. } => {
-                Self::NotFound(e.to_string())
-            }
+            catalog::Error::DbNotFound(_) | catalog::Error::TriggerNotFound { .. } => Self::NotFound(e.to_string()),
             catalog::Error::InvalidTrigger(_) => Self::BadRequest(e.to_string()),
-            catalog::Error::Storage(_)
-            | catalog::Error::Corrupt { .. }
-            | catalog::Error::UnsupportedVersion { .. } => Self::Internal(e.to_string()),
+            catalog::Error::Storage(_) | catalog::Error::Corrupt { .. } | catalog::Error::UnsupportedVersion { .. } => {
+                Self::Internal(e.to_string())
+            }
         }
     }
 }
@@ -188,15 +188,10 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/v2/write", post(write::write_v2))
         .route("/write", post(write::write_v1))
         .route("/api/v3/query_sql", get(query::query_sql_get).post(query::query_sql_post))
-        .route(
-            "/api/v3/query_influxql",
-            get(query::query_influxql).post(query::query_influxql),
-        )
+        .route("/api/v3/query_influxql", get(query::query_influxql).post(query::query_influxql))
         .route(
             "/api/v3/configure/database",
-            get(configure::list_databases)
-                .post(configure::create_database)
-                .delete(configure::delete_database),
+            get(configure::list_databases).post(configure::create_database).delete(configure::delete_database),
         )
         .route(
             "/api/v3/configure/processing_engine_trigger",
@@ -231,12 +226,7 @@ pub fn presented_token(headers: &HeaderMap, query: Option<&str>) -> Result<Optio
         let h = h.to_str().map_err(|_| AuthError::Malformed)?;
         return auth::token_from_header(h).map(Some);
     }
-    let from_query = query.and_then(|q| {
-        url_params(q)
-            .into_iter()
-            .find(|(k, _)| k == "p")
-            .map(|(_, v)| v)
-    });
+    let from_query = query.and_then(|q| url_params(q).into_iter().find(|(k, _)| k == "p").map(|(_, v)| v));
     Ok(from_query)
 }
 
@@ -325,10 +315,8 @@ pub async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Res
         return Err(ApiError::TooLarge(limit));
     }
     let raw = Bytes::from(raw);
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_ascii_lowercase());
+    let encoding =
+        headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_ascii_lowercase());
     match encoding.as_deref() {
         None | Some("") | Some("identity") => Ok(raw),
         Some("gzip") | Some("x-gzip") => {
@@ -343,9 +331,9 @@ pub async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Res
             }
             Ok(Bytes::from(out))
         }
-        Some(other) => Err(ApiError::BadRequest(format!(
-            "unsupported Content-Encoding {other:?}: use gzip or identity"
-        ))),
+        Some(other) => {
+            Err(ApiError::BadRequest(format!("unsupported Content-Encoding {other:?}: use gzip or identity")))
+        }
     }
 }
 
@@ -363,9 +351,7 @@ pub fn bool_param(params: &HashMap<String, String>, name: &str, default: bool) -
         None | Some("") => Ok(default),
         Some("true") | Some("1") => Ok(true),
         Some("false") | Some("0") => Ok(false),
-        Some(other) => Err(ApiError::BadRequest(format!(
-            "invalid value {other:?} for {name}: expected true or false"
-        ))),
+        Some(other) => Err(ApiError::BadRequest(format!("invalid value {other:?} for {name}: expected true or false"))),
     }
 }
 
@@ -376,29 +362,18 @@ async fn health() -> &'static str {
 async fn ping() -> Response {
     (
         StatusCode::OK,
-        [
-            ("x-influxdb-version", env!("CARGO_PKG_VERSION")),
-            ("x-influxdb-build", "Weir"),
-        ],
+        [("x-influxdb-version", env!("CARGO_PKG_VERSION")), ("x-influxdb-build", "Weir")],
         axum::Json(json!({"version": env!("CARGO_PKG_VERSION"), "revision": "weir"})),
     )
         .into_response()
 }
 
 async fn metrics(State(state): State<SharedState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
 async fn method_not_allowed(req: Request) -> ApiError {
-    ApiError::MethodNotAllowed(format!(
-        "method {} is not allowed for {}",
-        req.method(),
-        req.uri().path()
-    ))
+    ApiError::MethodNotAllowed(format!("method {} is not allowed for {}", req.method(), req.uri().path()))
 }
 
 async fn not_found(req: Request) -> ApiError {

@@ -26,10 +26,7 @@ fn entry(db: u32, text: &str) -> WalEntry {
 fn sample() -> Vec<WalEntry> {
     vec![
         entry(1, "cpu,host=a usage=1.5 1"),
-        WalEntry {
-            precision: Precision::Auto,
-            ..entry(2, "mem,host=b free=10i 2\nmem,host=c free=11i 3")
-        },
+        WalEntry { precision: Precision::Auto, ..entry(2, "mem,host=b free=10i 2\nmem,host=c free=11i 3") },
         entry(3, "s,t=x msg=\"multi\nline\" 4"),
     ]
 }
@@ -151,10 +148,7 @@ async fn concurrent_writes_are_grouped_and_ordered() {
 async fn min_spacing_bounds_the_flush_rate() {
     let storage = Storage::in_memory();
     let rec = Arc::new(Recorder::default());
-    let cfg = WalConfig {
-        flush_interval: Duration::from_secs(1),
-        min_spacing: Duration::from_millis(200),
-    };
+    let cfg = WalConfig { flush_interval: Duration::from_secs(1), min_spacing: Duration::from_millis(200) };
     let wal = Wal::start(storage, cfg, 1, rec.clone(), None);
     let start = tokio::time::Instant::now();
     wal.write(entry(1, "a v=1 1"), 1).await.unwrap().unwrap();
@@ -187,10 +181,7 @@ impl object_store::ObjectStore for Flaky {
         opts: object_store::PutOptions,
     ) -> object_store::Result<object_store::PutResult> {
         if self.fail.load(Ordering::SeqCst) > 0 {
-            return Err(object_store::Error::Generic {
-                store: "flaky",
-                source: "disk on fire".into(),
-            });
+            return Err(object_store::Error::Generic { store: "flaky", source: "disk on fire".into() });
         }
         self.inner.put_opts(location, payload, opts).await
     }
@@ -244,10 +235,7 @@ impl object_store::ObjectStore for Flaky {
 
 pub(crate) fn flaky_storage() -> (Storage, Arc<AtomicUsize>) {
     let fail = Arc::new(AtomicUsize::new(0));
-    let store = Flaky {
-        inner: object_store::memory::InMemory::new(),
-        fail: Arc::clone(&fail),
-    };
+    let store = Flaky { inner: object_store::memory::InMemory::new(), fail: Arc::clone(&fail) };
     (Storage::new(Arc::new(store), None, "node0"), fail)
 }
 

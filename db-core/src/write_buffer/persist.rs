@@ -93,22 +93,15 @@ pub struct Manifest {
 
 impl Default for Manifest {
     fn default() -> Self {
-        Self {
-            format_version: MANIFEST_FORMAT_VERSION,
-            wal_seq: 0,
-            next_file_id: 1,
-            files: Vec::new(),
-        }
+        Self { format_version: MANIFEST_FORMAT_VERSION, wal_seq: 0, next_file_id: 1, files: Vec::new() }
     }
 }
 
 impl Manifest {
     /// Decode a manifest.
     pub fn decode(bytes: &[u8], path: &str) -> Result<Self> {
-        let m: Self = serde_json::from_slice(bytes).map_err(|e| Error::Manifest {
-            path: path.to_string(),
-            message: e.to_string(),
-        })?;
+        let m: Self = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Manifest { path: path.to_string(), message: e.to_string() })?;
         if m.format_version > MANIFEST_FORMAT_VERSION {
             return Err(Error::Manifest {
                 path: path.to_string(),
@@ -164,18 +157,12 @@ pub fn sort_batch(table: &TableDef, batch: &RecordBatch) -> Result<RecordBatch> 
         if let Ok(i) = schema.index_of(&table.columns[id].name) {
             cols.push(SortColumn {
                 values: Arc::clone(batch.column(i)),
-                options: Some(SortOptions {
-                    descending: false,
-                    nulls_first: true,
-                }),
+                options: Some(SortOptions { descending: false, nulls_first: true }),
             });
         }
     }
     if let Ok(i) = schema.index_of(TIME_COLUMN) {
-        cols.push(SortColumn {
-            values: Arc::clone(batch.column(i)),
-            options: None,
-        });
+        cols.push(SortColumn { values: Arc::clone(batch.column(i)), options: None });
     }
     if cols.is_empty() || batch.num_rows() < 2 {
         return Ok(batch.clone());
@@ -205,18 +192,12 @@ pub fn partition_batches(
         .ok_or_else(|| arrow::error::ArrowError::SchemaError("time column is not a ns timestamp".into()))?;
     let mut parts: std::collections::BTreeMap<i64, Vec<u32>> = std::collections::BTreeMap::new();
     for (i, t) in times.values().iter().enumerate() {
-        parts
-            .entry(t.div_euclid(PARTITION_NANOS))
-            .or_default()
-            .push(i as u32);
+        parts.entry(t.div_euclid(PARTITION_NANOS)).or_default().push(i as u32);
     }
     let mut out = Vec::with_capacity(parts.len());
     for (p, idx) in parts {
-        let batch = if idx.len() == all.num_rows() {
-            all.clone()
-        } else {
-            take_record_batch(&all, &UInt32Array::from(idx))?
-        };
+        let batch =
+            if idx.len() == all.num_rows() { all.clone() } else { take_record_batch(&all, &UInt32Array::from(idx))? };
         let sorted = sort_batch(table, &batch)?;
         let t = sorted
             .column(time_idx)
@@ -224,10 +205,7 @@ pub fn partition_batches(
             .downcast_ref::<TimestampNanosecondArray>()
             .map(|a| {
                 let v = a.values();
-                (
-                    v.iter().copied().min().unwrap_or_default(),
-                    v.iter().copied().max().unwrap_or_default(),
-                )
+                (v.iter().copied().min().unwrap_or_default(), v.iter().copied().max().unwrap_or_default())
             })
             .unwrap_or_default();
         out.push((partition_key(p * PARTITION_NANOS), t.0, t.1, sorted));
@@ -280,4 +258,3 @@ pub async fn write_file(
         wal_seq,
     })
 }
-

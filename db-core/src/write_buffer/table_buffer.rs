@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use arrow::{
     array::{
-        ArrayRef, BooleanArray, DictionaryArray, Float64Array, Int32Array, Int64Array,
-        StringArray, TimestampNanosecondArray, UInt64Array, new_null_array,
+        ArrayRef, BooleanArray, DictionaryArray, Float64Array, Int32Array, Int64Array, StringArray,
+        TimestampNanosecondArray, UInt64Array, new_null_array,
     },
     datatypes::{Int32Type, SchemaRef},
     error::ArrowError,
@@ -79,25 +79,22 @@ impl FieldColumn {
     }
 
     fn to_array(&self, start: usize, end: usize) -> ArrayRef {
-        fn prim<'a, T: Copy + Default>(vals: &'a [T], valid: &'a [bool], start: usize, end: usize) -> impl Iterator<Item = Option<T>> + 'a {
-            (start..end).map(move |i| {
-                if valid.get(i).copied().unwrap_or(false) {
-                    Some(vals[i])
-                } else {
-                    None
-                }
-            })
+        fn prim<'a, T: Copy + Default>(
+            vals: &'a [T],
+            valid: &'a [bool],
+            start: usize,
+            end: usize,
+        ) -> impl Iterator<Item = Option<T>> + 'a {
+            (start..end).map(move |i| if valid.get(i).copied().unwrap_or(false) { Some(vals[i]) } else { None })
         }
         match self {
             Self::I64(v, m) => Arc::new(prim(v, m, start, end).collect::<Int64Array>()),
             Self::U64(v, m) => Arc::new(prim(v, m, start, end).collect::<UInt64Array>()),
             Self::F64(v, m) => Arc::new(prim(v, m, start, end).collect::<Float64Array>()),
             Self::Bool(v, m) => Arc::new(prim(v, m, start, end).collect::<BooleanArray>()),
-            Self::Str(v) => Arc::new(
-                (start..end)
-                    .map(|i| v.get(i).and_then(|s| s.as_deref()))
-                    .collect::<StringArray>(),
-            ),
+            Self::Str(v) => {
+                Arc::new((start..end).map(|i| v.get(i).and_then(|s| s.as_deref())).collect::<StringArray>())
+            }
         }
     }
 }
@@ -243,10 +240,7 @@ impl TableBuffer {
                 let Some(ColumnKind::Field(t)) = table.columns.get(*col as usize).map(|c| c.kind) else {
                     continue;
                 };
-                self.fields
-                    .entry(*col)
-                    .or_insert_with(|| FieldColumn::new(t))
-                    .set(r, v);
+                self.fields.entry(*col).or_insert_with(|| FieldColumn::new(t)).set(r, v);
             }
             if let Some(seg) = cache.get_mut(r / SEGMENT_ROWS) {
                 *seg = None;
@@ -283,10 +277,7 @@ impl TableBuffer {
                 min_time: times.iter().copied().min().unwrap_or(i64::MAX),
                 max_time: times.iter().copied().max().unwrap_or(i64::MIN),
             };
-            *slot = Some(CachedSegment {
-                schema: Arc::clone(&schema),
-                batch: batch.clone(),
-            });
+            *slot = Some(CachedSegment { schema: Arc::clone(&schema), batch: batch.clone() });
             out.push(batch);
         }
         Ok(out)
@@ -305,18 +296,13 @@ impl TableBuffer {
         for (&id, field) in ids.iter().zip(schema.fields()) {
             let col = &table.columns[id];
             let array: ArrayRef = match col.kind {
-                ColumnKind::Time => Arc::new(TimestampNanosecondArray::from(
-                    self.time[start..end].to_vec(),
-                )),
+                ColumnKind::Time => Arc::new(TimestampNanosecondArray::from(self.time[start..end].to_vec())),
                 ColumnKind::Tag => match self.tags.get(&(id as u32)) {
                     Some(dict) => {
                         let keys: Int32Array = self.row_series[start..end]
                             .iter()
                             .map(|s| {
-                                self.series_tags[*s as usize]
-                                    .iter()
-                                    .find(|(c, _)| *c == id as u32)
-                                    .map(|(_, k)| *k)
+                                self.series_tags[*s as usize].iter().find(|(c, _)| *c == id as u32).map(|(_, k)| *k)
                             })
                             .collect();
                         let values = StringArray::from_iter_values(dict.values.iter().map(|v| v.as_ref()));

@@ -72,7 +72,12 @@ async fn points_written_again_in_any_time_order_keep_one_row_each() {
              || COALESCE(CAST(w AS VARCHAR), '-') AS r FROM cpu ORDER BY host, time",
         )
         .await;
-    let got: Vec<&str> = lines(&out).into_iter().skip(3).filter(|l| l.starts_with("| ")).map(|l| l.trim_matches(|c| c == '|' || c == ' ')).collect();
+    let got: Vec<&str> = lines(&out)
+        .into_iter()
+        .skip(3)
+        .filter(|l| l.starts_with("| "))
+        .map(|l| l.trim_matches(|c| c == '|' || c == ' '))
+        .collect();
     let expected: Vec<String> = model
         .iter()
         .map(|((host, time), (v, w))| format!("{host}:{time}:{v}:{}", w.map_or("-".to_string(), |w| w.to_string())))
@@ -93,11 +98,8 @@ async fn partial_writes_and_type_conflicts() {
         "invalid column type for column 'v', expected iox::column_type::field::float, got iox::column_type::field::string"
     );
     // accept_partial=false: nothing is written.
-    let err = db
-        .buffer
-        .write_lp("db", "m,t=a v=4 4\nm,t=a v=true 5", Precision::Nanosecond, false, false)
-        .await
-        .unwrap_err();
+    let err =
+        db.buffer.write_lp("db", "m,t=a v=4 4\nm,t=a v=true 5", Precision::Nanosecond, false, false).await.unwrap_err();
     assert!(matches!(err, Error::Rejected(ref e) if e.len() == 1 && e[0].line_number == 2), "{err}");
     let out = db.sql("SELECT count(*) AS n FROM m").await;
     assert!(out.contains("| 2 |"), "{out}");
@@ -140,11 +142,7 @@ async fn snapshot_persists_parquet_retires_wal_and_survives_restart() {
     }
     let db = open(&storage).await.unwrap();
     let out = db.sql("SELECT host, usage, idle FROM cpu ORDER BY host").await;
-    assert_eq!(
-        lines(&out)[3..5],
-        ["| a    | 9.0   | 5.0  |", "| b    | 2.0   |      |"],
-        "{out}"
-    );
+    assert_eq!(lines(&out)[3..5], ["| a    | 9.0   | 5.0  |", "| b    | 2.0   |      |"], "{out}");
     // Persist the override too: two overlapping Parquet generations, still one row per point.
     db.buffer.snapshot().await.unwrap();
     let out = db.sql("SELECT count(*) AS n, max(usage) AS u FROM cpu WHERE host = 'a'").await;
@@ -253,23 +251,11 @@ fn dedup_groups_join_only_overlaps_across_generations() {
     assert!(groups(vec![piece(0, 0, 10), piece(1, 11, 20)]).is_empty());
     // A chain of same-generation segments joins only where another generation overlaps:
     // pieces 0-3 are the open buffer's segments, 4 a Parquet file overlapping segment 1.
-    let g = groups(vec![
-        piece(1, 0, 10),
-        piece(1, 9, 20),
-        piece(1, 19, 30),
-        piece(1, 29, 40),
-        piece(0, 15, 16),
-    ]);
+    let g = groups(vec![piece(1, 0, 10), piece(1, 9, 20), piece(1, 19, 30), piece(1, 29, 40), piece(0, 15, 16)]);
     assert_eq!(g, [vec![1, 4]]);
     // Transitive: a file overlapping two segments pulls both into one group, and a second
     // file elsewhere forms its own group.
-    let g = groups(vec![
-        piece(2, 0, 10),
-        piece(2, 20, 30),
-        piece(0, 5, 25),
-        piece(1, 100, 110),
-        piece(2, 105, 106),
-    ]);
+    let g = groups(vec![piece(2, 0, 10), piece(2, 20, 30), piece(0, 5, 25), piece(1, 100, 110), piece(2, 105, 106)]);
     assert_eq!(g, [vec![0, 1, 2], vec![3, 4]]);
 }
 
@@ -287,11 +273,7 @@ async fn overlap_dedup_reads_only_the_overlapping_pieces() {
     // The hour-0 file is not part of the group.
     assert!(groups[0].iter().all(|&i| data.pieces[i].min_time >= 7_200_000_000_000));
     let out = db.sql("SELECT host, usage FROM cpu ORDER BY time, host").await;
-    assert_eq!(
-        lines(&out)[3..6],
-        ["| a    | 1.0   |", "| a    | 3.0   |", "| b    | 4.0   |"],
-        "{out}"
-    );
+    assert_eq!(lines(&out)[3..6], ["| a    | 1.0   |", "| a    | 3.0   |", "| b    | 4.0   |"], "{out}");
     let plan = db.sql("EXPLAIN SELECT * FROM cpu").await;
     assert!(plan.contains("DedupExec"), "{plan}");
 }

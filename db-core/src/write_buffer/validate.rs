@@ -139,20 +139,15 @@ pub fn validate(
         });
     }
     let (mut db, _) = catalog.db_or_create(db_name)?;
-    let mut outcomes: Vec<Outcome> = parsed
-        .iter()
-        .map(|(_, _, line)| check_line(&db, line, precision, default_time))
-        .collect();
+    let mut outcomes: Vec<Outcome> =
+        parsed.iter().map(|(_, _, line)| check_line(&db, line, precision, default_time)).collect();
 
     let mut additions: Vec<ColumnAddition> = Vec::new();
     for o in &outcomes {
         if let Outcome::Missing(adds) = o {
             for a in adds {
                 // The first line to name a column decides its kind.
-                if !additions
-                    .iter()
-                    .any(|x| x.table == a.table && x.column == a.column)
-                {
+                if !additions.iter().any(|x| x.table == a.table && x.column == a.column) {
                     additions.push(a.clone());
                 }
             }
@@ -165,9 +160,9 @@ pub fn validate(
                 *o = match check_line(&db, line, precision, default_time) {
                     // Still missing after the additions means a conflicting kind within
                     // this request; check_line reports that as a rejection on the retry.
-                    Outcome::Missing(_) => Outcome::Rejected(
-                        "column was created concurrently with a different type".to_string(),
-                    ),
+                    Outcome::Missing(_) => {
+                        Outcome::Rejected("column was created concurrently with a different type".to_string())
+                    }
                     other => other,
                 };
             }
@@ -182,10 +177,7 @@ pub fn validate(
         match o {
             Outcome::Row(table_id, row) => {
                 let pos = *table_pos.entry(table_id).or_insert_with(|| {
-                    tables.push(TableRows {
-                        table_id,
-                        rows: Vec::new(),
-                    });
+                    tables.push(TableRows { table_id, rows: Vec::new() });
                     tables.len() - 1
                 });
                 tables[pos].rows.push(row);
@@ -195,11 +187,9 @@ pub fn validate(
                 accepted_text.push_str(original);
                 accepted_lines += 1;
             }
-            Outcome::Rejected(message) => errors.push(LineError {
-                line_number: *line_number,
-                original_line: original.to_string(),
-                message,
-            }),
+            Outcome::Rejected(message) => {
+                errors.push(LineError { line_number: *line_number, original_line: original.to_string(), message })
+            }
             Outcome::Missing(_) => errors.push(LineError {
                 line_number: *line_number,
                 original_line: original.to_string(),
@@ -208,28 +198,15 @@ pub fn validate(
         }
     }
     errors.sort_by_key(|e| e.line_number);
-    Ok(ValidatedWrite {
-        db: Some(db),
-        tables,
-        accepted_lines,
-        errors,
-        accepted_text,
-    })
+    Ok(ValidatedWrite { db: Some(db), tables, accepted_lines, errors, accepted_text })
 }
 
-fn check_line(
-    db: &DatabaseSchema,
-    line: &ParsedLine<'_>,
-    precision: Precision,
-    default_time: i64,
-) -> Outcome {
+fn check_line(db: &DatabaseSchema, line: &ParsedLine<'_>, precision: Precision, default_time: i64) -> Outcome {
     let time = match line.timestamp {
         Some(ts) => match precision.to_nanos(ts) {
             Some(t) => t,
             None => {
-                return Outcome::Rejected(format!(
-                    "timestamp {ts} overflows nanoseconds at precision {precision:?}"
-                ));
+                return Outcome::Rejected(format!("timestamp {ts} overflows nanoseconds at precision {precision:?}"));
             }
         },
         None => default_time,
@@ -312,10 +289,7 @@ fn check_line(
                     ));
                 }
                 ColumnKind::Tag => {
-                    return Outcome::Rejected(format!(
-                        "column {k:?} in table {:?} is a tag, not a field",
-                        table.name
-                    ));
+                    return Outcome::Rejected(format!("column {k:?} in table {:?} is a tag, not a field", table.name));
                 }
                 ColumnKind::Time => {
                     return Outcome::Rejected("field key \"time\" is reserved".to_string());
@@ -339,12 +313,5 @@ fn check_line(
         key.extend_from_slice(&(v.len() as u32).to_le_bytes());
         key.extend_from_slice(v.as_bytes());
     }
-    Outcome::Row(
-        table.id,
-        Row {
-            time,
-            series_key: key.into_boxed_slice(),
-            fields,
-        },
-    )
+    Outcome::Row(table.id, Row { time, series_key: key.into_boxed_slice(), fields })
 }

@@ -5,9 +5,8 @@ use std::{io::Write as _, process::Command, sync::Arc};
 
 use arrow::{
     array::{
-        BinaryArray, BooleanArray, Date32Array, DictionaryArray, Float32Array, Float64Array,
-        Int8Array, Int64Array, StringArray, TimestampNanosecondArray, TimestampSecondArray,
-        UInt32Array, UInt64Array,
+        BinaryArray, BooleanArray, Date32Array, DictionaryArray, Float32Array, Float64Array, Int8Array, Int64Array,
+        StringArray, TimestampNanosecondArray, TimestampSecondArray, UInt32Array, UInt64Array,
     },
     datatypes::{Int32Type, UInt8Type},
     record_batch::RecordBatch,
@@ -38,7 +37,17 @@ fn python_run(script: &str, bytes: &[u8]) -> String {
 #[test]
 fn scalars_round_trip_through_python() {
     let mut w = Writer::default();
-    let ints: [i128; 9] = [0, -1, i32::MAX as i128, i32::MIN as i128, 1 << 31, -(1 << 40), i64::MAX as i128, u64::MAX as i128, 1_700_000_000_000_000_000];
+    let ints: [i128; 9] = [
+        0,
+        -1,
+        i32::MAX as i128,
+        i32::MIN as i128,
+        1 << 31,
+        -(1 << 40),
+        i64::MAX as i128,
+        u64::MAX as i128,
+        1_700_000_000_000_000_000,
+    ];
     w.list(ints.len() + 7);
     for v in ints {
         w.int(v);
@@ -102,10 +111,7 @@ fn schedule_and_request_arguments_decode_as_python_values() {
     let headers: std::collections::BTreeMap<String, String> =
         [("content-type".to_string(), "text/plain".to_string()), ("x-é".to_string(), "ü".to_string())].into();
     let args = request_call_args(query.iter(), headers.iter(), b"\x00\xffbody");
-    assert_eq!(
-        python_repr(&args),
-        r"[{'a': '1'}, {'content-type': 'text/plain', 'x-é': 'ü'}, b'\x00\xffbody']"
-    );
+    assert_eq!(python_repr(&args), r"[{'a': '1'}, {'content-type': 'text/plain', 'x-é': 'ü'}, b'\x00\xffbody']");
 }
 
 /// Decodes `[table_batches]` sent as columns with the SDK's Python decoder and with the C
@@ -153,10 +159,8 @@ fn wal_columns_build_the_same_rows_as_wal_rows() {
     ])
     .unwrap();
     let empty = narrow.slice(0, 0);
-    let tables = vec![
-        ("cpu".to_string(), vec![wide.clone(), wide.slice(1, 2), narrow, empty]),
-        ("empty".to_string(), vec![]),
-    ];
+    let tables =
+        vec![("cpu".to_string(), vec![wide.clone(), wide.slice(1, 2), narrow, empty]), ("empty".to_string(), vec![])];
     let expected = python_repr(&wal_call_args(&tables).unwrap());
     assert!(expected.contains("'secs': 10000000000000000000"), "{expected}");
     let columns = wal_call_args_columns(&tables).unwrap();

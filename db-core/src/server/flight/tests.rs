@@ -10,9 +10,7 @@ use arrow::{
 };
 use arrow_flight::{
     FlightClient, FlightInfo, Ticket,
-    sql::{
-        CommandGetDbSchemas, CommandGetTables, SqlInfo, client::FlightSqlServiceClient,
-    },
+    sql::{CommandGetDbSchemas, CommandGetTables, SqlInfo, client::FlightSqlServiceClient},
 };
 use futures::TryStreamExt;
 use tonic::{Code, transport::Channel};
@@ -42,11 +40,7 @@ async fn start(auth: bool) -> Fixture {
 }
 
 async fn channel(f: &Fixture) -> Channel {
-    Channel::from_shared(format!("http://{}", f.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    Channel::from_shared(format!("http://{}", f.addr)).unwrap().connect().await.unwrap()
 }
 
 async fn sql_client(f: &Fixture, token: Option<&str>, database: Option<&str>) -> FlightSqlServiceClient<Channel> {
@@ -94,10 +88,7 @@ fn code<T: std::fmt::Debug>(r: Result<T, arrow_flight::error::FlightError>) -> (
 async fn statement_query_streams_rows_with_the_advertised_schema() {
     let f = start(true).await;
     let mut c = sql_client(&f, Some(TOKEN), Some("db")).await;
-    let info = c
-        .execute("SELECT host, region, usage, n FROM cpu ORDER BY time".into(), None)
-        .await
-        .unwrap();
+    let info = c.execute("SELECT host, region, usage, n FROM cpu ORDER BY time".into(), None).await.unwrap();
     let advertised: Schema = info.clone().try_decode_schema().unwrap();
     let batches = fetch(&mut c, info).await;
     assert_eq!(batches[0].schema().as_ref(), &advertised);
@@ -116,10 +107,7 @@ async fn prepared_statements_bind_positional_parameters() {
     let f = start(true).await;
     let mut c = sql_client(&f, Some(TOKEN), Some("db")).await;
 
-    let mut ps = c
-        .prepare("SELECT n FROM cpu WHERE host = ? AND n >= ? ORDER BY n".into(), None)
-        .await
-        .unwrap();
+    let mut ps = c.prepare("SELECT n FROM cpu WHERE host = ? AND n >= ? ORDER BY n".into(), None).await.unwrap();
     assert_eq!(ps.dataset_schema().unwrap().field(0).name(), "n");
     assert_eq!(ps.parameter_schema().unwrap().fields().len(), 2);
 
@@ -226,10 +214,7 @@ async fn catalog_commands_describe_the_database() {
     assert_eq!(strings(&fetch(&mut c, info).await, "table_name"), ["queries"]);
 
     let info = c.get_table_types().await.unwrap();
-    assert_eq!(
-        strings(&fetch(&mut c, info).await, "table_type"),
-        ["BASE TABLE", "LOCAL TEMPORARY", "VIEW"]
-    );
+    assert_eq!(strings(&fetch(&mut c, info).await, "table_type"), ["BASE TABLE", "LOCAL TEMPORARY", "VIEW"]);
 
     let info = c.get_sql_info(vec![SqlInfo::FlightSqlServerName, SqlInfo::FlightSqlServerReadOnly]).await.unwrap();
     let batches = fetch(&mut c, info).await;
@@ -250,14 +235,10 @@ async fn influxdb_json_ticket_with_named_parameters() {
         "query_type": "sql",
         "params": {"h": "a"},
     });
-    let batches: Vec<RecordBatch> = client
-        .do_get(Ticket::new(ticket.to_string()))
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    let usage: Vec<f64> = batches.iter().flat_map(|b| b.column(0).as_primitive::<Float64Type>().values().to_vec()).collect();
+    let batches: Vec<RecordBatch> =
+        client.do_get(Ticket::new(ticket.to_string())).await.unwrap().try_collect().await.unwrap();
+    let usage: Vec<f64> =
+        batches.iter().flat_map(|b| b.column(0).as_primitive::<Float64Type>().values().to_vec()).collect();
     assert_eq!(usage, [1.5, 3.5]);
 
     // The database may come from a header instead.
@@ -286,7 +267,8 @@ async fn json_ticket_error(f: &Fixture, token: Option<&str>, ticket: &str) -> to
 #[tokio::test]
 async fn errors_map_to_grpc_codes() {
     let f = start(true).await;
-    let q = |db: &str, sql: &str| serde_json::json!({"database": db, "sql_query": sql, "query_type": "sql"}).to_string();
+    let q =
+        |db: &str, sql: &str| serde_json::json!({"database": db, "sql_query": sql, "query_type": "sql"}).to_string();
 
     let s = json_ticket_error(&f, None, &q("db", "SELECT 1")).await;
     assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
@@ -305,7 +287,8 @@ async fn errors_map_to_grpc_codes() {
     let s = json_ticket_error(&f, Some(TOKEN), &q("db", "DROP TABLE cpu")).await;
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
 
-    let s = json_ticket_error(&f, Some(TOKEN), r#"{"database":"db","sql_query":"SELECT 1","query_type":"influxql"}"#).await;
+    let s =
+        json_ticket_error(&f, Some(TOKEN), r#"{"database":"db","sql_query":"SELECT 1","query_type":"influxql"}"#).await;
     assert_eq!(s.code(), Code::Unimplemented, "{s:?}");
     let s = json_ticket_error(&f, Some(TOKEN), r#"{"database":"db""#).await;
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");

@@ -19,14 +19,15 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, json_body_or_default, presented_token, query_map, read_body};
-use crate::{auth::ADMIN_TOKEN_NAME, query::format::{self, Format}, server::SharedState};
+use crate::{
+    auth::ADMIN_TOKEN_NAME,
+    query::format::{self, Format},
+    server::SharedState,
+};
 
 /// `GET /api/v3/configure/database?format=` lists databases as a table with the column
 /// `iox::database`, in any query output format.
-pub async fn list_databases(
-    State(state): State<SharedState>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
+pub async fn list_databases(State(state): State<SharedState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let p = query_map(raw.as_deref());
     let fmt: Format = match p.get("format").map(|s| s.as_str()) {
         None | Some("") => Format::Json,
@@ -36,8 +37,7 @@ pub async fn list_databases(
     let schema = Arc::new(Schema::new(vec![Field::new("iox::database", DataType::Utf8, false)]));
     let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(StringArray::from(names))])
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let stream = MemoryStream::try_new(vec![batch], schema, None)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let stream = MemoryStream::try_new(vec![batch], schema, None).map_err(|e| ApiError::Internal(e.to_string()))?;
     let body = Body::from_stream(format::encode(fmt, Box::pin(stream)));
     Ok(([(header::CONTENT_TYPE, fmt.content_type())], body).into_response())
 }
@@ -61,10 +61,7 @@ pub async fn create_database(
 }
 
 /// `DELETE /api/v3/configure/database?db=name`
-pub async fn delete_database(
-    State(state): State<SharedState>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
+pub async fn delete_database(State(state): State<SharedState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let p = query_map(raw.as_deref());
     let db = p
         .get("db")

@@ -109,7 +109,12 @@ struct TriggerRef {
 }
 
 /// The trigger named by the query string, falling back to a JSON body.
-async fn trigger_ref(state: &SharedState, raw: Option<&str>, headers: &HeaderMap, body: Body) -> Result<(String, String, bool), ApiError> {
+async fn trigger_ref(
+    state: &SharedState,
+    raw: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(String, String, bool), ApiError> {
     let q = query_map(raw);
     let bytes = read_body(headers, body, state.max_request_bytes).await?;
     let b: TriggerRef = json_body_or_default(&bytes)?;
@@ -136,7 +141,13 @@ pub async fn delete_trigger(
     Ok(StatusCode::OK.into_response())
 }
 
-async fn set_disabled(state: SharedState, raw: Option<String>, headers: HeaderMap, body: Body, disabled: bool) -> Result<Response, ApiError> {
+async fn set_disabled(
+    state: SharedState,
+    raw: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+    disabled: bool,
+) -> Result<Response, ApiError> {
     let (db, name, _) = trigger_ref(&state, raw.as_deref(), &headers, body).await?;
     state.catalog.set_trigger_disabled(&db, &name, disabled).await?;
     state.trigger_changed(&db, &name).await;
@@ -162,7 +173,6 @@ pub async fn disable_trigger(
 ) -> Result<Response, ApiError> {
     set_disabled(state, raw, headers, body, true).await
 }
-
 
 #[derive(Debug, Deserialize)]
 struct InstallPackages {
@@ -217,11 +227,7 @@ struct TestWal {
 
 /// `POST /api/v3/plugin_test/wal {filename, database, input_lp, input_arguments?}` →
 /// `{log_lines, database_writes, errors}`; the plugin's writes are captured, not applied.
-pub async fn test_wal(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+pub async fn test_wal(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, state.max_request_bytes).await?;
     let req: TestWal = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::BadRequest(format!(
@@ -356,7 +362,8 @@ pub async fn engine_request(
         body: body.to_vec(),
     };
     let answer = engine.http_request(&db, &def, call).await?;
-    let mut response = Response::builder().status(StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+    let mut response =
+        Response::builder().status(StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
     for (k, v) in &answer.headers {
         match (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
             (Ok(name), Ok(value)) => {
@@ -378,8 +385,11 @@ struct UploadFile {
 
 async fn put_file(state: SharedState, headers: HeaderMap, body: Body, mode: PutMode) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, state.max_request_bytes).await?;
-    let req: UploadFile = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body, expected {{\"plugin_name\": \"x.py\", \"content\": \"...\"}}: {e}")))?;
+    let req: UploadFile = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "invalid JSON body, expected {{\"plugin_name\": \"x.py\", \"content\": \"...\"}}: {e}"
+        ))
+    })?;
     state
         .engine()?
         .put_plugin(pb::PutPlugin {
@@ -393,13 +403,21 @@ async fn put_file(state: SharedState, headers: HeaderMap, body: Body, mode: PutM
 }
 
 /// `POST /api/v3/plugins/files {plugin_name, content}`: create a plugin file (409 if it exists).
-pub async fn upload_file(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn upload_file(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     put_file(state, headers, body, PutMode::Create).await
 }
 
 /// `PUT /api/v3/plugins/files {plugin_name, content}`: replace a plugin file (404 if it does
 /// not exist), atomically; the trigger using it reloads it on its next call.
-pub async fn update_file(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn update_file(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     put_file(state, headers, body, PutMode::Replace).await
 }
 
@@ -417,7 +435,11 @@ struct UploadDirectoryFile {
 
 /// `PUT /api/v3/plugins/directory {plugin_name, files: [{relative_path, content}]}`: create
 /// or replace a package directory as a whole (the new tree is written aside, then swapped in).
-pub async fn update_directory(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn update_directory(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, state.max_request_bytes).await?;
     let req: UploadDirectory = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::BadRequest(format!(

@@ -40,7 +40,6 @@ pub struct QueryRequest {
     pub params: Option<HashMap<String, serde_json::Value>>,
 }
 
-
 async fn run(state: SharedState, req: QueryRequest) -> Result<Response, ApiError> {
     let db = req
         .db
@@ -61,23 +60,17 @@ async fn run(state: SharedState, req: QueryRequest) -> Result<Response, ApiError
 }
 
 /// `GET /api/v3/query_sql?db=&q=&format=&params=`
-pub async fn query_sql_get(
-    State(state): State<SharedState>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
+pub async fn query_sql_get(State(state): State<SharedState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let p = query_map(raw.as_deref());
     let params = match p.get("params") {
-        Some(s) if !s.is_empty() => Some(serde_json::from_str(s).map_err(|e| {
-            ApiError::BadRequest(format!("'params' must be a JSON object: {e}"))
-        })?),
+        Some(s) if !s.is_empty() => Some(
+            serde_json::from_str(s)
+                .map_err(|e| ApiError::BadRequest(format!("'params' must be a JSON object: {e}")))?,
+        ),
         _ => None,
     };
-    let req = QueryRequest {
-        db: p.get("db").cloned(),
-        q: p.get("q").cloned(),
-        format: p.get("format").cloned(),
-        params,
-    };
+    let req =
+        QueryRequest { db: p.get("db").cloned(), q: p.get("q").cloned(), format: p.get("format").cloned(), params };
     run(state, req).await
 }
 
@@ -103,7 +96,5 @@ pub async fn query_sql_post(
 
 /// `/api/v3/query_influxql`: not supported yet.
 pub async fn query_influxql() -> ApiError {
-    ApiError::NotImplemented(
-        "InfluxQL is not supported by Weir yet; use /api/v3/query_sql".to_string(),
-    )
+    ApiError::NotImplemented("InfluxQL is not supported by Weir yet; use /api/v3/query_sql".to_string())
 }

@@ -51,17 +51,10 @@ impl Resp {
 async fn call(state: &SharedState, req: Request<Body>) -> Resp {
     let resp = Hybrid::new(Arc::clone(state)).oneshot(req).await.unwrap();
     let status = resp.status();
-    let content_type = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
+    let content_type =
+        resp.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
-    Resp {
-        status,
-        content_type,
-        body,
-    }
+    Resp { status, content_type, body }
 }
 
 fn req(method: Method, uri: &str, body: impl Into<Body>, token: Option<&str>) -> Request<Body> {
@@ -102,16 +95,22 @@ async fn auth_matrix_for_every_route() {
         for (method, uri, body) in routes() {
             for token in [None, Some("apiv3_wrong"), Some(TOKEN)] {
                 let s = state(auth_on).await;
-                s.buffer
-                    .write_lp("a", "m v=1 1", crate::lp::Precision::Nanosecond, true, false)
-                    .await
-                    .unwrap();
+                s.buffer.write_lp("a", "m v=1 1", crate::lp::Precision::Nanosecond, true, false).await.unwrap();
                 let r = call(&s, req(method.clone(), uri, body.to_string(), token)).await;
                 let denied = r.status == StatusCode::UNAUTHORIZED;
                 let should_deny = auth_on && token != Some(TOKEN);
-                assert_eq!(denied, should_deny, "auth={auth_on} {method} {uri} token={token:?}: {} {}", r.status, r.text());
+                assert_eq!(
+                    denied,
+                    should_deny,
+                    "auth={auth_on} {method} {uri} token={token:?}: {} {}",
+                    r.status,
+                    r.text()
+                );
                 if denied {
-                    assert!(r.json()["error"].as_str().unwrap().contains("token") || r.json()["error"].as_str().unwrap().contains("authorization"));
+                    assert!(
+                        r.json()["error"].as_str().unwrap().contains("token")
+                            || r.json()["error"].as_str().unwrap().contains("authorization")
+                    );
                 } else if uri.contains("influxql") {
                     assert_eq!(r.status, StatusCode::NOT_IMPLEMENTED);
                 } else {
@@ -157,7 +156,8 @@ async fn v1_password_parameter_and_token_scheme_authenticate() {
 #[tokio::test]
 async fn partial_write_body_matches_influxdb() {
     let s = state(true).await;
-    let r = call(&s, post("/api/v3/write_lp?db=a", "cpu,host=b val=2 155\ncpu,host=a val= 123\ncpu,host=b val=5 199")).await;
+    let r = call(&s, post("/api/v3/write_lp?db=a", "cpu,host=b val=2 155\ncpu,host=a val= 123\ncpu,host=b val=5 199"))
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.content_type, "application/json");
     let body = r.text();
@@ -263,7 +263,14 @@ async fn gzip_bodies_and_limits() {
 #[tokio::test]
 async fn query_formats() {
     let s = state(true).await;
-    call(&s, post("/api/v3/write_lp?db=q&precision=ns", "cpu,host=a usage=1.5,n=2i 1000000000\ncpu,host=b usage=2.5 2000000000")).await;
+    call(
+        &s,
+        post(
+            "/api/v3/write_lp?db=q&precision=ns",
+            "cpu,host=a usage=1.5,n=2i 1000000000\ncpu,host=b usage=2.5 2000000000",
+        ),
+    )
+    .await;
     let q = "SELECT%20host,usage,n,time%20FROM%20cpu%20ORDER%20BY%20host";
     let r = call(&s, get(&format!("/api/v3/query_sql?db=q&q={q}"))).await;
     assert_eq!(r.content_type, "application/json");
@@ -280,7 +287,9 @@ async fn query_formats() {
     assert!(r.text().contains("| a    | 1.5   | 2 | 1970-01-01T00:00:01 |"), "{}", r.text());
     let r = call(&s, get(&format!("/api/v3/query_sql?db=q&q={q}&format=parquet"))).await;
     assert_eq!(&r.body[..4], b"PAR1");
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(bytes::Bytes::from(r.body.clone()), 1024).unwrap();
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(bytes::Bytes::from(r.body.clone()), 1024)
+            .unwrap();
     let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
     assert_eq!(rows, 2);
     // Empty answers are valid documents.
@@ -303,7 +312,11 @@ async fn query_formats() {
 #[tokio::test]
 async fn query_params_bind_as_strings() {
     let s = state(true).await;
-    call(&s, post("/api/v3/write_lp?db=q&precision=ns", "cpu,host=a usage=1 1000000000\ncpu,host=b usage=2 2000000000")).await;
+    call(
+        &s,
+        post("/api/v3/write_lp?db=q&precision=ns", "cpu,host=a usage=1 1000000000\ncpu,host=b usage=2 2000000000"),
+    )
+    .await;
     let body = r#"{"db":"q","q":"SELECT host FROM cpu WHERE time >= $start AND usage > $min","params":{"start":"1970-01-01T00:00:01Z","min":1.5},"format":"csv"}"#;
     let r = call(&s, post("/api/v3/query_sql", body)).await;
     assert_eq!(r.text(), "host\nb\n");
@@ -353,7 +366,8 @@ async fn admin_token_bootstrap() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     let r = call(&fresh, req(Method::POST, "/api/v3/configure/token/admin", Body::empty(), Some(&token))).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "the name _admin is taken: {}", r.text());
-    let r = call(&fresh, req(Method::POST, "/api/v3/configure/token/admin", r#"{"token_name":"ci"}"#, Some(&token))).await;
+    let r =
+        call(&fresh, req(Method::POST, "/api/v3/configure/token/admin", r#"{"token_name":"ci"}"#, Some(&token))).await;
     assert_eq!(r.status, StatusCode::CREATED);
     let ci = r.json()["token"].as_str().unwrap().to_string();
     // The new token works for the API.

@@ -40,15 +40,9 @@ fn precision(p: &HashMap<String, String>, default: Precision) -> Result<Precisio
 async fn write(state: SharedState, headers: HeaderMap, body: Body, p: WriteParams) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, state.max_request_bytes).await?;
     let text = std::str::from_utf8(&bytes).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "request body is not valid UTF-8 (first bad byte at offset {})",
-            e.valid_up_to()
-        ))
+        ApiError::BadRequest(format!("request body is not valid UTF-8 (first bad byte at offset {})", e.valid_up_to()))
     })?;
-    let outcome = state
-        .buffer
-        .write_lp(&p.db, text, p.precision, p.accept_partial, p.no_sync)
-        .await?;
+    let outcome = state.buffer.write_lp(&p.db, text, p.precision, p.accept_partial, p.no_sync).await?;
     if outcome.errors.is_empty() {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
