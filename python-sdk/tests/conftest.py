@@ -12,12 +12,16 @@ SDK = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="session")
 def native_sdk(tmp_path_factory):
     """A copy of the SDK with the C speedups built into it, as the plugin host builds them
-    into a venv (this machine has a C compiler: a failed build fails the tests)."""
+    into a venv (this machine has a C compiler: a failed build fails the tests), with every
+    warning an error (and `WEIR_NATIVE_CFLAGS`, e.g. scripts/asan-native's sanitizer)."""
     root = tmp_path_factory.mktemp("native-sdk")
     pkg = root / "weir_plugin"
-    shutil.copytree(os.path.join(SDK, "weir_plugin"), pkg,
-                    ignore=shutil.ignore_patterns("_native*.so", "_native.stamp", "__pycache__"))
-    ok, message = native.build(str(pkg))
+    shutil.copytree(
+        os.path.join(SDK, "weir_plugin"),
+        pkg,
+        ignore=shutil.ignore_patterns("_native*.so", "_native.stamp", "__pycache__"),
+    )
+    ok, message = native.build(str(pkg), extra_cflags=native.STRICT_CFLAGS)
     assert ok, message
     return root
 

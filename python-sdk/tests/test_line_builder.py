@@ -28,12 +28,7 @@ def test_no_timestamp_means_server_time():
 
 
 def test_escaping():
-    line = (
-        LineBuilder("my,meas")
-        .tag("tag\\key", "a b,c=d")
-        .string_field("field\\key", 'say "hi" \\o/')
-        .build()
-    )
+    line = LineBuilder("my,meas").tag("tag\\key", "a b,c=d").string_field("field\\key", 'say "hi" \\o/').build()
     assert line == 'my\\,meas,tag\\\\key=a\\ b\\,c\\=d field\\\\key="say \\"hi\\" \\\\o/"'
 
 

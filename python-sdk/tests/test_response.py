@@ -35,7 +35,7 @@ def test_status_first_tuples_as_in_the_influxdb_example():
 def test_flask_like_objects():
     class Resp:
         status_code = 418
-        headers = {"X-Teapot": "yes"}
+        headers = {"X-Teapot": "yes"}  # noqa: RUF012 - a class attribute, as on a Flask response
 
         def __flask_response__(self):
             return True

@@ -7,6 +7,8 @@
 - `weir_plugin.worker`: the worker process the plugin host spawns (not for direct use).
 """
 
+from __future__ import annotations
+
 from .line_builder import (
     InfluxDBError,
     InvalidKeyError,

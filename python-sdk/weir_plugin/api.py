@@ -4,18 +4,22 @@
 
     def process_writes(influxdb3_local: PluginAPI, table_batches: list[TableBatch], args=None):
         ...
+
+`PluginAPI` is the `influxdb3_local` object (`engine.LocalAPI` implements it).
 """
 
-from typing import Any, Dict, List, Optional, Protocol, TypedDict, Union
+from __future__ import annotations
 
-Row = Dict[str, Union[str, int, float, bool]]
+from typing import Any, Protocol, TypedDict, Union
+
+Row = dict[str, Union[str, int, float, bool]]
 
 
 class TableBatch(TypedDict):
     """One table's rows in a WAL flush: tags `str`, fields `int|float|bool|str`, `time` ns."""
 
     table_name: str
-    rows: List[Row]
+    rows: list[Row]
 
 
 class Buildable(Protocol):
@@ -23,11 +27,11 @@ class Buildable(Protocol):
 
 
 class Cache(Protocol):
-    def put(self, key: str, value: Any, ttl: Optional[float] = None, use_global: Optional[bool] = None) -> None: ...
+    def put(self, key: str, value: Any, ttl: float | None = None, use_global: bool | None = None) -> None: ...
 
-    def get(self, key: str, default: Any = None, use_global: Optional[bool] = None) -> Any: ...
+    def get(self, key: str, default: Any = None, use_global: bool | None = None) -> Any: ...
 
-    def delete(self, key: str, use_global: Optional[bool] = None) -> bool: ...
+    def delete(self, key: str, use_global: bool | None = None) -> bool: ...
 
 
 class PluginAPI(Protocol):
@@ -41,8 +45,9 @@ class PluginAPI(Protocol):
 
     def error(self, *args: Any) -> None: ...
 
-    def query(self, query: str, args: Optional[Dict[str, str]] = None,
-              database: Optional[str] = None) -> List[Dict[str, Any]]: ...
+    def query(
+        self, query: str, args: dict[str, str] | None = None, database: str | None = None
+    ) -> list[dict[str, Any]]: ...
 
     def write(self, line_builder: Buildable) -> None: ...
 

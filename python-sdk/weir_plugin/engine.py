@@ -4,6 +4,8 @@ Backend-agnostic: the worker process plugs in a backend that talks to the plugin
 offline test harness (`weir_plugin.testing`) plugs in one that records everything.
 """
 
+from __future__ import annotations
+
 import builtins
 import importlib
 import os
@@ -11,10 +13,14 @@ import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Protocol
+from types import CodeType, ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from .cache import PluginCache, ScopeCache
+from .cache import CacheScope, PluginCache, ScopeCache
 from .line_builder import LineBuilder
+
+if TYPE_CHECKING:
+    from .api import Buildable, Cache, PluginAPI
 
 # The exact messages InfluxDB 3 gives for a plugin without the entry point.
 MISSING_FUNCTION = {
@@ -30,7 +36,7 @@ MISSING_FUNCTION = {
 
 def install_builtins() -> None:
     """Make `LineBuilder` a builtin, as InfluxDB 3 does, before any plugin code runs."""
-    builtins.LineBuilder = LineBuilder
+    builtins.LineBuilder = LineBuilder  # type: ignore[attr-defined]
 
 
 class Backend(Protocol):
@@ -38,14 +44,14 @@ class Backend(Protocol):
 
     def log(self, level: str, text: str) -> None: ...
 
-    def query(self, database: str, sql: str, params: Optional[Dict[str, str]]) -> List[Dict[str, Any]]:
+    def query(self, database: str, sql: str, params: dict[str, Any] | None) -> list[dict[str, Any]]:
         """Rows of the answer; raises `BackendError` with the server's message."""
 
-    def write(self, database: str, lines: List[str], no_sync: bool) -> None:
+    def write(self, database: str, lines: list[str], no_sync: bool) -> None:
         """Write now; raises `BackendError` with the server's message."""
 
-    def global_cache(self) -> Any:
-        """An object with put/get/delete for the global cache scope."""
+    def global_cache(self) -> CacheScope:
+        """The global cache scope."""
 
 
 class BackendError(Exception):
@@ -62,42 +68,44 @@ class LocalAPI:
 
     __slots__ = ("_backend", "_database", "_writes", "cache")
 
-    def __init__(self, backend: Backend, database: str, cache: PluginCache):
+    def __init__(self, backend: Backend, database: str, cache: PluginCache) -> None:
         self._backend = backend
         self._database = database
         # Buffered writes per database, committed only if the call succeeds.
-        self._writes: Dict[str, List[str]] = {}
-        self.cache = cache
+        self._writes: dict[str, list[str]] = {}
+        self.cache: Cache = cache
 
-    def _log(self, level: str, args) -> None:
+    def _log(self, level: str, args: tuple[object, ...]) -> None:
         self._backend.log(level, " ".join(str(a) for a in args))
 
-    def info(self, *args) -> None:
+    def info(self, *args: object) -> None:
         self._log("INFO", args)
 
-    def warn(self, *args) -> None:
+    def warn(self, *args: object) -> None:
         self._log("WARN", args)
 
-    def error(self, *args) -> None:
+    def error(self, *args: object) -> None:
         self._log("ERROR", args)
 
-    def query(self, query: str, args: Optional[Dict[str, Any]] = None, database: Optional[str] = None):
+    def query(
+        self, query: str, args: dict[str, Any] | None = None, database: str | None = None
+    ) -> list[dict[str, Any]]:
         db = database or self._database
         try:
             return self._backend.query(db, query, args)
         except BackendError as e:
             raise Exception(f"error: {e} executing query on {db}: {query}") from None
 
-    def write(self, line_builder) -> None:
+    def write(self, line_builder: Buildable) -> None:
         self.write_to_db(self._database, line_builder)
 
-    def write_to_db(self, db: str, line_builder) -> None:
+    def write_to_db(self, db: str, line_builder: Buildable) -> None:
         self._writes.setdefault(db, []).append(line_builder.build())
 
-    def write_sync(self, line_builder, no_sync: bool) -> None:
+    def write_sync(self, line_builder: Buildable, no_sync: bool) -> None:
         self.write_sync_to_db(self._database, line_builder, no_sync)
 
-    def write_sync_to_db(self, db: str, line_builder, no_sync: bool) -> None:
+    def write_sync_to_db(self, db: str, line_builder: Buildable, no_sync: bool) -> None:
         line = line_builder.build()
         try:
             self._backend.write(db, [line], bool(no_sync))
@@ -105,13 +113,13 @@ class LocalAPI:
             raise Exception(f"error writing line protocol to {db}: {e}") from None
 
 
-def _plugin_root() -> Optional[str]:
+def _plugin_root() -> str | None:
     """The real plugin directory when running under the plugin host (`PLUGIN_DIR`)."""
     root = os.environ.get("PLUGIN_DIR")
     return os.path.realpath(root) if root else None
 
 
-def _inside(real: str, root: Optional[str]) -> bool:
+def _inside(real: str, root: str | None) -> bool:
     return root is None or real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
@@ -133,11 +141,11 @@ def _read_inside(path: str) -> bytes:
         return f.read()
 
 
-def _tree_stamp(path: str):
+def _tree_stamp(path: str) -> tuple[tuple[str, str, int, int, int], ...]:
     """A value that changes when any .py file under `path` changes; refuses a package with a
     file or directory that leads outside the plugin directory."""
     root_dir = _plugin_root()
-    stamp = []
+    stamp: list[tuple[str, str, int, int, int]] = []
     for root, dirs, files in os.walk(path):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         for name in dirs + files:
@@ -156,29 +164,29 @@ class PluginCode:
     when edited) or a directory with `__init__.py` (imported once as a package, reloaded when
     any of its files changes)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
         self.is_package = os.path.isdir(self.path)
         self._lock = threading.Lock()
-        self._stamp = None
-        self._code = None
-        self._module = None
+        self._stamp: object = None
+        self._code: CodeType | None = None
+        self._module: ModuleType | None = None
 
-    def _load_file(self):
+    def _load_file(self) -> dict[str, Any]:
         # lstat: a file swapped for a symlink changes the stamp and is read (and refused) again.
         st = os.lstat(self.path)
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if stamp != self._stamp:
+        if self._code is None or stamp != self._stamp:
             source = _read_inside(self.path)
             self._code = compile(source, self.path, "exec")
             self._stamp = stamp
         # A fresh namespace per call. No `__name__`: it resolves to 'builtins', as in
         # InfluxDB 3 (a synthetic name breaks @dataclass under postponed annotations).
-        namespace = {"__builtins__": builtins, "__file__": self.path}
+        namespace: dict[str, Any] = {"__builtins__": builtins, "__file__": self.path}
         exec(self._code, namespace)
         return namespace
 
-    def _load_package(self):
+    def _load_package(self) -> dict[str, Any]:
         if not os.path.isfile(os.path.join(self.path, "__init__.py")):
             raise PluginLoadError(f"plugin directory {self.path} has no __init__.py")
         stamp = _tree_stamp(self.path)
@@ -193,11 +201,11 @@ class PluginCode:
             self._stamp = stamp
         return vars(self._module)
 
-    def function(self, name: str) -> Callable:
+    def function(self, name: str) -> Callable[..., Any]:
         """The entry point `name`, loading or reloading the plugin as needed."""
         with self._lock:
             namespace = self._load_package() if self.is_package else self._load_file()
-        fn = namespace.get(name)
+        fn: object = namespace.get(name)
         if not callable(fn):
             raise PluginLoadError(MISSING_FUNCTION.get(name, f"the {name} function is not present in the plugin"))
         return fn
@@ -208,10 +216,10 @@ class Outcome:
     """The result of one invocation."""
 
     ok: bool
-    error: Optional[str] = None
-    traceback: Optional[str] = None
+    error: str | None = None
+    traceback: str | None = None
     # Buffered writes, to commit because the call succeeded (empty on failure).
-    writes: Dict[str, List[str]] = field(default_factory=dict)
+    writes: dict[str, list[str]] = field(default_factory=dict)
     # What the function returned (request triggers use it).
     value: Any = None
 
@@ -219,8 +227,15 @@ class Outcome:
 class Trigger:
     """One trigger's plugin, cache and settings inside a worker."""
 
-    def __init__(self, name: str, database: str, plugin_path: str, args: Optional[Dict[str, str]],
-                 backend: Backend, trigger_cache: Optional[ScopeCache] = None):
+    def __init__(
+        self,
+        name: str,
+        database: str,
+        plugin_path: str,
+        args: dict[str, str] | None,
+        backend: Backend,
+        trigger_cache: ScopeCache | None = None,
+    ) -> None:
         self.name = name
         self.database = database
         self.code = PluginCode(plugin_path)
@@ -229,7 +244,7 @@ class Trigger:
         self.backend = backend
         self.cache = trigger_cache or ScopeCache()
 
-    def invoke(self, entry_point: str, *call_args) -> Outcome:
+    def invoke(self, entry_point: str, *call_args: Any) -> Outcome:
         """Call `entry_point(influxdb3_local, *call_args, args)`; never raises."""
         local = LocalAPI(self.backend, self.database, PluginCache(self.cache, self.backend.global_cache()))
         try:
@@ -242,3 +257,10 @@ class Trigger:
         except BaseException as e:  # SystemExit, KeyboardInterrupt included: the worker lives on
             return Outcome(ok=False, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         return Outcome(ok=True, writes=local._writes, value=value)
+
+
+if TYPE_CHECKING:
+
+    def _local_api_is_a_plugin_api(local: LocalAPI) -> PluginAPI:
+        """`LocalAPI` has everything `api.PluginAPI` promises plugins (checked by mypy only)."""
+        return local

@@ -4,8 +4,9 @@ Plugins use it without importing it: the worker puts it in `builtins` before any
 code runs.
 """
 
+from __future__ import annotations
+
 from collections import OrderedDict
-from typing import Optional
 
 
 class InfluxDBError(Exception):
@@ -41,13 +42,13 @@ def _escape_string_field(s: str) -> str:
 class LineBuilder:
     """One line of line protocol: `LineBuilder("cpu").tag("host", "a").float64_field("v", 1.5).build()`."""
 
-    def __init__(self, measurement: str):
+    def __init__(self, measurement: str) -> None:
         if " " in measurement:
             raise InvalidMeasurementError("Measurement name cannot contain spaces")
         self.measurement = measurement
-        self.tags: "OrderedDict[str, str]" = OrderedDict()
-        self.fields: "OrderedDict[str, str]" = OrderedDict()
-        self._timestamp_ns: Optional[int] = None
+        self.tags: OrderedDict[str, str] = OrderedDict()
+        self.fields: OrderedDict[str, str] = OrderedDict()
+        self._timestamp_ns: int | None = None
 
     @staticmethod
     def _validate_key(key: str, kind: str) -> None:
@@ -60,39 +61,40 @@ class LineBuilder:
         if "=" in key:
             raise InvalidKeyError(f"{kind} key '{key}' cannot contain equals signs")
 
-    def tag(self, key: str, value) -> "LineBuilder":
+    def tag(self, key: str, value: object) -> LineBuilder:
+        """A tag; `value` is converted with `str()`."""
         self._validate_key(key, "tag")
         self.tags[key] = str(value)
         return self
 
-    def uint64_field(self, key: str, value: int) -> "LineBuilder":
+    def uint64_field(self, key: str, value: int) -> LineBuilder:
         self._validate_key(key, "field")
         if value < 0:
             raise ValueError(f"uint64 field '{key}' cannot be negative")
         self.fields[key] = f"{value}u"
         return self
 
-    def int64_field(self, key: str, value: int) -> "LineBuilder":
+    def int64_field(self, key: str, value: int) -> LineBuilder:
         self._validate_key(key, "field")
         self.fields[key] = f"{value}i"
         return self
 
-    def float64_field(self, key: str, value: float) -> "LineBuilder":
+    def float64_field(self, key: str, value: float) -> LineBuilder:
         self._validate_key(key, "field")
         self.fields[key] = f"{int(value)}.0" if value % 1 == 0 else str(value)
         return self
 
-    def string_field(self, key: str, value: str) -> "LineBuilder":
+    def string_field(self, key: str, value: str) -> LineBuilder:
         self._validate_key(key, "field")
         self.fields[key] = f'"{_escape_string_field(value)}"'
         return self
 
-    def bool_field(self, key: str, value: bool) -> "LineBuilder":
+    def bool_field(self, key: str, value: bool) -> LineBuilder:
         self._validate_key(key, "field")
         self.fields[key] = "t" if value else "f"
         return self
 
-    def time_ns(self, timestamp_ns: int) -> "LineBuilder":
+    def time_ns(self, timestamp_ns: int) -> LineBuilder:
         self._timestamp_ns = timestamp_ns
         return self
 

@@ -9,7 +9,17 @@ also kept in the user's cache directory (`$XDG_CACHE_HOME/weir/worker-speedups`,
 of compiling again. Without a compiler
 the build fails with the compiler's message, the host logs a warning, and workers run
 without the speedups: plugins see no difference except speed.
+
+Extra compiler flags (checks, not production builds): `build(extra_cflags=[...])` and the
+`WEIR_NATIVE_CFLAGS` environment variable (split like a shell would), which also reaches
+`python -m weir_plugin.native build`. They are part of the build's stamp, so a module built
+with other flags is never taken for current, nor copied from the cache.
+
+Free-threaded interpreters (`Py_GIL_DISABLED`) get no speedups: the module is not built
+and not loaded, and workers build rows in Python (see `_free_threaded`).
 """
+
+from __future__ import annotations
 
 import hashlib
 import os
@@ -18,7 +28,8 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from typing import Optional, Tuple
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(_HERE, "_native.c")
@@ -27,11 +38,37 @@ SOURCE = os.path.join(_HERE, "_native.c")
 # and at most an eighth of the worker's address-space limit.
 ARENA_BUDGET = 512 << 20
 
+# Extra compiler flags for every build, e.g. "-fsanitize=address" (scripts/asan-native).
+CFLAGS_ENV = "WEIR_NATIVE_CFLAGS"
+# What the tests build with: the source must stay free of warnings.
+STRICT_CFLAGS = ("-Wall", "-Wextra", "-Werror")
 
-def load():
-    """The compiled module, or None when it was not built (or fails to load)."""
+
+class Speedups(Protocol):
+    """What the compiled module provides (`_native.pyi`)."""
+
+    def wal_rows(self, segments: list[Any], /) -> list[dict[str, Any]]: ...
+
+    def keep_arenas(self, nbytes: int, /) -> None: ...
+
+    def arena_stats(self) -> dict[str, int]: ...
+
+
+def _free_threaded() -> bool:
+    """A free-threaded interpreter (3.13t and later). `_native.c` declares no `Py_mod_gil`
+    slot, so importing it there would turn the GIL back on for the whole worker (or, with
+    `PYTHON_GIL=0`, run C code never reviewed for running without it): a worker is better
+    off building rows in Python."""
+    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+def load() -> Speedups | None:
+    """The compiled module, or None when it was not built (or fails to load, or this is a
+    free-threaded interpreter)."""
+    if _free_threaded():
+        return None
     try:
-        from . import _native  # type: ignore[attr-defined]
+        from . import _native
     except ImportError:
         return None
     return _native
@@ -50,15 +87,18 @@ def arena_budget() -> int:
     return min(ARENA_BUDGET, soft // 8)
 
 
-def _stamp() -> str:
-    """What a built module depends on: this source, and the base interpreter (any venv of
-    the same interpreter loads the same module)."""
+def _stamp(extra_cflags: Sequence[str] = ()) -> str:
+    """What a built module depends on: this source, the base interpreter (any venv of the
+    same interpreter loads the same module), and any extra compiler flags."""
     import platform
 
     with open(SOURCE, "rb") as f:
         digest = hashlib.sha256(f.read())
     for part in (sys.version, sys.base_prefix, sysconfig.get_config_var("EXT_SUFFIX") or "", platform.machine()):
         digest.update(part.encode() + b"\0")
+    if extra_cflags:
+        # Only then: the stamps (and cached modules) of plain builds stay what they were.
+        digest.update(b"cflags\0" + "\0".join(extra_cflags).encode() + b"\0")
     return digest.hexdigest()
 
 
@@ -92,10 +132,11 @@ _LOADS = (
 )
 
 
-def _loads(path: str) -> Optional[str]:
+def _loads(path: str) -> str | None:
     """None if the module at `path` imports in a fresh interpreter, else why not."""
-    out = subprocess.run([sys.executable, "-c", _LOADS, path], stdin=subprocess.DEVNULL,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", _LOADS, path], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60
+    )
     return None if out.returncode == 0 else (out.stdout + out.stderr).strip()
 
 
@@ -107,16 +148,21 @@ def _remove(*paths: str) -> None:
             pass
 
 
-def build(dest: str = _HERE) -> Tuple[bool, str]:
+def build(dest: str = _HERE, extra_cflags: Sequence[str] = ()) -> tuple[bool, str]:
     """Compile `_native.c` into `dest`; (built or already current, what happened). On
-    failure no module is left in `dest`, so no worker loads a stale one."""
+    failure no module is left in `dest`, so no worker loads a stale one. `extra_cflags` (after
+    those of `WEIR_NATIVE_CFLAGS`) go to the compiler after the interpreter's own flags."""
     if sys.byteorder != "little":
         # The host writes column buffers little-endian and the C code reads them as they are.
         return False, "the speedups support little-endian machines only"
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     target = os.path.join(dest, "_native" + suffix)
     stamp_path = os.path.join(dest, "_native.stamp")
-    stamp = _stamp()
+    if _free_threaded():
+        _remove(target, stamp_path)
+        return False, "the speedups are not built for a free-threaded Python: workers build rows in Python"
+    extra = shlex.split(os.environ.get(CFLAGS_ENV, "")) + list(extra_cflags)
+    stamp = _stamp(extra)
     try:
         with open(stamp_path) as f:
             if f.read() == stamp and os.path.exists(target):
@@ -145,7 +191,7 @@ def build(dest: str = _HERE) -> Tuple[bool, str]:
     include = sysconfig.get_paths()["include"]
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=suffix, dir=dest)
     os.close(fd)
-    cmd = cc + cflags + ["-O2", "-fPIC", "-I", include] + ldflags + [SOURCE, "-o", tmp]
+    cmd = cc + cflags + ["-O2", "-fPIC", "-I", include, *extra] + ldflags + [SOURCE, "-o", tmp]
     try:
         out = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
@@ -168,7 +214,7 @@ def build(dest: str = _HERE) -> Tuple[bool, str]:
     return True, f"built {target}"
 
 
-def main(argv) -> int:
+def main(argv: list[str]) -> int:
     if len(argv) >= 1 and argv[0] == "build":
         ok, message = build(argv[1] if len(argv) > 1 else _HERE)
         if ok:
@@ -187,4 +233,3 @@ def main(argv) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
-

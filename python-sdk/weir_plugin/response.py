@@ -14,9 +14,11 @@ same way); anything else → `str(x)` as `text/plain`. Headers the plugin gives 
 content type.
 """
 
+from __future__ import annotations
+
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any, Dict, Tuple
+from typing import Any
 
 HTML = "text/html; charset=utf-8"
 JSON = "application/json"
@@ -28,7 +30,7 @@ class ResponseError(Exception):
     """The return value cannot be turned into an HTTP answer."""
 
 
-def _body(value: Any) -> Tuple[bytes, str]:
+def _body(value: Any) -> tuple[bytes, str]:
     if isinstance(value, str):
         return value.encode("utf-8"), HTML
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -43,7 +45,7 @@ def _body(value: Any) -> Tuple[bytes, str]:
     return str(value).encode("utf-8"), TEXT
 
 
-def _headers(value: Any) -> Dict[str, str]:
+def _headers(value: Any) -> dict[str, str]:
     if value is None:
         return {}
     items = value.items() if isinstance(value, Mapping) else value
@@ -53,7 +55,7 @@ def _headers(value: Any) -> Dict[str, str]:
         raise ResponseError(f"expected a dictionary in header item, got {value!r}") from None
 
 
-def _status(value: Any) -> int:
+def _status(value: object) -> int:
     # 1xx codes are interim answers, never a final one.
     if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 599:
         raise ResponseError(f"invalid HTTP status {value!r}: expected an int from 200 to 599")
@@ -70,7 +72,7 @@ def _is_flask(value: Any) -> bool:
     return hasattr(value, "status_code") and callable(getattr(value, "get_data", None))
 
 
-def to_response(value: Any) -> Tuple[int, Dict[str, str], bytes]:
+def to_response(value: Any) -> tuple[int, dict[str, str], bytes]:
     """`(status, headers, body)` for a `process_request` return value."""
     status, headers = 200, {}
     if _is_flask(value):

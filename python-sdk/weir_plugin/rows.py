@@ -24,18 +24,23 @@ row counts that cannot be real, raise `ValueError`.
 a worker whose speedups failed to load, and the reference the tests hold the C code to.
 """
 
+from __future__ import annotations
+
 import array
 import sys
-from typing import Any, Dict, List
+from typing import Any, Literal, Union
 
 from . import native
 
 F64, I64, U64, BOOL, REF, OBJ = range(6)
 
-_FORMATS = {F64: "d", I64: "q", U64: "Q"}
+# Array formats of the fixed-width columns (and of REF indices).
+_Format = Literal["d", "q", "Q", "I"]
+_FORMATS: dict[int, _Format] = {F64: "d", I64: "q", U64: "Q"}
+_Values = Union["memoryview[int]", "memoryview[float]", "array.array[int]", "array.array[float]"]
 
 
-def _little_endian(data: Any, fmt: str) -> Any:
+def _little_endian(data: Any, fmt: _Format) -> _Values:
     """`data` as a sequence of little-endian values of array format `fmt`."""
     view = memoryview(data).cast(fmt)
     if sys.byteorder == "little":
@@ -45,7 +50,7 @@ def _little_endian(data: Any, fmt: str) -> Any:
     return swapped
 
 
-def _column_values(kind: int, present: Any, data: Any, values: Any) -> List[Any]:
+def _column_values(kind: int, present: Any, data: Any, values: Any) -> list[Any]:
     if kind in _FORMATS:
         return _little_endian(data, _FORMATS[kind]).tolist()
     if kind == BOOL:
@@ -63,9 +68,9 @@ def _column_values(kind: int, present: Any, data: Any, values: Any) -> List[Any]
     raise ValueError(f"unknown column kind {kind}")
 
 
-def python_rows(segments: List[Any]) -> List[Dict[str, Any]]:
+def python_rows(segments: list[Any]) -> list[dict[str, Any]]:
     """The rows of `segments`, built in Python."""
-    out: List[Dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
     for n, columns in segments:
         keys = [c[0] for c in columns]
         masks = [c[2] for c in columns]
@@ -87,7 +92,7 @@ def python_rows(segments: List[Any]) -> List[Dict[str, Any]]:
     return out
 
 
-def wal_tables(tables: List[Any]) -> List[Dict[str, Any]]:
+def wal_tables(tables: list[Any]) -> list[dict[str, Any]]:
     """`table_batches` from the columns the host sent."""
     speedups = native.load()
     build = speedups.wal_rows if speedups is not None else python_rows
