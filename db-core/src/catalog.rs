@@ -25,6 +25,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::storage::{self, Storage};
+pub use crate::trigger::{DEFAULT_MAX_RETRIES, ErrorBehavior, TriggerDef, TriggerSpec};
 
 /// Name lookups run for every line written, so they use a fast hasher (foldhash, seeded
 /// randomly per process, as the write buffer's maps).
@@ -99,7 +100,7 @@ pub enum Error {
     },
     /// The trigger definition is invalid.
     #[error("invalid trigger: {0}")]
-    InvalidTrigger(String),
+    InvalidTrigger(#[from] crate::trigger::Error),
     /// Persisting or loading failed.
     #[error("catalog storage: {0}")]
     Storage(#[from] storage::Error),
@@ -313,149 +314,6 @@ impl TableDef {
     }
 }
 
-/// What a trigger does when its plugin fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorBehavior {
-    /// Record the error and move on.
-    #[default]
-    Log,
-    /// Try again with backoff.
-    Retry,
-    /// Disable the trigger.
-    Disable,
-}
-
-impl ErrorBehavior {
-    /// The name used in APIs and system tables.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Log => "log",
-            Self::Retry => "retry",
-            Self::Disable => "disable",
-        }
-    }
-}
-
-impl std::str::FromStr for ErrorBehavior {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "log" => Ok(Self::Log),
-            "retry" => Ok(Self::Retry),
-            "disable" => Ok(Self::Disable),
-            other => Err(format!("unknown error behavior {other:?}: expected log, retry or disable")),
-        }
-    }
-}
-
-/// What fires a trigger.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TriggerSpec {
-    /// `table:<name>`: WAL flushes with rows for that table.
-    Table(String),
-    /// `all_tables`: every WAL flush with rows for the database.
-    AllTables,
-    /// `every:<duration>`, `cron:<expr>`: a schedule.
-    Schedule(String),
-    /// `request:<path>`: HTTP requests to `/api/v3/engine/<path>`.
-    Request(String),
-}
-
-impl TriggerSpec {
-    /// Parse a trigger specification.
-    pub fn parse(s: &str) -> Result<Self> {
-        let bad = |m: String| Err(Error::InvalidTrigger(m));
-        if s == "all_tables" {
-            return Ok(Self::AllTables);
-        }
-        match s.split_once(':') {
-            Some(("table", t)) if !t.is_empty() => Ok(Self::Table(t.to_string())),
-            // Checked in full (durations, cron fields) by `create_trigger`.
-            Some(("every" | "cron", v)) if !v.is_empty() => Ok(Self::Schedule(s.to_string())),
-            Some(("request", p)) if !p.is_empty() => Ok(Self::Request(request_path(p)?)),
-            _ => bad(format!(
-                "trigger specification {s:?} is not one of table:<name>, all_tables, every:<duration>, cron:<expr>, request:<path>"
-            )),
-        }
-    }
-
-    /// Whether WAL flushes fire it.
-    pub fn is_wal(&self) -> bool {
-        matches!(self, Self::Table(_) | Self::AllTables)
-    }
-}
-
-/// The path of a `request:` trigger below `/api/v3/engine/`, without surrounding slashes.
-/// Segments are non-empty, printable, and neither `.` nor `..`; no query or fragment.
-pub fn request_path(p: &str) -> Result<String> {
-    let path = p.trim_matches('/');
-    let bad = |why: &str| Err(Error::InvalidTrigger(format!("invalid request path {p:?}: {why}")));
-    if path.is_empty() {
-        return bad("it is empty");
-    }
-    if path.len() > 1024 {
-        return bad("longer than 1024 bytes");
-    }
-    if path.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#' | '%' | '\\')) {
-        return bad("spaces, control characters, '?', '#', '%' and '\\' are not allowed");
-    }
-    if path.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
-        return bad("empty, '.' and '..' segments are not allowed");
-    }
-    Ok(path.to_string())
-}
-
-/// A processing-engine trigger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TriggerDef {
-    /// Name, unique within the database.
-    pub name: Arc<str>,
-    /// Plugin path relative to the plugin directory.
-    pub plugin_filename: String,
-    /// `table:<name>`, `all_tables`, ...
-    pub specification: String,
-    /// `trigger_arguments` (`None` is not the same as empty: the plugin gets `None`).
-    #[serde(default)]
-    pub arguments: Option<BTreeMap<String, String>>,
-    /// Run invocations concurrently.
-    #[serde(default)]
-    pub run_async: bool,
-    /// What happens when the plugin fails.
-    #[serde(default)]
-    pub error_behavior: ErrorBehavior,
-    /// `retry`: attempts after the first failure before giving up (default
-    /// [`DEFAULT_MAX_RETRIES`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_retries: Option<u32>,
-    /// Worker processes of an asynchronous trigger (0 or 1: one).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub workers: u32,
-    /// Disabled triggers do not run.
-    #[serde(default)]
-    pub disabled: bool,
-}
-
-/// Retries of a `retry` trigger when it names none.
-pub const DEFAULT_MAX_RETRIES: u32 = 5;
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-impl TriggerDef {
-    /// Retries before a `retry` trigger gives up on one invocation.
-    pub fn max_retries(&self) -> u32 {
-        self.max_retries.unwrap_or(DEFAULT_MAX_RETRIES)
-    }
-
-    /// The parsed specification (validated at creation).
-    pub fn spec(&self) -> TriggerSpec {
-        TriggerSpec::parse(&self.specification).unwrap_or(TriggerSpec::AllTables)
-    }
-}
-
 /// One database.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DatabaseSchema {
@@ -578,12 +436,10 @@ impl CatalogState {
 
     /// The request trigger (any state) serving `path` (normalized), with its database.
     pub fn request_trigger(&self, path: &str) -> Option<(&Arc<DatabaseSchema>, &Arc<TriggerDef>)> {
-        self.databases.values().filter(|d| !d.deleted).find_map(|d| {
-            d.triggers
-                .values()
-                .find(|t| t.specification.strip_prefix("request:").is_some_and(|p| p.trim_matches('/') == path))
-                .map(|t| (d, t))
-        })
+        self.databases
+            .values()
+            .filter(|d| !d.deleted)
+            .find_map(|d| d.triggers.values().find(|t| t.specification.request_path() == Some(path)).map(|t| (d, t)))
     }
 
     /// Decode a persisted catalog.
@@ -646,12 +502,45 @@ pub struct ColumnAddition {
     pub kind: ColumnKind,
 }
 
+/// A change to triggers, announced to [`CatalogObserver`]s once it is persisted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogChange {
+    /// A trigger was created, deleted, enabled or disabled (its current definition, if
+    /// any, is in the catalog).
+    Trigger {
+        /// Database name.
+        db: Arc<str>,
+        /// Database id.
+        db_id: u32,
+        /// Trigger name.
+        name: Arc<str>,
+    },
+    /// A database was deleted, with the triggers it had.
+    DatabaseDeleted {
+        /// Database name.
+        db: Arc<str>,
+        /// Database id.
+        db_id: u32,
+        /// Its triggers.
+        triggers: Vec<Arc<str>>,
+    },
+}
+
+/// Told about every trigger change (the processing engine). The catalog call that made the
+/// change returns only after every observer has handled it.
+#[async_trait::async_trait]
+pub trait CatalogObserver: Send + Sync + fmt::Debug {
+    /// Handle a persisted change.
+    async fn changed(self: Arc<Self>, change: CatalogChange);
+}
+
 /// The catalog: in-memory state plus its persisted copy.
 pub struct Catalog {
     state: RwLock<Arc<CatalogState>>,
     storage: Storage,
     dirty: AtomicBool,
     persist_lock: tokio::sync::Mutex<()>,
+    observers: RwLock<Vec<std::sync::Weak<dyn CatalogObserver>>>,
 }
 
 impl fmt::Debug for Catalog {
@@ -673,7 +562,24 @@ impl Catalog {
             storage,
             dirty: AtomicBool::new(false),
             persist_lock: tokio::sync::Mutex::new(()),
+            observers: RwLock::new(Vec::new()),
         })
+    }
+
+    /// Be told about every trigger change from now on.
+    pub fn subscribe(&self, observer: std::sync::Weak<dyn CatalogObserver>) {
+        self.observers.write().push(observer);
+    }
+
+    async fn announce(&self, change: CatalogChange) {
+        let observers: Vec<_> = self.observers.read().iter().filter_map(std::sync::Weak::upgrade).collect();
+        for o in observers {
+            o.changed(change.clone()).await;
+        }
+    }
+
+    async fn trigger_changed(&self, (db, db_id): (Arc<str>, u32), name: &str) {
+        self.announce(CatalogChange::Trigger { db, db_id, name: Arc::from(name) }).await;
     }
 
     /// A consistent snapshot of the whole catalog.
@@ -770,38 +676,36 @@ impl Catalog {
 
     /// Soft-delete a database and persist the catalog. Returns its id.
     pub async fn delete_db(&self, name: &str) -> Result<u32> {
-        let id = self.mutate(|s| {
+        let (id, triggers) = self.mutate(|s| {
             let id = s.db(name).map(|d| d.id).ok_or_else(|| Error::DbNotFound(name.to_string()))?;
+            let mut triggers = Vec::new();
             if let Some(db) = s.databases.get_mut(&id) {
                 let db = Arc::make_mut(db);
                 db.deleted = true;
                 db.tables.clear();
-                db.triggers.clear();
+                triggers = std::mem::take(&mut db.triggers).into_keys().collect();
                 db.reindex();
             }
-            Ok(id)
+            Ok((id, triggers))
         })?;
         self.persist().await?;
+        self.announce(CatalogChange::DatabaseDeleted { db: Arc::from(name), db_id: id, triggers }).await;
         Ok(id)
     }
 
     /// Add a trigger to a live database and persist the catalog.
     pub async fn create_trigger(&self, db: &str, def: TriggerDef) -> Result<Arc<DatabaseSchema>> {
-        let spec = TriggerSpec::parse(&def.specification)?;
-        if let TriggerSpec::Schedule(s) = &spec {
-            crate::engine::schedule::Schedule::parse(s).map_err(Error::InvalidTrigger)?;
-        }
         if def.name.is_empty() {
-            return Err(Error::InvalidTrigger("the trigger name is empty".to_string()));
+            return Err(crate::trigger::Error::EmptyName.into());
         }
         let schema = self.mutate(|s| {
             let id = s.db(db).map(|d| d.id).ok_or_else(|| Error::DbNotFound(db.to_string()))?;
             // A request path is served once, whatever the database.
-            if let TriggerSpec::Request(path) = &spec
+            if let Some(path) = def.specification.request_path()
                 && let Some((other_db, other)) = s.request_trigger(path)
             {
                 return Err(Error::RequestPathTaken {
-                    path: path.clone(),
+                    path: path.to_string(),
                     db: other_db.name.to_string(),
                     trigger: other.name.to_string(),
                 });
@@ -810,10 +714,13 @@ impl Catalog {
             if d.triggers.contains_key(def.name.as_ref()) {
                 return Err(Error::TriggerExists { db: db.to_string(), name: def.name.to_string() });
             }
-            d.triggers.insert(Arc::clone(&def.name), Arc::new(def));
-            Ok(Arc::new(d.clone()))
+            let name = Arc::clone(&def.name);
+            d.triggers.insert(Arc::clone(&name), Arc::new(def));
+            Ok((Arc::new(d.clone()), name))
         })?;
+        let (schema, name) = schema;
         self.persist().await?;
+        self.trigger_changed((Arc::clone(&schema.name), schema.id), &name).await;
         Ok(schema)
     }
 
@@ -827,9 +734,12 @@ impl Catalog {
             if !t.disabled && !force {
                 return Err(Error::TriggerEnabled { db: db.to_string(), name: name.to_string() });
             }
-            d.triggers.remove(name).ok_or_else(not_found)
+            let removed = d.triggers.remove(name).ok_or_else(not_found)?;
+            Ok((removed, (Arc::clone(&d.name), id)))
         })?;
+        let (removed, db) = removed;
         self.persist().await?;
+        self.trigger_changed(db, name).await;
         Ok(removed)
     }
 
@@ -843,9 +753,11 @@ impl Catalog {
                 .get_mut(name)
                 .ok_or_else(|| Error::TriggerNotFound { db: db.to_string(), name: name.to_string() })?;
             Arc::make_mut(t).disabled = disabled;
-            Ok(Arc::clone(t))
+            Ok((Arc::clone(t), (Arc::clone(&d.name), id)))
         })?;
+        let (t, db) = t;
         self.persist().await?;
+        self.trigger_changed(db, name).await;
         Ok(t)
     }
 

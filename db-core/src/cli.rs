@@ -50,7 +50,7 @@ pub enum Command {
     /// Enable a trigger (it runs again: WAL triggers from the next flush, schedules from
     /// their next fire time, request paths at once).
     #[command(subcommand)]
-    Enable(client::ToggleCommand),
+    Enable(client::EnableCommand),
     /// Disable a trigger (kept in the catalog, not run).
     #[command(subcommand)]
     Disable(client::ToggleCommand),
@@ -92,8 +92,8 @@ pub fn startup() -> anyhow::Result<()> {
             Command::Update(c) => client::update(c).await,
             Command::Install(c) => client::install(c).await,
             Command::Test(c) => client::test(c).await,
-            Command::Enable(c) => client::toggle(c, false).await,
-            Command::Disable(c) => client::toggle(c, true).await,
+            Command::Enable(c) => client::enable(c).await,
+            Command::Disable(c) => client::disable(c).await,
             Command::PluginHost { .. } => unreachable!("handled before the runtime starts"),
         }
     })

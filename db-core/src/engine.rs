@@ -1,115 +1,65 @@
 //! The processing engine, core side: triggers run in `weir-plugin-host`, reached over one
-//! `weir.plugin.v1` session.
+//! `weir.plugin.v1` session. The [`Engine`] ties these together:
 //!
-//! - **Host process.** Without `--plugin-host-url`, `weir serve` starts `weir-plugin-host`
-//!   (found next to its own executable) as a child that dies with it, and restarts it if
-//!   it exits. With a URL it connects to a host started elsewhere. Either way the session
-//!   reconnects with backoff.
-//! - **WAL triggers.** The write buffer hands every flushed WAL file's rows to
-//!   [`Engine`] (a bounded hand-off on the flusher's path: write acks never wait for a
-//!   plugin). Each enabled trigger has its own bounded queue and task, so one slow plugin
-//!   does not hold up another (a trigger 1,024 files behind skips files, logged in
-//!   `system.processing_engine_logs`); a trigger's batches are delivered one at a time, in
-//!   WAL order, and a batch whose session broke is sent again after reconnecting. Durable
-//!   per-trigger checkpoints keep the WAL files a trigger has not finished and let it resume
-//!   after a restart (at least once, in order).
-//! - **Plugin calls.** Queries run on the query executor and come back as Arrow IPC;
-//!   writes go through the normal write path; buffered writes arrive with the invocation's
-//!   `Done` and are committed only when the call succeeded.
-//! - **Logs** land in `system.processing_engine_logs`.
+//! | module | concern |
+//! |---|---|
+//! | [`host_process`] | starting and supervising a plugin host this process owns |
+//! | [`session`] | the session: connecting with backoff, typed request/reply, the host's queries and writes |
+//! | [`delivery`] | WAL triggers: the WAL index, per-trigger cursors, in-order at-least-once delivery, retention |
+//! | [`checkpoint`] | durable per-trigger checkpoints |
+//! | [`calls`] | schedule and request triggers, error behaviours |
+//! | [`admin`] | package installs, plugin files and uploads, dry runs |
+//! | [`state`] | log lines and trigger states behind the system tables |
+//! | [`write_path`] | what the engine needs of the write path (a trait) |
+//!
+//! The engine learns about trigger changes from the catalog ([`CatalogObserver`]): every
+//! change made through any API (and the engine's own `disable` error behaviour) reaches it
+//! before the change is acknowledged, so no endpoint can forget to tell it.
 
+pub mod admin;
 pub mod calls;
+pub mod checkpoint;
+pub mod delivery;
+pub mod error;
+pub mod host_process;
 pub mod lp_arrow;
-pub mod schedule;
+pub mod session;
+pub mod state;
+mod tasks;
+#[cfg(test)]
+mod tests;
+pub mod write_path;
 
+pub use admin::TestOutcome;
 pub use calls::{HttpAnswer, HttpCall};
+pub use error::{EngineError, HostErrorKind, Result};
+pub use session::{ConnectError, GrpcConnector, HostConnector, HostStream};
+pub use write_path::{WalRows, WriteError, WritePath};
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    path::PathBuf,
-    process::Stdio,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use arrow::{ipc::writer::StreamWriter, record_batch::RecordBatch};
 use futures::TryStreamExt;
 use parking_lot::Mutex;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    sync::{mpsc, oneshot, watch},
-};
-use tokio_stream::wrappers::ReceiverStream;
-use weir_proto::plugin::v1::{self as pb, core_message, host_message, plugin_host_client::PluginHostClient};
+use tokio::sync::watch;
+use weir_proto::plugin::v1::{self as pb, core_message};
 
 use crate::{
-    catalog::{Catalog, ErrorBehavior, TriggerDef, TriggerSpec},
-    lp::Precision,
+    catalog::{Catalog, CatalogChange, CatalogObserver, TriggerDef},
     query::{
         QueryExecutor, QueryParams,
-        system::{EngineLog, LogLevel, PluginFileRow, PluginFiles},
+        system::{EngineLogRow, EngineView, PluginFileRow, TriggerStatus},
     },
     storage::Storage,
-    time::{SystemTime, TimeProvider},
-    write_buffer::{FlushListener, FlushedWal, WriteBuffer},
+    telemetry::Metrics,
+    time::TimeProvider,
+    write_buffer::{FlushListener, FlushedWal},
 };
-
-/// Flushed WAL files waiting for the engine; beyond this a file is skipped for triggers
-/// (and the skip logged) rather than blocking writes.
-const FLUSH_QUEUE: usize = 4096;
-/// Batches queued per trigger.
-const TRIGGER_QUEUE: usize = 1024;
-/// Batches of one trigger sent to the host before the oldest is answered.
-const WINDOW: usize = 4;
-
-/// The answer of a dry run (`/api/v3/plugin_test/wal`).
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct TestOutcome {
-    /// `LEVEL: text` lines the plugin logged.
-    pub log_lines: Vec<String>,
-    /// Lines it wrote (captured, not applied), by database.
-    pub database_writes: BTreeMap<String, Vec<String>>,
-    /// Input lines that could not be used, and the plugin's error.
-    pub errors: Vec<String>,
-    /// Schedule dry runs: the call time used (RFC 3339).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub trigger_time: Option<String>,
-    /// Request dry runs: the HTTP answer, when the plugin succeeded.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub response: Option<HttpAnswer>,
-}
-
-/// Errors of calls into the plugin host.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    /// This server runs without a processing engine.
-    #[error("the processing engine is not running")]
-    NotRunning,
-    /// No session with the plugin host right now.
-    #[error("the plugin host is not connected (it may be starting or restarting); try again")]
-    Unavailable,
-    /// The host's configuration refuses the call (nothing was run).
-    #[error("{0}")]
-    Refused(String),
-    /// The host ran the call and it failed.
-    #[error("{0}")]
-    Failed(String),
-    /// The plugin did not finish in time.
-    #[error("{0}")]
-    Timeout(String),
-    /// The call's input is invalid (nothing was run).
-    #[error("{0}")]
-    Invalid(String),
-    /// It already exists.
-    #[error("{0}")]
-    Exists(String),
-    /// It does not exist.
-    #[error("{0}")]
-    Missing(String),
-}
+use checkpoint::{Checkpoints, TriggerKey};
+use delivery::Delivery;
+use session::HostLink;
+use state::{EngineState, LogLevel};
+use tasks::Tasks;
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -131,101 +81,79 @@ pub struct EngineConfig {
     pub host_token: Option<String>,
     /// `--plugin-repo` for a host this process starts.
     pub plugin_repo: Option<String>,
+    /// A WAL trigger holding more WAL than this is stopped (`None`: never).
+    pub max_wal_lag_bytes: Option<u64>,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<host_message::Body>>>>;
+impl EngineConfig {
+    /// Defaults for a host at `plugin_dir` (tests and tools).
+    pub fn new(plugin_dir: PathBuf) -> Self {
+        Self {
+            plugin_dir,
+            host_url: None,
+            python: "python3".to_string(),
+            plugin_timeout: Duration::from_secs(30),
+            host_bin: None,
+            package_manager: "pip".to_string(),
+            host_token: None,
+            plugin_repo: None,
+            max_wal_lag_bytes: Some(DEFAULT_MAX_WAL_LAG),
+        }
+    }
+}
+
+/// Default `--trigger-max-wal-lag`: 2 GiB.
+pub const DEFAULT_MAX_WAL_LAG: u64 = 2 << 30;
+
+/// What [`Engine::start`] needs.
+#[derive(Debug)]
+pub struct EngineArgs {
+    /// Settings.
+    pub config: EngineConfig,
+    /// The catalog (triggers).
+    pub catalog: Arc<Catalog>,
+    /// Plugin writes and WAL files.
+    pub writes: Arc<dyn WritePath>,
+    /// Plugin queries.
+    pub query: Arc<dyn QueryExecutor>,
+    /// Where checkpoints are persisted.
+    pub storage: Storage,
+    /// The clock for timestamps (sleeps use tokio's clock).
+    pub time: Arc<dyn TimeProvider>,
+    /// How sessions are opened ([`GrpcConnector`] for a real host).
+    pub connector: Arc<dyn HostConnector>,
+    /// Where engine metrics go.
+    pub metrics: Arc<Metrics>,
+}
 
 /// A schedule trigger's task and the definition it runs.
 type ScheduleTask = (Arc<TriggerDef>, tokio::task::AbortHandle);
-
-/// Per-trigger delivery queues, by (database id, trigger name).
-type Queues = Mutex<HashMap<(u32, Arc<str>), mpsc::Sender<pb::WalBatch>>>;
-
-/// One live session with the host.
-#[derive(Debug)]
-struct Session {
-    /// Sequence number of the session (a new one after every reconnect).
-    number: u64,
-    tx: mpsc::Sender<pb::CoreMessage>,
-    pending: Pending,
-}
 
 /// The engine.
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
     catalog: Arc<Catalog>,
-    buffer: Arc<WriteBuffer>,
+    writes: Arc<dyn WritePath>,
     query: Arc<dyn QueryExecutor>,
-    log: Arc<EngineLog>,
-    next_id: AtomicU64,
-    session: watch::Sender<Option<Arc<Session>>>,
-    flushes: mpsc::Sender<FlushedWal>,
-    flushes_rx: Mutex<Option<mpsc::Receiver<FlushedWal>>>,
-    queues: Queues,
-    storage: Storage,
-    /// Per enabled WAL trigger: the last WAL file its plugin finished.
-    checkpoints: Mutex<HashMap<(u32, Arc<str>), u64>>,
-    checkpoints_dirty: std::sync::atomic::AtomicBool,
+    time: Arc<dyn TimeProvider>,
+    connector: Arc<dyn HostConnector>,
+    metrics: Arc<Metrics>,
+    state: EngineState,
+    link: HostLink,
+    checkpoints: Checkpoints,
+    delivery: Delivery,
     /// The task of each enabled schedule trigger, with the definition it runs.
-    schedules: Mutex<HashMap<(u32, Arc<str>), ScheduleTask>>,
-}
-
-/// Object path (below the node prefix) of the trigger checkpoints.
-const CHECKPOINTS: &str = "engine/checkpoints.json";
-
-fn checkpoint_key(db_id: u32, name: &str) -> String {
-    format!("{db_id}/{name}")
-}
-
-impl FlushListener for Engine {
-    fn wants(&self, db_id: u32) -> bool {
-        self.catalog.db_by_id(db_id).is_some_and(|db| db.triggers.values().any(|t| !t.disabled && t.spec().is_wal()))
-    }
-
-    fn retain_after(&self) -> Option<u64> {
-        self.checkpoints.lock().values().copied().min()
-    }
-
-    fn flushed(&self, wal: FlushedWal) {
-        let seq = wal.seq;
-        let dbs = wal.db_ids();
-        if self.flushes.try_send(wal).is_err() {
-            for db in dbs.iter().filter_map(|id| self.catalog.db_by_id(*id)) {
-                self.record(&db.name, "", LogLevel::Error, format!(
-                    "the processing engine is {FLUSH_QUEUE} WAL files behind: WAL file {seq} was not delivered to triggers"
-                ));
-            }
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl PluginFiles for Engine {
-    async fn plugin_files(&self) -> Result<Vec<PluginFileRow>, String> {
-        let files = Engine::plugin_files(self).await.map_err(|e| e.to_string())?;
-        Ok(files
-            .into_iter()
-            .map(|f| PluginFileRow {
-                plugin_name: f.plugin_name,
-                file_name: f.file_name,
-                file_path: f.file_path,
-                size_bytes: f.size_bytes,
-                last_modified_ms: f.last_modified_ms,
-            })
-            .collect())
-    }
-}
-
-fn random_id_base() -> u64 {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    // Leave plenty of room before wrapping.
-    u64::from_le_bytes(b) >> 2
-}
-
-fn now() -> i64 {
-    SystemTime.now_ns()
+    schedules: Mutex<HashMap<TriggerKey, ScheduleTask>>,
+    /// Held while a sync reads the catalog and applies it (WAL and schedule tasks).
+    sync_lock: Mutex<()>,
+    /// Short-lived tasks (plugin queries and writes, calls, delivery), waited for at
+    /// shutdown.
+    tasks: Tasks,
+    /// The long-running loops (host supervision, session, housekeeping), ended at shutdown.
+    loops: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Set by shutdown: no task starts any more.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// RFC 3339 (UTC, milliseconds) of a time in ns.
@@ -234,7 +162,7 @@ fn rfc3339(ns: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-fn ipc(batches: &[RecordBatch]) -> Result<Vec<u8>, arrow::error::ArrowError> {
+fn ipc(batches: &[RecordBatch]) -> std::result::Result<Vec<u8>, arrow::error::ArrowError> {
     let Some(first) = batches.first() else { return Ok(Vec::new()) };
     ipc_with_schema(first.schema_ref(), batches)
 }
@@ -243,7 +171,7 @@ fn ipc(batches: &[RecordBatch]) -> Result<Vec<u8>, arrow::error::ArrowError> {
 fn ipc_with_schema(
     schema: &arrow::datatypes::SchemaRef,
     batches: &[RecordBatch],
-) -> Result<Vec<u8>, arrow::error::ArrowError> {
+) -> std::result::Result<Vec<u8>, arrow::error::ArrowError> {
     let mut w = StreamWriter::try_new(Vec::new(), schema)?;
     for b in batches {
         w.write(b)?;
@@ -257,420 +185,238 @@ fn trigger_message(db: &str, t: &TriggerDef) -> pb::Trigger {
         database: db.to_string(),
         name: t.name.to_string(),
         plugin_filename: t.plugin_filename.clone(),
-        specification: t.specification.clone(),
+        specification: t.specification.to_string(),
         arguments: t.arguments.as_ref().map(|a| pb::Arguments { values: a.clone().into_iter().collect() }),
         run_async: t.run_async,
-        workers: t.workers.max(1),
+        workers: t.worker_count(),
     }
 }
 
 impl Engine {
-    /// Create the engine, register it with the write buffer and start its tasks.
-    pub fn start(
-        config: EngineConfig,
-        catalog: Arc<Catalog>,
-        buffer: Arc<WriteBuffer>,
-        query: Arc<dyn QueryExecutor>,
-        log: Arc<EngineLog>,
-        storage: Storage,
-    ) -> Arc<Self> {
-        let (flushes, flushes_rx) = mpsc::channel(FLUSH_QUEUE);
-        let (session, _) = watch::channel(None);
+    /// Create the engine and start its tasks: the host (started here, or connected to at
+    /// `host_url`), the session, the schedules and the housekeeping. WAL triggers start
+    /// with [`Engine::resume`]. The caller registers it as the write buffer's
+    /// [`FlushListener`].
+    pub fn start(args: EngineArgs) -> Arc<Self> {
         let engine = Arc::new(Self {
-            config,
-            catalog,
-            buffer: Arc::clone(&buffer),
-            query,
-            log,
-            // Random start: a host that outlived a previous core never matches a late reply
-            // of the old session to a request of this one.
-            next_id: AtomicU64::new(random_id_base()),
-            session,
-            flushes,
-            flushes_rx: Mutex::new(Some(flushes_rx)),
-            queues: Mutex::new(HashMap::new()),
-            storage,
-            checkpoints: Mutex::new(HashMap::new()),
-            checkpoints_dirty: std::sync::atomic::AtomicBool::new(false),
+            checkpoints: Checkpoints::new(args.storage),
+            config: args.config,
+            catalog: args.catalog,
+            writes: args.writes,
+            query: args.query,
+            time: args.time,
+            connector: args.connector,
+            metrics: args.metrics,
+            state: EngineState::default(),
+            link: HostLink::new(),
+            delivery: Delivery::new(),
             schedules: Mutex::new(HashMap::new()),
+            sync_lock: Mutex::new(()),
+            tasks: Tasks::default(),
+            loops: Mutex::new(Vec::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
-        buffer.set_flush_listener(Arc::clone(&engine) as Arc<dyn FlushListener>);
-        let files: Arc<dyn PluginFiles> = Arc::clone(&engine) as Arc<dyn PluginFiles>;
-        engine.log.set_plugin_files(Arc::downgrade(&files));
+        engine.catalog.subscribe(Arc::downgrade(&engine) as std::sync::Weak<dyn CatalogObserver>);
         let (url_tx, url_rx) = watch::channel(engine.config.host_url.clone());
+        let mut loops = vec![
+            tokio::spawn(Arc::clone(&engine).connect_loop(url_rx)).abort_handle(),
+            tokio::spawn(Arc::clone(&engine).housekeeping()).abort_handle(),
+        ];
         if engine.config.host_url.is_none() {
-            tokio::spawn(Arc::clone(&engine).supervise_host(url_tx));
+            loops.push(tokio::spawn(host_process::supervise(engine.config.clone(), url_tx)).abort_handle());
         }
-        tokio::spawn(Arc::clone(&engine).connect_loop(url_rx));
-        tokio::spawn(Arc::clone(&engine).deliver_loop());
-        tokio::spawn(Arc::clone(&engine).persist_checkpoints());
+        *engine.loops.lock() = loops;
         engine.sync_schedules();
         engine
     }
 
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn now(&self) -> i64 {
+        self.time.now_ns()
+    }
+
     fn record(&self, db: &str, trigger: &str, level: LogLevel, text: impl Into<String>) {
-        self.log.push(db, trigger, level, text.into(), now());
+        self.state.push(db, trigger, level, text.into(), self.now());
     }
 
-    fn id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    /// Whether a session with the plugin host is open.
+    pub fn connected(&self) -> bool {
+        self.link.is_connected()
     }
 
-    /// Install packages (or a requirements file on the host) into the plugin venv; the
-    /// package manager's output.
-    pub async fn install(&self, packages: Vec<String>, requirements_file: String) -> Result<String, EngineError> {
-        let body = core_message::Body::InstallPackages(pb::InstallPackages { packages, requirements_file });
-        match self.request(body, Duration::from_secs(900), "the install").await? {
-            host_message::Body::AdminResult(r) if r.ok => Ok(r.output),
-            host_message::Body::AdminResult(r) if r.refused => Err(EngineError::Refused(r.error)),
-            host_message::Body::AdminResult(r) => Err(EngineError::Failed(r.error)),
-            other => Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
-        }
-    }
-
-    /// The files of the plugin directory, as the host sees them.
-    pub async fn plugin_files(&self) -> Result<Vec<pb::PluginFile>, EngineError> {
-        let body = core_message::Body::ListPluginFiles(pb::ListPluginFiles {});
-        match self.request(body, Duration::from_secs(30), "listing plugin files").await? {
-            host_message::Body::PluginFiles(f) if f.error.is_empty() => Ok(f.files),
-            host_message::Body::PluginFiles(f) => Err(EngineError::Failed(f.error)),
-            other => Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
-        }
-    }
-
-    /// Fetch a `gh:` plugin into the host's cache (trigger creation); a clear error if it
-    /// cannot be fetched.
-    pub async fn fetch_plugin(&self, name: &str) -> Result<(), EngineError> {
-        let body = core_message::Body::FetchPlugin(pb::FetchPlugin { name: name.to_string() });
-        match self.request(body, Duration::from_secs(90), "fetching the plugin").await? {
-            host_message::Body::AdminResult(r) if r.ok => Ok(()),
-            host_message::Body::AdminResult(r) => Err(EngineError::Invalid(r.error)),
-            other => Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
-        }
-    }
-
-    /// Write a plugin file or replace a plugin directory on the host (atomically).
-    pub async fn put_plugin(&self, req: pb::PutPlugin) -> Result<(), EngineError> {
-        match self.request(core_message::Body::PutPlugin(req), Duration::from_secs(120), "the upload").await? {
-            host_message::Body::AdminResult(r) if r.ok => Ok(()),
-            host_message::Body::AdminResult(r) => Err(match r.kind.as_str() {
-                "invalid" => EngineError::Invalid(r.error),
-                "exists" => EngineError::Exists(r.error),
-                "missing" => EngineError::Missing(r.error),
-                _ => EngineError::Failed(r.error),
-            }),
-            other => Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
-        }
-    }
-
-    /// Send an admin request on the current session and wait up to `deadline` for its
-    /// reply; `what` names it in the timeout error.
-    async fn request(
-        &self,
-        body: core_message::Body,
-        deadline: Duration,
-        what: &str,
-    ) -> Result<host_message::Body, EngineError> {
-        let reply = self.send(body).await.ok_or(EngineError::Unavailable)?;
-        match tokio::time::timeout(deadline, reply).await {
-            Ok(Ok(body)) => Ok(body),
-            Ok(Err(_)) => Err(EngineError::Unavailable),
-            Err(_) => Err(EngineError::Failed(format!(
-                "{what} did not finish within {}",
-                humantime::format_duration(deadline)
-            ))),
-        }
-    }
-
-    /// Send an event (no reply) on the current session, if there is one.
-    async fn notify(&self, body: core_message::Body) {
-        let session = self.session.borrow().clone();
-        if let Some(s) = session {
-            let _ = s.tx.send(pb::CoreMessage { id: 0, body: Some(body) }).await;
-        }
-    }
-
-    /// Dry-run a WAL plugin on `lp` (parsed without the catalog; nothing is written): the
-    /// `/api/v3/plugin_test/wal` answer.
-    pub async fn test_wal(
-        &self,
-        database: &str,
-        plugin_filename: &str,
-        lp: &str,
-        arguments: Option<BTreeMap<String, String>>,
-    ) -> Result<TestOutcome, EngineError> {
-        let (tables, mut errors) = lp_arrow::tables(lp, now()).map_err(|e| EngineError::Failed(e.to_string()))?;
-        let mut rows = Vec::with_capacity(tables.len());
-        for (name, batch) in tables {
-            let arrow_ipc = ipc(&[batch]).map_err(|e| EngineError::Failed(e.to_string()))?;
-            rows.push(pb::TableRows { table_name: name, arrow_ipc });
-        }
-        let body = core_message::Body::TestWal(pb::TestWal {
-            database: database.to_string(),
-            plugin_filename: plugin_filename.to_string(),
-            tables: rows,
-            arguments: arguments.map(|a| pb::Arguments { values: a.into_iter().collect() }),
-        });
-        let mut outcome = self.dry_run(body).await?;
-        errors.append(&mut outcome.errors);
-        outcome.errors = errors;
-        Ok(outcome)
-    }
-
-    /// Send a dry-run request (`TestWal`, `TestSchedule`, `TestRequest`) and shape its answer.
-    async fn dry_run(&self, body: core_message::Body) -> Result<TestOutcome, EngineError> {
-        let deadline = self.config.plugin_timeout + Duration::from_secs(60);
-        match self.request(body, deadline, "the dry run").await? {
-            host_message::Body::TestResult(r) => Ok(TestOutcome {
-                log_lines: r.log_lines,
-                database_writes: r.writes.into_iter().map(|w| (w.database, w.lines)).collect(),
-                errors: r.errors,
-                trigger_time: None,
-                response: r.response.map(HttpAnswer::from),
-            }),
-            other => Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
-        }
-    }
-
-    /// A database is being deleted: stop its triggers in the host.
-    pub async fn database_deleted(self: &Arc<Self>, db: &str, db_id: u32, triggers: &[Arc<str>]) {
-        self.checkpoints.lock().retain(|(id, _), _| *id != db_id);
-        self.checkpoints_dirty.store(true, Ordering::Release);
-        self.sync_schedules();
-        for name in triggers {
-            self.log.clear_state(db_id, name);
-            let body =
-                core_message::Body::TriggerDrop(pb::TriggerDrop { database: db.to_string(), name: name.to_string() });
-            self.notify(body).await;
-        }
-    }
-
-    /// A trigger was created, enabled, disabled or deleted: tell the host.
-    pub async fn trigger_changed(self: &Arc<Self>, db: &str, name: &str) {
-        let schema = self.catalog.db(db);
-        let def = schema.as_ref().and_then(|d| d.triggers.get(name).cloned());
-        self.sync_schedules();
-        if let Some(d) = &schema {
-            let key = (d.id, Arc::from(name));
-            match &def {
-                // Disabled triggers keep their state (why they were disabled stays readable).
-                Some(t) if t.disabled => {}
-                // Deleted, or created or enabled (again): a fresh start (a stopped trigger
-                // runs again).
-                _ => self.log.clear_state(d.id, name),
-            }
-            let mut cps = self.checkpoints.lock();
-            match &def {
-                // Enabled (again): it starts with what is flushed from now on.
-                Some(t) if !t.disabled && t.spec().is_wal() => {
-                    let cp = *cps.entry(key).or_insert_with(|| self.buffer.last_wal_seq());
-                    self.log.update_state(d.id, &t.name, |s| s.checkpoint = Some(cp));
-                }
-                // Disabled or deleted triggers hold no WAL files back.
-                _ => {
-                    cps.remove(&key);
-                }
-            }
-        }
-        // Durable before the caller answers: after a crash the trigger's starting point is
-        // known, so it resumes instead of starting over from "now".
-        if schema.is_some() {
-            self.save_checkpoints().await;
-        }
-        let body = match def {
-            Some(t) if !t.disabled => {
-                core_message::Body::TriggerSet(pb::TriggerSet { trigger: Some(trigger_message(db, &t)) })
-            }
-            _ => core_message::Body::TriggerDrop(pb::TriggerDrop { database: db.to_string(), name: name.to_string() }),
+    /// After a restart (and before the server takes writes): load the trigger checkpoints,
+    /// list the WAL files kept for them, and start every enabled WAL trigger from its
+    /// checkpoint (a trigger without one starts with what is flushed from now on).
+    pub async fn resume(self: &Arc<Self>) -> std::result::Result<(), checkpoint::Error> {
+        let saved = self.checkpoints.load_saved().await;
+        let last = self.writes.last_wal_seq();
+        let (saved, result) = match saved {
+            Ok(s) => (s, Ok(())),
+            Err(e) => (HashMap::new(), Err(e)),
         };
-        self.notify(body).await;
+        for db in self.catalog.databases() {
+            for t in db.triggers.values().filter(|t| !t.disabled && t.spec().is_wal()) {
+                let key = (db.id, Arc::clone(&t.name));
+                let cp = saved.get(&key).cloned().unwrap_or(checkpoint::Checkpoint { wal_seq: last, stopped: None });
+                self.checkpoints.set(key, cp);
+            }
+        }
+        let lowest = self.checkpoints.retain_after();
+        match self.writes.wal_files().await {
+            Ok(files) => {
+                let kept: Vec<(u64, u64)> =
+                    files.into_iter().filter(|(seq, _)| lowest.is_some_and(|l| *seq > l)).collect();
+                if !kept.is_empty() {
+                    tracing::info!(files = kept.len(), "WAL triggers resume from their checkpoints");
+                }
+                self.delivery.record_stored(&kept);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot list the WAL files kept for triggers"),
+        }
+        self.save_checkpoints_now().await;
+        self.sync_wal_triggers();
+        result
     }
 
-    /// Start the host as a child and keep it running; publishes its URL.
-    async fn supervise_host(self: Arc<Self>, url: watch::Sender<Option<String>>) {
-        let bin = self.config.host_bin.clone().unwrap_or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|p| p.parent().map(|d| d.join("weir-plugin-host")))
-                .unwrap_or_else(|| PathBuf::from("weir-plugin-host"))
-        });
-        let mut backoff = Duration::from_millis(200);
+    /// Periodic work: persist changed checkpoints, report suppressed log lines, enforce
+    /// the retention policy, forget WAL files no trigger needs, update metrics.
+    async fn housekeeping(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let mut cmd = tokio::process::Command::new(&bin);
-            cmd.arg("--bind")
-                .arg("127.0.0.1:0")
-                .arg("--plugin-dir")
-                .arg(&self.config.plugin_dir)
-                .arg("--python")
-                .arg(&self.config.python)
-                .arg("--plugin-timeout")
-                .arg(humantime::format_duration(self.config.plugin_timeout).to_string())
-                .arg("--package-manager")
-                .arg(&self.config.package_manager)
-                .args(self.config.plugin_repo.iter().flat_map(|r| ["--plugin-repo", r.as_str()]))
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true);
-            // The session token goes by environment, not argv, so `ps` does not show it.
-            match &self.config.host_token {
-                Some(t) => cmd.env("WEIR_PLUGIN_HOST_TOKEN", t),
-                None => cmd.env_remove("WEIR_PLUGIN_HOST_TOKEN"),
-            };
-            // SAFETY: prctl is async-signal-safe; the child gets SIGTERM when we die.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                    Ok(())
-                });
+            tick.tick().await;
+            if let Err(e) = self.checkpoints.save_if_dirty().await {
+                tracing::warn!(error = %e, "cannot persist trigger checkpoints; retrying");
             }
-            let mut child = match cmd.spawn() {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(bin = %bin.display(), error = %e, "cannot start the plugin host; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    continue;
-                }
-            };
-            let stdout = child.stdout.take().expect("piped");
-            let mut lines = BufReader::new(stdout).lines();
-            let started = std::time::Instant::now();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(addr) = line.strip_prefix("Weir plugin host listening on ") {
-                    tracing::info!(url = addr, pid = ?child.id(), "plugin host started");
-                    let _ = url.send(Some(addr.trim().to_string()));
-                    break;
-                }
+            self.state.sweep(self.now());
+            self.enforce_max_lag();
+            match self.checkpoints.retain_after() {
+                Some(seq) => self.delivery.forget_through(seq),
+                None => self.delivery.forget_through(self.delivery.latest()),
             }
-            // Keep draining its stdout so it never blocks.
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            let status = child.wait().await;
-            let _ = url.send(None);
-            tracing::warn!(?status, "the plugin host exited; restarting it");
-            if started.elapsed() > Duration::from_secs(60) {
-                backoff = Duration::from_millis(200);
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            self.update_metrics();
         }
     }
 
-    /// Keep a session open to the current host URL.
-    async fn connect_loop(self: Arc<Self>, mut url: watch::Receiver<Option<String>>) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let Some(target) = url.borrow_and_update().clone() else {
-                if url.changed().await.is_err() {
-                    return;
-                }
-                continue;
-            };
-            match self.run_session(&target).await {
-                Ok(()) => backoff = Duration::from_millis(100),
-                Err(e) => tracing::warn!(url = %target, error = %e, "plugin host session failed"),
-            }
-            // Calls still waiting on the old session fail now (and are sent again later).
-            self.log.set_connected(false);
-            if let Some(old) = self.session.send_replace(None) {
-                old.pending.lock().clear();
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = url.changed() => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-        }
-    }
-
-    async fn run_session(self: &Arc<Self>, url: &str) -> anyhow::Result<()> {
-        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
-        let channel = endpoint.connect().await?;
-        let mut client = PluginHostClient::new(channel)
-            .max_decoding_message_size(256 * 1024 * 1024)
-            .max_encoding_message_size(256 * 1024 * 1024);
-        let (tx, rx) = mpsc::channel(1024);
-        let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        if let Some(token) = &self.config.host_token {
-            request.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
-        }
-        let mut inbound = client.session(request).await?.into_inner();
-        let session = Arc::new(Session { number: self.id(), tx, pending: Arc::new(Mutex::new(HashMap::new())) });
-        let hello = pb::CoreMessage {
-            id: self.id(),
-            body: Some(core_message::Body::Hello(pb::Hello {
-                core_version: env!("CARGO_PKG_VERSION").to_string(),
-                node_id: String::new(),
-            })),
-        };
-        session.tx.send(hello).await?;
-        let triggers = self
-            .catalog
-            .databases()
-            .iter()
-            .flat_map(|db| {
-                db.triggers.values().filter(|t| !t.disabled).map(|t| trigger_message(&db.name, t)).collect::<Vec<_>>()
+    fn update_metrics(&self) {
+        let rows: Vec<(String, String, u64, u64)> = self
+            .checkpoints
+            .all()
+            .into_iter()
+            .filter_map(|((db_id, name), cp)| {
+                let db = self.catalog.db_by_id(db_id)?;
+                let def = db.triggers.get(name.as_ref())?;
+                let (files, bytes) =
+                    if cp.stopped.is_some() { (0, 0) } else { self.delivery.lag(cp.wal_seq, db_id, def.spec()) };
+                Some((db.name.to_string(), name.to_string(), files, bytes))
             })
             .collect();
-        let sync = core_message::Body::TriggerSync(pb::TriggerSync { triggers });
-        session.tx.send(pb::CoreMessage { id: 0, body: Some(sync) }).await?;
-        tracing::info!(url, "connected to the plugin host");
-        self.session.send_replace(Some(Arc::clone(&session)));
-        self.log.set_connected(true);
-        while let Some(msg) = inbound.message().await? {
-            let Some(body) = msg.body else { continue };
-            match body {
-                host_message::Body::Log(l) => {
-                    let level = match pb::LogLevel::try_from(l.level).unwrap_or(pb::LogLevel::Info) {
-                        pb::LogLevel::Warn => LogLevel::Warn,
-                        pb::LogLevel::Error => LogLevel::Error,
-                        _ => LogLevel::Info,
-                    };
-                    self.log.push(
-                        &l.database,
-                        &l.trigger,
-                        level,
-                        l.text,
-                        if l.time_ns > 0 { l.time_ns } else { now() },
-                    );
-                }
-                host_message::Body::Query(q) => {
-                    let engine = Arc::clone(self);
-                    let tx = session.tx.clone();
-                    tokio::spawn(async move {
-                        let body = engine.plugin_query(q).await;
-                        let _ = tx
-                            .send(pb::CoreMessage { id: msg.id, body: Some(core_message::Body::QueryResult(body)) })
-                            .await;
-                    });
-                }
-                host_message::Body::Write(w) => {
-                    let engine = Arc::clone(self);
-                    let tx = session.tx.clone();
-                    tokio::spawn(async move {
-                        let error =
-                            engine.plugin_write(&w.database, &w.lines, w.no_sync).await.err().unwrap_or_default();
-                        let reply = core_message::Body::WriteResult(pb::WriteResult { error });
-                        let _ = tx.send(pb::CoreMessage { id: msg.id, body: Some(reply) }).await;
-                    });
-                }
-                reply @ (host_message::Body::Done(_)
-                | host_message::Body::Hello(_)
-                | host_message::Body::Pong(_)
-                | host_message::Body::AdminResult(_)
-                | host_message::Body::TestResult(_)
-                | host_message::Body::PluginFiles(_)) => {
-                    if let Some(tx) = session.pending.lock().remove(&msg.id) {
-                        let _ = tx.send(reply);
+        self.metrics.set_trigger_lag(&rows);
+    }
+
+    async fn save_checkpoints_now(&self) {
+        if let Err(e) = self.checkpoints.save_now().await {
+            tracing::warn!(error = %e, "cannot persist trigger checkpoints; retrying");
+        }
+    }
+
+    /// Stop the engine for shutdown, before the WAL's final flush: no new batches or ticks
+    /// start; in-flight work (plugin writes and queries, calls) gets up to `max` to finish;
+    /// checkpoints are saved (a batch whose answer did not arrive is delivered again after
+    /// the restart); then the session closes and a host this process started is stopped.
+    pub async fn shutdown(&self, max: Duration) {
+        self.delivery_stop_all();
+        if tokio::time::timeout(max, self.tasks.idle(0)).await.is_err() {
+            tracing::warn!(tasks = self.tasks.len(), "engine work still running at shutdown; not waiting longer");
+        }
+        self.save_checkpoints_now().await;
+        for l in self.loops.lock().drain(..) {
+            l.abort();
+        }
+    }
+
+    fn delivery_stop_all(&self) {
+        let _order = self.sync_lock.lock();
+        self.stopping.store(true, std::sync::atomic::Ordering::Release);
+        self.delivery.stop_all();
+        for (_, (_, task)) in self.schedules.lock().drain() {
+            task.abort();
+        }
+    }
+
+    /// Apply a catalog change: trigger states, checkpoints (durable before the change is
+    /// acknowledged), tasks, and the host's definitions.
+    async fn apply_change(self: &Arc<Self>, change: CatalogChange) {
+        match change {
+            CatalogChange::Trigger { db, db_id, name } => {
+                let def = self.catalog.db_by_id(db_id).and_then(|d| d.triggers.get(name.as_ref()).cloned());
+                let key = (db_id, Arc::clone(&name));
+                match &def {
+                    // Disabled triggers keep their state (why they were disabled stays
+                    // readable) and hold no WAL files back.
+                    Some(t) if t.disabled => self.checkpoints.remove(&key),
+                    // Created or enabled (again): a fresh start from what is flushed from
+                    // now on; a changed definition keeps its checkpoint.
+                    Some(t) => {
+                        if t.spec().is_wal() {
+                            let fresh = self.checkpoints.get(&key).is_none();
+                            self.checkpoints.get_or_insert(key, self.writes.last_wal_seq());
+                            if fresh {
+                                self.state.clear(db_id, &name);
+                            }
+                        } else if self.state.trigger(db_id, &name).is_some_and(|s| s.stopped.is_some()) {
+                            self.state.clear(db_id, &name);
+                        }
                     }
+                    None => {
+                        self.checkpoints.remove(&key);
+                        self.state.clear(db_id, &name);
+                    }
+                }
+                self.save_checkpoints_now().await;
+                self.sync_wal_triggers();
+                self.sync_schedules();
+                let body = match def {
+                    Some(t) if !t.disabled => {
+                        core_message::Body::TriggerSet(pb::TriggerSet { trigger: Some(trigger_message(&db, &t)) })
+                    }
+                    _ => core_message::Body::TriggerDrop(pb::TriggerDrop {
+                        database: db.to_string(),
+                        name: name.to_string(),
+                    }),
+                };
+                self.link.notify(body).await;
+            }
+            CatalogChange::DatabaseDeleted { db, db_id, triggers } => {
+                self.checkpoints.retain(|(id, _)| *id != db_id);
+                self.save_checkpoints_now().await;
+                self.sync_wal_triggers();
+                self.sync_schedules();
+                for name in triggers {
+                    self.state.clear(db_id, &name);
+                    let body = core_message::Body::TriggerDrop(pb::TriggerDrop {
+                        database: db.to_string(),
+                        name: name.to_string(),
+                    });
+                    self.link.notify(body).await;
                 }
             }
         }
-        Ok(())
+    }
+
+    /// Start a stopped WAL trigger again from the newest data (`enable --skip-to-now`).
+    pub async fn skip_trigger_to_now(self: &Arc<Self>, db: &str, name: &str) -> Result<()> {
+        let schema = self.catalog.db(db).ok_or_else(|| EngineError::Invalid(format!("database {db:?} not found")))?;
+        match schema.triggers.get(name) {
+            Some(t) if t.spec().is_wal() && !t.disabled => self.skip_to_now(schema.id, name).await,
+            Some(_) => {
+                Err(EngineError::Invalid(format!("--skip-to-now applies to enabled WAL triggers; {name:?} is not one")))
+            }
+            None => Err(EngineError::Invalid(format!("trigger {name:?} not found in database {db:?}"))),
+        }
     }
 
     async fn plugin_query(&self, q: pb::Query) -> pb::QueryResult {
@@ -689,312 +435,99 @@ impl Engine {
     }
 
     /// Write plugin output: all lines or none, nanosecond precision.
-    async fn plugin_write(&self, db: &str, lines: &[String], no_sync: bool) -> Result<(), String> {
-        let body = lines.join("\n");
-        match self.buffer.write_lp(db, &body, Precision::Nanosecond, false, no_sync).await {
-            Ok(outcome) if outcome.errors.is_empty() => Ok(()),
-            Ok(outcome) => Err(outcome.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")),
-            Err(e) => Err(e.to_string()),
-        }
+    async fn plugin_write(&self, db: &str, lines: &[String], no_sync: bool) -> std::result::Result<(), WriteError> {
+        self.writes.write_lines(db, &lines.join("\n"), no_sync).await
     }
 
-    /// Fan flushed WAL files out to the enabled WAL triggers of their databases.
-    async fn deliver_loop(self: Arc<Self>) {
-        let Some(mut rx) = self.flushes_rx.lock().take() else { return };
-        while let Some(wal) = rx.recv().await {
-            self.fan_out(&wal, |_, _| true);
-        }
-    }
-
-    /// Queue `wal`'s rows for each enabled WAL trigger of their databases that `wanted`
-    /// accepts (by database id and trigger name).
-    fn fan_out(self: &Arc<Self>, wal: &FlushedWal, wanted: impl Fn(u32, &str) -> bool) {
-        for db_id in wal.db_ids() {
-            let Some(db) = self.catalog.db_by_id(db_id) else { continue };
-            let triggers: Vec<Arc<TriggerDef>> = db
-                .triggers
-                .values()
-                .filter(|t| !t.disabled && t.spec().is_wal() && wanted(db_id, &t.name))
-                .cloned()
-                .collect();
-            if triggers.is_empty() {
-                continue;
-            }
-            let tables = wal.tables(&self.catalog, db_id);
-            let mut encoded: Vec<(Arc<str>, Vec<u8>)> = Vec::with_capacity(tables.len());
-            for (name, batches) in &tables {
-                match ipc(batches) {
-                    Ok(bytes) => encoded.push((Arc::clone(name), bytes)),
-                    Err(e) => tracing::error!(table = %name, error = %e, "cannot encode flushed rows"),
-                }
-            }
-            for t in triggers {
-                let chosen: Vec<pb::TableRows> = encoded
-                    .iter()
-                    .filter(|(name, _)| match t.spec() {
-                        TriggerSpec::Table(want) => want == name.as_ref(),
-                        _ => true,
-                    })
-                    .map(|(name, bytes)| pb::TableRows { table_name: name.to_string(), arrow_ipc: bytes.clone() })
-                    .collect();
-                // Weir: a table trigger is not called for a flush without its table.
-                if chosen.is_empty() {
-                    continue;
-                }
-                let batch = pb::WalBatch {
-                    database: db.name.to_string(),
-                    trigger: t.name.to_string(),
-                    wal_seq: wal.seq,
-                    tables: chosen,
-                };
-                self.enqueue(db_id, &t.name, batch);
-            }
-        }
-    }
-
-    /// After a restart: load the trigger checkpoints and queue, for every enabled WAL
-    /// trigger, the WAL files it has not finished (kept by snapshots for it), in order,
-    /// ahead of anything flushed from now on. Call before the server takes writes.
-    pub async fn resume(self: &Arc<Self>) -> anyhow::Result<()> {
-        let path = self.storage.path(CHECKPOINTS);
-        let saved: HashMap<String, u64> = match self.storage.get(&path).await? {
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("reading {path}: {e}"))?,
-            None => HashMap::new(),
-        };
-        let last = self.buffer.last_wal_seq();
-        {
-            let mut cps = self.checkpoints.lock();
-            for db in self.catalog.databases() {
-                for t in db.triggers.values().filter(|t| !t.disabled && t.spec().is_wal()) {
-                    // A trigger without a checkpoint starts with what is flushed from now on.
-                    let cp = saved.get(&checkpoint_key(db.id, &t.name)).copied().unwrap_or(last);
-                    cps.insert((db.id, Arc::clone(&t.name)), cp);
-                    self.log.update_state(db.id, &t.name, |s| s.checkpoint = Some(cp));
-                }
-            }
-        }
-        let lowest = self.checkpoints.lock().values().copied().min();
-        let Some(lowest) = lowest else { return Ok(()) };
-        let mut replayed = 0;
-        for seq in self.buffer.wal_seqs().await? {
-            if seq <= lowest || seq > last {
-                continue;
-            }
-            let Some(wal) = self.buffer.read_wal_file(seq).await? else { continue };
-            let cps = self.checkpoints.lock().clone();
-            self.fan_out(&wal, |db_id, name| cps.get(&(db_id, Arc::from(name))).is_some_and(|cp| *cp < seq));
-            replayed += 1;
-        }
-        if replayed > 0 {
-            tracing::info!(files = replayed, "WAL triggers resume from their checkpoints");
-        }
-        Ok(())
-    }
-
-    /// Write changed checkpoints to the object store, at most once a second (progress lost
-    /// in a crash only means those batches are delivered again).
-    async fn persist_checkpoints(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            if self.checkpoints_dirty.swap(false, Ordering::AcqRel) {
-                self.save_checkpoints().await;
-            }
-        }
-    }
-
-    async fn save_checkpoints(&self) {
-        let map: HashMap<String, u64> =
-            self.checkpoints.lock().iter().map(|((db, name), cp)| (checkpoint_key(*db, name), *cp)).collect();
-        let bytes = serde_json::to_vec(&map).unwrap_or_default();
-        if let Err(e) = self.storage.put_durable(&self.storage.path(CHECKPOINTS), bytes.into()).await {
-            tracing::warn!(error = %e, "cannot persist trigger checkpoints; retrying");
-            self.checkpoints_dirty.store(true, Ordering::Release);
-        }
-    }
-
-    fn checkpoint(&self, db_id: u32, name: &Arc<str>, seq: u64) {
-        let mut cps = self.checkpoints.lock();
-        let cp = cps.entry((db_id, Arc::clone(name))).or_insert(0);
-        if seq > *cp {
-            *cp = seq;
-            self.checkpoints_dirty.store(true, Ordering::Release);
-            self.log.update_state(db_id, name, |s| s.checkpoint = Some(seq));
-        }
-    }
-
-    fn enqueue(self: &Arc<Self>, db_id: u32, name: &Arc<str>, batch: pb::WalBatch) {
-        let key = (db_id, Arc::clone(name));
-        let (db, seq) = (batch.database.clone(), batch.wal_seq);
-        let mut batch = Some(batch);
-        // Twice at most: a queue whose task just ended (its trigger was disabled and
-        // enabled again) is replaced by a new one.
-        for _ in 0..2 {
-            let tx = {
-                let mut queues = self.queues.lock();
-                queues
-                    .entry(key.clone())
-                    .or_insert_with(|| {
-                        let (tx, rx) = mpsc::channel(TRIGGER_QUEUE);
-                        tokio::spawn(Arc::clone(self).trigger_loop(key.clone(), rx));
-                        tx
-                    })
-                    .clone()
-            };
-            match tx.try_send(batch.take().expect("put back below")) {
-                Ok(()) => return,
-                Err(mpsc::error::TrySendError::Closed(b)) => {
-                    self.queues.lock().remove(&key);
-                    batch = Some(b);
-                }
-                // A full queue (a trigger far behind) skips this file for that trigger
-                // only, so one slow plugin never holds up the others.
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.record(
-                        &db,
-                        name,
-                        LogLevel::Error,
-                        format!("trigger is {TRIGGER_QUEUE} WAL files behind: WAL file {seq} was not delivered to it"),
-                    );
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Deliver one trigger's batches in order, up to [`WINDOW`] in flight (the host runs
-    /// them one at a time, in order, and prepares the next while one runs). Replies are
-    /// handled in order; when the session breaks, every unanswered batch is sent again
-    /// (at least once). A `retry` or `disable` trigger has one batch in flight, so a
-    /// failed batch is retried (or the trigger stopped) before any later one runs.
-    async fn trigger_loop(self: Arc<Self>, key: (u32, Arc<str>), mut rx: mpsc::Receiver<pb::WalBatch>) {
-        let (db_id, name) = key;
-        let mut pending: std::collections::VecDeque<pb::WalBatch> = std::collections::VecDeque::new();
-        let mut waiting: std::collections::VecDeque<oneshot::Receiver<host_message::Body>> =
-            std::collections::VecDeque::new();
-        let mut announced: Option<u64> = None;
-        let mut attempt = 1;
-        loop {
-            while pending.len() < WINDOW {
-                let next = if pending.is_empty() {
-                    match rx.recv().await {
-                        Some(b) => b,
-                        None => return,
-                    }
-                } else {
-                    match rx.try_recv() {
-                        Ok(b) => b,
-                        Err(_) => break,
-                    }
-                };
-                pending.push_back(next);
-            }
-            // Stop if the trigger was deleted or disabled meanwhile (a later batch for it
-            // starts a new queue).
-            let def = self
-                .catalog
-                .db_by_id(db_id)
-                .and_then(|d| Some((d.name.clone(), d.triggers.get(name.as_ref()).cloned()?)))
-                .filter(|(_, t)| !t.disabled);
-            let Some((db_name, def)) = def else {
-                self.queues.lock().remove(&(db_id, Arc::clone(&name)));
-                return;
-            };
-            if waiting.is_empty() {
-                self.announce(&mut announced, &db_name, &def).await;
-            }
-            let window = if def.error_behavior == ErrorBehavior::Log { WINDOW } else { 1 };
-            while waiting.len() < pending.len().min(window) {
-                let batch = pending[waiting.len()].clone();
-                match self.send(core_message::Body::WalBatch(batch)).await {
-                    Some(reply) => waiting.push_back(reply),
-                    None => break,
-                }
-            }
-            let Some(reply) = waiting.pop_front() else {
-                self.wait_for_session().await;
-                continue;
-            };
-            // The host enforces the plugin timeout; this only guards against a lost reply.
-            let deadline = self.config.plugin_timeout * (WINDOW as u32) + Duration::from_secs(60);
-            match tokio::time::timeout(deadline, reply).await {
-                Ok(Ok(host_message::Body::Done(done))) => {
-                    let failure = (!done.ok).then(|| (done.error.clone(), done.stopped));
-                    if done.ok {
-                        let batch = pending.front().expect("a reply has its batch");
-                        self.commit_writes(&batch.database, &batch.trigger, done.writes).await;
-                    }
-                    match self.after_call(db_id, &db_name, &def, attempt, failure) {
-                        calls::Next::Retry(delay) => {
-                            tokio::time::sleep(delay).await;
-                            attempt += 1;
-                        }
-                        next => {
-                            let batch = pending.pop_front().expect("a reply has its batch");
-                            self.checkpoint(db_id, &name, batch.wal_seq);
-                            attempt = 1;
-                            if next == calls::Next::Stop {
-                                // Being disabled: its catalog change ends this task.
-                                self.queues.lock().remove(&(db_id, Arc::clone(&name)));
-                                return;
-                            }
-                        }
-                    }
-                }
-                Ok(Ok(other)) => {
-                    tracing::error!(?other, "unexpected reply to a WAL batch");
-                    pending.pop_front();
-                }
-                // The session ended (or the reply was lost): send the rest again.
-                _ => {
-                    waiting.clear();
-                    self.wait_for_session().await;
-                }
-            }
-        }
-    }
-
-    /// Define the trigger on the current session unless `announced` says it already was
-    /// (messages on one session arrive in order), so a batch or tick never overtakes its
-    /// trigger's creation or a reconnect.
-    async fn announce(&self, announced: &mut Option<u64>, db: &str, def: &TriggerDef) {
-        let current = self.session.borrow().clone();
-        if let Some(s) = current
-            && *announced != Some(s.number)
-        {
-            let set = core_message::Body::TriggerSet(pb::TriggerSet { trigger: Some(trigger_message(db, def)) });
-            if s.tx.send(pb::CoreMessage { id: 0, body: Some(set) }).await.is_ok() {
-                *announced = Some(s.number);
-            }
-        }
-    }
-
-    /// Send a request on the current session; the receiver gets its reply (`None`: no
-    /// session).
-    async fn send(&self, body: core_message::Body) -> Option<oneshot::Receiver<host_message::Body>> {
-        let session = self.session.borrow().clone()?;
-        let id = self.id();
-        let (tx, rx) = oneshot::channel();
-        session.pending.lock().insert(id, tx);
-        if session.tx.send(pb::CoreMessage { id, body: Some(body) }).await.is_err() {
-            session.pending.lock().remove(&id);
-            return None;
-        }
-        Some(rx)
-    }
-
-    async fn wait_for_session(&self) {
-        let mut rx = self.session.subscribe();
-        let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.is_some())).await;
-    }
-
-    /// Commit an invocation's buffered writes (it succeeded); a rejected write-back is
-    /// logged as InfluxDB 3 does.
-    async fn commit_writes(&self, db: &str, trigger: &str, writes: Vec<pb::DatabaseWrites>) {
+    /// Commit an invocation's buffered writes (it succeeded). A rejected write-back is
+    /// logged as InfluxDB 3 does, and is the invocation's failure (its error behaviour
+    /// applies): the text says which database refused what.
+    async fn commit_writes(
+        &self,
+        db: &str,
+        trigger: &str,
+        writes: Vec<pb::DatabaseWrites>,
+    ) -> std::result::Result<(), String> {
+        let mut failed = Vec::new();
         for w in writes {
             if let Err(e) = self.plugin_write(&w.database, &w.lines, false).await {
-                self.record(db, trigger, LogLevel::Error, format!("error writing back lines to {}: {e}", w.database));
+                let text = format!("error writing back lines to {}: {e}", w.database);
+                self.record(db, trigger, LogLevel::Error, text.clone());
+                failed.push(text);
             }
         }
+        if failed.is_empty() { Ok(()) } else { Err(failed.join("; ")) }
+    }
+}
+
+#[async_trait::async_trait]
+impl CatalogObserver for Engine {
+    async fn changed(self: Arc<Self>, change: CatalogChange) {
+        self.apply_change(change).await;
+    }
+}
+
+impl FlushListener for Engine {
+    fn wants(&self, db_id: u32) -> bool {
+        self.catalog.db_by_id(db_id).is_some_and(|db| db.triggers.values().any(|t| !t.disabled && t.spec().is_wal()))
+    }
+
+    fn retain_after(&self) -> Option<u64> {
+        self.checkpoints.retain_after()
+    }
+
+    fn flushed(&self, wal: FlushedWal) {
+        self.wal_flushed(wal);
+    }
+}
+
+#[async_trait::async_trait]
+impl EngineView for Engine {
+    fn log_rows(&self, database: &str) -> Vec<EngineLogRow> {
+        self.state.log_rows(database)
+    }
+
+    fn trigger_status(&self, db_id: u32, t: &TriggerDef) -> TriggerStatus {
+        let s = self.state.trigger(db_id, &t.name).unwrap_or_default();
+        let cp = self.checkpoints.get(&(db_id, Arc::clone(&t.name))).filter(|_| t.spec().is_wal() && !t.disabled);
+        let lag =
+            cp.as_ref().filter(|cp| cp.stopped.is_none()).map(|cp| self.delivery.lag(cp.wal_seq, db_id, t.spec()));
+        let lag_stopped = cp.as_ref().and_then(|cp| cp.stopped.clone());
+        let lagging = match (self.config.max_wal_lag_bytes, lag) {
+            (Some(max), Some((_, bytes))) => bytes > max / 2,
+            _ => false,
+        };
+        let state = match () {
+            _ if t.disabled => "DISABLED",
+            _ if s.stopped.is_some() || lag_stopped.is_some() || !self.link.is_connected() => "STOPPED",
+            _ if lagging => "LAGGING",
+            _ => "RUNNING",
+        };
+        TriggerStatus {
+            state,
+            last_error: lag_stopped.or(s.stopped).or(s.last_error),
+            last_error_at: s.last_error_at,
+            attempts: s.attempts,
+            runs: s.runs,
+            failures: s.failures,
+            missed_ticks: s.missed_ticks,
+            checkpoint: cp.map(|cp| cp.wal_seq),
+            lag: lag.map(|(files, _)| files),
+            retained_wal_bytes: lag.map(|(_, bytes)| bytes),
+        }
+    }
+
+    async fn plugin_files(&self) -> std::result::Result<Vec<PluginFileRow>, String> {
+        let files = Engine::plugin_files(self).await.map_err(|e| e.to_string())?;
+        Ok(files
+            .into_iter()
+            .map(|f| PluginFileRow {
+                plugin_name: f.plugin_name,
+                file_name: f.file_name,
+                file_path: f.file_path,
+                size_bytes: f.size_bytes,
+                last_modified_ms: f.last_modified_ms,
+            })
+            .collect())
     }
 }

@@ -11,7 +11,8 @@
 //! | [`query`] | DataFusion SQL over buffer + Parquet, system tables, output formats |
 //! | [`write_buffer`] | validation, WAL-backed buffer, Parquet snapshots, restart |
 //! | [`wal`] | group-commit write-ahead log on the object store |
-//! | [`catalog`] | databases, tables, columns, tokens; persisted JSON |
+//! | [`catalog`] | databases, tables, columns, triggers, tokens; persisted JSON |
+//! | [`trigger`] | trigger definitions: specifications, schedules, the checks of a new trigger |
 //! | [`lp`] | line protocol parser |
 //! | [`storage`] | object store paths and durable writes |
 //! | [`telemetry`] | Prometheus metrics, logging |
@@ -29,5 +30,6 @@ pub mod telemetry;
 #[cfg(test)]
 mod test_util;
 pub mod time;
+pub mod trigger;
 pub mod wal;
 pub mod write_buffer;

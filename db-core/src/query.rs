@@ -50,7 +50,7 @@ use futures::Stream;
 
 use self::{
     provider::WeirTable,
-    system::{EngineLog, QueryLog, SystemSchema},
+    system::{EngineSlot, QueryLog, SystemSchema},
 };
 use crate::{
     catalog::{Catalog, DatabaseSchema},
@@ -224,7 +224,7 @@ pub struct SqlExecutor {
     metrics: Arc<Metrics>,
     state: SessionState,
     log: Arc<QueryLog>,
-    engine_log: Arc<EngineLog>,
+    engine: Arc<EngineSlot>,
     runtime: runtime::QueryRuntime,
 }
 
@@ -252,7 +252,7 @@ impl SqlExecutor {
             metrics: args.metrics,
             state,
             log: Arc::new(QueryLog::default()),
-            engine_log: Arc::new(EngineLog::default()),
+            engine: Arc::new(EngineSlot::default()),
             runtime: args.runtime,
         })
     }
@@ -262,9 +262,10 @@ impl SqlExecutor {
         &self.log
     }
 
-    /// The processing-engine log behind `system.processing_engine_logs`.
-    pub fn engine_log(&self) -> &Arc<EngineLog> {
-        &self.engine_log
+    /// Where the `system.processing_engine_*` and `system.plugin_files` tables find the
+    /// processing engine (set once it has started).
+    pub fn engine_slot(&self) -> &Arc<EngineSlot> {
+        &self.engine
     }
 
     fn context(&self, db: Arc<DatabaseSchema>) -> SessionContext {
@@ -276,7 +277,7 @@ impl SqlExecutor {
                 Arc::clone(&self.buffer),
                 db,
                 Arc::clone(&self.log),
-                Arc::clone(&self.engine_log),
+                Arc::clone(&self.engine),
             )),
         };
         ctx.register_catalog(CATALOG_NAME, Arc::new(catalog));

@@ -56,34 +56,25 @@ impl ServerState {
         self.engine.as_ref().ok_or(crate::engine::EngineError::NotRunning)
     }
 
-    /// Create a trigger: a `gh:` plugin is fetched first (a fetch failure is the
-    /// answer), then the catalog stores it and the engine starts it.
-    pub async fn create_trigger(&self, db: &str, def: crate::catalog::TriggerDef) -> Result<(), TriggerError> {
-        if def.plugin_filename.starts_with("gh:") {
-            self.engine()?.fetch_plugin(&def.plugin_filename).await?;
+    /// Create a trigger, the one way every API does it: the definition is checked, the
+    /// plugin host confirms the plugin is there (a `gh:` plugin is fetched), then the
+    /// catalog stores it and tells the engine before this returns.
+    pub async fn create_trigger(&self, db: &str, new: crate::trigger::NewTrigger) -> Result<(), TriggerError> {
+        let def = new.validate().map_err(crate::catalog::Error::from)?;
+        if self.catalog.db(db).is_none() {
+            return Err(crate::catalog::Error::DbNotFound(db.to_string()).into());
         }
-        let name = def.name.to_string();
+        if let Some(engine) = &self.engine {
+            engine.prepare_plugin(&def.plugin_filename).await?;
+        }
         self.catalog.create_trigger(db, def).await?;
-        self.trigger_changed(db, &name).await;
         Ok(())
     }
 
-    /// Tell the engine (if any) that a trigger was created, enabled, disabled or deleted.
-    pub async fn trigger_changed(&self, db: &str, name: &str) {
-        if let Some(engine) = &self.engine {
-            engine.trigger_changed(db, name).await;
-        }
-    }
-
-    /// Delete a database: catalog, buffered data, and its triggers in the plugin host.
+    /// Delete a database: catalog (which stops its triggers), then buffered data.
     pub async fn delete_database(&self, name: &str) -> crate::catalog::Result<()> {
-        let triggers: Vec<Arc<str>> =
-            self.catalog.db(name).map(|d| d.triggers.keys().cloned().collect()).unwrap_or_default();
         let id = self.catalog.delete_db(name).await?;
         self.buffer.drop_db(id);
-        if let Some(engine) = &self.engine {
-            engine.database_deleted(name, id, &triggers).await;
-        }
         Ok(())
     }
 }
@@ -91,10 +82,10 @@ impl ServerState {
 /// Why a trigger could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum TriggerError {
-    /// Rejected by the catalog.
+    /// Rejected by the catalog (or its checks).
     #[error(transparent)]
     Catalog(#[from] crate::catalog::Error),
-    /// The plugin could not be fetched.
+    /// The plugin host refused the plugin, or could not be asked.
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
 }

@@ -176,6 +176,19 @@ impl Storage {
         Ok(out)
     }
 
+    /// List objects below a prefix with their sizes, sorted by path.
+    pub async fn list_meta(&self, prefix: &Path) -> Result<Vec<(Path, u64)>> {
+        let mut out: Vec<(Path, u64)> = self
+            .store
+            .list(Some(prefix))
+            .map_ok(|m| (m.location, m.size))
+            .try_collect()
+            .await
+            .map_err(|source| Error::ObjectStore { path: prefix.to_string(), source })?;
+        out.sort();
+        Ok(out)
+    }
+
     /// Delete an object; a missing object is not an error.
     pub async fn delete(&self, path: &Path) -> Result<()> {
         match self.store.delete(path).await {

@@ -3,8 +3,8 @@
 use std::{fmt, time::Duration};
 
 use prometheus_client::{
-    encoding::text::encode,
-    metrics::{counter::Counter, histogram::Histogram},
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -28,6 +28,19 @@ pub const QUERY_ERRORS: &str = "weir_query_errors";
 pub const QUERY_DURATION: &str = "weir_query_duration_seconds";
 /// Snapshots persisted.
 pub const SNAPSHOTS: &str = "weir_snapshots";
+/// Bytes of WAL kept in storage for each enabled WAL trigger (not yet processed by it).
+pub const TRIGGER_RETAINED_WAL_BYTES: &str = "weir_trigger_retained_wal_bytes";
+/// WAL files with rows for each enabled WAL trigger that it has not processed yet.
+pub const TRIGGER_LAG_FILES: &str = "weir_trigger_lag_files";
+
+/// Labels of per-trigger metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabels {
+    /// Database.
+    pub db: String,
+    /// Trigger.
+    pub trigger: String,
+}
 
 /// The server's metrics.
 pub struct Metrics {
@@ -42,6 +55,8 @@ pub struct Metrics {
     query_errors: Counter,
     query_duration: Histogram,
     snapshots: Counter,
+    trigger_retained_wal_bytes: Family<TriggerLabels, Gauge>,
+    trigger_lag_files: Family<TriggerLabels, Gauge>,
 }
 
 impl fmt::Debug for Metrics {
@@ -75,6 +90,8 @@ impl Metrics {
             query_errors: Counter::default(),
             query_duration: Histogram::new(latency_buckets()),
             snapshots: Counter::default(),
+            trigger_retained_wal_bytes: Family::default(),
+            trigger_lag_files: Family::default(),
             registry: Registry::default(),
         };
         registry.register(WRITE_LINES, "Line-protocol lines accepted", m.write_lines.clone());
@@ -87,6 +104,16 @@ impl Metrics {
         registry.register(QUERY_ERRORS, "SQL queries that failed", m.query_errors.clone());
         registry.register(QUERY_DURATION, "SQL query latency", m.query_duration.clone());
         registry.register(SNAPSHOTS, "Snapshots persisted to Parquet", m.snapshots.clone());
+        registry.register(
+            TRIGGER_RETAINED_WAL_BYTES,
+            "WAL bytes kept in storage for a WAL trigger that has not processed them",
+            m.trigger_retained_wal_bytes.clone(),
+        );
+        registry.register(
+            TRIGGER_LAG_FILES,
+            "WAL files with rows for a WAL trigger that it has not processed",
+            m.trigger_lag_files.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -119,6 +146,18 @@ impl Metrics {
     /// Record a snapshot.
     pub fn observe_snapshot(&self) {
         self.snapshots.inc();
+    }
+
+    /// Set the per-trigger WAL gauges to `(db, trigger, lag files, retained bytes)` for
+    /// every enabled WAL trigger (others disappear).
+    pub fn set_trigger_lag(&self, rows: &[(String, String, u64, u64)]) {
+        self.trigger_retained_wal_bytes.clear();
+        self.trigger_lag_files.clear();
+        for (db, trigger, files, bytes) in rows {
+            let labels = TriggerLabels { db: db.clone(), trigger: trigger.clone() };
+            self.trigger_lag_files.get_or_create(&labels).set(i64::try_from(*files).unwrap_or(i64::MAX));
+            self.trigger_retained_wal_bytes.get_or_create(&labels).set(i64::try_from(*bytes).unwrap_or(i64::MAX));
+        }
     }
 
     /// Prometheus text exposition.

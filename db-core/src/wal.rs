@@ -283,8 +283,8 @@ fn decode_frame(b: &[u8]) -> Result<(WalEntry, usize), String> {
 
 /// Receives flushed WAL contents, in log order, before writers are acknowledged.
 pub trait WalFileNotifier<T>: Send + Sync + fmt::Debug {
-    /// WAL file `seq` holding `items` is durable.
-    fn flushed(&self, seq: u64, items: Vec<T>);
+    /// WAL file `seq` (`bytes` long) holding `items` is durable.
+    fn flushed(&self, seq: u64, bytes: u64, items: Vec<T>);
 }
 
 /// Timing of group commits.
@@ -433,7 +433,7 @@ impl<T: Send + 'static> Wal<T> {
             }
             match result {
                 Ok(()) => {
-                    self.notifier.flushed(seq, items);
+                    self.notifier.flushed(seq, stats.bytes as u64, items);
                     for w in waiters {
                         let _ = w.send(Ok(seq));
                     }
@@ -452,6 +452,18 @@ impl<T: Send + 'static> Wal<T> {
         }
         self.done.notify_waiters();
     }
+}
+
+/// List the WAL files in storage as `(seq, bytes)`, sorted by sequence.
+pub async fn list_files_with_size(storage: &Storage) -> Result<Vec<(u64, u64)>> {
+    let mut out: Vec<(u64, u64)> = storage
+        .list_meta(&storage.wal_dir())
+        .await?
+        .into_iter()
+        .filter_map(|(p, size)| Some((p.filename()?.strip_suffix(".wal")?.parse::<u64>().ok()?, size)))
+        .collect();
+    out.sort_unstable();
+    Ok(out)
 }
 
 /// List the WAL files in storage as `(seq, path)`, sorted by sequence.

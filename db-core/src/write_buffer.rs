@@ -126,7 +126,10 @@ struct BufferState {
 pub struct FlushedWal {
     /// WAL file sequence number.
     pub seq: u64,
+    /// Size of the WAL file.
+    pub bytes: u64,
     items: Vec<WriteItem>,
+    catalog: Arc<Catalog>,
 }
 
 impl FlushedWal {
@@ -138,10 +141,26 @@ impl FlushedWal {
         ids
     }
 
+    /// Tables of `db_id` with rows in this file, in order of first appearance.
+    pub fn table_names(&self, db_id: u32) -> Vec<Arc<str>> {
+        let Some(db) = self.catalog.db_by_id(db_id) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<u32> = Vec::new();
+        for item in self.items.iter().filter(|i| i.db_id == db_id) {
+            for t in &item.tables {
+                if !ids.contains(&t.table_id) {
+                    ids.push(t.table_id);
+                }
+            }
+        }
+        ids.into_iter().filter_map(|id| db.table_by_id(id).map(|t| Arc::clone(&t.name))).collect()
+    }
+
     /// Database `db_id`'s rows as Arrow, per table in order of first appearance, every
     /// accepted line one row, in write order (a point written twice appears twice).
-    pub fn tables(&self, catalog: &Catalog, db_id: u32) -> Vec<(Arc<str>, Vec<RecordBatch>)> {
-        let Some(db) = catalog.db_by_id(db_id) else {
+    pub fn tables(&self, db_id: u32) -> Vec<(Arc<str>, RecordBatch)> {
+        let Some(db) = self.catalog.db_by_id(db_id) else {
             return Vec::new();
         };
         let mut order: Vec<u32> = Vec::new();
@@ -160,7 +179,7 @@ impl FlushedWal {
             .filter_map(|id| {
                 let def = db.table_by_id(id)?;
                 match rows_to_batch(def, &rows[&id]) {
-                    Ok(b) => Some((Arc::clone(&def.name), vec![b])),
+                    Ok(b) => Some((Arc::clone(&def.name), b)),
                     Err(e) => {
                         tracing::error!(error = %e, table = %def.name, "cannot convert flushed rows");
                         None
@@ -262,12 +281,13 @@ fn rows_to_batch(
     RecordBatch::try_new(schema, columns)
 }
 
-/// Receives every flushed WAL file's rows (the processing engine). Called on the WAL
-/// flusher's path after the rows are applied: implementations must only hand the rows on.
+/// Receives every flushed WAL file (the processing engine). Called on the WAL flusher's
+/// path after the rows are applied: implementations must only hand the rows on.
 pub trait FlushListener: Send + Sync + fmt::Debug {
     /// Whether rows of this database are wanted at all.
     fn wants(&self, db_id: u32) -> bool;
-    /// A flushed file's wanted rows.
+    /// A flushed file, with the rows of the wanted databases (every file is handed on,
+    /// also one without wanted rows).
     fn flushed(&self, wal: FlushedWal);
     /// WAL files with a sequence number above this are still needed (by a trigger that has
     /// not processed them): snapshots keep them. `None`: nothing is needed.
@@ -310,7 +330,7 @@ impl Shared {
 }
 
 impl WalFileNotifier<WriteItem> for Shared {
-    fn flushed(&self, seq: u64, items: Vec<WriteItem>) {
+    fn flushed(&self, seq: u64, bytes: u64, items: Vec<WriteItem>) {
         let wanted = {
             let mut state = self.state.write();
             self.apply(&mut state, seq, &items);
@@ -322,9 +342,7 @@ impl WalFileNotifier<WriteItem> for Shared {
         let listener = self.listener.read().clone();
         if let Some(l) = listener {
             let items: Vec<WriteItem> = items.into_iter().filter(|i| l.wants(i.db_id)).collect();
-            if !items.is_empty() {
-                l.flushed(FlushedWal { seq, items });
-            }
+            l.flushed(FlushedWal { seq, bytes, items, catalog: Arc::clone(&self.catalog) });
         }
     }
 }
@@ -637,9 +655,9 @@ impl WriteBuffer {
         self.shared.state.read().last_seq
     }
 
-    /// Sequence numbers of the WAL files in the object store, ascending.
-    pub async fn wal_seqs(&self) -> Result<Vec<u64>> {
-        Ok(wal::list_files(&self.storage).await?.into_iter().map(|(seq, _)| seq).collect())
+    /// The WAL files in the object store as `(seq, bytes)`, ascending.
+    pub async fn wal_files(&self) -> Result<Vec<(u64, u64)>> {
+        Ok(wal::list_files_with_size(&self.storage).await?)
     }
 
     /// Read WAL file `seq` back as the rows it flushed (for a trigger catching up after a
@@ -649,6 +667,7 @@ impl WriteBuffer {
         let Some(bytes) = self.storage.get(&path).await.map_err(wal::Error::from)? else {
             return Ok(None);
         };
+        let size = bytes.len() as u64;
         let decoded = wal::decode_file(&bytes, path.as_ref())?;
         let catalog = &self.shared.catalog;
         let mut items = Vec::with_capacity(decoded.entries.len());
@@ -659,7 +678,7 @@ impl WriteBuffer {
             let v = validate::validate(catalog, &db.name, &entry.text, entry.precision, entry.default_time, true)?;
             items.push(WriteItem { db_id: db.id, tables: v.tables });
         }
-        Ok(Some(FlushedWal { seq, items }))
+        Ok(Some(FlushedWal { seq, bytes: size, items, catalog: Arc::clone(catalog) }))
     }
 
     /// Register the receiver of flushed WAL files' rows (the processing engine).

@@ -343,10 +343,16 @@ def process_writes(influxdb3_local, table_batches, args):
     let (status, body) = install(json!({"packages": ["weir-no-such-package-xyz==0.0.1"]})).await;
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("No matching distribution") || body.contains("Could not find"), "{body}");
-    // Options are not package specifiers.
+    // Options are not package specifiers: a client error, and nothing is run.
     let (status, body) = install(json!({"packages": ["--index-url=http://evil"]})).await;
-    assert_eq!(status, 500, "{body}");
+    assert_eq!(status, 400, "{body}");
     assert!(body.contains("not a package specifier"), "{body}");
+    let (status, body) = install(json!({"packages": ["-r", "/etc/passwd"]})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not a package specifier"), "{body}");
+    let (status, body) = install(json!({"packages": []})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("no packages given"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

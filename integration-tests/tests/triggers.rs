@@ -500,13 +500,31 @@ async fn schedule_and_request_dry_runs_over_http_and_the_cli() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_get_503_at_once_when_the_plugin_host_is_down() {
-    // A host URL nothing listens on.
-    let s = start(&["--plugin-host-url", "http://127.0.0.1:9", "--plugin-timeout", "60s"]);
-    s.create_db("down").await;
-    let (status, body) = s
+    // The trigger is created while a host can confirm its plugin...
+    let mut first = start(&[]);
+    first.create_db("down").await;
+    first.plugin("web.py", "def process_request(influxdb3_local, query_parameters, request_headers, request_body, args=None):\n    return 'up'\n");
+    let (status, body) = first
         .create_trigger(json!({"db": "down", "plugin_filename": "web.py", "trigger_name": "hook", "trigger_specification": "request:down"}))
         .await;
     assert_eq!(status, 200, "{body}");
+    first.stop();
+    // ...then the server runs against a host URL nothing listens on.
+    let s = Server::start(ServerConfig {
+        data_dir: Some(first.data_dir.clone()),
+        args: ["--plugin-host-url", "http://127.0.0.1:9", "--plugin-timeout", "60s"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+        ..Default::default()
+    });
+    // A new trigger cannot have its plugin checked: refused with the reason, not stored.
+    let (status, body) = s
+        .create_trigger(json!({"db": "down", "plugin_filename": "web.py", "trigger_name": "other", "trigger_specification": "request:other"}))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("plugin host is not connected"), "{body}");
+    assert_eq!(trigger_row(&s, "down", "other").await, Value::Null);
     let started = Instant::now();
     let r = s.http().get(format!("{}/api/v3/engine/down", s.url)).send().await.unwrap();
     assert_eq!(r.status(), 503);
@@ -761,4 +779,58 @@ async fn gh_plugins_are_fetched_once_and_served_from_the_cache() {
     .await
     .expect("the cached gh: plugin answers after a restart");
     assert_eq!(answer["from"], "repo");
+}
+
+/// Every API checks a trigger the same way before storing it: plugin paths that could
+/// never run, plugin files that do not exist and settings the host would ignore are
+/// refused at creation (HTTP and the CLI's gRPC), and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_are_checked_before_they_are_stored_on_every_api() {
+    let s = start(&[]);
+    s.create_db("chk").await;
+    s.plugin("ok.py", "def process_writes(influxdb3_local, table_batches, args=None):\n    pass\n");
+    for (plugin, want) in [
+        ("../../etc/passwd", "Path traversal detected"),
+        ("/etc/passwd", "Path traversal detected"),
+        ("missing.py", "missing.py"),
+    ] {
+        let (status, body) = s
+            .create_trigger(json!({"db": "chk", "plugin_filename": plugin, "trigger_name": "t", "trigger_specification": "all_tables"}))
+            .await;
+        assert_eq!(status, 400, "{plugin}: {body}");
+        assert!(body.contains(want), "{plugin}: {body}");
+        let (ok, out, err) = weir_cli(
+            &[
+                "create",
+                "trigger",
+                "t",
+                "-d",
+                "chk",
+                "--path",
+                plugin,
+                "--trigger-spec",
+                "all_tables",
+                "--host",
+                &s.url,
+            ],
+            None,
+        );
+        assert!(!ok, "{plugin}: the CLI reported success: {out}");
+        assert!(err.contains(want), "{plugin}: {err}");
+    }
+    // Several workers need run_async (the gRPC service checks it too: db-core's admin tests).
+    let (status, body) = s
+        .create_trigger(json!({"db": "chk", "plugin_filename": "ok.py", "trigger_name": "t",
+            "trigger_specification": "request:chk", "trigger_settings": {"workers": 2}}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("needs run_async"), "{body}");
+    assert!(s.rows("chk", "SELECT trigger_name FROM system.processing_engine_triggers").await.is_empty());
+    // A good one is stored and runs at once.
+    let (status, body) = s
+        .create_trigger(json!({"db": "chk", "plugin_filename": "ok.py", "trigger_name": "t", "trigger_specification": "all_tables"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let row = trigger_row(&s, "chk", "t").await;
+    assert_eq!(row["state"], "RUNNING", "{row}");
 }

@@ -3,7 +3,6 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Parser;
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 use weir_proto::plugin::v1::{
@@ -99,14 +98,17 @@ impl PluginHost for Service {
                 p.len() == want.len() && p.bytes().zip(want.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
             });
             if !ok {
-                return Err(Status::unauthenticated(
-                    "this plugin host needs the session token (WEIR_PLUGIN_HOST_TOKEN)",
-                ));
+                tracing::error!(
+                    "refused a session with a missing or wrong token: set the same {} on weir serve and the plugin host",
+                    weir_proto::HOST_TOKEN_ENV
+                );
+                return Err(Status::unauthenticated(format!(
+                    "this plugin host needs the session token ({}); the one presented is missing or wrong",
+                    weir_proto::HOST_TOKEN_ENV
+                )));
             }
         }
-        let (tx, rx) = mpsc::channel(1024);
-        let host = Arc::clone(&self.host);
-        tokio::spawn(host.session(request.into_inner(), tx));
+        let rx = self.host.open_session(request.into_inner()).await?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -150,7 +152,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let listener = tokio::net::TcpListener::bind(args.bind).await?;
     let addr = listener.local_addr()?;
-    println!("Weir plugin host listening on http://{addr}");
+    println!("{}http://{addr}", weir_proto::HOST_READY_PREFIX);
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
@@ -188,8 +190,8 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(
             PluginHostServer::new(Service { host, token })
-                .max_decoding_message_size(256 * 1024 * 1024)
-                .max_encoding_message_size(256 * 1024 * 1024),
+                .max_decoding_message_size(weir_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(weir_proto::MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;

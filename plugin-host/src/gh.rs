@@ -17,8 +17,6 @@ use std::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::paths::check_name;
-
 /// The public plugin repository (raw files).
 pub const DEFAULT_REPO: &str = "https://raw.githubusercontent.com/influxdata/influxdb3_plugins/main/";
 
@@ -26,15 +24,9 @@ const CACHE: &str = ".gh";
 /// Largest plugin file fetched.
 const MAX_SIZE: u64 = 16 << 20;
 
-/// A repository path: a plugin name made only of URL-safe characters, so the URL fetched
-/// and the cached name are the same.
-fn check_path(path: &str) -> Result<&Path, String> {
-    let rel = check_name(path)?;
-    if !path.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/')) {
-        return Err(format!("gh:{path}: only letters, digits, '.', '_', '-' and '/' are allowed in a repository path"));
-    }
-    Ok(rel)
-}
+// A repository path: a plugin name made only of URL-safe characters, so the URL fetched
+// and the cached name are the same (shared with `weir serve`, which checks it first).
+use weir_proto::plugin_name::check_gh_path as check_path;
 const INDEX: &str = "index.json";
 
 /// What the index records per file.
@@ -58,10 +50,7 @@ pub struct GhCache {
     lock: tokio::sync::Mutex<()>,
 }
 
-/// `Some(path)` for a `gh:` name.
-pub fn gh_path(name: &str) -> Option<&str> {
-    name.strip_prefix("gh:")
-}
+pub use weir_proto::plugin_name::gh_path;
 
 fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -97,9 +86,6 @@ impl GhCache {
     /// Download `gh:<path>` (again) into the cache and record its sha256; the cached path.
     pub async fn fetch(&self, path: &str) -> Result<PathBuf, String> {
         let rel = check_path(path)?;
-        if !path.ends_with(".py") {
-            return Err(format!("gh:{path}: only single .py files can be fetched from the plugin repository"));
-        }
         let url = format!("{}{path}", self.repo);
         let fail = |e: String| format!("cannot fetch gh:{path} from {url}: {e}");
         let resp = self.client.get(&url).send().await.map_err(|e| fail(e.to_string()))?;

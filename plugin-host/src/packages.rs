@@ -41,7 +41,11 @@ pub enum InstallError {
     /// `--package-manager disabled`: nothing was run.
     #[error("package installation is disabled on this plugin host (--package-manager disabled)")]
     Disabled,
-    /// The request or the package manager failed.
+    /// The request is invalid (no packages, an option instead of a package, a requirements
+    /// file outside the plugin directory): nothing was run.
+    #[error("{0}")]
+    Invalid(String),
+    /// The package manager failed.
     #[error("{0}")]
     Failed(String),
 }
@@ -51,18 +55,24 @@ pub async fn install(manager: PackageManager, python: &Path, what: Install) -> R
     if manager == PackageManager::Disabled {
         return Err(InstallError::Disabled);
     }
-    install_with(manager, python, what).await.map_err(InstallError::Failed)
-}
-
-async fn install_with(manager: PackageManager, python: &Path, what: Install) -> Result<String, String> {
     let args: Vec<String> = match &what {
-        Install::Packages(p) if p.is_empty() => return Err("no packages given".to_string()),
-        Install::Packages(p) => p.clone(),
+        Install::Packages(p) if p.is_empty() => return Err(InstallError::Invalid("no packages given".to_string())),
+        Install::Packages(p) => {
+            // Every argument is a package: an option (`-r FILE`, `--index-url`) would let a
+            // caller read files or pick a package index.
+            if let Some(bad) = p.iter().find(|a| a.starts_with('-') || a.trim().is_empty()) {
+                return Err(InstallError::Invalid(format!(
+                    "{bad:?} is not a package specifier (options are not accepted)"
+                )));
+            }
+            p.clone()
+        }
         Install::Requirements(f) => vec!["-r".to_string(), f.display().to_string()],
     };
-    if let Some(bad) = args.iter().find(|a| a.starts_with('-') && *a != "-r") {
-        return Err(format!("{bad:?} is not a package specifier (options are not accepted)"));
-    }
+    install_with(manager, python, &args).await.map_err(InstallError::Failed)
+}
+
+async fn install_with(manager: PackageManager, python: &Path, args: &[String]) -> Result<String, String> {
     match manager {
         PackageManager::Disabled => Err(InstallError::Disabled.to_string()),
         PackageManager::Pip => {
@@ -79,13 +89,13 @@ async fn install_with(manager: PackageManager, python: &Path, what: Install) -> 
                 out.push_str(&run(Command::new(python).args(["-m", "ensurepip", "--default-pip"])).await?);
             }
             let mut cmd = Command::new(python);
-            cmd.args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input"]).args(&args);
+            cmd.args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input"]).args(args);
             out.push_str(&run(&mut cmd).await?);
             Ok(out)
         }
         PackageManager::Uv => {
             let mut cmd = Command::new("uv");
-            cmd.arg("pip").arg("install").arg("--python").arg(python).args(&args);
+            cmd.arg("pip").arg("install").arg("--python").arg(python).args(args);
             run(&mut cmd).await
         }
     }

@@ -8,51 +8,9 @@
 //! disk and refuses it unless its real location (symlinks resolved) is inside the plugin
 //! directory. Every refusal reads `Path traversal detected: <name>`.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
-/// Longest accepted name, bytes.
-pub const MAX_NAME: usize = 1024;
-/// Longest accepted path component, bytes.
-const MAX_COMPONENT: usize = 255;
-
-fn traversal(name: &str) -> String {
-    // Control characters would garble logs: show them escaped.
-    format!("Path traversal detected: {}", name.escape_debug())
-}
-
-/// Check a plugin-relative name without touching the disk.
-pub fn check_name(name: &str) -> Result<&Path, String> {
-    let refuse = || Err(traversal(name));
-    if name.is_empty() || name.len() > MAX_NAME {
-        return refuse();
-    }
-    if name.chars().any(|c| c.is_control() || matches!(c, '\\' | '%' | '\u{2215}' | '\u{2044}' | '\u{ff0f}')) {
-        return refuse();
-    }
-    if name.starts_with('~')
-        || name.contains("://")
-        || name.contains(':') && name.len() > 1 && name.as_bytes()[1] == b':'
-    {
-        return refuse();
-    }
-    let path = Path::new(name);
-    for c in path.components() {
-        match c {
-            Component::Normal(part) => {
-                let part = part.to_str().unwrap_or("");
-                if part.is_empty() || part.len() > MAX_COMPONENT || part.starts_with('.') || part.trim() != part {
-                    return refuse();
-                }
-            }
-            _ => return refuse(),
-        }
-    }
-    // `a//b` and a trailing `/` collapse in `components()`: refuse them too.
-    if name.contains("//") || name.ends_with('/') {
-        return refuse();
-    }
-    Ok(path)
-}
+pub use weir_proto::plugin_name::{MAX_NAME, check_name, traversal};
 
 /// `name` inside `plugin_dir`: its real path, which must exist and lie inside the plugin
 /// directory's real path.

@@ -35,7 +35,7 @@ use tokio::{
 use crate::cache::GlobalCache;
 
 /// Largest frame accepted from a worker.
-const MAX_FRAME: usize = 256 * 1024 * 1024;
+const MAX_FRAME: usize = weir_proto::MAX_MESSAGE_BYTES;
 
 /// What a worker needs from the rest of the system.
 #[async_trait]

@@ -143,3 +143,35 @@ fn newer_and_corrupt_catalogs_are_refused() {
     let e = CatalogState::decode(b"{not json", "p").unwrap_err();
     assert!(e.to_string().contains("unreadable"), "{e}");
 }
+
+const GOLDEN_TRIGGERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/golden/catalog-v1-triggers.json");
+
+/// Triggers of every specification kind load as typed definitions and save byte for byte
+/// as they were written (the specification keeps its exact text).
+#[test]
+fn golden_v1_triggers_round_trip_byte_identical() {
+    let bytes = std::fs::read(GOLDEN_TRIGGERS).expect("golden file present");
+    let state = CatalogState::decode(&bytes, GOLDEN_TRIGGERS).unwrap();
+    let db = state.db("plant").unwrap();
+    let spec = |name: &str| db.triggers[name].specification.clone();
+    assert_eq!(spec("hot"), TriggerSpec::Table("temps".into()));
+    assert_eq!(spec("all"), TriggerSpec::AllTables);
+    assert_eq!(spec("api").request_path(), Some("status"));
+    assert_eq!(spec("tick").schedule().map(|s| s.text()), Some("every:1m 30s"));
+    assert!(spec("hourly").schedule().is_some());
+    assert_eq!(db.triggers["hourly"].max_retries(), 2);
+    assert_eq!(state.request_trigger("status").map(|(_, t)| t.name.to_string()), Some("api".to_string()));
+    assert_eq!(String::from_utf8(state.encode()).unwrap(), String::from_utf8(bytes).unwrap());
+}
+
+/// A stored specification that no longer parses stops the load with the reason; it never
+/// silently becomes another kind of trigger.
+#[test]
+fn unparseable_trigger_spec_fails_the_load() {
+    let bytes = std::fs::read_to_string(GOLDEN_TRIGGERS).unwrap().replace("\"table:temps\"", "\"table-temps\"");
+    let e = CatalogState::decode(bytes.as_bytes(), "catalog.json").unwrap_err().to_string();
+    assert!(e.contains("catalog at catalog.json is unreadable") && e.contains("table-temps"), "{e}");
+    let bytes = std::fs::read_to_string(GOLDEN_TRIGGERS).unwrap().replace("every:1m 30s", "every:soon");
+    let e = CatalogState::decode(bytes.as_bytes(), "catalog.json").unwrap_err().to_string();
+    assert!(e.contains("invalid duration"), "{e}");
+}

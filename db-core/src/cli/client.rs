@@ -456,7 +456,27 @@ pub async fn install(c: InstallCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `weir enable|disable trigger NAME -d DB`
+/// `weir enable trigger NAME -d DB [--skip-to-now]`
+#[derive(Debug, Subcommand)]
+pub enum EnableCommand {
+    /// A processing-engine trigger.
+    Trigger {
+        #[command(flatten)]
+        common: Common,
+        /// Trigger name.
+        name: String,
+        /// Database.
+        #[arg(short = 'd', long, env = "WEIR_DATABASE")]
+        database: String,
+        /// For a WAL trigger stopped by the retention policy (--trigger-max-wal-lag): start
+        /// it again from the newest data. The WAL files it had not processed are not
+        /// delivered to it (the engine log says which).
+        #[arg(long)]
+        skip_to_now: bool,
+    },
+}
+
+/// `weir disable trigger NAME -d DB`
 #[derive(Debug, Subcommand)]
 pub enum ToggleCommand {
     /// A processing-engine trigger.
@@ -852,15 +872,37 @@ pub async fn create(c: CreateCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `weir enable trigger` / `weir disable trigger`
-pub async fn toggle(c: ToggleCommand, disabled: bool) -> anyhow::Result<()> {
+/// `weir enable trigger`
+pub async fn enable(c: EnableCommand) -> anyhow::Result<()> {
+    let EnableCommand::Trigger { common, name, database, skip_to_now } = c;
+    connect(&common)
+        .await?
+        .set_trigger_disabled(pb::SetTriggerDisabledRequest {
+            database,
+            name: name.clone(),
+            disabled: false,
+            skip_to_now,
+        })
+        .await
+        .map_err(status_error)?;
+    println!("Trigger {name} enabled{}", if skip_to_now { " from the newest data" } else { "" });
+    Ok(())
+}
+
+/// `weir disable trigger`
+pub async fn disable(c: ToggleCommand) -> anyhow::Result<()> {
     let ToggleCommand::Trigger { common, name, database } = c;
     connect(&common)
         .await?
-        .set_trigger_disabled(pb::SetTriggerDisabledRequest { database, name: name.clone(), disabled })
+        .set_trigger_disabled(pb::SetTriggerDisabledRequest {
+            database,
+            name: name.clone(),
+            disabled: true,
+            skip_to_now: false,
+        })
         .await
         .map_err(status_error)?;
-    println!("Trigger {name} {}", if disabled { "disabled" } else { "enabled" });
+    println!("Trigger {name} disabled");
     Ok(())
 }
 

@@ -1,8 +1,9 @@
 //! `weir serve`: configuration and startup.
 //!
 //! Startup order: object store → catalog → write buffer (Parquet manifest, WAL replay) →
-//! auth bootstrap → query executor → listener. Shutdown order: stop accepting, drain
-//! connections, flush the WAL.
+//! auth bootstrap → query executor → processing engine (plugin host, session; WAL triggers
+//! resume from their checkpoints) → listener. Shutdown order: stop accepting, drain
+//! connections, stop the engine (its in-flight writes finish), flush the WAL.
 
 use std::{io::Write as _, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -13,7 +14,7 @@ use object_store::ObjectStore;
 use crate::{
     auth::{ADMIN_TOKEN_NAME, Authenticator},
     catalog::Catalog,
-    engine::{Engine, EngineConfig},
+    engine::{Engine, EngineArgs, EngineConfig, GrpcConnector},
     query::{SqlExecutor, SqlExecutorArgs, runtime::QueryRuntime},
     server::{self, ServerState},
     storage::Storage,
@@ -150,6 +151,13 @@ pub struct ServeConfig {
     /// trigger is created and cached in <plugin-dir>/.gh with its sha256.
     #[arg(long, env = "WEIR_PLUGIN_REPO")]
     pub plugin_repo: Option<String>,
+
+    /// Most WAL a WAL trigger may fall behind (bytes; suffixes KiB, MiB, GiB). WAL files are
+    /// kept until every trigger has processed them; a trigger further behind than this is
+    /// stopped (STOPPED, with the reason in system.processing_engine_triggers) and stops
+    /// holding WAL files, until `weir enable trigger NAME --skip-to-now`. 0: no limit.
+    #[arg(long, env = "WEIR_TRIGGER_MAX_WAL_LAG", default_value = "2GiB", value_parser = parse_bytes)]
+    pub trigger_max_wal_lag: usize,
 }
 
 impl ServeConfig {
@@ -265,13 +273,13 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         object_store: storage.object_store(),
         runtime: QueryRuntime::start(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))?,
     })?;
-    let engine_log = Arc::clone(executor.engine_log());
+    let engine_slot = Arc::clone(executor.engine_slot());
     let query: Arc<dyn crate::query::QueryExecutor> = Arc::new(executor);
     let plugin_dir = cfg.plugin_dir();
     std::fs::create_dir_all(&plugin_dir)
         .with_context(|| format!("cannot create the plugin directory {}", plugin_dir.display()))?;
-    let engine = Engine::start(
-        EngineConfig {
+    let engine = Engine::start(EngineArgs {
+        config: EngineConfig {
             plugin_dir: plugin_dir.canonicalize()?,
             host_url: cfg.plugin_host_url.clone(),
             python: cfg.python.clone(),
@@ -283,17 +291,21 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                 Some(_) => cfg.plugin_host_token.clone(),
                 None => Some(crate::auth::generate_token()),
             },
+            max_wal_lag_bytes: (cfg.trigger_max_wal_lag > 0).then_some(cfg.trigger_max_wal_lag as u64),
         },
-        Arc::clone(&catalog),
-        Arc::clone(&buffer),
-        Arc::clone(&query),
-        engine_log,
-        storage.clone(),
-    );
-    // Triggers catch up on WAL files they had not finished before the last stop, ahead of
-    // any new write.
-    // A failure here (an unreadable WAL file or checkpoint record) must not keep the
-    // database down: triggers then start from new writes, and the error is logged.
+        catalog: Arc::clone(&catalog),
+        writes: Arc::clone(&buffer) as Arc<dyn crate::engine::WritePath>,
+        query: Arc::clone(&query),
+        storage: storage.clone(),
+        time: Arc::new(SystemTime),
+        connector: Arc::new(GrpcConnector),
+        metrics: Arc::clone(&metrics),
+    });
+    buffer.set_flush_listener(Arc::clone(&engine) as Arc<dyn crate::write_buffer::FlushListener>);
+    engine_slot.set(Arc::downgrade(&engine) as std::sync::Weak<dyn crate::query::system::EngineView>);
+    // WAL triggers catch up on what they had not finished before the last stop, from the
+    // WAL files kept for them. A failure to read the checkpoints must not keep the database
+    // down: triggers then start from new writes, and the error is logged.
     if let Err(e) = engine.resume().await {
         tracing::error!(error = %e, "WAL triggers cannot resume from their checkpoints; they start from new writes");
     }
@@ -304,7 +316,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         auth,
         metrics,
         max_request_bytes: cfg.max_http_request_size,
-        engine: Some(engine),
+        engine: Some(Arc::clone(&engine)),
     });
 
     let listener = tokio::net::TcpListener::bind(cfg.http_bind)
@@ -316,6 +328,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     tracing::info!(%addr, auth = !cfg.without_auth, "server started");
 
     server::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("shutting down: stopping the processing engine");
+    engine.shutdown(Duration::from_secs(10)).await;
     tracing::info!("shutting down: flushing the WAL");
     buffer.shutdown().await;
     Ok(())

@@ -16,13 +16,10 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use tokio::sync::Semaphore;
-use weir_proto::plugin::v1::{self as pb, core_message, host_message};
+use weir_proto::plugin::v1::{self as pb, core_message};
 
-use super::{Engine, EngineError, TestOutcome, now, schedule::Schedule};
-use crate::{
-    catalog::{DatabaseSchema, ErrorBehavior, TriggerDef, TriggerSpec},
-    query::system::LogLevel,
-};
+use super::{Engine, EngineError, Result, rfc3339, state::LogLevel};
+use crate::catalog::{DatabaseSchema, ErrorBehavior, TriggerDef, TriggerSpec};
 
 /// Ticks of one asynchronous schedule trigger running at once; more are coalesced.
 pub const ASYNC_TICKS: usize = 8;
@@ -86,7 +83,7 @@ pub(super) enum Next {
 
 /// The delay before retry `attempt` (1-based): doubling from [`RETRY_BASE`], capped at
 /// [`RETRY_CAP`], then a random point in its upper half so retrying triggers spread out.
-pub(super) fn backoff(attempt: u32, entropy: u64) -> Duration {
+pub fn backoff(attempt: u32, entropy: u64) -> Duration {
     let full = RETRY_BASE.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(RETRY_CAP);
     let half = full / 2;
     let spread = u64::try_from(half.as_micros()).unwrap_or(u64::MAX).max(1);
@@ -106,14 +103,14 @@ impl Engine {
         failure: Option<(String, bool)>,
     ) -> Next {
         let Some((error, stopped)) = failure else {
-            self.log.update_state(db_id, &def.name, |s| {
+            self.state.update(db_id, &def.name, |s| {
                 s.runs += 1;
                 s.attempts = u64::from(attempt);
             });
             return Next::Continue;
         };
-        let at = now();
-        self.log.update_state(db_id, &def.name, |s| {
+        let at = self.now();
+        self.state.update(db_id, &def.name, |s| {
             s.runs += 1;
             s.failures += 1;
             s.attempts = u64::from(attempt);
@@ -161,10 +158,10 @@ impl Engine {
                 // On its own task: disabling stops the caller's task too.
                 let engine = Arc::clone(self);
                 let (db, name) = (db.to_string(), def.name.to_string());
-                tokio::spawn(async move {
-                    match engine.catalog.set_trigger_disabled(&db, &name, true).await {
-                        Ok(_) => engine.trigger_changed(&db, &name).await,
-                        Err(e) => tracing::error!(%db, trigger = %name, error = %e, "cannot disable the trigger"),
+                self.tasks.spawn(async move {
+                    // The catalog tells the engine (and so stops this trigger's tasks).
+                    if let Err(e) = engine.catalog.set_trigger_disabled(&db, &name, true).await {
+                        tracing::error!(%db, trigger = %name, error = %e, "cannot disable the trigger");
                     }
                 });
                 Next::Stop
@@ -177,6 +174,10 @@ impl Engine {
     pub(super) fn sync_schedules(self: &Arc<Self>) {
         // Held while reading the catalog, so two concurrent calls cannot apply an older
         // snapshot after a newer one.
+        let _order = self.sync_lock.lock();
+        if self.is_stopping() {
+            return;
+        }
         let mut tasks = self.schedules.lock();
         let mut wanted: Vec<(u32, Arc<TriggerDef>)> = Vec::new();
         for db in self.catalog.databases() {
@@ -205,35 +206,34 @@ impl Engine {
 
     /// Fire one schedule trigger until its task is aborted.
     async fn schedule_loop(self: Arc<Self>, db_id: u32, def: Arc<TriggerDef>) {
-        let schedule = match Schedule::parse(&def.specification) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(trigger = %def.name, error = %e, "invalid schedule");
-                return;
-            }
-        };
+        let Some(schedule) = def.spec().schedule().cloned() else { return };
         let permits = Arc::new(Semaphore::new(if def.run_async { ASYNC_TICKS } else { 1 }));
-        let mut last = now();
+        let mut last = self.now();
         let mut announced = None;
         loop {
             let Some(next) = schedule.next_after(last) else { return };
-            let wait = next.saturating_sub(now());
+            let wait = next.saturating_sub(self.now());
             if wait > 0 {
                 tokio::time::sleep(Duration::from_nanos(wait as u64)).await;
             }
             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { return };
             // Ticks that passed while the previous run (or runs) went on: one catch-up run
             // for the latest, the others counted.
-            let (missed, latest) = schedule.due(next, now());
+            let (missed, latest) = schedule.due(next, self.now());
             let fire = latest.unwrap_or(next);
             if missed > 0 {
-                self.log.update_state(db_id, &def.name, |s| s.missed_ticks += missed);
+                self.state.update(db_id, &def.name, |s| s.missed_ticks += missed);
             }
             last = fire;
             // Defined on this session before its tick (the creation's own TriggerSet may
             // still be on its way).
             if let Some(db) = self.catalog.db_by_id(db_id) {
-                self.announce(&mut announced, &db.name, &def).await;
+                let message = super::trigger_message(&db.name, &def);
+                self.link
+                    .announce(&mut announced, || {
+                        core_message::Body::TriggerSet(pb::TriggerSet { trigger: Some(message) })
+                    })
+                    .await;
             }
             let engine = Arc::clone(&self);
             let tick_def = Arc::clone(&def);
@@ -242,7 +242,7 @@ impl Engine {
                 drop(permit);
             };
             if def.run_async {
-                tokio::spawn(run);
+                self.tasks.spawn(run);
             } else {
                 run.await;
             }
@@ -270,33 +270,25 @@ impl Engine {
                 return;
             }
             // The host may be starting or restarting: give it a moment before missing the tick.
-            if self.session.borrow().is_none() {
-                self.wait_for_session().await;
+            if !self.link.is_connected() {
+                self.link.wait_for_session(Duration::from_secs(5)).await;
             }
             let deadline = self.config.plugin_timeout + Duration::from_secs(60);
-            let failure = match self
-                .request(core_message::Body::ScheduleTick(tick.clone()), deadline, "the scheduled call")
-                .await
-            {
-                Ok(host_message::Body::Done(done)) if done.ok => {
-                    self.commit_writes(&db.name, &def.name, done.writes).await;
-                    None
+            let body = core_message::Body::ScheduleTick(tick.clone());
+            let failure = match self.link.request::<pb::Done>(body, deadline, "the scheduled call").await {
+                Ok(done) if done.ok => {
+                    self.commit_writes(&db.name, &def.name, done.writes).await.err().map(|e| (e, false))
                 }
-                Ok(host_message::Body::Done(done)) => Some((done.error, done.stopped)),
-                Ok(other) => Some((format!("unexpected reply: {other:?}"), false)),
+                Ok(done) => Some((done.error, done.stopped)),
                 // Not the plugin's failure: the tick is missed, the error behaviour not applied.
                 Err(e @ EngineError::Unavailable) => {
-                    self.record(
-                        &db.name,
-                        &def.name,
-                        LogLevel::Warn,
-                        format!("scheduled call at {} missed: {e}", super::rfc3339(fire)),
-                    );
-                    self.log.update_state(db_id, &def.name, |s| s.missed_ticks += 1);
+                    let text = format!("scheduled call at {} missed: {e}", rfc3339(fire));
+                    self.record(&db.name, &def.name, LogLevel::Warn, text);
+                    self.state.update(db_id, &def.name, |s| s.missed_ticks += 1);
                     return;
                 }
                 Err(e) => {
-                    let e = format!("scheduled call at {} failed: {e}", super::rfc3339(fire));
+                    let e = format!("scheduled call at {} failed: {e}", rfc3339(fire));
                     self.record(&db.name, &def.name, LogLevel::Error, e.clone());
                     Some((e, false))
                 }
@@ -317,8 +309,9 @@ impl Engine {
         db: &DatabaseSchema,
         def: &TriggerDef,
         call: HttpCall,
-    ) -> Result<HttpAnswer, EngineError> {
+    ) -> Result<HttpAnswer> {
         let db_id = db.id;
+        let timeout = self.config.plugin_timeout;
         let req = pb::HttpRequest {
             database: db.name.to_string(),
             trigger: def.name.to_string(),
@@ -328,88 +321,37 @@ impl Engine {
             headers: call.headers.into_iter().collect(),
             body: call.body,
             // The host does not start a call that is still queued when we stop waiting.
-            deadline_ns: now().saturating_add(i64::try_from(self.config.plugin_timeout.as_nanos()).unwrap_or(i64::MAX)),
+            deadline_ns: self.now().saturating_add(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX)),
         };
+        let timed_out = || EngineError::Timeout { what: "the request plugin", verb: "answer", after: timeout };
         // No session: 503 at once, not after a timeout.
-        let reply = self.send(core_message::Body::HttpRequest(req)).await.ok_or(EngineError::Unavailable)?;
-        let timeout = self.config.plugin_timeout;
-        let timed_out = || {
-            EngineError::Timeout(format!(
-                "the request plugin did not answer within {}",
-                humantime::format_duration(timeout)
-            ))
-        };
-        let done = match tokio::time::timeout(timeout + Duration::from_secs(1), reply).await {
-            Ok(Ok(host_message::Body::Done(done))) => done,
-            Ok(Ok(other)) => return Err(EngineError::Failed(format!("unexpected reply: {other:?}"))),
-            Ok(Err(_)) => return Err(EngineError::Unavailable),
+        let waiting = self.link.send(core_message::Body::HttpRequest(req)).await.ok_or(EngineError::Unavailable)?;
+        let done = match tokio::time::timeout(
+            timeout + Duration::from_secs(1),
+            waiting.reply::<pb::Done>("the request"),
+        )
+        .await
+        {
+            Ok(r) => r?,
             // The host did not answer in time (it enforces the deadline itself, so this is
             // a lost reply, not the plugin's failure).
             Err(_) => return Err(timed_out()),
         };
         if !done.ok {
-            let stopped = done.stopped;
-            self.after_call(db_id, &db.name, def, 1, Some((done.error.clone(), stopped)));
-            return Err(if done.timed_out { timed_out() } else { EngineError::Failed(done.error) });
+            self.after_call(db_id, &db.name, def, 1, Some((done.error.clone(), done.stopped)));
+            return Err(if done.timed_out {
+                timed_out()
+            } else {
+                EngineError::host(super::HostErrorKind::Failed, done.error)
+            });
         }
         // Buffered writes land before the answer: a client that reads next sees them.
-        self.commit_writes(&db.name, &def.name, done.writes).await;
+        if let Err(e) = self.commit_writes(&db.name, &def.name, done.writes).await {
+            self.after_call(db_id, &db.name, def, 1, Some((e.clone(), false)));
+            return Err(EngineError::host(super::HostErrorKind::Failed, e));
+        }
         self.after_call(db_id, &db.name, def, 1, None);
         Ok(done.response.map(HttpAnswer::from).unwrap_or(HttpAnswer { status: 200, ..HttpAnswer::default() }))
-    }
-
-    /// Dry-run a schedule plugin for the next fire time of `schedule` (now without one):
-    /// the outcome and the call time used.
-    pub async fn test_schedule(
-        &self,
-        database: &str,
-        plugin_filename: &str,
-        schedule: Option<&str>,
-        arguments: Option<BTreeMap<String, String>>,
-    ) -> Result<TestOutcome, EngineError> {
-        let at = match schedule.filter(|s| !s.is_empty()) {
-            Some(spec) => {
-                let parsed = Schedule::parse(spec).map_err(EngineError::Invalid)?;
-                parsed.next_after(now()).ok_or_else(|| EngineError::Invalid(format!("{spec:?} never fires")))?
-            }
-            None => now(),
-        };
-        let body = core_message::Body::TestSchedule(pb::TestSchedule {
-            database: database.to_string(),
-            plugin_filename: plugin_filename.to_string(),
-            arguments: arguments.map(|a| pb::Arguments { values: a.into_iter().collect() }),
-            call_time_s: at.div_euclid(1_000_000_000),
-        });
-        let mut outcome = self.dry_run(body).await?;
-        outcome.trigger_time = Some(super::rfc3339(at.div_euclid(1_000_000_000) * 1_000_000_000));
-        Ok(outcome)
-    }
-
-    /// Dry-run a request plugin on one request: the outcome, with the HTTP answer when
-    /// the plugin succeeded.
-    pub async fn test_request(
-        &self,
-        database: &str,
-        plugin_filename: &str,
-        arguments: Option<BTreeMap<String, String>>,
-        call: HttpCall,
-    ) -> Result<TestOutcome, EngineError> {
-        let body = core_message::Body::TestRequest(pb::TestRequest {
-            database: database.to_string(),
-            plugin_filename: plugin_filename.to_string(),
-            arguments: arguments.map(|a| pb::Arguments { values: a.into_iter().collect() }),
-            request: Some(pb::HttpRequest {
-                database: database.to_string(),
-                trigger: "plugin_test".to_string(),
-                method: call.method,
-                path: call.path,
-                query: call.query.into_iter().collect(),
-                headers: call.headers.into_iter().collect(),
-                body: call.body,
-                deadline_ns: 0,
-            }),
-        });
-        self.dry_run(body).await
     }
 }
 

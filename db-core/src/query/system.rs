@@ -36,7 +36,7 @@ use datafusion::{
 use parking_lot::Mutex;
 
 use crate::{
-    catalog::{Catalog, DatabaseSchema},
+    catalog::{Catalog, DatabaseSchema, TriggerDef},
     time::{SystemTime, TimeProvider},
     write_buffer::WriteBuffer,
 };
@@ -122,73 +122,69 @@ impl QueryLog {
     }
 }
 
-/// How many processing-engine log lines are kept (all databases together).
-pub const ENGINE_LOG_SIZE: usize = 10_000;
-
-/// Log levels of `system.processing_engine_logs`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogLevel {
-    /// INFO
-    Info,
-    /// WARN
-    Warn,
-    /// ERROR
-    Error,
+/// What the processing engine shows in the system tables (implemented by the engine; the
+/// tables are empty when the server runs without one).
+#[async_trait]
+pub trait EngineView: Send + Sync + std::fmt::Debug {
+    /// `system.processing_engine_logs` rows of `database`, oldest first.
+    fn log_rows(&self, database: &str) -> Vec<EngineLogRow>;
+    /// The live status of a trigger of database `db_id`.
+    fn trigger_status(&self, db_id: u32, trigger: &TriggerDef) -> TriggerStatus;
+    /// The files of the plugin directory (asked of the plugin host).
+    async fn plugin_files(&self) -> Result<Vec<PluginFileRow>, String>;
 }
 
-impl LogLevel {
-    /// As the table spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Info => "INFO",
-            Self::Warn => "WARN",
-            Self::Error => "ERROR",
-        }
-    }
-}
-
+/// One row of `system.processing_engine_logs`.
 #[derive(Debug, Clone)]
-struct EngineLogRow {
-    database: Arc<str>,
-    event_time: i64,
-    trigger: String,
-    level: LogLevel,
-    text: String,
+pub struct EngineLogRow {
+    /// ns since the epoch.
+    pub event_time: i64,
+    /// Trigger name (empty for engine-wide lines).
+    pub trigger: String,
+    /// `INFO`, `WARN` or `ERROR`.
+    pub level: &'static str,
+    /// The text.
+    pub text: String,
 }
 
-/// What the engine knows about one enabled trigger beyond its definition (the extra
-/// columns of `system.processing_engine_triggers`).
+/// The live columns of `system.processing_engine_triggers`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TriggerState {
-    /// The latest failure, with its traceback.
+pub struct TriggerStatus {
+    /// `RUNNING`, `LAGGING`, `STOPPED` or `DISABLED`.
+    pub state: &'static str,
+    /// The latest failure (with its traceback), or why the trigger is stopped.
     pub last_error: Option<String>,
     /// When it happened, ns since the epoch.
     pub last_error_at: Option<i64>,
-    /// Tries of the latest input (1: it ran once; more under `retry`).
+    /// Tries of the latest input.
     pub attempts: u64,
-    /// Invocations that finished, and how many of them failed.
+    /// Invocations that finished.
     pub runs: u64,
     /// Failed invocations.
     pub failures: u64,
-    /// Schedule ticks that got no run of their own (coalesced into a catch-up run).
+    /// Schedule ticks without a run of their own.
     pub missed_ticks: u64,
     /// WAL triggers: the last WAL file the plugin finished.
     pub checkpoint: Option<u64>,
-    /// Why the trigger is stopped although enabled (its worker crash-looped).
-    pub stopped: Option<String>,
+    /// WAL triggers: WAL files after the checkpoint with rows for the trigger.
+    pub lag: Option<u64>,
+    /// WAL triggers: bytes of the WAL files kept for the trigger.
+    pub retained_wal_bytes: Option<u64>,
 }
 
-/// Plugin and engine log lines behind `system.processing_engine_logs`, and the live
-/// trigger states behind `system.processing_engine_triggers`.
+/// Where the system tables find the engine: set once the engine has started.
 #[derive(Debug, Default)]
-pub struct EngineLog {
-    rows: Mutex<VecDeque<EngineLogRow>>,
-    states: Mutex<std::collections::HashMap<(u32, Arc<str>), TriggerState>>,
-    /// Whether the engine has a session with the plugin host (enabled triggers are STOPPED
-    /// without one).
-    connected: std::sync::atomic::AtomicBool,
-    /// Where `system.plugin_files` comes from (the engine, asking the plugin host).
-    plugin_files: Mutex<Option<std::sync::Weak<dyn PluginFiles>>>,
+pub struct EngineSlot(parking_lot::RwLock<Option<std::sync::Weak<dyn EngineView>>>);
+
+impl EngineSlot {
+    /// Point at the running engine.
+    pub fn set(&self, engine: std::sync::Weak<dyn EngineView>) {
+        *self.0.write() = Some(engine);
+    }
+
+    fn get(&self) -> Option<Arc<dyn EngineView>> {
+        self.0.read().as_ref().and_then(std::sync::Weak::upgrade)
+    }
 }
 
 /// One row of `system.plugin_files`.
@@ -220,7 +216,7 @@ fn plugin_files_schema() -> SchemaRef {
 /// when the table is scanned (so `information_schema` never waits for, or fails on, it).
 #[derive(Debug)]
 struct PluginFilesTable {
-    log: Arc<EngineLog>,
+    engine: Arc<EngineSlot>,
 }
 
 #[async_trait]
@@ -240,108 +236,47 @@ impl TableProvider for PluginFilesTable {
         filters: &[datafusion::logical_expr::Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-        let batch = self.log.plugin_files_batch().await?;
+        let batch = plugin_files_batch(self.engine.get()).await?;
         MemTable::try_new(batch.schema(), vec![vec![batch]])?.scan(state, projection, filters, limit).await
     }
 }
 
-/// A source of plugin files (the engine).
-#[async_trait]
-pub trait PluginFiles: Send + Sync + std::fmt::Debug {
-    /// The files of the plugin directory.
-    async fn plugin_files(&self) -> Result<Vec<PluginFileRow>, String>;
+async fn plugin_files_batch(engine: Option<Arc<dyn EngineView>>) -> DfResult<RecordBatch> {
+    let rows = match engine {
+        Some(e) => e
+            .plugin_files()
+            .await
+            .map_err(|e| datafusion::error::DataFusionError::Execution(format!("system.plugin_files: {e}")))?,
+        None => Vec::new(),
+    };
+    Ok(RecordBatch::try_new(
+        plugin_files_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.plugin_name.as_str()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.file_name.as_str()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.file_path.as_str()))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.size_bytes as i64))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.last_modified_ms))),
+        ],
+    )?)
 }
 
-impl EngineLog {
-    /// Change a trigger's state (created as default when new).
-    pub fn update_state(&self, db_id: u32, trigger: &Arc<str>, f: impl FnOnce(&mut TriggerState)) {
-        f(self.states.lock().entry((db_id, Arc::clone(trigger))).or_default());
-    }
-
-    /// A trigger's state, if it has one.
-    pub fn state(&self, db_id: u32, trigger: &str) -> Option<TriggerState> {
-        self.states.lock().get(&(db_id, Arc::from(trigger))).cloned()
-    }
-
-    /// Forget a trigger's state (deleted, disabled, or enabled again from scratch).
-    pub fn clear_state(&self, db_id: u32, trigger: &str) {
-        self.states.lock().remove(&(db_id, Arc::from(trigger)));
-    }
-
-    /// Register where `system.plugin_files` comes from.
-    pub fn set_plugin_files(&self, source: std::sync::Weak<dyn PluginFiles>) {
-        *self.plugin_files.lock() = Some(source);
-    }
-
-    async fn plugin_files_batch(&self) -> DfResult<RecordBatch> {
-        let source = self.plugin_files.lock().as_ref().and_then(std::sync::Weak::upgrade);
-        let rows = match source {
-            Some(s) => s
-                .plugin_files()
-                .await
-                .map_err(|e| datafusion::error::DataFusionError::Execution(format!("system.plugin_files: {e}")))?,
-            None => Vec::new(),
-        };
-        Ok(RecordBatch::try_new(
-            plugin_files_schema(),
-            vec![
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.plugin_name.as_str()))),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.file_name.as_str()))),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.file_path.as_str()))),
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.size_bytes as i64))),
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.last_modified_ms))),
-            ],
-        )?)
-    }
-
-    /// Record whether the plugin host is connected.
-    pub fn set_connected(&self, connected: bool) {
-        self.connected.store(connected, Ordering::Relaxed);
-    }
-
-    /// Whether the plugin host is connected.
-    pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
-    }
-
-    /// Record a line (also sent to the server log).
-    pub fn push(&self, database: &str, trigger: &str, level: LogLevel, text: String, event_time: i64) {
-        match level {
-            LogLevel::Error => tracing::warn!(database, trigger, "{text}"),
-            _ => tracing::info!(database, trigger, "{text}"),
-        }
-        let mut rows = self.rows.lock();
-        if rows.len() >= ENGINE_LOG_SIZE {
-            rows.pop_front();
-        }
-        rows.push_back(EngineLogRow {
-            database: Arc::from(database),
-            event_time,
-            trigger: trigger.to_string(),
-            level,
-            text,
-        });
-    }
-
-    fn batch(&self, database: &str) -> DfResult<RecordBatch> {
-        let rows: Vec<EngineLogRow> =
-            self.rows.lock().iter().filter(|r| r.database.as_ref() == database).cloned().collect();
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("event_time", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
-            Field::new("trigger_name", DataType::Utf8, false),
-            Field::new("log_level", DataType::Utf8, false),
-            Field::new("log_text", DataType::Utf8, false),
-        ]));
-        Ok(RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(TimestampNanosecondArray::from_iter_values(rows.iter().map(|r| r.event_time))),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.trigger.as_str()))),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.level.as_str()))),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.text.as_str()))),
-            ],
-        )?)
-    }
+fn engine_logs_batch(rows: &[EngineLogRow]) -> DfResult<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("event_time", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+        Field::new("trigger_name", DataType::Utf8, false),
+        Field::new("log_level", DataType::Utf8, false),
+        Field::new("log_text", DataType::Utf8, false),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(TimestampNanosecondArray::from_iter_values(rows.iter().map(|r| r.event_time))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.trigger.as_str()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.level))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.text.as_str()))),
+        ],
+    )?)
 }
 
 /// The `system` schema of one query's database.
@@ -351,7 +286,7 @@ pub struct SystemSchema {
     buffer: Arc<WriteBuffer>,
     db: Arc<DatabaseSchema>,
     log: Arc<QueryLog>,
-    engine_log: Arc<EngineLog>,
+    engine: Arc<EngineSlot>,
 }
 
 const TABLES: &[&str] = &[
@@ -372,22 +307,21 @@ impl SystemSchema {
         buffer: Arc<WriteBuffer>,
         db: Arc<DatabaseSchema>,
         log: Arc<QueryLog>,
-        engine_log: Arc<EngineLog>,
+        engine: Arc<EngineSlot>,
     ) -> Self {
-        Self { catalog, buffer, db, log, engine_log }
+        Self { catalog, buffer, db, log, engine }
     }
 
     fn triggers(&self) -> DfResult<RecordBatch> {
         let t: Vec<_> = self.db.triggers.values().collect();
-        let states: Vec<TriggerState> =
-            t.iter().map(|t| self.engine_log.state(self.db.id, &t.name).unwrap_or_default()).collect();
-        let connected = self.engine_log.connected();
-        let last_wal = self.buffer.last_wal_seq();
-        let state = |t: &crate::catalog::TriggerDef, s: &TriggerState| match () {
-            _ if t.disabled => "DISABLED",
-            _ if s.stopped.is_some() || !connected => "STOPPED",
-            _ => "RUNNING",
-        };
+        let engine = self.engine.get();
+        let states: Vec<TriggerStatus> = t
+            .iter()
+            .map(|t| match &engine {
+                Some(e) => e.trigger_status(self.db.id, t),
+                None => TriggerStatus { state: if t.disabled { "DISABLED" } else { "STOPPED" }, ..Default::default() },
+            })
+            .collect();
         let schema = Arc::new(Schema::new(vec![
             Field::new("trigger_name", DataType::Utf8, false),
             Field::new("plugin_filename", DataType::Utf8, false),
@@ -404,33 +338,27 @@ impl SystemSchema {
             Field::new("missed_ticks", DataType::UInt64, false),
             Field::new("checkpoint", DataType::UInt64, true),
             Field::new("lag", DataType::UInt64, true),
+            Field::new("retained_wal_bytes", DataType::UInt64, true),
         ]));
-        let checkpoint = |t: &crate::catalog::TriggerDef, s: &TriggerState| {
-            s.checkpoint.filter(|_| t.spec().is_wal() && !t.disabled)
-        };
         Ok(RecordBatch::try_new(
             schema,
             vec![
                 Arc::new(StringArray::from_iter_values(t.iter().map(|t| t.name.as_ref()))),
                 Arc::new(StringArray::from_iter_values(t.iter().map(|t| t.plugin_filename.as_str()))),
-                Arc::new(StringArray::from_iter_values(t.iter().map(|t| t.specification.as_str()))),
+                Arc::new(StringArray::from_iter_values(t.iter().map(|t| t.specification.to_string()))),
                 Arc::new(BooleanArray::from_iter(t.iter().map(|t| Some(t.disabled)))),
                 Arc::new(StringArray::from_iter_values(t.iter().map(|t| t.error_behavior.as_str()))),
                 Arc::new(BooleanArray::from_iter(t.iter().map(|t| Some(t.run_async)))),
-                Arc::new(StringArray::from_iter_values(t.iter().zip(&states).map(|(t, s)| state(t, s)))),
-                Arc::new(StringArray::from_iter(
-                    states.iter().map(|s| s.stopped.as_deref().or(s.last_error.as_deref())),
-                )),
+                Arc::new(StringArray::from_iter_values(states.iter().map(|s| s.state))),
+                Arc::new(StringArray::from_iter(states.iter().map(|s| s.last_error.as_deref()))),
                 Arc::new(TimestampNanosecondArray::from_iter(states.iter().map(|s| s.last_error_at))),
                 Arc::new(UInt64Array::from_iter_values(states.iter().map(|s| s.attempts))),
                 Arc::new(UInt64Array::from_iter_values(states.iter().map(|s| s.runs))),
                 Arc::new(UInt64Array::from_iter_values(states.iter().map(|s| s.failures))),
                 Arc::new(UInt64Array::from_iter_values(states.iter().map(|s| s.missed_ticks))),
-                Arc::new(UInt64Array::from_iter(t.iter().zip(&states).map(|(t, s)| checkpoint(t, s)))),
-                // WAL files flushed since the checkpoint.
-                Arc::new(UInt64Array::from_iter(
-                    t.iter().zip(&states).map(|(t, s)| checkpoint(t, s).map(|cp| last_wal.saturating_sub(cp))),
-                )),
+                Arc::new(UInt64Array::from_iter(states.iter().map(|s| s.checkpoint))),
+                Arc::new(UInt64Array::from_iter(states.iter().map(|s| s.lag))),
+                Arc::new(UInt64Array::from_iter(states.iter().map(|s| s.retained_wal_bytes))),
             ],
         )?)
     }
@@ -525,7 +453,9 @@ impl SystemSchema {
             "queries" => self.log.batch()?,
             "processing_engine_triggers" => self.triggers()?,
             "processing_engine_trigger_arguments" => self.trigger_arguments()?,
-            "processing_engine_logs" => self.engine_log.batch(&self.db.name)?,
+            "processing_engine_logs" => {
+                engine_logs_batch(&self.engine.get().map(|e| e.log_rows(&self.db.name)).unwrap_or_default())?
+            }
             _ => return Ok(None),
         }))
     }
@@ -539,7 +469,7 @@ impl SchemaProvider for SystemSchema {
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         if name == "plugin_files" {
-            return Ok(Some(Arc::new(PluginFilesTable { log: Arc::clone(&self.engine_log) })));
+            return Ok(Some(Arc::new(PluginFilesTable { engine: Arc::clone(&self.engine) })));
         }
         let Some(batch) = self.build(name)? else {
             return Ok(None);

@@ -92,15 +92,19 @@ impl IntoStatus for query::Error {
 
 impl IntoStatus for crate::engine::EngineError {
     fn into_status(self) -> Status {
-        use crate::engine::EngineError;
+        use crate::engine::{EngineError, HostErrorKind};
         match self {
             EngineError::NotRunning | EngineError::Unavailable => Status::unavailable(self.to_string()),
-            EngineError::Refused(m) => Status::permission_denied(m),
-            EngineError::Failed(m) => Status::internal(m),
-            EngineError::Timeout(m) => Status::deadline_exceeded(m),
+            EngineError::Timeout { .. } => Status::deadline_exceeded(self.to_string()),
             EngineError::Invalid(m) => Status::invalid_argument(m),
-            EngineError::Exists(m) => Status::already_exists(m),
-            EngineError::Missing(m) => Status::not_found(m),
+            EngineError::Protocol { .. } => Status::internal(self.to_string()),
+            EngineError::Host { kind, message } => match kind {
+                HostErrorKind::Invalid => Status::invalid_argument(message),
+                HostErrorKind::Exists => Status::already_exists(message),
+                HostErrorKind::Missing => Status::not_found(message),
+                HostErrorKind::Refused => Status::permission_denied(message),
+                HostErrorKind::Failed => Status::internal(message),
+            },
         }
     }
 }
@@ -246,23 +250,18 @@ impl Admin for AdminService {
         self.authorize(&req)?;
         let r = req.into_inner();
         let t = r.trigger.ok_or_else(|| Status::invalid_argument("missing trigger"))?;
-        let error_behavior: catalog::ErrorBehavior = if t.error_behavior.is_empty() {
-            catalog::ErrorBehavior::default()
-        } else {
-            t.error_behavior.parse().map_err(Status::invalid_argument)?
-        };
-        let def = catalog::TriggerDef {
-            name: Arc::from(t.name.as_str()),
+        let new = crate::trigger::NewTrigger {
+            name: t.name,
             plugin_filename: t.plugin_filename,
             specification: t.specification,
             arguments: t.arguments.map(|a| a.values.into_iter().collect()),
             run_async: t.run_async,
-            error_behavior,
+            error_behavior: Some(t.error_behavior),
             disabled: t.disabled,
             max_retries: (t.max_retries > 0).then_some(t.max_retries),
             workers: t.workers,
         };
-        match self.state.create_trigger(&r.database, def).await {
+        match self.state.create_trigger(&r.database, new).await {
             Ok(()) => {}
             Err(crate::server::TriggerError::Catalog(e)) => return Err(e.into_status()),
             Err(crate::server::TriggerError::Engine(e)) => return Err(e.into_status()),
@@ -277,7 +276,6 @@ impl Admin for AdminService {
         self.authorize(&req)?;
         let r = req.into_inner();
         self.state.catalog.delete_trigger(&r.database, &r.name, r.force).await.map_err(IntoStatus::into_status)?;
-        self.state.trigger_changed(&r.database, &r.name).await;
         Ok(Response::new(pb::DeleteTriggerResponse {}))
     }
 
@@ -292,7 +290,10 @@ impl Admin for AdminService {
             .set_trigger_disabled(&r.database, &r.name, r.disabled)
             .await
             .map_err(IntoStatus::into_status)?;
-        self.state.trigger_changed(&r.database, &r.name).await;
+        if r.skip_to_now && !r.disabled {
+            let engine = self.state.engine().map_err(IntoStatus::into_status)?;
+            engine.skip_trigger_to_now(&r.database, &r.name).await.map_err(IntoStatus::into_status)?;
+        }
         Ok(Response::new(pb::SetTriggerDisabledResponse {}))
     }
 
@@ -313,7 +314,7 @@ impl Admin for AdminService {
             .map(|t| pb::TriggerInfo {
                 name: t.name.to_string(),
                 plugin_filename: t.plugin_filename.clone(),
-                specification: t.specification.clone(),
+                specification: t.specification.to_string(),
                 arguments: t
                     .arguments
                     .as_ref()
@@ -472,5 +473,42 @@ impl Admin for AdminService {
             Ok(pb::QueryResponse { arrow_ipc: std::mem::take(w.get_mut()) })
         });
         Ok(Response::new(Box::pin(first.chain(batches))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{storage::Storage, test_util::TestDb};
+
+    /// The gRPC service refuses what HTTP refuses: one check for both.
+    #[tokio::test]
+    async fn create_trigger_checks_like_http() {
+        let state = TestDb::open(&Storage::in_memory()).await.unwrap().into_server(false, None, 1 << 20).await;
+        state.catalog.create_db("db").await.unwrap();
+        let svc = AdminService { state: Arc::clone(&state) };
+        let trigger = |plugin: &str, workers: u32, run_async: bool| pb::CreateTriggerRequest {
+            database: "db".into(),
+            trigger: Some(pb::TriggerInfo {
+                name: "t".into(),
+                plugin_filename: plugin.into(),
+                specification: "request:x".into(),
+                workers,
+                run_async,
+                ..Default::default()
+            }),
+        };
+        for (req, want) in [
+            (trigger("a.py", 2, false), "needs run_async"),
+            (trigger("../../etc/passwd", 0, false), "Path traversal detected"),
+            (trigger("/etc/passwd", 0, false), "Path traversal detected"),
+        ] {
+            let e = svc.create_trigger(Request::new(req)).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+            assert!(e.message().contains(want), "{e:?}");
+        }
+        assert!(state.catalog.db("db").unwrap().triggers.is_empty());
+        svc.create_trigger(Request::new(trigger("a.py", 2, true))).await.unwrap();
+        assert_eq!(state.catalog.db("db").unwrap().triggers["t"].worker_count(), 2);
     }
 }

@@ -118,15 +118,19 @@ impl IntoResponse for ApiError {
 
 impl From<crate::engine::EngineError> for ApiError {
     fn from(e: crate::engine::EngineError) -> Self {
-        use crate::engine::EngineError;
+        use crate::engine::{EngineError, HostErrorKind};
         match e {
             EngineError::NotRunning | EngineError::Unavailable => Self::Unavailable(e.to_string()),
-            EngineError::Refused(m) => Self::Forbidden(m),
-            EngineError::Failed(m) => Self::Internal(m),
-            EngineError::Timeout(m) => Self::Timeout(m),
+            EngineError::Timeout { .. } => Self::Timeout(e.to_string()),
             EngineError::Invalid(m) => Self::BadRequest(m),
-            EngineError::Exists(m) => Self::Conflict(m),
-            EngineError::Missing(m) => Self::NotFound(m),
+            EngineError::Protocol { .. } => Self::Internal(e.to_string()),
+            EngineError::Host { kind, message } => match kind {
+                HostErrorKind::Invalid => Self::BadRequest(message),
+                HostErrorKind::Exists => Self::Conflict(message),
+                HostErrorKind::Missing => Self::NotFound(message),
+                HostErrorKind::Refused => Self::Forbidden(message),
+                HostErrorKind::Failed => Self::Internal(message),
+            },
         }
     }
 }

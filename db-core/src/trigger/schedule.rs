@@ -13,18 +13,66 @@ use chrono::{DateTime, Utc};
 /// The shortest `every:` interval.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
 
-/// A parsed schedule.
+/// A parsed schedule, with the text it was parsed from (two schedules are equal when
+/// their texts are).
 #[derive(Debug, Clone)]
-pub enum Schedule {
+pub struct Schedule {
+    text: String,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
     /// `every:<d>`, in ns.
     Every(i64),
     /// `cron:<expr>`.
     Cron(Box<croner::Cron>),
 }
 
+impl PartialEq for Schedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for Schedule {}
+
 impl Schedule {
     /// Parse `every:<d>` or `cron:<expr>`; the error says what is wrong.
     pub fn parse(spec: &str) -> Result<Self, String> {
+        Ok(Self { text: spec.to_string(), kind: Kind::parse(spec)? })
+    }
+
+    /// The text it was parsed from.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Refuse a cron expression that can never fire (`0 0 30 2 *`): checked when a trigger
+    /// is created or a dry run asks for one, not when a stored one is loaded.
+    pub fn check_fires(&self) -> Result<(), String> {
+        match &self.kind {
+            Kind::Cron(cron) if cron.find_next_occurrence(&Utc::now(), false).is_err() => {
+                let expr = self.text.strip_prefix("cron:").unwrap_or(&self.text);
+                Err(format!("cron expression {expr:?} never fires"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The first fire time strictly after `t` (ns since the epoch).
+    pub fn next_after(&self, t: i64) -> Option<i64> {
+        self.kind.next_after(t)
+    }
+
+    /// Fire times in `(after, until]`: how many, and the latest (bounded work for cron).
+    pub fn due(&self, after: i64, until: i64) -> (u64, Option<i64>) {
+        self.kind.due(after, until)
+    }
+}
+
+impl Kind {
+    fn parse(spec: &str) -> Result<Self, String> {
         if let Some(d) = spec.strip_prefix("every:") {
             let d = d.trim();
             let interval = humantime::parse_duration(d).map_err(|e| {
@@ -44,17 +92,12 @@ impl Schedule {
                 ));
             }
             let cron = croner::Cron::from_str(expr).map_err(|e| format!("invalid cron expression {expr:?}: {e}"))?;
-            // An expression that can never fire (`0 0 30 2 *`) is refused now, not at run time.
-            if cron.find_next_occurrence(&Utc::now(), false).is_err() {
-                return Err(format!("cron expression {expr:?} never fires"));
-            }
             return Ok(Self::Cron(Box::new(cron)));
         }
         Err(format!("{spec:?} is not a schedule (every:<duration> or cron:<expr>)"))
     }
 
-    /// The first fire time strictly after `t` (ns since the epoch).
-    pub fn next_after(&self, t: i64) -> Option<i64> {
+    fn next_after(&self, t: i64) -> Option<i64> {
         match self {
             Self::Every(d) => t.div_euclid(*d).checked_add(1)?.checked_mul(*d),
             Self::Cron(cron) => {
@@ -65,8 +108,7 @@ impl Schedule {
         }
     }
 
-    /// Fire times in `(after, until]`: how many, and the latest (bounded work for cron).
-    pub fn due(&self, after: i64, until: i64) -> (u64, Option<i64>) {
+    fn due(&self, after: i64, until: i64) -> (u64, Option<i64>) {
         if until <= after {
             return (0, None);
         }
@@ -120,7 +162,7 @@ mod tests {
             ("cron:61 * * * * *", "invalid cron expression"),
             ("cron:0 0 0 30 2 *", "never fires"),
         ] {
-            let e = Schedule::parse(spec).unwrap_err();
+            let e = Schedule::parse(spec).and_then(|s| s.check_fires()).unwrap_err();
             assert!(e.contains(want), "{spec}: {e}");
         }
     }

@@ -104,7 +104,7 @@ struct Recorder {
 }
 
 impl WalFileNotifier<u32> for Recorder {
-    fn flushed(&self, seq: u64, items: Vec<u32>) {
+    fn flushed(&self, seq: u64, _bytes: u64, items: Vec<u32>) {
         self.files.lock().push((seq, items));
     }
 }

@@ -1,7 +1,7 @@
 //! `/api/v3/configure/processing_engine_trigger[/enable|/disable]`: trigger lifecycle, with
 //! InfluxDB 3's request shapes.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::collections::BTreeMap;
 
 use axum::{
     body::Body,
@@ -14,11 +14,7 @@ use serde::Deserialize;
 use super::{ApiError, bool_param, json_body_or_default, query_map, read_body};
 use weir_proto::plugin::v1::{self as pb, put_plugin::Mode as PutMode};
 
-use crate::{
-    catalog::{ErrorBehavior, TriggerDef},
-    engine::HttpCall,
-    server::SharedState,
-};
+use crate::{engine::HttpCall, server::SharedState, trigger::NewTrigger};
 
 #[derive(Debug, Default, Deserialize)]
 struct TriggerSettings {
@@ -73,25 +69,18 @@ pub async fn create_trigger(
         ))
     })?;
     let settings = req.trigger_settings.unwrap_or_default();
-    let error_behavior: ErrorBehavior = match settings.error_behavior.as_deref() {
-        None | Some("") => ErrorBehavior::default(),
-        Some(s) => s.parse().map_err(ApiError::BadRequest)?,
-    };
-    let def = TriggerDef {
-        name: Arc::from(req.trigger_name.as_str()),
+    let new = NewTrigger {
+        name: req.trigger_name,
         plugin_filename: req.plugin_filename,
         specification: req.trigger_specification,
         arguments: req.trigger_arguments.map(argument_strings).transpose()?,
         run_async: settings.run_async,
-        error_behavior,
-        disabled: req.disabled,
+        error_behavior: settings.error_behavior,
         max_retries: settings.max_retries,
         workers: settings.workers.unwrap_or(0),
+        disabled: req.disabled,
     };
-    if def.workers > 1 && !def.run_async {
-        return Err(ApiError::BadRequest("trigger_settings.workers > 1 needs run_async: true".to_string()));
-    }
-    match state.create_trigger(&req.db, def).await {
+    match state.create_trigger(&req.db, new).await {
         Ok(()) => Ok(StatusCode::OK.into_response()),
         Err(crate::server::TriggerError::Catalog(e)) => Err(e.into()),
         Err(crate::server::TriggerError::Engine(e)) => Err(e.into()),
@@ -106,6 +95,18 @@ struct TriggerRef {
     trigger_name: Option<String>,
     #[serde(default)]
     force: Option<bool>,
+    /// Weir: `enable` of a trigger the retention policy stopped, from the newest data.
+    #[serde(default)]
+    skip_to_now: Option<bool>,
+}
+
+/// A trigger named in a request, with its flags.
+#[derive(Debug)]
+struct Named {
+    db: String,
+    name: String,
+    force: bool,
+    skip_to_now: bool,
 }
 
 /// The trigger named by the query string, falling back to a JSON body.
@@ -114,15 +115,16 @@ async fn trigger_ref(
     raw: Option<&str>,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(String, String, bool), ApiError> {
+) -> Result<Named, ApiError> {
     let q = query_map(raw);
     let bytes = read_body(headers, body, state.max_request_bytes).await?;
     let b: TriggerRef = json_body_or_default(&bytes)?;
     let db = q.get("db").cloned().or(b.db).filter(|s| !s.is_empty());
     let name = q.get("trigger_name").cloned().or(b.trigger_name).filter(|s| !s.is_empty());
     let force = bool_param(&q, "force", b.force.unwrap_or(false))?;
+    let skip_to_now = bool_param(&q, "skip_to_now", b.skip_to_now.unwrap_or(false))?;
     match (db, name) {
-        (Some(db), Some(name)) => Ok((db, name, force)),
+        (Some(db), Some(name)) => Ok(Named { db, name, force, skip_to_now }),
         (None, _) => Err(ApiError::BadRequest("missing required parameter 'db'".to_string())),
         (_, None) => Err(ApiError::BadRequest("missing required parameter 'trigger_name'".to_string())),
     }
@@ -135,9 +137,8 @@ pub async fn delete_trigger(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (db, name, force) = trigger_ref(&state, raw.as_deref(), &headers, body).await?;
-    state.catalog.delete_trigger(&db, &name, force).await?;
-    state.trigger_changed(&db, &name).await;
+    let t = trigger_ref(&state, raw.as_deref(), &headers, body).await?;
+    state.catalog.delete_trigger(&t.db, &t.name, t.force).await?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -148,9 +149,11 @@ async fn set_disabled(
     body: Body,
     disabled: bool,
 ) -> Result<Response, ApiError> {
-    let (db, name, _) = trigger_ref(&state, raw.as_deref(), &headers, body).await?;
-    state.catalog.set_trigger_disabled(&db, &name, disabled).await?;
-    state.trigger_changed(&db, &name).await;
+    let t = trigger_ref(&state, raw.as_deref(), &headers, body).await?;
+    state.catalog.set_trigger_disabled(&t.db, &t.name, disabled).await?;
+    if t.skip_to_now && !disabled {
+        state.engine()?.skip_trigger_to_now(&t.db, &t.name).await?;
+    }
     Ok(StatusCode::OK.into_response())
 }
 

@@ -1,0 +1,243 @@
+//! A trigger's runtime: its worker processes, the order of its calls, the crash-loop
+//! breaker, and how each kind of call (schedule tick, HTTP request) is run and answered.
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use parking_lot::Mutex;
+use weir_proto::plugin::v1::{self as pb, host_message};
+
+use super::Host;
+use crate::{
+    marshal,
+    worker::{Done, InvokeError, Level, TriggerId, Upstream, Worker, WorkerSpec},
+};
+
+/// A trigger and its worker processes.
+#[derive(Debug)]
+pub struct TriggerRuntime {
+    pub(super) def: pb::Trigger,
+    spec: WorkerSpec,
+    /// One slot per worker process (`workers`, at least 1); a synchronous trigger only
+    /// uses the first, so its calls share one trigger cache in strict order.
+    workers: Vec<WorkerSlot>,
+    /// Held across an invocation of a synchronous trigger: strict order, one at a time.
+    order: tokio::sync::Mutex<()>,
+    /// Worker failures (could not start, or died during a call) in a row.
+    crashes: std::sync::atomic::AtomicU32,
+    /// Set by the crash-loop breaker: calls fail at once with this reason.
+    stopped: Mutex<Option<String>>,
+}
+
+/// Worker failures in a row after which a trigger is stopped (until it is redefined,
+/// disabled and enabled).
+pub const CRASH_LIMIT: u32 = 5;
+
+#[derive(Debug, Default)]
+pub(super) struct WorkerSlot {
+    worker: tokio::sync::Mutex<Option<Arc<Worker>>>,
+    /// Invocations running on it (an asynchronous trigger picks the least busy slot).
+    busy: std::sync::atomic::AtomicUsize,
+}
+
+impl TriggerRuntime {
+    pub(super) fn new(def: pb::Trigger, spec: WorkerSpec) -> Self {
+        let n = if def.run_async { def.workers.clamp(1, 64) as usize } else { 1 };
+        Self {
+            def,
+            spec,
+            workers: (0..n).map(|_| WorkerSlot::default()).collect(),
+            order: tokio::sync::Mutex::new(()),
+            crashes: std::sync::atomic::AtomicU32::new(0),
+            stopped: Mutex::new(None),
+        }
+    }
+
+    pub(super) fn least_busy(&self) -> &WorkerSlot {
+        self.workers.iter().min_by_key(|w| w.busy.load(Ordering::Relaxed)).expect("at least one worker slot")
+    }
+}
+
+/// A trigger invocation's outcome as the core gets it.
+pub(super) fn done_message(done: Done) -> pb::Done {
+    pb::Done {
+        ok: done.ok,
+        error: done.error.unwrap_or_default(),
+        traceback: done.traceback.unwrap_or_default(),
+        writes: done.writes.into_iter().map(|(database, lines)| pb::DatabaseWrites { database, lines }).collect(),
+        duration_ns: done.duration.as_nanos() as u64,
+        response: done.response.map(|r| pb::HttpResponse {
+            status: u32::from(r.status),
+            headers: r.headers.into_iter().collect(),
+            body: r.body,
+        }),
+        timed_out: done.timed_out,
+        stopped: done.stopped,
+    }
+}
+
+pub(super) fn failed(error: String) -> Done {
+    Done { ok: false, error: Some(error), ..Done::default() }
+}
+
+/// `error executing plugin: <error>` and the traceback, as the engine log shows it.
+pub(super) fn error_text(done: &Done) -> String {
+    let mut text = format!("error executing plugin: {}", done.error.as_deref().unwrap_or("unknown error"));
+    if let Some(tb) = done.traceback.as_deref().filter(|t| !t.is_empty()) {
+        text.push('\n');
+        text.push_str(tb.trim_end());
+    }
+    text
+}
+
+/// An RFC 3339 rendering of a fire time in ns.
+pub(super) fn fire_time(ns: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl Host {
+    pub(super) async fn worker(&self, rt: &TriggerRuntime, slot: &WorkerSlot) -> Result<Arc<Worker>, InvokeError> {
+        let mut slot = slot.worker.lock().await;
+        if let Some(w) = slot.as_ref().filter(|w| !w.is_dead()) {
+            return Ok(Arc::clone(w));
+        }
+        let mut spec = rt.spec.clone();
+        spec.plugin_path = self.plugin_path(&rt.def.plugin_filename).await.map_err(InvokeError::Plugin)?;
+        let upstream: Arc<dyn Upstream> = Arc::clone(&self.link) as Arc<dyn Upstream>;
+        let w = Worker::spawn(spec, upstream, Arc::clone(&self.cache)).await?;
+        *slot = Some(Arc::clone(&w));
+        Ok(w)
+    }
+
+    /// Run one invocation of a trigger: a synchronous trigger's calls one at a time in
+    /// arrival order, an asynchronous trigger's on its least busy worker.
+    /// With a `deadline` (the caller stops waiting then), a call still queued or waiting
+    /// for its worker at the deadline is not run, and a running one gets at most the time
+    /// left.
+    /// `ahead`: a synchronous trigger's next arguments, sent to the worker behind this call
+    /// (see [`Worker::invoke_staged`]); `staged`: this call's, sent so before.
+    pub(super) async fn invoke(
+        &self,
+        rt: &TriggerRuntime,
+        entry: &str,
+        args: &[u8],
+        deadline: Option<std::time::SystemTime>,
+        staged: Option<u64>,
+        ahead: Option<&[u8]>,
+    ) -> Result<Done, InvokeError> {
+        let _order = if rt.def.run_async { None } else { Some(rt.order.lock().await) };
+        let slot = rt.least_busy();
+        slot.busy.fetch_add(1, Ordering::Relaxed);
+        let result = async {
+            let worker = self.worker(rt, slot).await?;
+            let mut timeout = self.config.plugin_timeout;
+            if let Some(d) = deadline {
+                let left = d.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO);
+                if left.is_zero() {
+                    return Err(InvokeError::Timeout(timeout));
+                }
+                timeout = timeout.min(left);
+            }
+            let ahead = ahead.filter(|_| !rt.def.run_async);
+            worker.invoke_staged(entry, args, staged, timeout, ahead).await
+        }
+        .await;
+        slot.busy.fetch_sub(1, Ordering::Relaxed);
+        result
+    }
+
+    pub(super) fn runtime(&self, tid: &TriggerId) -> Result<Arc<TriggerRuntime>, String> {
+        self.triggers.lock().get(tid).cloned().ok_or_else(|| {
+            format!("trigger {} in database {} is not running in the plugin host", tid.name, tid.database)
+        })
+    }
+
+    /// Run a schedule tick and answer with `Done`.
+    pub(super) fn schedule_tick(self: &Arc<Self>, id: u64, tick: pb::ScheduleTick) {
+        let host = Arc::clone(self);
+        tokio::spawn(async move {
+            let tid = TriggerId { database: tick.database, name: tick.trigger };
+            let args = marshal::schedule_call_args(tick.call_time_s);
+            let started = format!("starting execution for scheduled time {}", fire_time(tick.scheduled_ns));
+            let done = host.run_call(&tid, "process_scheduled_call", &args, Some(started), None, None, None).await;
+            host.link.send(id, host_message::Body::Done(done_message(done))).await;
+        });
+    }
+
+    /// Run a request trigger for one HTTP request and answer with `Done` (with the HTTP
+    /// answer when the plugin succeeded).
+    pub(super) fn http_request(self: &Arc<Self>, id: u64, req: pb::HttpRequest) {
+        let host = Arc::clone(self);
+        tokio::spawn(async move {
+            let tid = TriggerId { database: req.database, name: req.trigger };
+            let args = marshal::request_call_args(req.query.iter(), req.headers.iter(), &req.body);
+            let deadline =
+                (req.deadline_ns > 0).then(|| std::time::UNIX_EPOCH + Duration::from_nanos(req.deadline_ns as u64));
+            let done = host.run_call(&tid, "process_request", &args, None, deadline, None, None).await;
+            host.link.send(id, host_message::Body::Done(done_message(done))).await;
+        });
+    }
+
+    /// Invoke `entry` for a trigger and log the outcome (errors with their traceback);
+    /// `started` is logged first when given.
+    pub(super) async fn run_call(
+        &self,
+        tid: &TriggerId,
+        entry: &str,
+        args: &[u8],
+        started: Option<String>,
+        deadline: Option<std::time::SystemTime>,
+        staged: Option<u64>,
+        ahead: Option<&[u8]>,
+    ) -> Done {
+        let rt = match self.runtime(tid) {
+            Ok(rt) => rt,
+            Err(e) => {
+                self.log(tid, Level::Error, e.clone());
+                return failed(e);
+            }
+        };
+        if let Some(reason) = rt.stopped.lock().clone() {
+            return Done { stopped: true, ..failed(reason) };
+        }
+        if let Some(text) = started {
+            self.log(tid, Level::Info, text);
+        }
+        match self.invoke(&rt, entry, args, deadline, staged, ahead).await {
+            Ok(done) => {
+                rt.crashes.store(0, Ordering::Relaxed);
+                if done.ok {
+                    // Request triggers log only failures: a line per request would flood the log.
+                    if entry != "process_request" {
+                        self.log(tid, Level::Info, format!("finished execution in {:?}", done.duration));
+                    }
+                } else {
+                    self.log(tid, Level::Error, error_text(&done));
+                }
+                done
+            }
+            Err(e) => {
+                let timed_out = matches!(e, InvokeError::Timeout(_));
+                let mut text = e.to_string();
+                self.log(tid, Level::Error, format!("error executing plugin: {text}"));
+                let crashes = match e {
+                    InvokeError::Crashed(_) | InvokeError::Spawn(_) => rt.crashes.fetch_add(1, Ordering::Relaxed) + 1,
+                    InvokeError::Timeout(_) | InvokeError::Plugin(_) | InvokeError::Lost(_) => 0,
+                };
+                let stopped = crashes >= CRASH_LIMIT;
+                if stopped {
+                    text = format!(
+                        "trigger stopped: its worker failed {crashes} times in a row (last: {text}); \
+                         fix the plugin, then disable and enable the trigger"
+                    );
+                    self.log(tid, Level::Error, text.clone());
+                    *rt.stopped.lock() = Some(text.clone());
+                }
+                Done { timed_out, stopped, ..failed(text) }
+            }
+        }
+    }
+}
