@@ -67,6 +67,20 @@ pub struct Args {
     #[arg(long, env = "WEIR_WORKER_SPEEDUPS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub worker_speedups: bool,
 
+    /// Workers with the speedups keep freed allocator arenas mapped (MADV_FREE) for the next
+    /// batch, up to 1/8 of --worker-memory-mb (at most 512 MiB). `false` gives memory back
+    /// at once, at some cost in speed.
+    #[arg(long, env = "WEIR_WORKER_ARENA_CACHE", default_value_t = true, action = clap::ArgAction::Set,
+          value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
+    pub worker_arena_cache: bool,
+
+    /// Environment variables passed from this process to plugin workers, beyond the fixed
+    /// set (PATH, HOME, LANG, TZ, VIRTUAL_ENV, PLUGIN_DIR, INFLUXDB3_*): a name, or a prefix
+    /// ending in `*`. Repeatable, or comma-separated. WEIR_* names are refused: no Weir
+    /// secret reaches a plugin.
+    #[arg(long = "plugin-env", env = "WEIR_PLUGIN_ENV", value_delimiter = ',', value_name = "NAME")]
+    pub plugin_env: Vec<String>,
+
     /// Log filter (tracing `EnvFilter` syntax); the same variable as `weir serve`'s, so an
     /// embedded host follows the server's setting.
     #[arg(long, env = "WEIR_LOG_FILTER", default_value = "info")]
@@ -137,6 +151,7 @@ pub fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    crate::env::check_allowed(&args.plugin_env).map_err(anyhow::Error::msg)?;
     let venv = crate::venv::ensure(&args.plugin_dir, &args.python, args.worker_speedups).await?;
     tracing::info!(venv = %venv.dir.display(), python = %venv.version, "plugin venv ready");
     let plugin_dir = args.plugin_dir.canonicalize()?;
@@ -147,6 +162,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             worker_memory: (args.worker_memory_mb > 0).then(|| args.worker_memory_mb * 1024 * 1024),
             package_manager: args.package_manager,
             plugin_repo: args.plugin_repo.clone(),
+            plugin_env: args.plugin_env.clone(),
+            arena_cache: args.worker_arena_cache,
         },
         venv,
     );

@@ -51,6 +51,11 @@ pub struct HostConfig {
     pub package_manager: crate::packages::PackageManager,
     /// Where `gh:` plugins come from.
     pub plugin_repo: String,
+    /// Variables (beyond the fixed set) passed from the host's environment to workers:
+    /// names, or prefixes ending in `*` (`--plugin-env`).
+    pub plugin_env: Vec<String>,
+    /// Workers with the speedups keep freed allocator arenas (`--worker-arena-cache`).
+    pub arena_cache: bool,
 }
 
 /// The plugin host.
@@ -70,10 +75,19 @@ pub struct Host {
     gh: crate::gh::GhCache,
     /// Held while a new session is admitted.
     admission: tokio::sync::Mutex<()>,
+    /// The environment of every worker ([`crate::env`]).
+    worker_env: Arc<Vec<(String, String)>>,
 }
 impl Host {
     /// A host over a prepared venv.
     pub fn new(config: HostConfig, venv: Venv) -> Arc<Self> {
+        let worker_env = Arc::new(crate::env::worker_environment(
+            std::env::vars(),
+            &venv.dir,
+            &config.plugin_dir,
+            &crate::venv::runtime_dir(&venv.dir),
+            &config.plugin_env,
+        ));
         Arc::new(Self {
             venv,
             cache: Arc::new(GlobalCache::default()),
@@ -83,6 +97,7 @@ impl Host {
             epoch: AtomicU64::new(0),
             gh: crate::gh::GhCache::new(&config.plugin_repo, &config.plugin_dir),
             admission: tokio::sync::Mutex::new(()),
+            worker_env,
             config,
         })
     }
@@ -96,21 +111,36 @@ impl Host {
         self.link.log(id, l, text.into());
     }
 
-    fn set_trigger(&self, def: pb::Trigger) {
-        let id = TriggerId { database: def.database.clone(), name: def.name.clone() };
-        let plugin_path = self.config.plugin_dir.join(&def.plugin_filename);
-        let spec = WorkerSpec {
-            trigger: id.clone(),
+    /// How to start a worker for `trigger` (the rest comes from the host's settings).
+    fn worker_spec(
+        &self,
+        trigger: TriggerId,
+        plugin_path: PathBuf,
+        args: Option<std::collections::BTreeMap<String, String>>,
+        run_async: bool,
+        dry_run: bool,
+    ) -> WorkerSpec {
+        WorkerSpec {
+            trigger,
             python: self.venv.python.clone(),
             venv: self.venv.dir.clone(),
             plugin_dir: self.config.plugin_dir.clone(),
             plugin_path,
-            args: def.arguments.as_ref().map(|a| a.values.clone().into_iter().collect()),
-            run_async: def.run_async,
+            args,
+            run_async,
             memory_limit: self.config.worker_memory,
-            dry_run: false,
+            dry_run,
             columns: self.venv.native,
-        };
+            arena_cache: self.config.arena_cache,
+            env: Arc::clone(&self.worker_env),
+        }
+    }
+
+    fn set_trigger(&self, def: pb::Trigger) {
+        let id = TriggerId { database: def.database.clone(), name: def.name.clone() };
+        let plugin_path = self.config.plugin_dir.join(&def.plugin_filename);
+        let args = def.arguments.as_ref().map(|a| a.values.clone().into_iter().collect());
+        let spec = self.worker_spec(id.clone(), plugin_path, args, def.run_async, false);
         let mut triggers = self.triggers.lock();
         if triggers.get(&id).is_some_and(|t| t.def == def) {
             return;

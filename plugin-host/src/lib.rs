@@ -15,6 +15,7 @@
 
 pub mod cache;
 pub mod cli;
+pub mod env;
 pub mod files;
 pub mod gh;
 pub mod host;

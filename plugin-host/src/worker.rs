@@ -3,12 +3,19 @@
 //! The worker gets one end of a Unix socket pair as an inherited descriptor
 //! (`WEIR_IPC_FD`); its stdout and stderr are read separately and logged, so nothing a
 //! plugin prints can corrupt the channel. Frames match `weir_plugin/worker.py`:
-//! `u32 LE n`, then `u32 LE h`, `h` bytes of JSON header, and the body.
+//! `u32 LE n`, then `u32 LE h`, `h` bytes of JSON header ([`ToWorker`], [`FromWorker`]),
+//! and the body.
+//!
+//! **Process lifecycle.** The worker gets an explicit environment (nothing of the host's
+//! secrets), its own process group, and (Linux) SIGKILL when the plugin host dies. A
+//! waiter task watches the process itself: when the worker exits, its whole group is
+//! killed (children a plugin forked included) and the calls it was running fail at once
+//! with its exit status; a timeout, a dropped trigger or the host's shutdown kill the
+//! whole group too.
 //!
 //! A reader task answers the worker's requests (queries and writes go up to the core,
-//! global-cache calls are served here) and completes invocations. An invocation that
-//! outlives its timeout kills the process; a process that dies fails every invocation it
-//! was running with a clear error, and the trigger spawns a new one for the next call.
+//! global-cache calls are served here) and completes invocations. A message over the size
+//! limit fails its call with the size and the limit, and is skipped; the worker lives on.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -17,25 +24,27 @@ use std::{
     process::Stdio,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::{UnixStream, unix::OwnedWriteHalf},
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixStream, unix::OwnedReadHalf, unix::OwnedWriteHalf},
     process::{Child, Command},
     sync::oneshot,
 };
 
 use crate::cache::GlobalCache;
 
-/// Largest frame accepted from a worker.
-const MAX_FRAME: usize = weir_proto::MAX_MESSAGE_BYTES;
+/// Largest frame accepted from a worker (and sent to one).
+pub const MAX_FRAME: usize = weir_proto::MAX_MESSAGE_BYTES;
+/// Largest JSON header read (a header is small; a larger one is a broken worker).
+const MAX_HEADER: usize = 64 << 20;
 
 /// What a worker needs from the rest of the system.
 #[async_trait]
@@ -118,6 +127,10 @@ pub struct WorkerSpec {
     /// `process_writes` arguments come as columns (`marshal::wal_call_args_columns`), which
     /// the worker builds into rows itself; only when the venv's speedups were built.
     pub columns: bool,
+    /// With the speedups: keep freed allocator arenas mapped for the next batch.
+    pub arena_cache: bool,
+    /// The process's whole environment ([`crate::env::worker_environment`]).
+    pub env: Arc<Vec<(String, String)>>,
 }
 
 /// The outcome of one invocation, as the worker reports it.
@@ -166,6 +179,9 @@ pub enum InvokeError {
     /// The worker process died.
     #[error("the plugin's worker process exited ({0}) during the call")]
     Crashed(String),
+    /// The worker sent a message over the size limit (its call fails; the worker is fine).
+    #[error("{0}")]
+    TooLarge(String),
     /// The worker could not be started.
     #[error("cannot start the plugin worker: {0}")]
     Spawn(String),
@@ -180,6 +196,172 @@ pub enum InvokeError {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Done, InvokeError>>>>>;
 
+/// A message to a worker (the frame's JSON header).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ToWorker<'a> {
+    Init {
+        trigger: &'a str,
+        database: &'a str,
+        plugin_path: &'a std::path::Path,
+        args: &'a Option<BTreeMap<String, String>>,
+        run_async: bool,
+        threads: u32,
+        dry_run: bool,
+        columns: bool,
+        arena_cache: bool,
+    },
+    Invoke {
+        id: u64,
+        entry: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        staged: Option<u64>,
+    },
+    Stage {
+        id: u64,
+    },
+    QueryResult {
+        id: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    WriteResult {
+        id: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    CacheResult {
+        id: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        found: Option<bool>,
+    },
+}
+
+/// The HTTP answer part of a `done` header.
+#[derive(Debug, Deserialize)]
+struct ResponseHeader {
+    #[serde(default = "internal_error")]
+    status: u16,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+fn internal_error() -> u16 {
+    500
+}
+
+/// What a worker sends (the frame's JSON header).
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum FromWorker {
+    Ready {},
+    Done {
+        id: u64,
+        #[serde(default)]
+        ok: bool,
+        #[serde(default)]
+        error: Option<String>,
+        #[serde(default)]
+        traceback: Option<String>,
+        #[serde(default)]
+        writes: Option<BTreeMap<String, Vec<String>>>,
+        #[serde(default)]
+        response: Option<ResponseHeader>,
+        #[serde(default)]
+        unstaged: bool,
+    },
+    Log {
+        #[serde(default)]
+        level: String,
+        #[serde(default)]
+        text: String,
+    },
+    Query {
+        id: u64,
+        #[serde(default)]
+        database: String,
+        #[serde(default)]
+        sql: String,
+        #[serde(default)]
+        params: Option<BTreeMap<String, String>>,
+    },
+    Write {
+        id: u64,
+        #[serde(default)]
+        database: String,
+        #[serde(default)]
+        lines: Vec<String>,
+        #[serde(default)]
+        no_sync: bool,
+    },
+    Cache {
+        id: u64,
+        #[serde(default)]
+        op: String,
+        #[serde(default)]
+        key: String,
+        #[serde(default)]
+        ttl: Option<f64>,
+    },
+}
+
+/// A frame read from a worker.
+#[derive(Debug)]
+enum Frame {
+    /// A message and its body.
+    Message(FromWorker, Vec<u8>),
+    /// A message too large to accept (its body was skipped): the header, if it could be
+    /// read, and the frame's size.
+    TooLarge(Option<FromWorker>, usize),
+}
+
+fn frame(header: &ToWorker<'_>, body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let h = serde_json::to_vec(header).map_err(std::io::Error::other)?;
+    let n = 4 + h.len() + body.len();
+    if n > MAX_FRAME {
+        return Err(std::io::Error::other(format!(
+            "a message of {n} bytes is over the {MAX_FRAME}-byte limit between the plugin host and its workers"
+        )));
+    }
+    let mut out = Vec::with_capacity(4 + n);
+    out.extend_from_slice(&(n as u32).to_le_bytes());
+    out.extend_from_slice(&(h.len() as u32).to_le_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Frame> {
+    let n = r.read_u32_le().await? as usize;
+    let h = r.read_u32_le().await? as usize;
+    if n < 4 || 4 + h > n || h > MAX_HEADER {
+        return Err(std::io::Error::other(format!("bad frame (length {n}, header {h})")));
+    }
+    let mut header = vec![0u8; h];
+    r.read_exact(&mut header).await?;
+    let parsed = serde_json::from_slice::<FromWorker>(&header);
+    let body_len = n - 4 - h;
+    if n > MAX_FRAME {
+        // Skip the body so the channel stays in step; the call fails with the size.
+        tokio::io::copy(&mut r.take(body_len as u64), &mut tokio::io::sink()).await?;
+        return Ok(Frame::TooLarge(parsed.ok(), n));
+    }
+    let mut body = vec![0u8; body_len];
+    r.read_exact(&mut body).await?;
+    let message = parsed.map_err(|e| std::io::Error::other(format!("unreadable message from the worker: {e}")))?;
+    Ok(Frame::Message(message, body))
+}
+
+/// SIGKILL to a process group (ESRCH, already gone, is fine).
+fn kill_group(pgid: Option<u32>) {
+    if let Some(pgid) = pgid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1) {
+        // SAFETY: killpg only sends a signal; the group is the worker's own.
+        unsafe {
+            libc::killpg(pgid, libc::SIGKILL);
+        }
+    }
+}
+
 /// A running worker process.
 #[derive(Debug)]
 pub struct Worker {
@@ -187,42 +369,101 @@ pub struct Worker {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     pending: Pending,
     next_id: AtomicU64,
-    child: Mutex<Option<Child>>,
+    /// How the process ended, once it has.
     exited: Arc<Mutex<Option<String>>>,
     /// Set when the process was killed (timeout, drop): no new calls go to it even before
-    /// the reader task has seen it exit.
-    killed: std::sync::atomic::AtomicBool,
+    /// the waiter has seen it exit.
+    killed: Arc<AtomicBool>,
+    /// The process id, which is also its process group id.
     pid: Option<u32>,
 }
 
-fn frame(header: &Value, body: &[u8]) -> Vec<u8> {
-    let h = serde_json::to_vec(header).expect("JSON values serialize");
-    let mut out = Vec::with_capacity(8 + h.len() + body.len());
-    out.extend_from_slice(&((4 + h.len() + body.len()) as u32).to_le_bytes());
-    out.extend_from_slice(&(h.len() as u32).to_le_bytes());
-    out.extend_from_slice(&h);
-    out.extend_from_slice(body);
-    out
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // A trigger dropped or redefined, or the host stopping: the whole group goes.
+        kill_group(self.pid);
+    }
 }
 
-async fn read_frame(r: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<(Value, Vec<u8>)> {
-    let n = r.read_u32_le().await? as usize;
-    if !(4..=MAX_FRAME).contains(&n) {
-        return Err(std::io::Error::other(format!("bad frame length {n}")));
+/// Start the process: explicit environment, own process group, parent-death signal, the
+/// channel descriptor kept across exec, the memory limit.
+fn start_process(spec: &WorkerSpec, child_fd: i32) -> std::io::Result<Child> {
+    let mut cmd = Command::new(&spec.python);
+    cmd.args(["-m", "weir_plugin.worker"])
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("WEIR_IPC_FD", child_fd.to_string())
+        .current_dir(&spec.plugin_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let memory = spec.memory_limit;
+    #[cfg(target_os = "linux")]
+    // SAFETY: getpid is async-signal-safe; read before fork.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: only async-signal-safe calls (fcntl, setrlimit, prctl, getppid) between fork
+    // and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Let the child keep its end of the socket across exec.
+            if libc::fcntl(child_fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(bytes) = memory {
+                let lim = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: bytes as libc::rlim_t };
+                if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            #[cfg(target_os = "linux")]
+            {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("the plugin host exited while starting a worker"));
+                }
+            }
+            Ok(())
+        });
     }
-    let mut buf = vec![0u8; n];
-    r.read_exact(&mut buf).await?;
-    let h = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
-    if 4 + h > n {
-        return Err(std::io::Error::other("bad header length"));
-    }
-    let header: Value = serde_json::from_slice(&buf[4..4 + h]).map_err(std::io::Error::other)?;
-    let body = buf.split_off(4 + h);
-    Ok((header, body))
+    cmd.spawn()
 }
 
-fn str_field(v: &Value, key: &str) -> String {
-    v.get(key).and_then(Value::as_str).unwrap_or_default().to_string()
+/// Re-emit a worker's stdout (INFO) and stderr (WARN) lines as its trigger's log lines.
+fn forward_output(child: &mut Child, trigger: &TriggerId, upstream: &Arc<dyn Upstream>) {
+    let pipes: [(Option<Box<dyn AsyncRead + Unpin + Send>>, Level); 2] = [
+        (child.stdout.take().map(|s| Box::new(s) as Box<dyn AsyncRead + Unpin + Send>), Level::Info),
+        (child.stderr.take().map(|s| Box::new(s) as Box<dyn AsyncRead + Unpin + Send>), Level::Warn),
+    ];
+    for (pipe, level) in pipes {
+        if let Some(pipe) = pipe {
+            let upstream = Arc::clone(upstream);
+            let trigger = trigger.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(pipe).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    upstream.log(&trigger, level, line);
+                }
+            });
+        }
+    }
+}
+
+/// Fail every call still waiting on a worker that is gone: one is charged with the crash,
+/// the others (and every call of a process the host killed) were lost with it.
+fn fail_pending(pending: &Pending, status: &str, killed: bool) {
+    let mut charged = killed;
+    let mut waiting: Vec<_> = pending.lock().drain().collect();
+    waiting.sort_by_key(|(id, _)| *id);
+    for (_, tx) in waiting {
+        let error =
+            if charged { InvokeError::Lost(status.to_string()) } else { InvokeError::Crashed(status.to_string()) };
+        charged = true;
+        let _ = tx.send(Err(error));
+    }
 }
 
 impl Worker {
@@ -235,81 +476,40 @@ impl Worker {
         let spawn_err = |e: std::io::Error| InvokeError::Spawn(e.to_string());
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(spawn_err)?;
         let theirs: OwnedFd = theirs.into();
-        let child_fd = theirs.as_raw_fd();
-        let mut cmd = Command::new(&spec.python);
-        cmd.args(["-m", "weir_plugin.worker"])
-            .env("WEIR_IPC_FD", child_fd.to_string())
-            .env("PYTHONPATH", crate::venv::runtime_dir(&spec.venv))
-            .env("VIRTUAL_ENV", &spec.venv)
-            .env("PLUGIN_DIR", &spec.plugin_dir)
-            .env("TZ", std::env::var("TZ").unwrap_or_else(|_| "UTC".to_string()))
-            .env("PYTHONUNBUFFERED", "1")
-            .current_dir(&spec.plugin_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let memory = spec.memory_limit;
-        // SAFETY: only async-signal-safe calls (fcntl, setrlimit) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Let the child keep its end of the socket across exec.
-                if libc::fcntl(child_fd, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if let Some(bytes) = memory {
-                    let lim = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: bytes as libc::rlim_t };
-                    if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(spawn_err)?;
+        let mut child = start_process(&spec, theirs.as_raw_fd()).map_err(spawn_err)?;
         drop(theirs);
         let pid = child.id();
         ours.set_nonblocking(true).map_err(spawn_err)?;
-        let stream = UnixStream::from_std(ours).map_err(spawn_err)?;
-        let (mut reader, mut writer) = stream.into_split();
+        let (mut reader, mut writer) = UnixStream::from_std(ours).map_err(spawn_err)?.into_split();
+        forward_output(&mut child, &spec.trigger, &upstream);
 
-        for (pipe, level) in [
-            (child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), Level::Info),
-            (child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), Level::Warn),
-        ] {
-            if let Some(pipe) = pipe {
-                let upstream = Arc::clone(&upstream);
-                let trigger = spec.trigger.clone();
-                tokio::spawn(async move {
-                    let mut lines = BufReader::new(pipe).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        upstream.log(&trigger, level, line);
-                    }
-                });
+        let init = ToWorker::Init {
+            trigger: &spec.trigger.name,
+            database: &spec.trigger.database,
+            plugin_path: &spec.plugin_path,
+            args: &spec.args,
+            run_async: spec.run_async,
+            threads: 8,
+            dry_run: spec.dry_run,
+            columns: spec.columns,
+            arena_cache: spec.arena_cache,
+        };
+        writer.write_all(&frame(&init, &[]).map_err(spawn_err)?).await.map_err(spawn_err)?;
+        match tokio::time::timeout(Duration::from_secs(60), read_frame(&mut reader)).await {
+            Ok(Ok(Frame::Message(FromWorker::Ready {}, _))) => {}
+            Ok(Ok(other)) => {
+                kill_group(pid);
+                return Err(InvokeError::Spawn(format!("unexpected first message {other:?}")));
             }
-        }
-
-        let init = json!({
-            "type": "init",
-            "trigger": spec.trigger.name,
-            "database": spec.trigger.database,
-            "plugin_path": spec.plugin_path,
-            "args": spec.args,
-            "run_async": spec.run_async,
-            "threads": 8,
-            "dry_run": spec.dry_run,
-            "columns": spec.columns,
-        });
-        writer.write_all(&frame(&init, &[])).await.map_err(spawn_err)?;
-        let ready = tokio::time::timeout(Duration::from_secs(60), read_frame(&mut reader)).await;
-        match ready {
-            Ok(Ok((h, _))) if h.get("type").and_then(Value::as_str) == Some("ready") => {}
-            Ok(Ok((h, _))) => return Err(InvokeError::Spawn(format!("unexpected first message {h}"))),
             Ok(Err(e)) => {
+                kill_group(pid);
                 let status = child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 return Err(InvokeError::Spawn(format!("the worker exited before it was ready ({status}; {e})")));
             }
-            Err(_) => return Err(InvokeError::Spawn("the worker did not start within 60 s".to_string())),
+            Err(_) => {
+                kill_group(pid);
+                return Err(InvokeError::Spawn("the worker did not start within 60 s".to_string()));
+            }
         }
 
         let worker = Arc::new(Self {
@@ -317,163 +517,186 @@ impl Worker {
             writer: tokio::sync::Mutex::new(writer),
             pending: Arc::new(Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(0),
-            child: Mutex::new(Some(child)),
             exited: Arc::new(Mutex::new(None)),
-            killed: std::sync::atomic::AtomicBool::new(false),
+            killed: Arc::new(AtomicBool::new(false)),
             pid,
         });
-        let w = Arc::downgrade(&worker);
-        let pending = Arc::clone(&worker.pending);
-        let exited = Arc::clone(&worker.exited);
-        let trigger = worker.spec.trigger.clone();
-        tokio::spawn(async move {
-            let reason = loop {
-                let (header, body) = match read_frame(&mut reader).await {
-                    Ok(f) => f,
-                    Err(e) => break e.to_string(),
-                };
-                let kind = header.get("type").and_then(Value::as_str).unwrap_or_default();
-                match kind {
-                    "done" => {
-                        let id = header.get("id").and_then(Value::as_u64).unwrap_or_default();
-                        let done = Done {
-                            ok: header.get("ok").and_then(Value::as_bool).unwrap_or(false),
-                            error: header.get("error").and_then(Value::as_str).map(str::to_string),
-                            traceback: header.get("traceback").and_then(Value::as_str).map(str::to_string),
-                            writes: serde_json::from_value(header.get("writes").cloned().unwrap_or(Value::Null))
-                                .unwrap_or_default(),
-                            duration: Duration::ZERO,
-                            response: header.get("response").map(|r| HttpResponse {
-                                status: r
-                                    .get("status")
-                                    .and_then(Value::as_u64)
-                                    .and_then(|s| u16::try_from(s).ok())
-                                    .unwrap_or(500),
-                                headers: serde_json::from_value(r.get("headers").cloned().unwrap_or(Value::Null))
-                                    .unwrap_or_default(),
-                                body,
-                            }),
-                            unstaged: header.get("unstaged").and_then(Value::as_bool).unwrap_or(false),
-                            ..Done::default()
-                        };
-                        if let Some(tx) = pending.lock().remove(&id) {
-                            let _ = tx.send(Ok(done));
-                        }
-                    }
-                    "log" => {
-                        upstream.log(&trigger, Level::parse(&str_field(&header, "level")), str_field(&header, "text"))
-                    }
-                    "query" | "write" | "cache" => {
-                        let Some(worker) = w.upgrade() else { break "worker dropped".to_string() };
-                        let upstream = Arc::clone(&upstream);
-                        let cache = Arc::clone(&cache);
-                        tokio::spawn(async move { worker.serve_request(header, body, upstream, cache).await });
-                    }
-                    _ => tracing::warn!(%kind, "unknown message from worker"),
-                }
-            };
-            // The channel closed: the process is gone or going. Fail what it was running:
-            // one call is charged with the crash; the others (and every call of a process
-            // the host killed for a timeout) were lost with it.
-            let (status, killed) = match w.upgrade() {
-                Some(worker) => {
-                    let killed = worker.killed.load(Ordering::Relaxed);
-                    (worker.reap().await, killed)
-                }
-                None => (reason, true),
-            };
-            *exited.lock() = Some(status.clone());
-            let mut charged = killed;
-            let mut waiting: Vec<_> = pending.lock().drain().collect();
-            waiting.sort_by_key(|(id, _)| *id);
-            for (_, tx) in waiting {
-                let error =
-                    if charged { InvokeError::Lost(status.clone()) } else { InvokeError::Crashed(status.clone()) };
-                charged = true;
-                let _ = tx.send(Err(error));
-            }
-        });
+        tokio::spawn(Self::watch(
+            child,
+            pid,
+            Arc::clone(&worker.pending),
+            Arc::clone(&worker.exited),
+            Arc::clone(&worker.killed),
+        ));
+        tokio::spawn(Self::read_loop(Arc::downgrade(&worker), reader, upstream, cache));
         Ok(worker)
     }
 
-    /// Wait briefly for the process to exit and describe how it ended.
-    async fn reap(&self) -> String {
-        let child = self.child.lock().take();
-        match child {
-            Some(mut c) => match tokio::time::timeout(Duration::from_secs(5), c.wait()).await {
-                Ok(Ok(status)) => status.to_string(),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => {
-                    let _ = c.start_kill();
-                    "channel closed; killed".to_string()
-                }
-            },
-            None => "killed".to_string(),
+    /// Wait for the process itself to end (not only its channel: a child it forked may
+    /// hold that open), then kill what is left of its group and fail its calls.
+    async fn watch(
+        mut child: Child,
+        pid: Option<u32>,
+        pending: Pending,
+        exited: Arc<Mutex<Option<String>>>,
+        killed: Arc<AtomicBool>,
+    ) {
+        let status = match child.wait().await {
+            Ok(s) => s.to_string(),
+            Err(e) => e.to_string(),
+        };
+        kill_group(pid);
+        *exited.lock() = Some(status.clone());
+        fail_pending(&pending, &status, killed.load(Ordering::Acquire));
+    }
+
+    /// Read the worker's messages until the channel closes.
+    async fn read_loop(
+        w: std::sync::Weak<Self>,
+        mut reader: OwnedReadHalf,
+        upstream: Arc<dyn Upstream>,
+        cache: Arc<GlobalCache>,
+    ) {
+        let reason = loop {
+            let frame = match read_frame(&mut reader).await {
+                Ok(f) => f,
+                Err(e) => break e.to_string(),
+            };
+            let Some(worker) = w.upgrade() else { return };
+            match frame {
+                Frame::Message(message, body) => worker.handle(message, body, &upstream, &cache),
+                Frame::TooLarge(header, size) => worker.too_large(header, size),
+            }
+        };
+        // The channel closed or broke: the process is gone or going. Make sure it goes (a
+        // broken channel is a crash); the waiter reports how it ended.
+        if let Some(worker) = w.upgrade()
+            && worker.exited.lock().is_none()
+        {
+            tracing::debug!(trigger = %worker.spec.trigger.name, %reason, "worker channel closed");
+            kill_group(worker.pid);
         }
+    }
+
+    fn handle(
+        self: &Arc<Self>,
+        message: FromWorker,
+        body: Vec<u8>,
+        upstream: &Arc<dyn Upstream>,
+        cache: &Arc<GlobalCache>,
+    ) {
+        match message {
+            FromWorker::Done { id, ok, error, traceback, writes, response, unstaged } => {
+                let done = Done {
+                    ok,
+                    error,
+                    traceback,
+                    writes: writes.unwrap_or_default(),
+                    duration: Duration::ZERO,
+                    response: response.map(|r| HttpResponse { status: r.status, headers: r.headers, body }),
+                    unstaged,
+                    ..Done::default()
+                };
+                if let Some(tx) = self.pending.lock().remove(&id) {
+                    let _ = tx.send(Ok(done));
+                }
+            }
+            FromWorker::Log { level, text } => upstream.log(&self.spec.trigger, Level::parse(&level), text),
+            FromWorker::Ready {} => tracing::warn!(trigger = %self.spec.trigger.name, "a second ready from a worker"),
+            request @ (FromWorker::Query { .. } | FromWorker::Write { .. } | FromWorker::Cache { .. }) => {
+                let worker = Arc::clone(self);
+                let upstream = Arc::clone(upstream);
+                let cache = Arc::clone(cache);
+                tokio::spawn(async move { worker.serve_request(request, body, upstream, cache).await });
+            }
+        }
+    }
+
+    /// A message over the size limit: its call (or request) fails with the size and the
+    /// limit; the worker is not at fault for the crash-loop breaker.
+    fn too_large(self: &Arc<Self>, header: Option<FromWorker>, size: usize) {
+        let text = format!("the plugin sent a message of {size} bytes, over the {MAX_FRAME}-byte limit");
+        self.spec_log(&text);
+        let reply = match header {
+            Some(FromWorker::Done { id, .. }) => {
+                if let Some(tx) = self.pending.lock().remove(&id) {
+                    let _ = tx.send(Err(InvokeError::TooLarge(format!("{text} (its answer or buffered writes)"))));
+                }
+                return;
+            }
+            Some(FromWorker::Query { id, .. }) => ToWorker::QueryResult { id, error: Some(text) },
+            Some(FromWorker::Write { id, .. }) => ToWorker::WriteResult { id, error: Some(text) },
+            Some(FromWorker::Cache { id, .. }) => ToWorker::CacheResult { id, found: Some(false) },
+            _ => return,
+        };
+        let worker = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = worker.send(&reply, &[]).await {
+                tracing::debug!(error = %e, "worker went away before its reply");
+            }
+        });
+    }
+
+    fn spec_log(&self, text: &str) {
+        tracing::warn!(trigger = %self.spec.trigger.name, "{text}");
     }
 
     /// Whether the process is gone.
     pub fn is_dead(&self) -> bool {
-        self.killed.load(Ordering::Relaxed) || self.exited.lock().is_some()
+        self.killed.load(Ordering::Acquire) || self.exited.lock().is_some()
     }
 
-    /// Process id.
+    /// Process id (also the id of its process group).
     pub fn pid(&self) -> Option<u32> {
         self.pid
     }
 
-    /// Kill the process now.
+    /// Kill the process and everything it started now.
     pub fn kill(&self) {
-        self.killed.store(true, Ordering::Relaxed);
-        if let Some(c) = self.child.lock().as_mut() {
-            let _ = c.start_kill();
-        }
+        self.killed.store(true, Ordering::Release);
+        kill_group(self.pid);
     }
 
-    async fn send(&self, header: &Value, body: &[u8]) -> std::io::Result<()> {
-        self.writer.lock().await.write_all(&frame(header, body)).await
+    async fn send(&self, header: &ToWorker<'_>, body: &[u8]) -> std::io::Result<()> {
+        let bytes = frame(header, body)?;
+        self.writer.lock().await.write_all(&bytes).await
     }
 
-    async fn serve_request(&self, header: Value, body: Vec<u8>, upstream: Arc<dyn Upstream>, cache: Arc<GlobalCache>) {
-        let id = header.get("id").cloned().unwrap_or(Value::Null);
-        let kind = str_field(&header, "type");
-        let database = str_field(&header, "database");
-        let (reply, reply_body) = match kind.as_str() {
-            "query" => {
-                let params: BTreeMap<String, String> =
-                    serde_json::from_value(header.get("params").cloned().unwrap_or(Value::Null)).unwrap_or_default();
-                match upstream.query(&self.spec.trigger, &database, &str_field(&header, "sql"), params).await {
-                    Ok(rows) => (json!({"type": "query_result", "id": id}), rows),
-                    Err(e) => (json!({"type": "query_result", "id": id, "error": e}), Vec::new()),
+    async fn serve_request(
+        &self,
+        request: FromWorker,
+        body: Vec<u8>,
+        upstream: Arc<dyn Upstream>,
+        cache: Arc<GlobalCache>,
+    ) {
+        let (reply, reply_body) = match request {
+            FromWorker::Query { id, database, sql, params } => {
+                match upstream.query(&self.spec.trigger, &database, &sql, params.unwrap_or_default()).await {
+                    Ok(rows) => (ToWorker::QueryResult { id, error: None }, rows),
+                    Err(e) => (ToWorker::QueryResult { id, error: Some(e) }, Vec::new()),
                 }
             }
-            "write" => {
-                let lines: Vec<String> =
-                    serde_json::from_value(header.get("lines").cloned().unwrap_or(Value::Null)).unwrap_or_default();
-                let no_sync = header.get("no_sync").and_then(Value::as_bool).unwrap_or(false);
+            FromWorker::Write { id, database, lines, no_sync } => {
                 match upstream.write(&self.spec.trigger, &database, lines, no_sync).await {
-                    Ok(()) => (json!({"type": "write_result", "id": id}), Vec::new()),
-                    Err(e) => (json!({"type": "write_result", "id": id, "error": e}), Vec::new()),
+                    Ok(()) => (ToWorker::WriteResult { id, error: None }, Vec::new()),
+                    Err(e) => (ToWorker::WriteResult { id, error: Some(e) }, Vec::new()),
                 }
             }
-            _ => {
-                let key = str_field(&header, "key");
-                let ttl = header.get("ttl").and_then(Value::as_f64).and_then(|t| Duration::try_from_secs_f64(t).ok());
-                match str_field(&header, "op").as_str() {
+            FromWorker::Cache { id, op, key, ttl } => {
+                let ttl = ttl.and_then(|t| Duration::try_from_secs_f64(t).ok());
+                match op.as_str() {
                     "put" => {
                         cache.put(key, body, ttl);
-                        (json!({"type": "cache_result", "id": id}), Vec::new())
+                        (ToWorker::CacheResult { id, found: None }, Vec::new())
                     }
                     "get" => match cache.get(&key) {
-                        Some(v) => (json!({"type": "cache_result", "id": id, "found": true}), v),
-                        None => (json!({"type": "cache_result", "id": id, "found": false}), Vec::new()),
+                        Some(v) => (ToWorker::CacheResult { id, found: Some(true) }, v),
+                        None => (ToWorker::CacheResult { id, found: Some(false) }, Vec::new()),
                     },
-                    _ => {
-                        let found = cache.delete(&key);
-                        (json!({"type": "cache_result", "id": id, "found": found}), Vec::new())
-                    }
+                    _ => (ToWorker::CacheResult { id, found: Some(cache.delete(&key)) }, Vec::new()),
                 }
             }
+            _ => return,
         };
         if let Err(e) = self.send(&reply, &reply_body).await {
             tracing::debug!(error = %e, "worker went away before its reply");
@@ -520,8 +743,8 @@ impl Worker {
         self.pending.lock().insert(id, tx);
         let started = Instant::now();
         let sent = match staged {
-            None => self.send(&json!({"type": "invoke", "id": id, "entry": entry}), args).await,
-            Some(stage) => self.send(&json!({"type": "invoke", "id": id, "entry": entry, "staged": stage}), &[]).await,
+            None => self.send(&ToWorker::Invoke { id, entry, staged: None }, args).await,
+            Some(stage) => self.send(&ToWorker::Invoke { id, entry, staged: Some(stage) }, &[]).await,
         };
         if let Err(e) = sent {
             self.pending.lock().remove(&id);
@@ -546,7 +769,7 @@ impl Worker {
         let stage = async {
             let body = ahead?;
             let stage = NEXT_STAGE.fetch_add(1, Ordering::Relaxed);
-            self.send(&json!({"type": "stage", "id": stage}), body).await.ok().map(|()| stage)
+            self.send(&ToWorker::Stage { id: stage }, body).await.ok().map(|()| stage)
         };
         let (result, stage) = tokio::join!(reply, stage);
         result.map(|mut d| {
@@ -558,9 +781,3 @@ impl Worker {
 
 /// Ids of staged arguments, unique across workers (a replaced worker never matches).
 static NEXT_STAGE: AtomicU64 = AtomicU64::new(1);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}

@@ -48,6 +48,8 @@ async fn start_with(timeout: Duration, speedups: bool) -> Core {
             worker_memory: Some(4 << 30),
             package_manager: plugin_host::packages::PackageManager::Pip,
             plugin_repo: plugin_host::gh::DEFAULT_REPO.to_string(),
+            plugin_env: Vec::new(),
+            arena_cache: true,
         },
         venv,
     );
@@ -319,4 +321,124 @@ def process_writes(influxdb3_local, table_batches, args):
         assert!(done(body).ok);
         assert!(core.logs.iter().any(|l| l.ends_with(expected)), "speedups {speedups}: {:?}", core.logs);
     }
+}
+
+/// Whether a process is alive (a zombie counts as gone).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// A plugin that forks a child and exits: the exit is seen at once (not at the timeout,
+/// and reported as an exit), and the child dies with its worker's process group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_exits_is_seen_at_once_and_takes_its_children_along() {
+    let mut core = start(Duration::from_secs(30)).await;
+    core.trigger(
+        "forker",
+        "forker.py",
+        r#"
+import os, time
+def process_writes(influxdb3_local, table_batches, args):
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(600)
+        os._exit(0)
+    with open(os.path.join(os.environ["PLUGIN_DIR"], "child.pid"), "w") as f:
+        f.write(str(pid))
+    os._exit(4)
+"#,
+        None,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    core.wal(1, "forker", &cpu()).await;
+    let d = done(core.next().await.1);
+    assert!(!d.ok && d.error.contains("exited") && d.error.contains('4'), "{d:?}");
+    assert!(started.elapsed() < Duration::from_secs(20), "seen after {:?}", started.elapsed());
+    let child: i32 = std::fs::read_to_string(core.plugin_dir.join("child.pid")).unwrap().trim().parse().unwrap();
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        !alive(child)
+    });
+    assert!(gone, "the forked child {child} outlived its worker");
+}
+
+/// Workers see an explicit environment: none of the host's WEIR_* settings or secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_get_no_weir_secrets_in_their_environment() {
+    // SAFETY: this test binary's tests do not read these variables concurrently.
+    unsafe {
+        std::env::set_var("WEIR_ADMIN_TOKEN", "apiv3_must_not_leak");
+        std::env::set_var("INFLUXDB3_AUTH_TOKEN", "apiv3_for_plugins");
+    }
+    let mut core = start(Duration::from_secs(30)).await;
+    core.trigger(
+        "env",
+        "env.py",
+        r#"
+import os
+def process_writes(influxdb3_local, table_batches, args):
+    influxdb3_local.info("weir", sorted(k for k in os.environ if k.startswith("WEIR") and k != "WEIR_IPC_FD"))
+    influxdb3_local.info("influx", os.environ.get("INFLUXDB3_AUTH_TOKEN"))
+    influxdb3_local.info("tz", os.environ.get("TZ"), "venv", "VIRTUAL_ENV" in os.environ, "dir", "PLUGIN_DIR" in os.environ)
+"#,
+        None,
+    )
+    .await;
+    core.wal(1, "env", &cpu()).await;
+    let d = done(core.next().await.1);
+    assert!(d.ok, "{d:?}");
+    assert!(core.logs.contains(&"1: weir []".to_string()), "{:?}", core.logs);
+    assert!(core.logs.contains(&"1: influx apiv3_for_plugins".to_string()), "{:?}", core.logs);
+    assert!(core.logs.contains(&"1: tz UTC venv True dir True".to_string()), "{:?}", core.logs);
+}
+
+/// A request plugin's answer over the message limit fails that call with the size and the
+/// limit; the worker is not counted as crashed and serves the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_the_message_limit_is_a_clear_error_not_a_crash() {
+    let mut core = start(Duration::from_secs(60)).await;
+    let trigger = pb::Trigger {
+        database: "db".into(),
+        name: "big".into(),
+        plugin_filename: "big.py".into(),
+        specification: "request:big".into(),
+        arguments: None,
+        run_async: false,
+        workers: 1,
+    };
+    std::fs::write(
+        core.plugin_dir.join("big.py"),
+        r#"
+import os
+def process_request(influxdb3_local, query_parameters, request_headers, request_body, args=None):
+    if query_parameters.get("size") == "huge":
+        return b"x" * (257 * 1024 * 1024)
+    return {"pid": os.getpid()}
+"#,
+    )
+    .unwrap();
+    core.send(0, core_message::Body::TriggerSet(pb::TriggerSet { trigger: Some(trigger) })).await;
+    let request = |size: &str| pb::HttpRequest {
+        database: "db".into(),
+        trigger: "big".into(),
+        method: "GET".into(),
+        path: "big".into(),
+        query: [("size".to_string(), size.to_string())].into_iter().collect(),
+        ..Default::default()
+    };
+    core.send(1, core_message::Body::HttpRequest(request("small"))).await;
+    let first = done(core.next().await.1);
+    assert!(first.ok, "{first:?}");
+    core.send(2, core_message::Body::HttpRequest(request("huge"))).await;
+    let d = done(core.next().await.1);
+    assert!(!d.ok && d.error.contains("over the 268435456-byte") && !d.stopped, "{d:?}");
+    core.send(3, core_message::Body::HttpRequest(request("small"))).await;
+    let again = done(core.next().await.1);
+    assert!(again.ok, "{again:?}");
+    let body = |d: &pb::Done| String::from_utf8(d.response.clone().unwrap().body).unwrap();
+    assert_eq!(body(&first), body(&again), "the same worker served both");
 }

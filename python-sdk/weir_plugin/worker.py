@@ -65,6 +65,15 @@ class ChannelClosed(Exception):
     """The plugin host went away."""
 
 
+# The largest frame the plugin host accepts (weir_proto::MAX_MESSAGE_BYTES; a test checks
+# both agree).
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+class MessageTooLarge(ValueError):
+    """A message to the plugin host over :data:`MAX_MESSAGE_BYTES`."""
+
+
 class Channel:
     """Framed messages over the inherited socket; sending is thread-safe."""
 
@@ -77,7 +86,18 @@ class Channel:
     def send(self, header: dict[str, Any], body: bytes = b"") -> None:
         # Lone surrogates (possible in plugin text) become U+FFFD: the host reads strict UTF-8.
         h = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8", "replace")
-        frame = _LEN.pack(4 + len(h) + len(body)) + _LEN.pack(len(h)) + h
+        size = 4 + len(h) + len(body)
+        if size > MAX_MESSAGE_BYTES:
+            what = "the answer and buffered writes" if header.get("type") == "done" else "the message"
+            error = f"{what} of this call are {size} bytes, over the {MAX_MESSAGE_BYTES}-byte message limit"
+            if header.get("type") != "done":
+                raise MessageTooLarge(error)
+            # The call fails with the sizes; the worker lives on.
+            header = {"type": "done", "id": header.get("id"), "ok": False, "error": error, "writes": {}}
+            h = json.dumps(header, separators=(",", ":")).encode("utf-8")
+            body = b""
+            size = 4 + len(h)
+        frame = _LEN.pack(size) + _LEN.pack(len(h)) + h
         with self._send_lock:
             self._sock.sendall(frame)
             if body:

@@ -9,7 +9,7 @@ use weir_proto::plugin::v1::{self as pb};
 use super::{Host, link::TestUpstream, pipeline::encode_wal, runtime::done_message};
 use crate::{
     marshal,
-    worker::{TriggerId, Upstream, Worker, WorkerSpec},
+    worker::{TriggerId, Upstream, Worker},
 };
 
 impl Host {
@@ -28,18 +28,9 @@ impl Host {
         let outcome = async {
             let plugin_path = self.plugin_path(plugin_filename).await?;
             let args = args()?;
-            let spec = WorkerSpec {
-                trigger: TriggerId { database: database.to_string(), name: "plugin_test".into() },
-                python: self.venv.python.clone(),
-                venv: self.venv.dir.clone(),
-                plugin_dir: self.config.plugin_dir.clone(),
-                plugin_path,
-                args: arguments.map(|a| a.values.clone().into_iter().collect()),
-                run_async: false,
-                memory_limit: self.config.worker_memory,
-                dry_run: true,
-                columns: self.venv.native,
-            };
+            let trigger = TriggerId { database: database.to_string(), name: "plugin_test".into() };
+            let trigger_args = arguments.map(|a| a.values.clone().into_iter().collect());
+            let spec = self.worker_spec(trigger, plugin_path, trigger_args, false, true);
             let worker = Worker::spawn(spec, Arc::clone(&upstream) as Arc<dyn Upstream>, Arc::clone(&self.cache))
                 .await
                 .map_err(|e| e.to_string())?;

@@ -225,7 +225,10 @@ impl Host {
                 self.log(tid, Level::Error, format!("error executing plugin: {text}"));
                 let crashes = match e {
                     InvokeError::Crashed(_) | InvokeError::Spawn(_) => rt.crashes.fetch_add(1, Ordering::Relaxed) + 1,
-                    InvokeError::Timeout(_) | InvokeError::Plugin(_) | InvokeError::Lost(_) => 0,
+                    InvokeError::Timeout(_)
+                    | InvokeError::Plugin(_)
+                    | InvokeError::Lost(_)
+                    | InvokeError::TooLarge(_) => 0,
                 };
                 let stopped = crashes >= CRASH_LIMIT;
                 if stopped {

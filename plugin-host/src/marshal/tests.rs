@@ -169,3 +169,33 @@ fn wal_columns_build_the_same_rows_as_wal_rows() {
     assert_eq!(python, expected, "the Python decoder");
     assert_eq!(c, expected, "the C decoder");
 }
+
+/// The column kinds of the columns encoding exist three times: here, in the pure-Python
+/// decoder (`rows.py`) and in the C row builder (`_native.c`). They must agree, and so must
+/// the message limit the worker checks (`worker.py`) with the one both binaries use.
+#[test]
+fn column_kinds_and_the_message_limit_agree_across_rust_python_and_c() {
+    let rust = [
+        ("F64", kind::F64),
+        ("I64", kind::I64),
+        ("U64", kind::U64),
+        ("BOOL", kind::BOOL),
+        ("REF", kind::REF),
+        ("OBJ", kind::OBJ),
+    ];
+    let rows_py = include_str!("../../../python-sdk/weir_plugin/rows.py");
+    let line = rows_py.lines().find(|l| l.ends_with("= range(6)")).expect("rows.py names its kinds with range(6)");
+    let python: Vec<&str> = line.trim_end_matches("= range(6)").split(',').map(str::trim).collect();
+    let native_c = include_str!("../../../python-sdk/weir_plugin/_native.c");
+    let enum_line = native_c.lines().find(|l| l.contains("K_F64")).expect("_native.c has its kind enum");
+    for (name, value) in rust {
+        assert_eq!(python.iter().position(|p| *p == name).map(|i| i as i128), Some(value), "rows.py {name}");
+        let c = format!("K_{name} = {value}");
+        assert!(enum_line.contains(&c), "_native.c lacks {c}: {enum_line}");
+    }
+    let worker_py = include_str!("../../../python-sdk/weir_plugin/worker.py");
+    let limit =
+        worker_py.lines().find_map(|l| l.strip_prefix("MAX_MESSAGE_BYTES = ")).expect("worker.py states its limit");
+    let value: usize = limit.split('*').map(|f| f.trim().parse::<usize>().expect("a product of integers")).product();
+    assert_eq!(value, weir_proto::MAX_MESSAGE_BYTES);
+}
