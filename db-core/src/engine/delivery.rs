@@ -45,6 +45,9 @@ pub const WINDOW: usize = 4;
 /// file bytes (the rows take a few times that).
 pub const CACHE_WAL_BYTES: u64 = 64 << 20;
 
+/// Arrow IPC of one database's rows in a WAL file, per table.
+type Encoded = Arc<Vec<(Arc<str>, Vec<u8>)>>;
+
 /// One WAL file as delivery knows it.
 #[derive(Debug)]
 struct WalFile {
@@ -56,7 +59,7 @@ struct WalFile {
     rows: Mutex<Option<Arc<dyn WalRows>>>,
     /// Arrow IPC per database and table, built once for all the triggers of a database
     /// while the rows are cached.
-    encoded: Mutex<HashMap<u32, Arc<Vec<(Arc<str>, Vec<u8>)>>>>,
+    encoded: Mutex<HashMap<u32, Encoded>>,
 }
 
 fn tables_of(rows: &dyn WalRows) -> HashMap<u32, Vec<Arc<str>>> {
@@ -329,7 +332,7 @@ impl Engine {
     }
 
     /// The rows of `file` for database `db_id`, as Arrow IPC per table.
-    async fn encoded(&self, file: &WalFile, db_id: u32) -> Result<Arc<Vec<(Arc<str>, Vec<u8>)>>, Fetch> {
+    async fn encoded(&self, file: &WalFile, db_id: u32) -> Result<Encoded, Fetch> {
         if let Some(e) = file.encoded.lock().get(&db_id) {
             return Ok(Arc::clone(e));
         }

@@ -128,16 +128,17 @@ impl HostConnector for GrpcConnector {
 
 /// A reply type of a host request.
 pub(super) trait Reply: Sized {
-    fn from_body(body: host_message::Body) -> Result<Self, host_message::Body>;
+    /// The reply, or the debug text of a reply of another type.
+    fn from_body(body: host_message::Body) -> Result<Self, String>;
 }
 
 macro_rules! reply {
     ($($variant:ident => $ty:ty),* $(,)?) => {$(
         impl Reply for $ty {
-            fn from_body(body: host_message::Body) -> Result<Self, host_message::Body> {
+            fn from_body(body: host_message::Body) -> Result<Self, String> {
                 match body {
                     host_message::Body::$variant(r) => Ok(r),
-                    other => Err(other),
+                    other => Err(format!("{other:?}")),
                 }
             }
         }
@@ -157,7 +158,7 @@ impl Waiting {
     /// session ended first.
     pub(super) async fn reply<R: Reply>(self, what: &'static str) -> Result<R> {
         let body = self.rx.await.map_err(|_| EngineError::Unavailable)?;
-        R::from_body(body).map_err(|other| EngineError::Protocol { what, reply: format!("{other:?}") })
+        R::from_body(body).map_err(|reply| EngineError::Protocol { what, reply })
     }
 }
 

@@ -13,7 +13,7 @@ use weir_proto::plugin::v1::{self as pb, host_message};
 
 use super::{
     Host,
-    runtime::{done_message, failed},
+    runtime::{Call, done_message, failed},
 };
 use crate::{
     marshal,
@@ -168,6 +168,14 @@ impl Host {
     ) -> Done {
         let started =
             format!("starting execution with {} rows from {} tables (WAL file {seq})", encoded.rows, encoded.tables);
-        self.run_call(tid, "process_writes", &encoded.args, Some(started), None, staged, ahead).await
+        let call = Call {
+            entry: "process_writes",
+            args: &encoded.args,
+            started: Some(started),
+            staged,
+            ahead,
+            deadline: None,
+        };
+        self.run_call(tid, call).await
     }
 }

@@ -98,6 +98,24 @@ pub(super) fn fire_time(ns: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// One invocation to run.
+#[derive(Debug, Default)]
+pub(super) struct Call<'a> {
+    /// `process_writes`, `process_scheduled_call` or `process_request`.
+    pub(super) entry: &'a str,
+    /// marshal-encoded arguments.
+    pub(super) args: &'a [u8],
+    /// Logged before the call when given.
+    pub(super) started: Option<String>,
+    /// The caller stops waiting then: a call still queued is not run, a running one gets
+    /// at most the time left.
+    pub(super) deadline: Option<std::time::SystemTime>,
+    /// This call's arguments were sent to the worker ahead, under this stage id.
+    pub(super) staged: Option<u64>,
+    /// A synchronous trigger's next arguments, sent to the worker right behind this call.
+    pub(super) ahead: Option<&'a [u8]>,
+}
+
 impl Host {
     pub(super) async fn worker(&self, rt: &TriggerRuntime, slot: &WorkerSlot) -> Result<Arc<Worker>, InvokeError> {
         let mut slot = slot.worker.lock().await;
@@ -113,36 +131,24 @@ impl Host {
     }
 
     /// Run one invocation of a trigger: a synchronous trigger's calls one at a time in
-    /// arrival order, an asynchronous trigger's on its least busy worker.
-    /// With a `deadline` (the caller stops waiting then), a call still queued or waiting
-    /// for its worker at the deadline is not run, and a running one gets at most the time
-    /// left.
-    /// `ahead`: a synchronous trigger's next arguments, sent to the worker behind this call
-    /// (see [`Worker::invoke_staged`]); `staged`: this call's, sent so before.
-    pub(super) async fn invoke(
-        &self,
-        rt: &TriggerRuntime,
-        entry: &str,
-        args: &[u8],
-        deadline: Option<std::time::SystemTime>,
-        staged: Option<u64>,
-        ahead: Option<&[u8]>,
-    ) -> Result<Done, InvokeError> {
+    /// arrival order, an asynchronous trigger's on its least busy worker (see [`Call`] and
+    /// [`Worker::invoke_staged`]).
+    pub(super) async fn invoke(&self, rt: &TriggerRuntime, call: &Call<'_>) -> Result<Done, InvokeError> {
         let _order = if rt.def.run_async { None } else { Some(rt.order.lock().await) };
         let slot = rt.least_busy();
         slot.busy.fetch_add(1, Ordering::Relaxed);
         let result = async {
             let worker = self.worker(rt, slot).await?;
             let mut timeout = self.config.plugin_timeout;
-            if let Some(d) = deadline {
+            if let Some(d) = call.deadline {
                 let left = d.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO);
                 if left.is_zero() {
                     return Err(InvokeError::Timeout(timeout));
                 }
                 timeout = timeout.min(left);
             }
-            let ahead = ahead.filter(|_| !rt.def.run_async);
-            worker.invoke_staged(entry, args, staged, timeout, ahead).await
+            let ahead = call.ahead.filter(|_| !rt.def.run_async);
+            worker.invoke_staged(call.entry, call.args, call.staged, timeout, ahead).await
         }
         .await;
         slot.busy.fetch_sub(1, Ordering::Relaxed);
@@ -162,7 +168,8 @@ impl Host {
             let tid = TriggerId { database: tick.database, name: tick.trigger };
             let args = marshal::schedule_call_args(tick.call_time_s);
             let started = format!("starting execution for scheduled time {}", fire_time(tick.scheduled_ns));
-            let done = host.run_call(&tid, "process_scheduled_call", &args, Some(started), None, None, None).await;
+            let call = Call { entry: "process_scheduled_call", args: &args, started: Some(started), ..Call::default() };
+            let done = host.run_call(&tid, call).await;
             host.link.send(id, host_message::Body::Done(done_message(done))).await;
         });
     }
@@ -176,23 +183,14 @@ impl Host {
             let args = marshal::request_call_args(req.query.iter(), req.headers.iter(), &req.body);
             let deadline =
                 (req.deadline_ns > 0).then(|| std::time::UNIX_EPOCH + Duration::from_nanos(req.deadline_ns as u64));
-            let done = host.run_call(&tid, "process_request", &args, None, deadline, None, None).await;
+            let done =
+                host.run_call(&tid, Call { entry: "process_request", args: &args, deadline, ..Call::default() }).await;
             host.link.send(id, host_message::Body::Done(done_message(done))).await;
         });
     }
 
-    /// Invoke `entry` for a trigger and log the outcome (errors with their traceback);
-    /// `started` is logged first when given.
-    pub(super) async fn run_call(
-        &self,
-        tid: &TriggerId,
-        entry: &str,
-        args: &[u8],
-        started: Option<String>,
-        deadline: Option<std::time::SystemTime>,
-        staged: Option<u64>,
-        ahead: Option<&[u8]>,
-    ) -> Done {
+    /// Run a call for a trigger and log the outcome (errors with their traceback).
+    pub(super) async fn run_call(&self, tid: &TriggerId, mut call: Call<'_>) -> Done {
         let rt = match self.runtime(tid) {
             Ok(rt) => rt,
             Err(e) => {
@@ -203,15 +201,15 @@ impl Host {
         if let Some(reason) = rt.stopped.lock().clone() {
             return Done { stopped: true, ..failed(reason) };
         }
-        if let Some(text) = started {
+        if let Some(text) = call.started.take() {
             self.log(tid, Level::Info, text);
         }
-        match self.invoke(&rt, entry, args, deadline, staged, ahead).await {
+        match self.invoke(&rt, &call).await {
             Ok(done) => {
                 rt.crashes.store(0, Ordering::Relaxed);
                 if done.ok {
                     // Request triggers log only failures: a line per request would flood the log.
-                    if entry != "process_request" {
+                    if call.entry != "process_request" {
                         self.log(tid, Level::Info, format!("finished execution in {:?}", done.duration));
                     }
                 } else {
