@@ -112,6 +112,15 @@ pub enum Error {
         /// Decoder message.
         message: String,
     },
+    /// A new column would take a table past `--num-total-columns-per-table-limit`.
+    #[error("Update to schema would exceed number of columns per table limit of {0} columns")]
+    TooManyColumns(usize),
+    /// A new table would take the server past `--num-table-limit`.
+    #[error("Update to schema would exceed number of tables limit of {0} tables")]
+    TooManyTables(usize),
+    /// A new database would take the server past `--num-database-limit`.
+    #[error("Adding a new database would exceed limit of {0} databases")]
+    TooManyDbs(usize),
     /// The persisted catalog is from a newer Weir.
     #[error("catalog format version {found} is newer than this server supports ({supported})")]
     UnsupportedVersion {
@@ -472,6 +481,13 @@ impl CatalogState {
     }
 }
 
+fn check_db_limit(s: &CatalogState, limit: Option<usize>) -> Result<()> {
+    match limit {
+        Some(max) if s.databases.values().filter(|d| !d.deleted).count() >= max => Err(Error::TooManyDbs(max)),
+        _ => Ok(()),
+    }
+}
+
 /// Check a database name against InfluxDB 3's rules: 1–64 characters, ASCII letters,
 /// digits, `_` and `-`, starting with a letter or digit.
 pub fn validate_db_name(name: &str) -> Result<()> {
@@ -500,6 +516,34 @@ pub struct ColumnAddition {
     pub column: Arc<str>,
     /// Kind.
     pub kind: ColumnKind,
+}
+
+/// Schema limits (the `--num-*-limit` flags, with InfluxDB 3's names and error texts).
+/// Writes are checked against them; WAL replay is not (what was acknowledged stays).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Live databases (`None`: no limit).
+    pub databases: Option<usize>,
+    /// Tables across all live databases (`None`: no limit).
+    pub tables: Option<usize>,
+    /// Columns per table, `time` included.
+    pub columns_per_table: usize,
+}
+
+/// Default `--num-table-limit`.
+pub const DEFAULT_TABLE_LIMIT: usize = 2_000;
+/// Default `--num-total-columns-per-table-limit`.
+pub const DEFAULT_COLUMN_LIMIT: usize = 500;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { databases: None, tables: Some(DEFAULT_TABLE_LIMIT), columns_per_table: DEFAULT_COLUMN_LIMIT }
+    }
+}
+
+impl Limits {
+    /// No limits (WAL replay, tests).
+    pub const NONE: Self = Self { databases: None, tables: None, columns_per_table: usize::MAX };
 }
 
 /// A change to triggers, announced to [`CatalogObserver`]s once it is persisted.
@@ -541,6 +585,7 @@ pub struct Catalog {
     dirty: AtomicBool,
     persist_lock: tokio::sync::Mutex<()>,
     observers: RwLock<Vec<std::sync::Weak<dyn CatalogObserver>>>,
+    limits: RwLock<Limits>,
 }
 
 impl fmt::Debug for Catalog {
@@ -563,7 +608,23 @@ impl Catalog {
             dirty: AtomicBool::new(false),
             persist_lock: tokio::sync::Mutex::new(()),
             observers: RwLock::new(Vec::new()),
+            limits: RwLock::new(Limits::default()),
         })
+    }
+
+    /// Set the schema limits writes are checked against.
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.write() = limits;
+    }
+
+    /// The schema limits writes are checked against.
+    pub fn limits(&self) -> Limits {
+        *self.limits.read()
+    }
+
+    /// Tables across all live databases.
+    pub fn table_count(&self) -> usize {
+        self.state.read().databases.values().filter(|d| !d.deleted).map(|d| d.tables.len()).sum()
     }
 
     /// Be told about every trigger change from now on.
@@ -628,10 +689,12 @@ impl Catalog {
             return Ok((db, false));
         }
         validate_db_name(name)?;
+        let limit = self.limits().databases;
         self.mutate(|s| {
             if let Some(db) = s.db(name) {
                 return Ok((Arc::clone(db), false));
             }
+            check_db_limit(s, limit)?;
             let db = Arc::new(DatabaseSchema::new(s.next_db_id, Arc::from(name)));
             s.next_db_id += 1;
             s.databases.insert(db.id, Arc::clone(&db));
@@ -661,10 +724,12 @@ impl Catalog {
     /// Create a database explicitly and persist the catalog.
     pub async fn create_db(&self, name: &str) -> Result<Arc<DatabaseSchema>> {
         validate_db_name(name)?;
+        let limit = self.limits().databases;
         let db = self.mutate(|s| {
             if s.db(name).is_some() {
                 return Err(Error::DbExists(name.to_string()));
             }
+            check_db_limit(s, limit)?;
             let db = Arc::new(DatabaseSchema::new(s.next_db_id, Arc::from(name)));
             s.next_db_id += 1;
             s.databases.insert(db.id, Arc::clone(&db));
@@ -763,16 +828,25 @@ impl Catalog {
 
     /// Apply column additions to a database under the catalog lock. Tables are created as
     /// needed; an addition whose column already exists (a concurrent writer added it
-    /// first, possibly with another type) is skipped, so the caller must re-validate its
-    /// lines against the returned schema.
-    pub fn add_columns(&self, db_id: u32, additions: &[ColumnAddition]) -> Result<Arc<DatabaseSchema>> {
+    /// first, possibly with another type), or that `limits` does not allow, is skipped, so
+    /// the caller must re-validate its lines against the returned schema. Each table's
+    /// indexes are rebuilt once, however many columns it gains.
+    pub fn add_columns(&self, db_id: u32, additions: &[ColumnAddition], limits: Limits) -> Result<Arc<DatabaseSchema>> {
         self.mutate(|s| {
+            let mut tables_left = limits.tables.map(|max| {
+                max.saturating_sub(s.databases.values().filter(|d| !d.deleted).map(|d| d.tables.len()).sum())
+            });
             let db = s.databases.get_mut(&db_id).ok_or_else(|| Error::DbNotFound(format!("id {db_id}")))?;
             let db = Arc::make_mut(db);
+            let mut touched: Vec<u32> = Vec::new();
             for add in additions {
                 let table_id = match db.table(&add.table) {
                     Some(t) => t.id,
                     None => {
+                        if tables_left == Some(0) {
+                            continue;
+                        }
+                        tables_left = tables_left.map(|n| n - 1);
                         let id = db.next_table_id;
                         db.next_table_id += 1;
                         db.insert_table(TableDef::new(id, Arc::clone(&add.table)));
@@ -782,13 +856,23 @@ impl Catalog {
                 let Some(table) = db.tables.get_mut(&table_id) else {
                     continue;
                 };
-                if table.column(&add.column).is_some() {
-                    // Someone else added it first; the caller re-validates.
+                // Someone else added it first (the caller re-validates), or the table is full.
+                if table.column(&add.column).is_some() || table.columns.len() >= limits.columns_per_table {
                     continue;
                 }
                 let table = Arc::make_mut(table);
                 table.columns.push(ColumnDef { name: Arc::clone(&add.column), kind: add.kind });
-                table.reindex();
+                // The name index is kept current (cheaply) so a repeated addition is seen;
+                // the schema is rebuilt once per table below.
+                table.by_name.insert(Arc::clone(&add.column), table.columns.len() - 1);
+                if !touched.contains(&table_id) {
+                    touched.push(table_id);
+                }
+            }
+            for id in touched {
+                if let Some(t) = db.tables.get_mut(&id) {
+                    Arc::make_mut(t).reindex();
+                }
             }
             Ok(Arc::clone(s.databases.get(&db_id).ok_or_else(|| Error::DbNotFound(format!("id {db_id}")))?))
         })

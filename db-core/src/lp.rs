@@ -97,6 +97,29 @@ pub struct LineError {
     pub message: String,
 }
 
+/// Longest part of a rejected line (and of its message) echoed back in an error.
+pub const MAX_ECHO: usize = 1024;
+
+/// `text` cut to [`MAX_ECHO`] bytes (at a character boundary), saying how long it was.
+pub fn echo(text: &str) -> String {
+    if text.len() <= MAX_ECHO {
+        return text.to_string();
+    }
+    let mut end = MAX_ECHO;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes in all)", &text[..end], text.len())
+}
+
+impl LineError {
+    /// A line error; the line and the message are cut to [`MAX_ECHO`] bytes, so a huge bad
+    /// line does not come back whole in the answer.
+    pub fn new(line_number: usize, original_line: &str, message: impl AsRef<str>) -> Self {
+        Self { line_number, original_line: echo(original_line), message: echo(message.as_ref()) }
+    }
+}
+
 impl fmt::Display for LineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "line {}: {}: {}", self.line_number, self.message, self.original_line)
@@ -667,7 +690,7 @@ impl<'a> Iterator for LineIter<'a> {
             self.pos = if end < b.len() { end + 1 } else { b.len() };
             return Some(match result {
                 Ok(parsed) => Ok((line_number, raw, parsed)),
-                Err(message) => Err(LineError { line_number, original_line: raw.to_string(), message }),
+                Err(message) => Err(LineError::new(line_number, raw, message)),
             });
         }
     }

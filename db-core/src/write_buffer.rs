@@ -518,7 +518,15 @@ impl WriteBuffer {
                 let Some(db) = catalog.db_for_replay(entry.db_id, &entry.db_name)? else {
                     continue;
                 };
-                let v = validate::validate(&catalog, &db.name, &entry.text, entry.precision, entry.default_time, true)?;
+                let v = validate::validate(
+                    &catalog,
+                    &db.name,
+                    &entry.text,
+                    entry.precision,
+                    entry.default_time,
+                    true,
+                    catalog::Limits::NONE,
+                )?;
                 for e in &v.errors {
                     tracing::warn!(file = %path, error = %e, "wal line no longer valid on replay");
                 }
@@ -579,7 +587,8 @@ impl WriteBuffer {
         no_sync: bool,
     ) -> Result<WriteOutcome> {
         let default_time = self.time.now_ns();
-        let v = validate::validate(&self.shared.catalog, db, body, precision, default_time, accept_partial)?;
+        let limits = self.shared.catalog.limits();
+        let v = validate::validate(&self.shared.catalog, db, body, precision, default_time, accept_partial, limits)?;
         self.metrics.observe_write(v.accepted_lines, v.errors.len(), body.len());
         if !accept_partial && !v.errors.is_empty() {
             return Err(Error::Rejected(v.errors));
@@ -675,7 +684,15 @@ impl WriteBuffer {
             let Some(db) = catalog.db_by_id(entry.db_id).filter(|d| !d.deleted) else {
                 continue;
             };
-            let v = validate::validate(catalog, &db.name, &entry.text, entry.precision, entry.default_time, true)?;
+            let v = validate::validate(
+                catalog,
+                &db.name,
+                &entry.text,
+                entry.precision,
+                entry.default_time,
+                true,
+                catalog::Limits::NONE,
+            )?;
             items.push(WriteItem { db_id: db.id, tables: v.tables });
         }
         Ok(Some(FlushedWal { seq, bytes: size, items, catalog: Arc::clone(catalog) }))

@@ -35,6 +35,7 @@ async fn grows_and_persists() {
         .add_columns(
             db.id,
             &[add("cpu", "host", ColumnKind::Tag), add("cpu", "usage", ColumnKind::Field(FieldType::Float64))],
+            Limits::NONE,
         )
         .unwrap();
     let cpu = db.table("cpu").unwrap();
@@ -86,8 +87,8 @@ async fn replay_recreates_unpersisted_auto_created_databases() {
 async fn concurrent_additions_keep_the_first_type() {
     let cat = Catalog::load(Storage::in_memory()).await.unwrap();
     let (db, _) = cat.db_or_create("d").unwrap();
-    cat.add_columns(db.id, &[add("t", "f", ColumnKind::Field(FieldType::Int64))]).unwrap();
-    let db = cat.add_columns(db.id, &[add("t", "f", ColumnKind::Field(FieldType::String))]).unwrap();
+    cat.add_columns(db.id, &[add("t", "f", ColumnKind::Field(FieldType::Int64))], Limits::NONE).unwrap();
+    let db = cat.add_columns(db.id, &[add("t", "f", ColumnKind::Field(FieldType::String))], Limits::NONE).unwrap();
     assert_eq!(db.table("t").unwrap().column("f").unwrap().kind, ColumnKind::Field(FieldType::Int64));
 }
 
@@ -174,4 +175,32 @@ fn unparseable_trigger_spec_fails_the_load() {
     let bytes = std::fs::read_to_string(GOLDEN_TRIGGERS).unwrap().replace("every:1m 30s", "every:soon");
     let e = CatalogState::decode(bytes.as_bytes(), "catalog.json").unwrap_err().to_string();
     assert!(e.contains("invalid duration"), "{e}");
+}
+
+/// Many columns at once (their cost is measured by `scripts/bench --scenario hostile`), and
+/// the limits cutting additions off where InfluxDB 3 would.
+#[test]
+fn many_columns_at_once_and_the_limits() {
+    let cat = futures::executor::block_on(Catalog::load(Storage::in_memory())).unwrap();
+    let (db, _) = cat.db_or_create("wide").unwrap();
+    let adds: Vec<ColumnAddition> =
+        (0..50_000).map(|i| add("t", &format!("f{i}"), ColumnKind::Field(FieldType::Int64))).collect();
+    let db = cat.add_columns(db.id, &adds, Limits::NONE).unwrap();
+    let table = db.table("t").unwrap();
+    assert_eq!(table.columns.len(), 50_001);
+    assert_eq!(table.column_id("f49999"), Some(50_000));
+    assert_eq!(table.schema().fields().len(), 50_001);
+
+    let limits = Limits { databases: Some(2), tables: Some(3), columns_per_table: 10 };
+    let db = cat.add_columns(db.id, &[add("small", "a", ColumnKind::Tag)], limits).unwrap();
+    let adds: Vec<ColumnAddition> =
+        (0..20).map(|i| add("small", &format!("c{i}"), ColumnKind::Field(FieldType::Int64))).collect();
+    let db = cat.add_columns(db.id, &adds, limits).unwrap();
+    assert_eq!(db.table("small").unwrap().columns.len(), 10);
+    let db = cat.add_columns(db.id, &[add("x", "a", ColumnKind::Tag), add("y", "a", ColumnKind::Tag)], limits).unwrap();
+    assert!(db.table("x").is_some() && db.table("y").is_none(), "the third table fills the limit");
+    cat.set_limits(limits);
+    cat.db_or_create("second").unwrap();
+    let e = cat.db_or_create("third").unwrap_err();
+    assert_eq!(e.to_string(), "Adding a new database would exceed limit of 2 databases");
 }

@@ -158,6 +158,22 @@ pub struct ServeConfig {
     /// holding WAL files, until `weir enable trigger NAME --skip-to-now`. 0: no limit.
     #[arg(long, env = "WEIR_TRIGGER_MAX_WAL_LAG", default_value = "2GiB", value_parser = parse_bytes)]
     pub trigger_max_wal_lag: usize,
+
+    /// Most databases this server holds (0: no limit). A write or create that would pass it
+    /// is refused with InfluxDB 3's message.
+    #[arg(long, env = "WEIR_NUM_DATABASE_LIMIT", default_value_t = 0)]
+    pub num_database_limit: usize,
+
+    /// Most tables across all databases (0: no limit). A line that would create one more
+    /// is rejected on its own; the rest of the write goes through.
+    #[arg(long, env = "WEIR_NUM_TABLE_LIMIT", default_value_t = crate::catalog::DEFAULT_TABLE_LIMIT)]
+    pub num_table_limit: usize,
+
+    /// Most columns per table, `time` included. A line that would add columns past it is
+    /// rejected on its own; the rest of the write goes through.
+    #[arg(long, env = "WEIR_NUM_TOTAL_COLUMNS_PER_TABLE_LIMIT", default_value_t = crate::catalog::DEFAULT_COLUMN_LIMIT,
+          value_parser = parse_column_limit)]
+    pub num_total_columns_per_table_limit: usize,
 }
 
 impl ServeConfig {
@@ -194,6 +210,15 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
         other => return Err(format!("unknown size unit {other:?}: use B, KiB, MiB, GiB, KB, MB or GB")),
     };
     n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// A column limit: at least 2 (`time` and one field).
+fn parse_column_limit(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 2 => Ok(n),
+        Ok(_) => Err("a table needs at least 2 columns (time and a field)".to_string()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Build the object store and its durable-write wrapper.
@@ -235,6 +260,11 @@ pub fn build_storage(cfg: &ObjectStoreConfig, node_id: &str) -> anyhow::Result<S
 pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let storage = build_storage(&cfg.store, &cfg.node_id)?;
     let catalog = Arc::new(Catalog::load(storage.clone()).await.context("loading the catalog")?);
+    catalog.set_limits(crate::catalog::Limits {
+        databases: (cfg.num_database_limit > 0).then_some(cfg.num_database_limit),
+        tables: (cfg.num_table_limit > 0).then_some(cfg.num_table_limit),
+        columns_per_table: cfg.num_total_columns_per_table_limit,
+    });
     let metrics = Arc::new(Metrics::new());
     let buffer = WriteBuffer::open(WriteBufferArgs {
         catalog: Arc::clone(&catalog),

@@ -59,6 +59,9 @@ impl IntoStatus for catalog::Error {
                 Status::not_found(self.to_string())
             }
             catalog::Error::InvalidTrigger(_) => Status::invalid_argument(self.to_string()),
+            catalog::Error::TooManyColumns(_) | catalog::Error::TooManyTables(_) | catalog::Error::TooManyDbs(_) => {
+                Status::resource_exhausted(self.to_string())
+            }
             catalog::Error::Storage(_) | catalog::Error::Corrupt { .. } | catalog::Error::UnsupportedVersion { .. } => {
                 Status::internal(self.to_string())
             }

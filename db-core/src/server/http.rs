@@ -150,7 +150,10 @@ impl From<catalog::Error> for ApiError {
             | catalog::Error::RequestPathTaken { .. }
             | catalog::Error::TriggerEnabled { .. } => Self::Conflict(e.to_string()),
             catalog::Error::DbNotFound(_) | catalog::Error::TriggerNotFound { .. } => Self::NotFound(e.to_string()),
-            catalog::Error::InvalidTrigger(_) => Self::BadRequest(e.to_string()),
+            catalog::Error::InvalidTrigger(_)
+            | catalog::Error::TooManyColumns(_)
+            | catalog::Error::TooManyTables(_)
+            | catalog::Error::TooManyDbs(_) => Self::BadRequest(e.to_string()),
             catalog::Error::Storage(_) | catalog::Error::Corrupt { .. } | catalog::Error::UnsupportedVersion { .. } => {
                 Self::Internal(e.to_string())
             }

@@ -277,3 +277,50 @@ async fn overlap_dedup_reads_only_the_overlapping_pieces() {
     let plan = db.sql("EXPLAIN SELECT * FROM cpu").await;
     assert!(plan.contains("DedupExec"), "{plan}");
 }
+
+/// Schema limits reject the line that would pass them, with InfluxDB 3's message; the rest
+/// of the write goes through; WAL replay is not held to them.
+#[tokio::test]
+async fn a_line_over_a_schema_limit_is_rejected_alone() {
+    let storage = Storage::in_memory();
+    let db = open(&storage).await.unwrap();
+    db.buffer.catalog().set_limits(crate::catalog::Limits { databases: None, tables: Some(2), columns_per_table: 4 });
+    let body = "cpu a=1i,b=2i 10\ncpu c=3i,d=4i 20\ncpu a=5i 30\nmem x=1i 10\ndisk x=1i 10";
+    let out = db.write(body).await;
+    assert_eq!(out.accepted_lines, 3);
+    let errors: Vec<(usize, &str)> = out.errors.iter().map(|e| (e.line_number, e.message.as_str())).collect();
+    assert_eq!(
+        errors,
+        [
+            (2, "Update to schema would exceed number of columns per table limit of 4 columns"),
+            (5, "Update to schema would exceed number of tables limit of 2 tables"),
+        ]
+    );
+    // The limit applies to writes; a restart replays what was accepted whatever it is now.
+    drop(db);
+    let db = open(&storage).await.unwrap();
+    assert_eq!(lines(&db.sql("SELECT count(*) AS n FROM cpu").await)[3], "| 2 |");
+}
+
+/// One line with many new columns is accepted in one go, and a huge bad line is echoed
+/// back cut to a bounded length.
+#[tokio::test]
+async fn a_wide_line_is_written_and_a_huge_bad_line_is_not_echoed_whole() {
+    let db = open(&Storage::in_memory()).await.unwrap();
+    let fields: Vec<String> = (0..20_000).map(|i| format!("f{i}={i}i")).collect();
+    let wide = format!("wide {} 10", fields.join(","));
+    // Past the default limit of 500 columns...
+    let out = db.buffer.write_lp("db", &wide, Precision::Nanosecond, true, false).await.unwrap();
+    assert_eq!(out.errors[0].message, "Update to schema would exceed number of columns per table limit of 500 columns");
+    // ...and accepted in one go without limits.
+    db.buffer.catalog().set_limits(crate::catalog::Limits::NONE);
+    let out = db.buffer.write_lp("db", &wide, Precision::Nanosecond, true, false).await.unwrap();
+    assert_eq!((out.accepted_lines, out.errors.len()), (1, 0));
+    assert_eq!(db.buffer.catalog().db("db").unwrap().table("wide").unwrap().columns.len(), 20_001);
+    let bad = format!("bad,tag=x value={} 10", "9".repeat(100_000));
+    let out = db.write(&format!("ok v=1i 10\n{bad}")).await;
+    assert_eq!(out.errors.len(), 1);
+    let e = &out.errors[0];
+    assert!(e.original_line.len() < 1_100, "{} bytes echoed", e.original_line.len());
+    assert!(e.original_line.ends_with(&format!("... ({} bytes in all)", bad.len())), "{}", &e.original_line[1000..]);
+}

@@ -4,10 +4,13 @@
 //! Missing tables and columns are created in the catalog (first writer decides a field's
 //! type); a line whose field type disagrees with the catalog is rejected on its own.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use crate::{
-    catalog::{self, Catalog, ColumnAddition, ColumnKind, DatabaseSchema, FieldType, TIME_COLUMN},
+    catalog::{self, Catalog, ColumnAddition, ColumnKind, DatabaseSchema, FieldType, Limits, TIME_COLUMN},
     lp::{self, FieldValue, LineError, ParsedLine, Precision},
 };
 
@@ -113,6 +116,8 @@ enum Outcome {
 ///
 /// With `accept_partial = false`, a body with any unparsable line returns before touching
 /// the catalog, so a rejected request creates no database, table or column.
+/// `limits`: the schema limits a write is checked against ([`Limits::NONE`] for WAL replay:
+/// what was acknowledged stays, whatever the limits are now).
 pub fn validate(
     catalog: &Catalog,
     db_name: &str,
@@ -120,6 +125,7 @@ pub fn validate(
     precision: Precision,
     default_time: i64,
     accept_partial: bool,
+    limits: Limits,
 ) -> catalog::Result<ValidatedWrite> {
     let mut parsed: Vec<(usize, &str, ParsedLine<'_>)> = Vec::new();
     let mut errors: Vec<LineError> = Vec::new();
@@ -142,27 +148,15 @@ pub fn validate(
     let mut outcomes: Vec<Outcome> =
         parsed.iter().map(|(_, _, line)| check_line(&db, line, precision, default_time)).collect();
 
-    let mut additions: Vec<ColumnAddition> = Vec::new();
-    for o in &outcomes {
-        if let Outcome::Missing(adds) = o {
-            for a in adds {
-                // The first line to name a column decides its kind.
-                if !additions.iter().any(|x| x.table == a.table && x.column == a.column) {
-                    additions.push(a.clone());
-                }
-            }
-        }
-    }
+    let additions = plan_additions(catalog, &db, &mut outcomes, limits);
     if !additions.is_empty() {
-        db = catalog.add_columns(db.id, &additions)?;
+        db = catalog.add_columns(db.id, &additions, limits)?;
         for (o, (_, _, line)) in outcomes.iter_mut().zip(&parsed) {
             if matches!(o, Outcome::Missing(_)) {
                 *o = match check_line(&db, line, precision, default_time) {
-                    // Still missing after the additions means a conflicting kind within
-                    // this request; check_line reports that as a rejection on the retry.
-                    Outcome::Missing(_) => {
-                        Outcome::Rejected("column was created concurrently with a different type".to_string())
-                    }
+                    // Still missing after the additions: a concurrent writer filled the table
+                    // or created the column with another type.
+                    Outcome::Missing(adds) => Outcome::Rejected(still_missing(&db, &adds, limits)),
                     other => other,
                 };
             }
@@ -187,18 +181,67 @@ pub fn validate(
                 accepted_text.push_str(original);
                 accepted_lines += 1;
             }
-            Outcome::Rejected(message) => {
-                errors.push(LineError { line_number: *line_number, original_line: original.to_string(), message })
-            }
-            Outcome::Missing(_) => errors.push(LineError {
-                line_number: *line_number,
-                original_line: original.to_string(),
-                message: "schema could not be created".to_string(),
-            }),
+            Outcome::Rejected(message) => errors.push(LineError::new(*line_number, original, message)),
+            Outcome::Missing(_) => errors.push(LineError::new(*line_number, original, "schema could not be created")),
         }
     }
     errors.sort_by_key(|e| e.line_number);
     Ok(ValidatedWrite { db: Some(db), tables, accepted_lines, errors, accepted_text })
+}
+
+/// The columns (and tables) the lines still missing schema need, first line first: a line
+/// whose additions would pass a limit is rejected on its own (InfluxDB 3's message) and
+/// adds nothing; the first line to name a column decides its kind.
+fn plan_additions(
+    catalog: &Catalog,
+    db: &DatabaseSchema,
+    outcomes: &mut [Outcome],
+    limits: Limits,
+) -> Vec<ColumnAddition> {
+    let mut additions: Vec<ColumnAddition> = Vec::new();
+    let mut planned: HashSet<(Arc<str>, Arc<str>)> = HashSet::new();
+    // Per table: its column count once the planned additions are made.
+    let mut columns: HashMap<Arc<str>, usize> = HashMap::new();
+    let mut tables_left = limits.tables.map(|max| max.saturating_sub(catalog.table_count()));
+    for o in outcomes.iter_mut() {
+        let Outcome::Missing(adds) = o else { continue };
+        let Some(table) = adds.first().map(|a| Arc::clone(&a.table)) else { continue };
+        let new_table = db.table(&table).is_none() && !columns.contains_key(&table);
+        if new_table && tables_left == Some(0) {
+            *o = Outcome::Rejected(catalog::Error::TooManyTables(limits.tables.unwrap_or_default()).to_string());
+            continue;
+        }
+        let fresh: Vec<&ColumnAddition> =
+            adds.iter().filter(|a| !planned.contains(&(Arc::clone(&a.table), Arc::clone(&a.column)))).collect();
+        // A new table has its time column.
+        let count = *columns.get(&table).unwrap_or(&db.table(&table).map_or(1, |t| t.columns.len()));
+        if count + fresh.len() > limits.columns_per_table {
+            *o = Outcome::Rejected(catalog::Error::TooManyColumns(limits.columns_per_table).to_string());
+            continue;
+        }
+        columns.insert(Arc::clone(&table), count + fresh.len());
+        if new_table {
+            tables_left = tables_left.map(|n| n - 1);
+        }
+        for a in fresh {
+            planned.insert((Arc::clone(&a.table), Arc::clone(&a.column)));
+            additions.push(a.clone());
+        }
+    }
+    additions
+}
+
+/// Why a line still misses schema after the additions were applied.
+fn still_missing(db: &DatabaseSchema, adds: &[ColumnAddition], limits: Limits) -> String {
+    match adds.first().map(|a| db.table(&a.table)) {
+        Some(None) if limits.tables.is_some() => {
+            catalog::Error::TooManyTables(limits.tables.unwrap_or_default()).to_string()
+        }
+        Some(Some(t)) if t.columns.len() >= limits.columns_per_table => {
+            catalog::Error::TooManyColumns(limits.columns_per_table).to_string()
+        }
+        _ => "column was created concurrently with a different type".to_string(),
+    }
 }
 
 fn check_line(db: &DatabaseSchema, line: &ParsedLine<'_>, precision: Precision, default_time: i64) -> Outcome {
@@ -211,11 +254,18 @@ fn check_line(db: &DatabaseSchema, line: &ParsedLine<'_>, precision: Precision, 
         },
         None => default_time,
     };
+    // A set once the line is wide (a scan per tag would be quadratic).
+    let field_names: Option<HashSet<&str>> =
+        (line.tags.len() * line.fields.len() > 256).then(|| line.fields.iter().map(|(f, _)| f.as_ref()).collect());
     for (k, _) in &line.tags {
         if k.as_ref() == TIME_COLUMN {
             return Outcome::Rejected("tag key \"time\" is reserved".to_string());
         }
-        if line.fields.iter().any(|(f, _)| f == k) {
+        let both = match &field_names {
+            Some(set) => set.contains(k.as_ref()),
+            None => line.fields.iter().any(|(f, _)| f == k),
+        };
+        if both {
             return Outcome::Rejected(format!("key {k:?} is used as both a tag and a field"));
         }
     }
@@ -272,15 +322,9 @@ fn check_line(db: &DatabaseSchema, line: &ParsedLine<'_>, precision: Precision, 
         let t = lp_field_type(v);
         match table.column_id(k) {
             Some(id) => match table.columns[id].kind {
-                ColumnKind::Field(existing) if existing == t => {
-                    let id = id as u32;
-                    // A repeated field key in one line: the last value wins.
-                    if let Some(slot) = fields.iter_mut().find(|(c, _)| *c == id) {
-                        slot.1 = Value::from_lp(v);
-                    } else {
-                        fields.push((id, Value::from_lp(v)));
-                    }
-                }
+                // The parser collapsed repeated field keys (the last value wins), so every
+                // key is new here.
+                ColumnKind::Field(existing) if existing == t => fields.push((id as u32, Value::from_lp(v))),
                 ColumnKind::Field(existing) => {
                     return Outcome::Rejected(format!(
                         "invalid column type for column '{k}', expected iox::column_type::field::{}, got iox::column_type::field::{}",
