@@ -116,11 +116,15 @@ impl Hybrid {
     }
 }
 
+/// gRPC proper: `application/grpc`, or with a `+format` or parameters. Not gRPC-Web
+/// (`application/grpc-web...`), which this server does not speak: that goes to the HTTP
+/// side and gets a JSON error there.
 fn is_grpc<B>(req: &hyper::Request<B>) -> bool {
     req.headers()
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
+        .and_then(|ct| ct.strip_prefix("application/grpc"))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('+') || rest.starts_with(';'))
 }
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<hyper::Response<Body>, Infallible>> + Send>>;

@@ -125,6 +125,15 @@ impl Storage {
         self.path(&format!("dbs/{db_id}/{table_id}/{partition}/{file_id:020}.parquet"))
     }
 
+    /// Remove the temporary files an interrupted durable write left in the local store (none
+    /// on other stores); how many.
+    pub fn remove_stale_temp_files(&self) -> std::io::Result<usize> {
+        match &self.local_root {
+            Some(root) => remove_stale_temp_files(root),
+            None => Ok(0),
+        }
+    }
+
     /// Write an object so that it survives a crash once this returns.
     pub async fn put_durable(&self, path: &Path, bytes: Bytes) -> Result<()> {
         match &self.local_root {
@@ -198,6 +207,36 @@ impl Storage {
     }
 }
 
+/// Suffix of the temporary files of [`write_file_durable`].
+const TEMP_SUFFIX: &str = "tmp";
+
+/// Remove temporary files a crash left under `root` (`.<name>.tmp`, never renamed into
+/// place, so never acknowledged); how many.
+pub fn remove_stale_temp_files(root: &FsPath) -> std::io::Result<usize> {
+    let mut removed = 0;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else if kind.is_file() && name.starts_with('.') && name.ends_with(&format!(".{TEMP_SUFFIX}")) {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// Write `bytes` to `path` atomically and durably: temp file, fsync, rename, fsync dir.
 fn write_file_durable(path: &FsPath, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().ok_or_else(|| std::io::Error::other("path has no parent directory"))?;
@@ -215,16 +254,44 @@ fn write_file_durable(path: &FsPath, bytes: &[u8]) -> std::io::Result<()> {
     }
     let file_name =
         path.file_name().ok_or_else(|| std::io::Error::other("path has no file name"))?.to_string_lossy().into_owned();
-    let tmp = dir.join(format!(".{file_name}.tmp"));
-    {
+    let tmp = dir.join(format!(".{file_name}.{TEMP_SUFFIX}"));
+    let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        // A full disk must not leave a temporary file behind per failed write.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    std::fs::rename(&tmp, path)?;
     sync_dir(dir)
 }
 
 fn sync_dir(dir: &FsPath) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed durable write leaves no temporary file; stale ones are removed at start.
+    #[test]
+    fn temporary_files_never_pile_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("wal").join("x.wal");
+        // The target is a non-empty directory: the rename fails.
+        std::fs::create_dir_all(target.join("occupied")).unwrap();
+        assert!(write_file_durable(&target, b"data").is_err());
+        let leftovers: Vec<_> =
+            std::fs::read_dir(dir.path().join("wal")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers, [std::ffi::OsString::from("x.wal")], "only the target directory is left");
+        std::fs::write(dir.path().join("wal").join(".y.wal.tmp"), b"torn").unwrap();
+        std::fs::write(dir.path().join(".catalog.json.tmp"), b"torn").unwrap();
+        std::fs::write(dir.path().join("keep.tmp"), b"not ours").unwrap();
+        assert_eq!(remove_stale_temp_files(dir.path()).unwrap(), 2);
+        assert!(dir.path().join("keep.tmp").exists());
+    }
 }

@@ -259,6 +259,11 @@ pub fn build_storage(cfg: &ObjectStoreConfig, node_id: &str) -> anyhow::Result<S
 /// Run the server until Ctrl-C / SIGTERM.
 pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let storage = build_storage(&cfg.store, &cfg.node_id)?;
+    match storage.remove_stale_temp_files() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(files = n, "removed temporary files of interrupted writes"),
+        Err(e) => tracing::warn!(error = %e, "cannot clean temporary files of interrupted writes"),
+    }
     let catalog = Arc::new(Catalog::load(storage.clone()).await.context("loading the catalog")?);
     catalog.set_limits(crate::catalog::Limits {
         databases: (cfg.num_database_limit > 0).then_some(cfg.num_database_limit),

@@ -53,12 +53,8 @@ impl Engine {
     }
 
     /// Make sure a trigger's plugin is on the host before the trigger is stored: a `gh:`
-    /// plugin is fetched into its cache, a local one must exist. A host that is starting
-    /// gets a few seconds to connect.
+    /// plugin is fetched into its cache, a local one must exist.
     pub async fn prepare_plugin(&self, name: &str) -> Result<()> {
-        if !self.link.is_connected() {
-            self.link.wait_for_session(Duration::from_secs(10)).await;
-        }
         let body = core_message::Body::PreparePlugin(pb::PreparePlugin { name: name.to_string() });
         let r = self.link.request::<pb::AdminResult>(body, Duration::from_secs(90), "checking the plugin").await?;
         admin_ok(r).map(|_| ())

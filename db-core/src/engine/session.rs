@@ -17,6 +17,8 @@ use weir_proto::plugin::v1::{self as pb, core_message, host_message, plugin_host
 
 use super::{Engine, EngineError, Result, state::LogLevel};
 
+/// How long an admin call waits for a session before it fails as unavailable.
+pub const SESSION_WAIT: Duration = Duration::from_secs(10);
 /// Messages queued towards the host per session.
 const OUTBOUND_QUEUE: usize = 1024;
 /// First reconnect delay; it doubles per failure up to [`RECONNECT_CAP`], with jitter.

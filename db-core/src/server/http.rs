@@ -74,6 +74,9 @@ pub enum ApiError {
     /// A plugin did not answer in time.
     #[error("{0}")]
     Timeout(String),
+    /// A content type this server does not speak.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
 }
 
 fn line_json(e: &LineError) -> serde_json::Value {
@@ -98,6 +101,7 @@ impl IntoResponse for ApiError {
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         };
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
@@ -221,6 +225,7 @@ pub fn router(state: SharedState) -> Router {
         // Creating the first admin token needs no token; later ones do (checked inside).
         .route("/api/v3/configure/token/admin", post(configure::create_admin_token))
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/ping", get(ping).head(ping))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -366,6 +371,21 @@ async fn health() -> &'static str {
     "OK"
 }
 
+/// `GET /ready`: 200 once the server is ready for everything, the processing engine
+/// included (its plugin host connected); 503 until then. `/health` says only that the
+/// server is up (writes and queries work while the plugin host is starting).
+async fn ready(State(state): State<SharedState>) -> Response {
+    let plugin_host = match &state.engine {
+        None => "none",
+        Some(e) if e.connected() => "connected",
+        Some(_) => "not connected",
+    };
+    let status = if plugin_host == "not connected" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let body =
+        json!({"status": if status == StatusCode::OK { "ready" } else { "starting" }, "plugin_host": plugin_host});
+    (status, axum::Json(body)).into_response()
+}
+
 async fn ping() -> Response {
     (
         StatusCode::OK,
@@ -384,5 +404,12 @@ async fn method_not_allowed(req: Request) -> ApiError {
 }
 
 async fn not_found(req: Request) -> ApiError {
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if content_type.starts_with("application/grpc-web") {
+        return ApiError::UnsupportedMediaType(format!(
+            "{content_type} is gRPC-Web, which this server does not speak: use gRPC over HTTP/2 \
+             (content-type application/grpc) on the same port"
+        ));
+    }
     ApiError::NotFound(format!("no route for {} {}", req.method(), req.uri().path()))
 }

@@ -422,3 +422,22 @@ async fn failed_wal_write_is_a_500_and_nothing_is_acknowledged() {
     let m = call(&s, get("/metrics")).await.text();
     assert!(m.contains("weir_wal_flush_errors_total 1"), "{m}");
 }
+
+/// `/ready` says whether everything, the plugin host included, is up (no engine here:
+/// ready); gRPC-Web gets a clear JSON 415 instead of a gRPC status in an HTTP 200.
+#[tokio::test]
+async fn readiness_and_grpc_web() {
+    let s = state(true).await;
+    let r = call(&s, get("/ready")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json(), serde_json::json!({"status": "ready", "plugin_host": "none"}));
+    let grpc_web = Request::builder()
+        .method(Method::POST)
+        .uri("/arrow.flight.protocol.FlightService/Handshake")
+        .header(header::CONTENT_TYPE, "application/grpc-web+proto")
+        .body(Body::empty())
+        .unwrap();
+    let r = call(&s, grpc_web).await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("gRPC-Web"), "{}", r.text());
+}
