@@ -80,6 +80,30 @@ pub enum Error {
     /// Execution failed.
     #[error("query execution failed: {0}")]
     Execution(DataFusionError),
+    /// The query ran longer than `--query-timeout` and was cancelled.
+    #[error("query cancelled: it ran longer than --query-timeout ({})", humantime::format_duration(*.0))]
+    Timeout(std::time::Duration),
+    /// The query needed more memory than `--query-memory-limit` allows (DataFusion's
+    /// account of the allocation that failed, with the limit).
+    #[error("query cancelled: {0}")]
+    MemoryLimit(String),
+}
+
+/// The error item a query stream ends with when `--query-timeout` passes (a DataFusion
+/// error, so it travels in the stream; [`Error::from`] turns it back into [`Error::Timeout`]).
+#[derive(Debug, thiserror::Error)]
+#[error("query cancelled: it ran longer than --query-timeout ({})", humantime::format_duration(*.0))]
+pub struct QueryTimeout(pub std::time::Duration);
+
+/// Limits every query runs under.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueryLimits {
+    /// Longest a query may run, planning and execution (`None`: no limit).
+    pub timeout: Option<std::time::Duration>,
+    /// Most memory one query's operators may hold (`None`: no limit); sorts, joins and
+    /// aggregations spill to disk where DataFusion can, others fail with
+    /// [`Error::MemoryLimit`].
+    pub memory: Option<usize>,
 }
 
 impl From<DataFusionError> for Error {
@@ -96,6 +120,10 @@ impl From<DataFusionError> for Error {
                 other => other,
             },
             DataFusionError::Diagnostic(_, inner) => Self::from(*inner),
+            DataFusionError::External(ref inner) if inner.downcast_ref::<QueryTimeout>().is_some() => {
+                Self::Timeout(inner.downcast_ref::<QueryTimeout>().map(|t| t.0).unwrap_or_default())
+            }
+            DataFusionError::ResourcesExhausted(message) => Self::MemoryLimit(message),
             // A value that does not parse or cast (a bound parameter, a literal) is the
             // query's fault.
             DataFusionError::ArrowError(ref a, _)
@@ -215,6 +243,8 @@ pub struct SqlExecutorArgs {
     pub object_store: Arc<dyn object_store::ObjectStore>,
     /// Where DataFusion work runs.
     pub runtime: runtime::QueryRuntime,
+    /// Time and memory limits of every query.
+    pub limits: QueryLimits,
 }
 
 /// The DataFusion-backed executor.
@@ -226,6 +256,7 @@ pub struct SqlExecutor {
     log: Arc<QueryLog>,
     engine: Arc<EngineSlot>,
     runtime: runtime::QueryRuntime,
+    limits: QueryLimits,
 }
 
 impl fmt::Debug for SqlExecutor {
@@ -254,6 +285,7 @@ impl SqlExecutor {
             log: Arc::new(QueryLog::default()),
             engine: Arc::new(EngineSlot::default()),
             runtime: args.runtime,
+            limits: args.limits,
         })
     }
 
@@ -269,7 +301,21 @@ impl SqlExecutor {
     }
 
     fn context(&self, db: Arc<DatabaseSchema>) -> SessionContext {
-        let ctx = SessionContext::new_with_state(self.state.clone());
+        let state = match self.limits.memory {
+            // Each query its own pool: one query cannot take what the limit gives another.
+            Some(bytes) => {
+                let template = self.state.runtime_env();
+                let runtime = Arc::new(datafusion::execution::runtime_env::RuntimeEnv {
+                    memory_pool: Arc::new(datafusion::execution::memory_pool::FairSpillPool::new(bytes)),
+                    disk_manager: Arc::clone(&template.disk_manager),
+                    cache_manager: Arc::clone(&template.cache_manager),
+                    object_store_registry: Arc::clone(&template.object_store_registry),
+                });
+                SessionStateBuilder::new_from_existing(self.state.clone()).with_runtime_env(runtime).build()
+            }
+            None => self.state.clone(),
+        };
+        let ctx = SessionContext::new_with_state(state);
         let catalog = WeirCatalog {
             user: Arc::new(UserSchema { db: Arc::clone(&db), buffer: Arc::clone(&self.buffer) }),
             system: Arc::new(SystemSchema::new(
@@ -290,11 +336,18 @@ impl QueryExecutor for SqlExecutor {
     async fn query_sql(&self, db: &str, sql: &str, params: QueryParams) -> Result<SendableRecordBatchStream> {
         let started = Instant::now();
         let entry = self.log.start(db, "sql", sql);
+        let deadline = self.limits.timeout.map(|t| tokio::time::Instant::now() + t);
         let result = async {
             let ctx = self.context(self.db(db)?);
-            let stream =
-                self.runtime.run(plan_and_execute(ctx, sql.to_string(), params)).await.map_err(Error::Execution)??;
-            Ok::<_, Error>(self.runtime.bridge(stream))
+            let planned = self.runtime.run(plan_and_execute(ctx, sql.to_string(), params));
+            let stream = match deadline {
+                Some(d) => tokio::time::timeout_at(d, planned)
+                    .await
+                    .map_err(|_| Error::Timeout(self.limits.timeout.unwrap_or_default()))?,
+                None => planned.await,
+            }
+            .map_err(Error::Execution)??;
+            Ok::<_, Error>(self.runtime.bridge(stream, deadline.zip(self.limits.timeout), self.limits.memory))
         }
         .await;
         match result {
@@ -535,9 +588,11 @@ impl Stream for LoggedStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let r = self.inner.as_mut().poll_next(cx);
         match &r {
-            Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(Some(Err(e))) => {
                 if let Some(f) = self.finish.as_mut() {
+                    // Counted in weir_query_errors when the stream ends.
                     f.ok = false;
+                    tracing::error!(query_id = f.entry, error = %e, "query failed while its answer was being sent");
                 }
             }
             Poll::Ready(None) => {

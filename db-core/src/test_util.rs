@@ -34,6 +34,11 @@ pub(crate) struct TestDb {
 impl TestDb {
     /// Open (or restore) a database on `storage`.
     pub(crate) async fn open(storage: &Storage) -> write_buffer::Result<Self> {
+        Self::open_with(storage, crate::query::QueryLimits::default()).await
+    }
+
+    /// [`TestDb::open`] with query limits.
+    pub(crate) async fn open_with(storage: &Storage, limits: crate::query::QueryLimits) -> write_buffer::Result<Self> {
         let catalog = Arc::new(Catalog::load(storage.clone()).await?);
         let metrics = Arc::new(Metrics::new());
         let buffer = WriteBuffer::open(WriteBufferArgs {
@@ -50,6 +55,7 @@ impl TestDb {
             metrics: Arc::clone(&metrics),
             object_store: storage.object_store(),
             runtime: test_runtime(),
+            limits,
         })
         .expect("executor");
         Ok(Self { buffer, exec, metrics })

@@ -174,6 +174,18 @@ pub struct ServeConfig {
     #[arg(long, env = "WEIR_NUM_TOTAL_COLUMNS_PER_TABLE_LIMIT", default_value_t = crate::catalog::DEFAULT_COLUMN_LIMIT,
           value_parser = parse_column_limit)]
     pub num_total_columns_per_table_limit: usize,
+
+    /// Longest a query may run (planning and execution); past it the query is cancelled and
+    /// answers with an error naming this limit. 0s: no limit.
+    #[arg(long, env = "WEIR_QUERY_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub query_timeout: Duration,
+
+    /// Most memory one query's operators may hold: bytes (suffixes KiB, MiB, GiB) or a share
+    /// of the machine's memory (`25%`). Sorts, joins and aggregations spill to a temporary
+    /// directory past it; other work fails with an error naming this limit instead of
+    /// taking the server down. 0: no limit.
+    #[arg(long, env = "WEIR_QUERY_MEMORY_LIMIT", default_value = "25%", value_parser = parse_memory_limit)]
+    pub query_memory_limit: usize,
 }
 
 impl ServeConfig {
@@ -210,6 +222,29 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
         other => return Err(format!("unknown size unit {other:?}: use B, KiB, MiB, GiB, KB, MB or GB")),
     };
     n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// Bytes, or a share of the machine's memory (`25%`).
+fn parse_memory_limit(s: &str) -> Result<usize, String> {
+    match s.trim().strip_suffix('%') {
+        Some(pct) => {
+            let pct: f64 = pct.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+            if !(0.0..=100.0).contains(&pct) {
+                return Err(format!("{s:?}: a share of memory is between 0% and 100%"));
+            }
+            let total = std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|m| {
+                    m.lines()
+                        .find_map(|l| l.strip_prefix("MemTotal:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                })
+                .map(|kb| kb * 1024)
+                .ok_or_else(|| format!("{s:?}: cannot read the machine's memory (/proc/meminfo); give bytes"))?;
+            Ok((total as f64 * pct / 100.0) as usize)
+        }
+        None => parse_bytes(s),
+    }
 }
 
 /// A column limit: at least 2 (`time` and one field).
@@ -307,6 +342,10 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         metrics: Arc::clone(&metrics),
         object_store: storage.object_store(),
         runtime: QueryRuntime::start(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))?,
+        limits: crate::query::QueryLimits {
+            timeout: (!cfg.query_timeout.is_zero()).then_some(cfg.query_timeout),
+            memory: (cfg.query_memory_limit > 0).then_some(cfg.query_memory_limit),
+        },
     })?;
     let engine_slot = Arc::clone(executor.engine_slot());
     let query: Arc<dyn crate::query::QueryExecutor> = Arc::new(executor);

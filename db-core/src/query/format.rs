@@ -1,8 +1,8 @@
 //! Encoding query answers for HTTP: json, jsonl, csv, pretty, parquet.
 //!
-//! json, jsonl and csv stream batch by batch, so a large answer never sits in memory;
-//! pretty (column widths need every row) and parquet (the footer indexes the whole file)
-//! are assembled before sending.
+//! json, jsonl, csv and parquet stream batch by batch (parquet row group by row group, its
+//! footer last), so a large answer never sits in memory; pretty (column widths need every
+//! row) is assembled first and holds at most [`PRETTY_MAX_ROWS`] rows.
 
 use std::str::FromStr;
 
@@ -14,7 +14,7 @@ use arrow::{
 };
 use bytes::Bytes;
 use datafusion::{error::DataFusionError, execution::SendableRecordBatchStream};
-use futures::{Stream, StreamExt, TryStreamExt, stream};
+use futures::{Stream, StreamExt, stream};
 use parquet::arrow::ArrowWriter;
 
 /// An output format.
@@ -155,22 +155,85 @@ pub fn encode(format: Format, input: SendableRecordBatchStream) -> BoxedBytes {
         }
         Format::Csv => Box::pin(encode_ordered(input, csv)),
         Format::Pretty => Box::pin(stream::once(async move {
-            let batches: Vec<RecordBatch> = input.try_collect().await?;
-            let table = pretty_format_batches(&batches)?;
-            Ok(Bytes::from(format!("{table}\n")))
+            pretty(input, PRETTY_MAX_ROWS).await.map(Bytes::from).map_err(|e| match e {
+                PrettyError::Query(q) => q,
+                too_long => DataFusionError::Execution(too_long.to_string()),
+            })
         })),
-        Format::Parquet => Box::pin(stream::once(async move {
-            let schema = input.schema();
-            let batches: Vec<RecordBatch> = input.try_collect().await?;
-            let mut buf = Vec::new();
-            let mut w = ArrowWriter::try_new(&mut buf, schema, None)?;
-            for b in &batches {
-                w.write(b)?;
-            }
-            w.close()?;
-            Ok(Bytes::from(buf))
-        })),
+        Format::Parquet => Box::pin(parquet(input)),
     }
+}
+
+/// Most rows the `pretty` format prints (it is assembled in memory to size its columns).
+pub const PRETTY_MAX_ROWS: usize = 100_000;
+
+/// Why a `pretty` answer was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum PrettyError {
+    /// More rows than the format holds.
+    #[error(
+        "the pretty format shows at most {0} rows (a table for people to read); use format json, jsonl, csv or \
+         parquet for larger answers, or add a LIMIT"
+    )]
+    TooLong(usize),
+    /// The query failed.
+    #[error(transparent)]
+    Query(#[from] DataFusionError),
+}
+
+/// The whole answer as a text table (at most `max_rows` rows).
+pub async fn pretty(mut input: SendableRecordBatchStream, max_rows: usize) -> Result<String, PrettyError> {
+    let mut batches = Vec::new();
+    let mut rows = 0;
+    while let Some(b) = input.next().await {
+        let b = b?;
+        rows += b.num_rows();
+        if rows > max_rows {
+            return Err(PrettyError::TooLong(max_rows));
+        }
+        batches.push(b);
+    }
+    Ok(format!("{}\n", pretty_format_batches(&batches).map_err(DataFusionError::from)?))
+}
+
+/// Bytes of encoded rows a Parquet answer holds before it writes a row group out.
+const PARQUET_ROW_GROUP_BYTES: usize = 32 << 20;
+
+/// A Parquet file, streamed: each row group goes out as soon as it is written (memory is
+/// bounded by one row group, not the answer), the footer last.
+fn parquet(input: SendableRecordBatchStream) -> impl Stream<Item = Result<Bytes, DataFusionError>> + Send {
+    struct State {
+        input: SendableRecordBatchStream,
+        writer: Option<ArrowWriter<Vec<u8>>>,
+        done: bool,
+    }
+    let state = State { input, writer: None, done: false };
+    stream::try_unfold(state, |mut st| async move {
+        if st.done {
+            return Ok(None);
+        }
+        if st.writer.is_none() {
+            st.writer = Some(ArrowWriter::try_new(Vec::new(), st.input.schema(), None)?);
+        }
+        while let Some(batch) = st.input.next().await {
+            let batch = batch?;
+            let Some(w) = st.writer.as_mut() else { break };
+            w.write(&batch)?;
+            if w.in_progress_size() >= PARQUET_ROW_GROUP_BYTES {
+                w.flush()?;
+            }
+            if !w.inner().is_empty() {
+                let out = Bytes::from(std::mem::take(w.inner_mut()));
+                return Ok(Some((out, st)));
+            }
+        }
+        st.done = true;
+        let rest = match st.writer.take() {
+            Some(w) => w.into_inner()?,
+            None => Vec::new(),
+        };
+        Ok(Some((Bytes::from(rest), st)))
+    })
 }
 
 /// Encode batches already in memory (tests, CLI) into one buffer.

@@ -13,6 +13,8 @@ use datafusion::{
 use futures::StreamExt;
 use tokio::{runtime::Handle, sync::mpsc};
 
+use super::QueryTimeout;
+
 /// Handle to the query runtime. The runtime lives on its own thread for the life of the
 /// process (dropping a runtime from async code is not allowed, so it is never dropped).
 #[derive(Clone)]
@@ -41,23 +43,63 @@ impl QueryRuntime {
         Ok(Self { handle })
     }
 
-    /// Run `fut` on the query runtime and await its result here.
+    /// Run `fut` on the query runtime and await its result here; dropping the returned
+    /// future (a client that went away, a timeout) aborts the work.
     pub async fn run<T, F>(&self, fut: F) -> Result<T, DataFusionError>
     where
         F: Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        self.handle.spawn(fut).await.map_err(|e| DataFusionError::Execution(format!("query task failed: {e}")))
+        struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+        impl<T> Drop for AbortOnDrop<T> {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let mut task = AbortOnDrop(self.handle.spawn(fut));
+        (&mut task.0).await.map_err(|e| DataFusionError::Execution(format!("query task failed: {e}")))
     }
 
     /// Drive `stream` on the query runtime; the returned stream receives its batches.
-    pub fn bridge(&self, mut stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
+    /// Execution stops (and its operators are dropped, cancelling their work) as soon as
+    /// the consumer goes away, even while no batch is ready, and at `deadline` (with
+    /// [`QueryTimeout`] as the last item). An allocation past `memory_limit` ends the
+    /// stream with an error that names the limit.
+    pub fn bridge(
+        &self,
+        mut stream: SendableRecordBatchStream,
+        deadline: Option<(tokio::time::Instant, std::time::Duration)>,
+        memory_limit: Option<usize>,
+    ) -> SendableRecordBatchStream {
         let schema = stream.schema();
         let (tx, rx) = mpsc::channel(2);
         self.handle.spawn(async move {
-            while let Some(item) = stream.next().await {
-                if tx.send(item).await.is_err() {
+            let expired = async {
+                match deadline {
+                    Some((at, _)) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(expired);
+            loop {
+                let item = tokio::select! {
                     // The consumer went away: stop executing.
+                    _ = tx.closed() => break,
+                    _ = &mut expired => {
+                        let timeout = deadline.map(|(_, t)| t).unwrap_or_default();
+                        let _ = tx.send(Err(DataFusionError::External(Box::new(QueryTimeout(timeout))))).await;
+                        break;
+                    }
+                    item = stream.next() => item,
+                };
+                let Some(item) = item else { break };
+                let item = item.map_err(|e| match (e, memory_limit) {
+                    (DataFusionError::ResourcesExhausted(m), Some(limit)) => DataFusionError::ResourcesExhausted(
+                        format!("{m} (the query is over --query-memory-limit of {limit} bytes)"),
+                    ),
+                    (e, _) => e,
+                });
+                if tx.send(item).await.is_err() {
                     break;
                 }
             }

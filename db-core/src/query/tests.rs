@@ -130,3 +130,62 @@ async fn ddl_and_dml_are_refused() {
         assert!(e.contains("not supported"), "{sql}: {e}");
     }
 }
+
+/// A query past `--query-timeout` is cancelled with an error naming the limit, also one
+/// that produces nothing until it ends.
+#[tokio::test]
+async fn queries_past_the_timeout_are_cancelled() {
+    let limits = crate::query::QueryLimits { timeout: Some(std::time::Duration::from_millis(300)), memory: None };
+    let db = TestDb::open_with(&Storage::in_memory(), limits).await.unwrap();
+    db.write("m v=1i 1").await;
+    // (An answer instead of this error would mean the count ran to its end.)
+    let e = db.try_sql("SELECT count(*) FROM range(100000000000)").await.unwrap_err();
+    assert!(e.contains("--query-timeout (300ms)"), "{e}");
+}
+
+/// A query that needs more memory than `--query-memory-limit` fails with an error naming
+/// the limit (or spills where it can); the server goes on.
+#[tokio::test]
+async fn queries_past_the_memory_limit_fail_clearly() {
+    let limits = crate::query::QueryLimits { timeout: None, memory: Some(4 << 20) };
+    let db = TestDb::open_with(&Storage::in_memory(), limits).await.unwrap();
+    db.write("m v=1i 1").await;
+    let e = db.try_sql("SELECT array_agg(value) FROM range(5000000)").await.unwrap_err();
+    assert!(e.contains("--query-memory-limit of 4194304 bytes"), "{e}");
+    // Small queries still run.
+    assert!(db.sql("SELECT count(*) AS n FROM range(1000)").await.contains("1000"));
+}
+
+/// The answer stream stops executing as soon as its consumer goes away, even while the
+/// query has produced nothing yet.
+#[tokio::test]
+async fn an_abandoned_query_stops_at_once() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    struct Flag(Arc<AtomicBool>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = Flag(Arc::clone(&dropped));
+    let schema = Arc::new(arrow::datatypes::Schema::empty());
+    let never = futures::stream::pending::<datafusion::error::Result<arrow::record_batch::RecordBatch>>();
+    let never = futures::StreamExt::map(never, move |b| {
+        let _keep = &flag;
+        b
+    });
+    let stream = Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, never));
+    let bridged = crate::test_util::test_runtime().bridge(stream, None, None);
+    drop(bridged);
+    for _ in 0..600 {
+        if dropped.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the query kept running after its consumer went away");
+}

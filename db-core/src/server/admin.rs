@@ -89,6 +89,8 @@ impl IntoStatus for query::Error {
             query::Error::DbNotFound(_) => Status::not_found(self.to_string()),
             query::Error::Invalid(_) | query::Error::MissingParam(_) => Status::invalid_argument(self.to_string()),
             query::Error::Execution(_) => Status::internal(self.to_string()),
+            query::Error::Timeout(_) => Status::deadline_exceeded(self.to_string()),
+            query::Error::MemoryLimit(_) => Status::resource_exhausted(self.to_string()),
         }
     }
 }

@@ -187,7 +187,8 @@ impl From<q::Error> for ApiError {
         match e {
             q::Error::DbNotFound(_) => Self::NotFound(e.to_string()),
             q::Error::Invalid(_) | q::Error::MissingParam(_) => Self::BadRequest(e.to_string()),
-            q::Error::Execution(_) => Self::Internal(e.to_string()),
+            q::Error::Execution(_) | q::Error::MemoryLimit(_) => Self::Internal(e.to_string()),
+            q::Error::Timeout(_) => Self::Timeout(e.to_string()),
         }
     }
 }

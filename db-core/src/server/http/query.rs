@@ -12,6 +12,8 @@ use axum::{
     http::{HeaderMap, header},
     response::{IntoResponse, Response},
 };
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::StreamExt;
 use serde::Deserialize;
 
 use super::{ApiError, json_body_or_default, query_map, read_body};
@@ -54,7 +56,25 @@ async fn run(state: SharedState, req: QueryRequest) -> Result<Response, ApiError
         Some(f) => f.parse().map_err(ApiError::BadRequest)?,
     };
     let params = QueryParams::from_json(req.params.unwrap_or_default()).map_err(ApiError::BadRequest)?;
-    let stream = state.query.query_sql(&db, &sql, params).await?;
+    let mut stream = state.query.query_sql(&db, &sql, params).await?;
+    if fmt == Format::Pretty {
+        // A table for people: bounded, assembled before the answer starts.
+        let text = format::pretty(stream, format::PRETTY_MAX_ROWS).await.map_err(|e| match e {
+            format::PrettyError::TooLong(_) => ApiError::BadRequest(e.to_string()),
+            format::PrettyError::Query(q) => ApiError::from(crate::query::Error::from(q)),
+        })?;
+        return Ok(([(header::CONTENT_TYPE, fmt.content_type())], text).into_response());
+    }
+    // A failure known before the first batch (a bad file, an unreachable object store, a
+    // limit) is the answer's status, not a cut-off 200.
+    let schema = stream.schema();
+    let first = match stream.next().await {
+        Some(Err(e)) => return Err(crate::query::Error::from(e).into()),
+        first => first,
+    };
+    let stream = Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::iter(first).chain(stream)));
+    // A failure after that ends the body abruptly (no final chunk): clients see an incomplete
+    // answer, never a complete-looking one; the server log and weir_query_errors record it.
     let body = Body::from_stream(format::encode(fmt, stream));
     Ok(([(header::CONTENT_TYPE, fmt.content_type())], body).into_response())
 }

@@ -441,3 +441,27 @@ async fn readiness_and_grpc_web() {
     assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", r.text());
     assert!(r.json()["error"].as_str().unwrap().contains("gRPC-Web"), "{}", r.text());
 }
+
+/// Large answers: parquet streams row groups (and stays a valid file), pretty refuses more
+/// rows than a table for people holds, with a 400 before any byte of the answer; a query
+/// that fails before its first batch is an error status, not a cut-off 200.
+#[tokio::test]
+async fn large_answers_stream_or_are_refused_up_front() {
+    let s = state(false).await;
+    call(&s, post("/api/v3/write_lp?db=q", "m v=1i 1")).await;
+    let q = "SELECT%20value%20FROM%20range(1500000)";
+    let r = call(&s, get(&format!("/api/v3/query_sql?db=q&q={q}&format=parquet"))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(bytes::Bytes::from(r.body.clone()), 8192)
+            .unwrap();
+    assert_eq!(reader.map(|b| b.unwrap().num_rows()).sum::<usize>(), 1_500_000);
+    let r = call(&s, get(&format!("/api/v3/query_sql?db=q&q={q}&format=pretty"))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", &r.text()[..r.text().len().min(300)]);
+    assert!(r.json()["error"].as_str().unwrap().contains("at most 100000 rows"), "{}", r.text());
+    // Fails on the first batch (a cast error at run time): a 4xx/5xx JSON answer.
+    let bad = "SELECT%20CAST('x'%20AS%20INT)%20FROM%20range(3)";
+    let r = call(&s, get(&format!("/api/v3/query_sql?db=q&q={bad}&format=csv"))).await;
+    assert!(r.status.is_client_error() || r.status.is_server_error(), "{:?} {}", r.status, r.text());
+    assert!(r.json()["error"].is_string(), "{}", r.text());
+}
