@@ -16,11 +16,12 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use axum::body::Body;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
@@ -156,20 +157,57 @@ where
     }
 }
 
+/// Connection limits of [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// An HTTP/1 client must send a request's headers within this, and an idle keep-alive
+    /// connection is closed after it (`--http-header-read-timeout`).
+    pub header_read_timeout: Duration,
+    /// Most open connections; more are answered 503 and closed at once (`--max-connections`).
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self { header_read_timeout: Duration::from_secs(30), max_connections: 2048 }
+    }
+}
+
+/// The answer to a connection over the limit (it is closed right after).
+fn too_many_connections() -> Vec<u8> {
+    let body = r#"{"error":"too many open connections (--max-connections); close idle ones and try again"}"#;
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// Serve until `shutdown` resolves, then stop accepting and drain open connections.
 pub async fn serve(
     listener: TcpListener,
     state: SharedState,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let service = Hybrid::new(state);
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20));
     let graceful = GracefulShutdown::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, peer): (tokio::net::TcpStream, SocketAddr) = match accepted {
+                let (mut stream, peer): (tokio::net::TcpStream, SocketAddr) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -177,14 +215,33 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                    tracing::warn!(%peer, max = limits.max_connections, "connection refused: too many open connections");
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncWriteExt as _;
+                        let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&too_many_connections())).await;
+                    });
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let svc = TowerToHyperService::new(service.clone());
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn.into_owned());
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let first_byte = limits.header_read_timeout;
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    // Until its first byte a connection is in no protocol's timer (HTTP/1 or
+                    // HTTP/2 is told from it): one that stays silent is closed here.
+                    let mut probe = [0u8; 1];
+                    match tokio::time::timeout(first_byte, stream.peek(&mut probe)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return,
+                    }
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!(%peer, error = %e, "connection ended with error");
                     }
+                    // The connection's slot frees when this task ends.
+                    drop(permit);
                 });
             }
             _ = &mut shutdown => break,
@@ -198,4 +255,35 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Raise this process's open-file limit to its hard limit and return the connection cap
+/// that fits in it (`wanted`, or less, leaving room for files), so new connections never
+/// hang at the descriptor limit.
+pub fn fit_connection_limit(wanted: usize) -> usize {
+    // SAFETY: getrlimit/setrlimit on our own process with valid pointers.
+    let soft = unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return wanted;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        lim.rlim_cur
+    };
+    let room = usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(256).max(16);
+    if wanted > room {
+        tracing::warn!(
+            wanted,
+            open_file_limit = soft,
+            using = room,
+            "--max-connections lowered to fit the open-file limit"
+        );
+        return room;
+    }
+    wanted
 }

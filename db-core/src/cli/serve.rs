@@ -175,6 +175,16 @@ pub struct ServeConfig {
           value_parser = parse_column_limit)]
     pub num_total_columns_per_table_limit: usize,
 
+    /// An HTTP/1.1 client must send a request's headers within this; an idle keep-alive
+    /// connection is closed after it (slow or idle clients cannot hold connections forever).
+    #[arg(long, env = "WEIR_HTTP_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http_header_read_timeout: Duration,
+
+    /// Most open connections (HTTP and gRPC together). Past it a new connection gets a 503
+    /// and is closed at once. Lowered, with a warning, to fit the open-file limit.
+    #[arg(long, env = "WEIR_MAX_CONNECTIONS", default_value_t = 2048)]
+    pub max_connections: usize,
+
     /// Longest a query may run (planning and execution); past it the query is cancelled and
     /// answers with an error naming this limit. 0s: no limit.
     #[arg(long, env = "WEIR_QUERY_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
@@ -401,7 +411,11 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
     tracing::info!(%addr, auth = !cfg.without_auth, "server started");
 
-    server::serve(listener, state, shutdown_signal()).await?;
+    let limits = server::ConnectionLimits {
+        header_read_timeout: cfg.http_header_read_timeout,
+        max_connections: server::fit_connection_limit(cfg.max_connections),
+    };
+    server::serve(listener, state, limits, shutdown_signal()).await?;
     tracing::info!("shutting down: stopping the processing engine");
     engine.shutdown(Duration::from_secs(10)).await;
     tracing::info!("shutting down: flushing the WAL");

@@ -213,6 +213,10 @@ impl HostLink {
         deadline: Duration,
         what: &'static str,
     ) -> Result<R> {
+        // A host that is starting or reconnecting gets a moment to open its session.
+        if !self.is_connected() {
+            self.wait_for_session(SESSION_WAIT).await;
+        }
         let waiting = self.send(body).await.ok_or(EngineError::Unavailable)?;
         match tokio::time::timeout(deadline, waiting.reply(what)).await {
             Ok(r) => r,

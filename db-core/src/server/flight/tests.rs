@@ -33,7 +33,7 @@ async fn start(auth: bool) -> Fixture {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(crate::server::serve(listener, Arc::clone(&state), async {
+    tokio::spawn(crate::server::serve(listener, Arc::clone(&state), Default::default(), async {
         let _ = rx.await;
     }));
     Fixture { addr, _stop: tx }
