@@ -150,10 +150,16 @@ pub struct Engine {
     /// Short-lived tasks (plugin queries and writes, calls, delivery), waited for at
     /// shutdown.
     tasks: Tasks,
-    /// The long-running loops (host supervision, session, housekeeping), ended at shutdown.
+    /// The long-running loops (session, housekeeping), ended at shutdown.
     loops: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// The supervision of a host this process started, and its stop signal.
+    host_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    host_stop: watch::Sender<bool>,
     /// Set by shutdown: no task starts any more.
     stopping: std::sync::atomic::AtomicBool,
+    /// Set once [`Engine::resume`] has loaded the checkpoints: until then every WAL file
+    /// is kept (a trigger may need it).
+    resumed: std::sync::atomic::AtomicBool,
 }
 
 /// RFC 3339 (UTC, milliseconds) of a time in ns.
@@ -214,16 +220,20 @@ impl Engine {
             sync_lock: Mutex::new(()),
             tasks: Tasks::default(),
             loops: Mutex::new(Vec::new()),
+            host_task: Mutex::new(None),
+            host_stop: watch::channel(false).0,
             stopping: std::sync::atomic::AtomicBool::new(false),
+            resumed: std::sync::atomic::AtomicBool::new(false),
         });
         engine.catalog.subscribe(Arc::downgrade(&engine) as std::sync::Weak<dyn CatalogObserver>);
         let (url_tx, url_rx) = watch::channel(engine.config.host_url.clone());
-        let mut loops = vec![
+        let loops = vec![
             tokio::spawn(Arc::clone(&engine).connect_loop(url_rx)).abort_handle(),
             tokio::spawn(Arc::clone(&engine).housekeeping()).abort_handle(),
         ];
         if engine.config.host_url.is_none() {
-            loops.push(tokio::spawn(host_process::supervise(engine.config.clone(), url_tx)).abort_handle());
+            let stop = engine.host_stop.subscribe();
+            *engine.host_task.lock() = Some(tokio::spawn(host_process::supervise(engine.config.clone(), url_tx, stop)));
         }
         *engine.loops.lock() = loops;
         engine.sync_schedules();
@@ -277,6 +287,7 @@ impl Engine {
             Err(e) => tracing::error!(error = %e, "cannot list the WAL files kept for triggers"),
         }
         self.save_checkpoints_now().await;
+        self.resumed.store(true, std::sync::atomic::Ordering::Release);
         self.sync_wal_triggers();
         result
     }
@@ -293,7 +304,7 @@ impl Engine {
             }
             self.state.sweep(self.now());
             self.enforce_max_lag();
-            match self.checkpoints.retain_after() {
+            match FlushListener::retain_after(self.as_ref()) {
                 Some(seq) => self.delivery.forget_through(seq),
                 None => self.delivery.forget_through(self.delivery.latest()),
             }
@@ -333,6 +344,12 @@ impl Engine {
             tracing::warn!(tasks = self.tasks.len(), "engine work still running at shutdown; not waiting longer");
         }
         self.save_checkpoints_now().await;
+        // A host this process started stops with its workers (SIGTERM, then SIGKILL).
+        let _ = self.host_stop.send(true);
+        let host_task = self.host_task.lock().take();
+        if let Some(task) = host_task {
+            let _ = task.await;
+        }
         for l in self.loops.lock().drain(..) {
             l.abort();
         }
@@ -473,6 +490,9 @@ impl FlushListener for Engine {
     }
 
     fn retain_after(&self) -> Option<u64> {
+        if !self.resumed.load(std::sync::atomic::Ordering::Acquire) {
+            return Some(0);
+        }
         self.checkpoints.retain_after()
     }
 

@@ -76,11 +76,19 @@ pub struct WriteBufferConfig {
     pub snapshot_interval: Duration,
     /// Snapshot as soon as the open buffer holds this many rows.
     pub snapshot_rows: usize,
+    /// Until a [`FlushListener`] is registered, snapshots retire no WAL file (the
+    /// processing engine, about to start, may need them for its triggers).
+    pub hold_wal_for_listener: bool,
 }
 
 impl Default for WriteBufferConfig {
     fn default() -> Self {
-        Self { wal: WalConfig::default(), snapshot_interval: Duration::from_secs(600), snapshot_rows: 5_000_000 }
+        Self {
+            wal: WalConfig::default(),
+            snapshot_interval: Duration::from_secs(600),
+            snapshot_rows: 5_000_000,
+            hold_wal_for_listener: false,
+        }
     }
 }
 
@@ -802,7 +810,11 @@ impl WriteBuffer {
         // Retire what the snapshot covers: WAL files (except those a trigger still needs),
         // older manifests, deleted data.
         let wal_files = wal::list_files(&self.storage).await?;
-        let keep_after = self.shared.listener.read().as_ref().and_then(|l| l.retain_after());
+        let keep_after = match self.shared.listener.read().as_ref() {
+            Some(l) => l.retain_after(),
+            None if self.config.hold_wal_for_listener => Some(0),
+            None => None,
+        };
         for (seq, path) in wal_files {
             if seq <= frozen.wal_seq
                 && keep_after.is_none_or(|k| seq <= k)

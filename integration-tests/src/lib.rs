@@ -1,8 +1,9 @@
 //! Harness for end-to-end tests: starts the real `weir` binary on port 0, reads the bound
 //! address from its stdout, captures its logs, and kills it on drop.
 //!
-//! Binaries are found in `$WEIR_BIN_DIR`, else next to the test executable's target
-//! directory (`target/debug`). `scripts/test` builds them first.
+//! Binaries are found in `$WEIR_BIN_DIR`, else in the profile directory the test
+//! executable was built in (`<target>/release` for scripts/test). `scripts/test` builds
+//! them first.
 
 use std::{
     io::{BufRead, BufReader},
@@ -17,7 +18,7 @@ pub fn bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("WEIR_BIN_DIR") {
         return PathBuf::from(d);
     }
-    // target/debug/deps/<test-exe> → target/debug
+    // <target>/<profile>/deps/<test-exe> → <target>/<profile>
     let exe = std::env::current_exe().expect("current exe");
     exe.parent().and_then(Path::parent).map(Path::to_path_buf).expect("test executable lives in target/<profile>/deps")
 }
@@ -27,7 +28,7 @@ pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(
         p.exists(),
-        "{} not found: build the binaries first (`cargo build --bins`, or run scripts/test)",
+        "{} not found: build the binaries first (`cargo build --release --workspace --bins`, or run scripts/test)",
         p.display()
     );
     p

@@ -492,3 +492,49 @@ def process_writes(influxdb3_local, table_batches, args):
     let n: Vec<i64> = copied.iter().map(|r| r["n"].as_i64().unwrap()).collect();
     assert_eq!(n, (0..13).collect::<Vec<_>>());
 }
+
+/// Whether a process is alive (a zombie counts as gone).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// A plugin's worker and a process it forked stop with `weir serve` (SIGTERM): the host
+/// is stopped gracefully and kills its workers' process groups; nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_plugin_host_its_workers_and_their_children() {
+    let mut s = start(&[]);
+    s.create_db("fam").await;
+    s.plugin(
+        "forker.py",
+        r#"
+import os, time
+def process_writes(influxdb3_local, table_batches, args):
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(600)
+        os._exit(0)
+    with open(os.path.join(os.environ["PLUGIN_DIR"], "pids.txt"), "w") as f:
+        f.write(f"{os.getpid()} {pid}")
+"#,
+    );
+    let (status, body) = s
+        .create_trigger(json!({"db": "fam", "plugin_filename": "forker.py", "trigger_name": "f", "trigger_specification": "all_tables"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.write("fam", &format!("m v=1 {T0}")).await;
+    let pids_file = s.plugin_dir().join("pids.txt");
+    let pids = eventually(Duration::from_secs(60), || async {
+        let text = std::fs::read_to_string(&pids_file).ok()?;
+        let pids: Vec<i32> = text.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        (pids.len() == 2).then_some(pids)
+    })
+    .await
+    .expect("the plugin ran");
+    assert!(pids.iter().all(|p| alive(*p)), "{pids:?} running before the stop");
+    s.stop();
+    let gone = eventually(Duration::from_secs(30), || async { pids.iter().all(|p| !alive(*p)).then_some(()) }).await;
+    assert!(gone.is_some(), "{pids:?} (worker, forked child) outlived weir serve's SIGTERM");
+}

@@ -170,14 +170,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.bind).await?;
     let addr = listener.local_addr()?;
     println!("{}http://{addr}", weir_proto::HOST_READY_PREFIX);
-    let shutdown = async {
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
+        let _ = stop_tx.send(true);
+    });
+    let mut stopped = stop_rx.clone();
+    let shutdown = async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
     };
-    serve(listener, host, args.session_token, shutdown).await
+    // The core's session stream would hold a graceful stop open: after the stop signal it
+    // gets a few seconds, then the host stops anyway.
+    let result = tokio::select! {
+        r = serve(listener, Arc::clone(&host), args.session_token, shutdown) => r,
+        _ = async {
+            let _ = stopped.wait_for(|s| *s).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        } => Ok(()),
+    };
+    tracing::info!("stopping: killing the plugin workers");
+    host.shutdown();
+    result
 }
 
 /// Accepted connections with Nagle's algorithm off: a small reply (a `Done`, a log record)

@@ -102,6 +102,12 @@ impl Host {
         })
     }
 
+    /// Stop every trigger: their workers (and everything those started) are killed.
+    pub fn shutdown(&self) {
+        self.triggers.lock().clear();
+        self.pipelines.lock().clear();
+    }
+
     /// The venv in use.
     pub fn venv(&self) -> &Venv {
         &self.venv

@@ -742,11 +742,19 @@ impl Worker {
         let (tx, rx) = oneshot::channel();
         self.pending.lock().insert(id, tx);
         let started = Instant::now();
-        let sent = match staged {
-            None => self.send(&ToWorker::Invoke { id, entry, staged: None }, args).await,
-            Some(stage) => self.send(&ToWorker::Invoke { id, entry, staged: Some(stage) }, &[]).await,
+        let invoke = match staged {
+            None => frame(&ToWorker::Invoke { id, entry, staged: None }, args),
+            Some(stage) => frame(&ToWorker::Invoke { id, entry, staged: Some(stage) }, &[]),
         };
-        if let Err(e) = sent {
+        // Arguments over the message limit are this call's failure, not the worker's.
+        let invoke = match invoke {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.pending.lock().remove(&id);
+                return Err(InvokeError::TooLarge(e.to_string()));
+            }
+        };
+        if let Err(e) = self.writer.lock().await.write_all(&invoke).await {
             self.pending.lock().remove(&id);
             return Err(InvokeError::Crashed(e.to_string()));
         }

@@ -22,7 +22,7 @@ host → worker                                worker → host
     the current one runs                       write {id, database, lines, no_sync}
   query_result {id, error} + marshal(rows)     cache {id, op, key, ttl} + pickle (global
   write_result {id, error}                           scope only; the trigger scope is local)
-  cache_result {id, error, found}
+  cache_result {id, found}
         + pickle(value)
   shutdown {} (or the host kills the process)
 

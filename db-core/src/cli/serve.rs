@@ -323,6 +323,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             wal: WalConfig { flush_interval: cfg.wal_flush_interval, min_spacing: cfg.wal_min_spacing },
             snapshot_interval: cfg.snapshot_interval,
             snapshot_rows: cfg.snapshot_rows,
+            hold_wal_for_listener: true,
         },
         time: Arc::new(SystemTime),
         metrics: Arc::clone(&metrics),

@@ -79,6 +79,10 @@ pub(super) enum Next {
     Retry(Duration),
     /// The trigger is being disabled: deliver nothing more.
     Stop,
+    /// The host's crash-loop breaker stopped a WAL trigger: this input is not done (it is
+    /// kept, with the WAL after it), and nothing more is sent until the trigger is
+    /// disabled and enabled.
+    Halt,
 }
 
 /// The delay before retry `attempt` (1-based): doubling from [`RETRY_BASE`], capped at
@@ -106,6 +110,8 @@ impl Engine {
             self.state.update(db_id, &def.name, |s| {
                 s.runs += 1;
                 s.attempts = u64::from(attempt);
+                // It runs again (the host's breaker was reset, by a host restart say).
+                s.stopped = None;
             });
             return Next::Continue;
         };
@@ -120,9 +126,10 @@ impl Engine {
                 s.stopped = Some(error.clone());
             }
         });
-        // A stopped trigger's inputs fail at once until it is enabled again.
+        // A stopped trigger's inputs fail at once until it is enabled again: a WAL trigger
+        // keeps its input (never skipped unasked); a tick or a request is simply missed.
         if stopped {
-            return Next::Continue;
+            return if def.spec().is_wal() { Next::Halt } else { Next::Continue };
         }
         match def.error_behavior {
             ErrorBehavior::Log => Next::Continue,
@@ -298,7 +305,7 @@ impl Engine {
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
-                Next::Continue | Next::Stop => return,
+                Next::Continue | Next::Stop | Next::Halt => return,
             }
         }
     }

@@ -526,6 +526,8 @@ impl Engine {
                 Some((done.error, done.stopped))
             };
             match self.after_call(db_id, &db, &def, attempt, failure) {
+                // Stopped by the crash-loop breaker: the batch stays undone, the WAL kept.
+                Next::Halt => return,
                 Next::Retry(delay) => {
                     // Only this batch is in flight (window 1): it runs again after the delay.
                     queued.iter_mut().for_each(|q| q.waiting = None);

@@ -36,8 +36,17 @@ fn die_with_parent(cmd: &mut tokio::process::Command) {
     let _ = cmd;
 }
 
+/// How long a host this process started has to stop (its workers with it) on SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(8);
+
 /// Start the host as a child and keep it running; publishes its URL (`None` while down).
-pub(super) async fn supervise(config: EngineConfig, url: watch::Sender<Option<String>>) {
+/// When `stop` turns true the host gets SIGTERM (it kills its workers and exits), then
+/// SIGKILL past [`STOP_GRACE`].
+pub(super) async fn supervise(
+    config: EngineConfig,
+    url: watch::Sender<Option<String>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let bin = config.host_bin.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .ok()
@@ -90,7 +99,22 @@ pub(super) async fn supervise(config: EngineConfig, url: watch::Sender<Option<St
             // Keep draining its stdout so it never blocks.
             tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         }
-        let status = child.wait().await;
+        let status = tokio::select! {
+            status = child.wait() => status,
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                let _ = url.send(None);
+                if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                    // SAFETY: a signal to our own child.
+                    unsafe {
+                        libc::kill(pid, libc::SIGTERM);
+                    }
+                }
+                if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+                    tracing::warn!("the plugin host did not stop within {STOP_GRACE:?}; killing it");
+                }
+                return;
+            }
+        };
         let _ = url.send(None);
         tracing::warn!(?status, "the plugin host exited; restarting it");
         if started.elapsed() > Duration::from_secs(60) {

@@ -358,7 +358,6 @@ impl Engine {
                     if let Err(e) = self.run_session(stream).await {
                         tracing::warn!(url = %target, error = %e, "the session with the plugin host ended");
                     }
-                    self.state.set_connected(false);
                     self.link.close();
                 }
                 Err(e) => log.failed(&target, &e),
@@ -396,7 +395,6 @@ impl Engine {
         let sync = core_message::Body::TriggerSync(pb::TriggerSync { triggers });
         session.tx.send(pb::CoreMessage { id: 0, body: Some(sync) }).await.map_err(closed)?;
         self.link.open(Arc::clone(&session));
-        self.state.set_connected(true);
         while let Some(msg) = inbound.next().await {
             let msg = msg?;
             let Some(body) = msg.body else { continue };

@@ -1,6 +1,6 @@
-//! The engine's live state: its log lines (`system.processing_engine_logs`), what each
-//! trigger has been doing (`system.processing_engine_triggers`), and whether the plugin host
-//! is connected. In memory; it starts over at a restart.
+//! The engine's live state: its log lines (`system.processing_engine_logs`) and what each
+//! trigger has been doing (`system.processing_engine_triggers`). In memory; it starts over
+//! at a restart.
 //!
 //! **Log flood control.** A line whose text, with its digits masked, repeats within
 //! [`LOG_WINDOW`] more than [`LOG_REPEATS`] times for the same trigger is counted instead
@@ -10,10 +10,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::Duration,
 };
 
@@ -88,13 +85,12 @@ struct Repeats {
 
 type RepeatKey = (Arc<str>, String, LogLevel, String);
 
-/// Log lines, trigger states and the connection flag.
+/// Log lines and trigger states.
 #[derive(Debug, Default)]
 pub struct EngineState {
     rows: Mutex<VecDeque<Row>>,
     repeats: Mutex<HashMap<RepeatKey, Repeats>>,
     triggers: Mutex<HashMap<(u32, Arc<str>), TriggerState>>,
-    connected: AtomicBool,
 }
 
 /// `text` with every run of digits replaced by `#`: lines that differ only in counts,
@@ -205,16 +201,6 @@ impl EngineState {
     /// Forget a trigger's state (deleted, or enabled again from scratch).
     pub fn clear(&self, db_id: u32, trigger: &str) {
         self.triggers.lock().remove(&(db_id, Arc::from(trigger)));
-    }
-
-    /// Record whether the plugin host is connected.
-    pub fn set_connected(&self, connected: bool) {
-        self.connected.store(connected, Ordering::Release);
-    }
-
-    /// Whether the plugin host is connected.
-    pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
     }
 }
 

@@ -234,6 +234,8 @@ impl HostConnector for Arc<FakeHost> {
                         host.runs.lock().push((b.trigger.clone(), b.wal_seq));
                         Some(host_message::Body::Done(pb::Done {
                             ok: outcome.ok,
+                            // As the host's breaker reports it.
+                            stopped: outcome.error.starts_with("trigger stopped"),
                             error: outcome.error,
                             writes: outcome.writes,
                             ..Default::default()
@@ -535,4 +537,44 @@ async fn every_trigger_change_reaches_the_host_and_missing_plugins_are_refused()
     assert_eq!(h.checkpoint("a"), None);
     let e = h.engine.prepare_plugin("missing.py").await.unwrap_err();
     assert!(matches!(e, EngineError::Host { kind: HostErrorKind::Invalid, .. }), "{e:?}");
+}
+
+/// The host's crash-loop breaker stopping a WAL trigger does not consume its input: the
+/// batch stays undone (the WAL kept), nothing more is sent, the trigger shows STOPPED, and
+/// disabling and enabling it starts it again from new data.
+#[tokio::test(start_paused = true)]
+async fn a_breaker_stop_keeps_the_wal_trigger_input() {
+    let h = harness().await;
+    h.trigger("crashy", "table:temps", "log").await;
+    h.host.behave(|b| {
+        if b.wal_seq >= 2 {
+            Outcome {
+                ok: false,
+                error: "trigger stopped: its worker failed 5 times in a row".into(),
+                ..Outcome::default()
+            }
+        } else {
+            Outcome::default()
+        }
+    });
+    // The fake marks a failure as a breaker stop through the error text below.
+    for _ in 0..5 {
+        h.flush(&["temps"]);
+    }
+    wait_for(|| h.checkpoint("crashy") == Some(1)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.checkpoint("crashy"), Some(1), "the stopped batch must not be checkpointed");
+    assert_eq!(h.status("crashy").state, "STOPPED");
+    // Batches already in the window were answered as stopped too; nothing new goes out.
+    let sent = h.host.runs_of("crashy").len();
+    h.flush(&["temps"]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.host.runs_of("crashy").len(), sent, "nothing is sent after the breaker stop");
+    assert_eq!(h.engine.checkpoints.retain_after(), Some(1), "its WAL is kept");
+    h.catalog.set_trigger_disabled("plant", "crashy", true).await.unwrap();
+    h.catalog.set_trigger_disabled("plant", "crashy", false).await.unwrap();
+    assert_eq!(h.status("crashy").state, "RUNNING");
+    h.host.behave(|_| Outcome::default());
+    let seq = h.flush(&["temps"]);
+    wait_for(|| h.checkpoint("crashy") == Some(seq)).await;
 }

@@ -201,7 +201,8 @@ struct InstallRequirements {
 }
 
 /// `POST /api/v3/configure/plugin_environment/install_requirements {"requirements_location": "..."}`
-/// (a file on the plugin host, relative to the plugin directory or absolute).
+/// (a file on the plugin host, named relative to the plugin directory; it must resolve
+/// inside it).
 pub async fn install_requirements(
     State(state): State<SharedState>,
     headers: HeaderMap,
