@@ -60,7 +60,7 @@ fn slow_idle_and_surplus_connections_are_bounded() {
     assert!(answer.contains("--max-connections"), "{answer}");
     // Every held connection is closed by the server within a generous deadline.
     for (i, c) in held.iter_mut().enumerate() {
-        if i >= 2 && i < 4 {
+        if (2..4).contains(&i) {
             let _ = c.write_all(b"a");
         }
         assert!(closed_within(c, Duration::from_secs(30)), "connection {i} was kept open");

@@ -29,6 +29,46 @@ const MAX_SIZE: u64 = 16 << 20;
 use weir_proto::plugin_name::check_gh_path as check_path;
 const INDEX: &str = "index.json";
 
+/// Why a `gh:` plugin is not available.
+#[derive(Debug, thiserror::Error)]
+pub enum GhError {
+    /// The repository path is refused.
+    #[error("{0}")]
+    Path(String),
+    /// The download failed.
+    #[error("cannot fetch gh:{path} from {url}: {reason}")]
+    Fetch {
+        /// The repository path.
+        path: String,
+        /// The URL fetched.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The file could not be cached.
+    #[error("caching gh:{path} in {}: {source}", dir.display())]
+    Cache {
+        /// The repository path.
+        path: String,
+        /// The cache directory.
+        dir: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The cached file no longer matches its recorded sha256.
+    #[error("gh:{path}: the cached file {} changed (sha256 {actual}, recorded {recorded}); delete it to fetch it again", file.display())]
+    Changed {
+        /// The repository path.
+        path: String,
+        /// The cached file.
+        file: PathBuf,
+        /// Its sha256 now.
+        actual: String,
+        /// The recorded sha256.
+        recorded: String,
+    },
+}
+
 /// What the index records per file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Entry {
@@ -84,10 +124,10 @@ impl GhCache {
     }
 
     /// Download `gh:<path>` (again) into the cache and record its sha256; the cached path.
-    pub async fn fetch(&self, path: &str) -> Result<PathBuf, String> {
-        let rel = check_path(path)?;
+    pub async fn fetch(&self, path: &str) -> Result<PathBuf, GhError> {
+        let rel = check_path(path).map_err(GhError::Path)?;
         let url = format!("{}{path}", self.repo);
-        let fail = |e: String| format!("cannot fetch gh:{path} from {url}: {e}");
+        let fail = |reason: String| GhError::Fetch { path: path.to_string(), url: url.clone(), reason };
         let resp = self.client.get(&url).send().await.map_err(|e| fail(e.to_string()))?;
         if !resp.status().is_success() {
             return Err(fail(format!("HTTP {}", resp.status())));
@@ -112,7 +152,9 @@ impl GhCache {
         let index_path = cache_dir.join(INDEX);
         let mut index = self.index();
         index.insert(path.to_string(), entry);
-        let index_bytes = serde_json::to_vec_pretty(&index).map_err(|e| e.to_string())?;
+        let cache_err =
+            |source: std::io::Error| GhError::Cache { path: path.to_string(), dir: cache_dir.clone(), source };
+        let index_bytes = serde_json::to_vec_pretty(&index).map_err(|e| cache_err(std::io::Error::other(e)))?;
         let dest2 = dest.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             if let Some(parent) = dest2.parent() {
@@ -122,16 +164,16 @@ impl GhCache {
             write_atomically(&index_path, &index_bytes)
         })
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("caching gh:{path} in {}: {e}", cache_dir.display()))?;
+        .map_err(|e| cache_err(std::io::Error::other(e)))?
+        .map_err(cache_err)?;
         tracing::info!(%url, "plugin fetched from the plugin repository");
         Ok(dest)
     }
 
     /// The cached file of `gh:<path>`, checked against its recorded sha256; fetched first
     /// if it is not cached yet.
-    pub async fn resolve(&self, path: &str) -> Result<PathBuf, String> {
-        let rel = check_path(path)?;
+    pub async fn resolve(&self, path: &str) -> Result<PathBuf, GhError> {
+        let rel = check_path(path).map_err(GhError::Path)?;
         let cached = self.cache_dir().join(rel);
         let recorded = self.index().remove(path);
         let Some(entry) = recorded else {
@@ -143,11 +185,7 @@ impl GhCache {
         };
         let actual = sha256(&content);
         if actual != entry.sha256 {
-            return Err(format!(
-                "gh:{path}: the cached file {} changed (sha256 {actual}, recorded {}); delete it to fetch it again",
-                cached.display(),
-                entry.sha256
-            ));
+            return Err(GhError::Changed { path: path.to_string(), file: cached, actual, recorded: entry.sha256 });
         }
         Ok(cached)
     }
@@ -171,9 +209,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         // Nothing listens on port 9: a fetch fails with a clear error.
         let gh = GhCache::new("http://127.0.0.1:9/repo", d.path());
-        let e = gh.resolve("a/b.py").await.unwrap_err();
+        let e = gh.resolve("a/b.py").await.unwrap_err().to_string();
         assert!(e.starts_with("cannot fetch gh:a/b.py from http://127.0.0.1:9/repo/a/b.py"), "{e}");
-        assert!(gh.resolve("../b.py").await.unwrap_err().starts_with("Path traversal detected"));
+        assert!(gh.resolve("../b.py").await.unwrap_err().to_string().starts_with("Path traversal detected"));
         // A cached file with its index entry resolves without the network...
         let body = b"def process_writes(influxdb3_local, table_batches, args):\n    pass\n";
         std::fs::create_dir_all(d.path().join(".gh/a")).unwrap();
@@ -184,6 +222,6 @@ mod tests {
         assert_eq!(gh.resolve("a/b.py").await.unwrap(), d.path().join(".gh/a/b.py"));
         // ...and is refused once its content changes.
         std::fs::write(d.path().join(".gh/a/b.py"), b"import os\n").unwrap();
-        assert!(gh.resolve("a/b.py").await.unwrap_err().contains("changed"));
+        assert!(gh.resolve("a/b.py").await.unwrap_err().to_string().contains("changed"));
     }
 }

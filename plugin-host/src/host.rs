@@ -58,6 +58,17 @@ pub struct HostConfig {
     pub arena_cache: bool,
 }
 
+/// Why a trigger's plugin cannot be found.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginPathError {
+    /// A plugin-directory name.
+    #[error(transparent)]
+    Path(#[from] crate::paths::PathError),
+    /// A `gh:` plugin.
+    #[error(transparent)]
+    Gh(#[from] crate::gh::GhError),
+}
+
 /// The plugin host.
 #[derive(Debug)]
 pub struct Host {
@@ -175,10 +186,10 @@ impl Host {
 
     /// The file or package a trigger's `plugin_filename` names: inside the plugin
     /// directory, or a `gh:` plugin's cached copy.
-    async fn plugin_path(&self, name: &str) -> Result<PathBuf, String> {
-        match crate::gh::gh_path(name) {
-            Some(path) => self.gh.resolve(path).await,
-            None => crate::paths::resolve(&self.config.plugin_dir, name),
-        }
+    async fn plugin_path(&self, name: &str) -> Result<PathBuf, PluginPathError> {
+        Ok(match crate::gh::gh_path(name) {
+            Some(path) => self.gh.resolve(path).await?,
+            None => crate::paths::resolve(&self.config.plugin_dir, name)?,
+        })
     }
 }

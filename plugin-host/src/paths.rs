@@ -12,15 +12,42 @@ use std::path::{Path, PathBuf};
 
 pub use weir_proto::plugin_name::{MAX_NAME, check_name, traversal};
 
+/// Why a plugin name was refused or not found.
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    /// Not a plain name inside the plugin directory (`Path traversal detected: <name>`).
+    #[error("{0}")]
+    Traversal(String),
+    /// Nothing by that name.
+    #[error("plugin {name} not found in {}: {source}", dir.display())]
+    NotFound {
+        /// The name.
+        name: String,
+        /// The plugin directory.
+        dir: PathBuf,
+        /// Why it could not be resolved.
+        source: std::io::Error,
+    },
+    /// The plugin directory itself is unusable.
+    #[error("plugin directory {}: {source}", dir.display())]
+    PluginDir {
+        /// The plugin directory.
+        dir: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
 /// `name` inside `plugin_dir`: its real path, which must exist and lie inside the plugin
 /// directory's real path.
-pub fn resolve(plugin_dir: &Path, name: &str) -> Result<PathBuf, String> {
-    let rel = check_name(name)?;
-    let root = plugin_dir.canonicalize().map_err(|e| format!("plugin directory {}: {e}", plugin_dir.display()))?;
+pub fn resolve(plugin_dir: &Path, name: &str) -> Result<PathBuf, PathError> {
+    let rel = check_name(name).map_err(PathError::Traversal)?;
+    let root =
+        plugin_dir.canonicalize().map_err(|source| PathError::PluginDir { dir: plugin_dir.to_path_buf(), source })?;
     match plugin_dir.join(rel).canonicalize() {
         Ok(real) if real.starts_with(&root) && real != root => Ok(real),
-        Ok(_) => Err(traversal(name)),
-        Err(e) => Err(format!("plugin {name} not found in {}: {e}", plugin_dir.display())),
+        Ok(_) => Err(PathError::Traversal(traversal(name))),
+        Err(source) => Err(PathError::NotFound { name: name.to_string(), dir: plugin_dir.to_path_buf(), source }),
     }
 }
 
@@ -116,13 +143,16 @@ mod tests {
         assert!(names.len() >= 50, "{} names", names.len());
         for name in &names {
             match resolve(&dir, name) {
-                Err(e) => assert!(e.starts_with("Path traversal detected: "), "{name:?}: {e}"),
+                Err(e) => assert!(
+                    matches!(e, PathError::Traversal(_)) && e.to_string().starts_with("Path traversal detected: "),
+                    "{name:?}: {e}"
+                ),
                 Ok(p) => panic!("{name:?} resolved to {}", p.display()),
             }
         }
         assert!(resolve(&dir, "ok.py").is_ok());
         assert!(resolve(&dir, "pkg").is_ok());
-        assert!(resolve(&dir, "missing.py").unwrap_err().contains("not found"));
+        assert!(resolve(&dir, "missing.py").unwrap_err().to_string().contains("not found"));
     }
 
     #[test]
@@ -136,6 +166,6 @@ mod tests {
         std::fs::write(base.path().join("secret.py"), "").unwrap();
         std::fs::remove_file(dir.join("p.py")).unwrap();
         std::os::unix::fs::symlink(base.path().join("secret.py"), dir.join("p.py")).unwrap();
-        assert!(resolve(&dir, "p.py").unwrap_err().starts_with("Path traversal detected: "));
+        assert!(resolve(&dir, "p.py").unwrap_err().to_string().starts_with("Path traversal detected: "));
     }
 }

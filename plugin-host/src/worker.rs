@@ -46,6 +46,29 @@ pub const MAX_FRAME: usize = weir_proto::MAX_MESSAGE_BYTES;
 /// Largest JSON header read (a header is small; a larger one is a broken worker).
 const MAX_HEADER: usize = 64 << 20;
 
+/// Why a plugin's query or write did not reach the core, or what the core answered.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    /// No core session.
+    #[error("weir serve is not connected to the plugin host")]
+    NotConnected,
+    /// The session ended before the answer.
+    #[error("the connection to weir serve closed")]
+    Closed,
+    /// No answer in time.
+    #[error("weir serve did not answer within {0:?}")]
+    NoAnswer(Duration),
+    /// The core refused it: its error, worded as InfluxDB 3 words it (the plugin sees it).
+    #[error("{0}")]
+    Refused(String),
+    /// A reply of the wrong kind, or an answer that does not decode.
+    #[error("bad answer from weir serve: {0}")]
+    Protocol(String),
+    /// Dry runs capture writes instead.
+    #[error("writes are captured in a dry run")]
+    DryRun,
+}
+
 /// What a worker needs from the rest of the system.
 #[async_trait]
 pub trait Upstream: Send + Sync + std::fmt::Debug {
@@ -56,10 +79,15 @@ pub trait Upstream: Send + Sync + std::fmt::Debug {
         database: &str,
         sql: &str,
         params: BTreeMap<String, String>,
-    ) -> Result<Vec<u8>, String>;
+    ) -> Result<Vec<u8>, UpstreamError>;
     /// Write line protocol for a plugin now.
-    async fn write(&self, trigger: &TriggerId, database: &str, lines: Vec<String>, no_sync: bool)
-    -> Result<(), String>;
+    async fn write(
+        &self,
+        trigger: &TriggerId,
+        database: &str,
+        lines: Vec<String>,
+        no_sync: bool,
+    ) -> Result<(), UpstreamError>;
     /// A log line about a trigger.
     fn log(&self, trigger: &TriggerId, level: Level, text: String);
 }
@@ -673,13 +701,13 @@ impl Worker {
             FromWorker::Query { id, database, sql, params } => {
                 match upstream.query(&self.spec.trigger, &database, &sql, params.unwrap_or_default()).await {
                     Ok(rows) => (ToWorker::QueryResult { id, error: None }, rows),
-                    Err(e) => (ToWorker::QueryResult { id, error: Some(e) }, Vec::new()),
+                    Err(e) => (ToWorker::QueryResult { id, error: Some(e.to_string()) }, Vec::new()),
                 }
             }
             FromWorker::Write { id, database, lines, no_sync } => {
                 match upstream.write(&self.spec.trigger, &database, lines, no_sync).await {
                     Ok(()) => (ToWorker::WriteResult { id, error: None }, Vec::new()),
-                    Err(e) => (ToWorker::WriteResult { id, error: Some(e) }, Vec::new()),
+                    Err(e) => (ToWorker::WriteResult { id, error: Some(e.to_string()) }, Vec::new()),
                 }
             }
             FromWorker::Cache { id, op, key, ttl } => {

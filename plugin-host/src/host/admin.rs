@@ -27,7 +27,7 @@ impl Host {
             // Absolute paths and escapes are refused like any plugin name.
             match crate::paths::resolve(&self.config.plugin_dir, &req.requirements_file) {
                 Ok(path) => Install::Requirements(path),
-                Err(e) => return failure(pb::ErrorKind::Invalid, e),
+                Err(e) => return failure(pb::ErrorKind::Invalid, e.to_string()),
             }
         };
         tracing::info!(?what, "installing packages into the plugin venv");
@@ -46,12 +46,12 @@ impl Host {
         if let Some(path) = crate::gh::gh_path(name) {
             return match self.gh.fetch(path).await {
                 Ok(_) => success(String::new()),
-                Err(e) => failure(pb::ErrorKind::Invalid, e),
+                Err(e) => failure(pb::ErrorKind::Invalid, e.to_string()),
             };
         }
         let path = match crate::paths::resolve(&self.config.plugin_dir, name) {
             Ok(p) => p,
-            Err(e) => return failure(pb::ErrorKind::Invalid, e),
+            Err(e) => return failure(pb::ErrorKind::Invalid, e.to_string()),
         };
         let usable = if path.is_dir() { path.join("__init__.py").is_file() } else { path.is_file() };
         if usable {

@@ -26,7 +26,7 @@ impl Host {
         let upstream = Arc::new(TestUpstream { link: Arc::clone(&self.link), logs: Mutex::new(Vec::new()) });
         let mut result = pb::TestResult::default();
         let outcome = async {
-            let plugin_path = self.plugin_path(plugin_filename).await?;
+            let plugin_path = self.plugin_path(plugin_filename).await.map_err(|e| e.to_string())?;
             let args = args()?;
             let trigger = TriggerId { database: database.to_string(), name: "plugin_test".into() };
             let trigger_args = arguments.map(|a| a.values.clone().into_iter().collect());

@@ -21,7 +21,7 @@ use weir_proto::plugin::v1::{self as pb, core_message, host_message};
 
 use crate::{
     marshal,
-    worker::{Level, TriggerId, Upstream},
+    worker::{Level, TriggerId, Upstream, UpstreamError},
 };
 
 /// How long a plugin's query or write may wait for the core.
@@ -33,6 +33,11 @@ pub struct CoreLink {
     tx: Mutex<Option<mpsc::Sender<Result<pb::HostMessage, Status>>>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<core_message::Body>>>,
     next_id: AtomicU64,
+}
+
+/// An answer that does not decode.
+fn bad(e: impl std::fmt::Display) -> UpstreamError {
+    UpstreamError::Protocol(e.to_string())
 }
 
 fn level(l: Level) -> pb::LogLevel {
@@ -83,26 +88,30 @@ impl CoreLink {
     }
 
     /// Send a request to the core and wait for its reply.
-    async fn request(&self, body: host_message::Body) -> Result<core_message::Body, String> {
+    async fn request(&self, body: host_message::Body) -> Result<core_message::Body, UpstreamError> {
         self.request_within(body, UPSTREAM_TIMEOUT).await
     }
 
-    async fn request_within(&self, body: host_message::Body, timeout: Duration) -> Result<core_message::Body, String> {
-        let tx = self.sender().ok_or("weir serve is not connected to the plugin host")?;
+    async fn request_within(
+        &self,
+        body: host_message::Body,
+        timeout: Duration,
+    ) -> Result<core_message::Body, UpstreamError> {
+        let tx = self.sender().ok_or(UpstreamError::NotConnected)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (reply_tx, reply_rx) = oneshot::channel();
         self.pending.lock().insert(id, reply_tx);
         let msg = pb::HostMessage { id, body: Some(body) };
         if tx.send(Ok(msg)).await.is_err() {
             self.pending.lock().remove(&id);
-            return Err("the connection to weir serve closed".to_string());
+            return Err(UpstreamError::Closed);
         }
         match tokio::time::timeout(timeout, reply_rx).await {
             Ok(Ok(body)) => Ok(body),
-            Ok(Err(_)) => Err("the connection to weir serve closed".to_string()),
+            Ok(Err(_)) => Err(UpstreamError::Closed),
             Err(_) => {
                 self.pending.lock().remove(&id);
-                Err(format!("weir serve did not answer within {timeout:?}"))
+                Err(UpstreamError::NoAnswer(timeout))
             }
         }
     }
@@ -129,7 +138,7 @@ impl Upstream for CoreLink {
         database: &str,
         sql: &str,
         params: BTreeMap<String, String>,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, UpstreamError> {
         let body = host_message::Body::Query(pb::Query {
             database: database.to_string(),
             sql: sql.to_string(),
@@ -138,15 +147,15 @@ impl Upstream for CoreLink {
         });
         match self.request(body).await? {
             core_message::Body::QueryResult(r) if r.error.is_empty() && r.arrow_ipc.is_empty() => {
-                marshal::query_rows(&[]).map_err(|e| e.to_string())
+                marshal::query_rows(&[]).map_err(bad)
             }
             core_message::Body::QueryResult(r) if r.error.is_empty() => {
-                let reader = StreamReader::try_new(Cursor::new(r.arrow_ipc), None).map_err(|e| e.to_string())?;
-                let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(|e| e.to_string())?;
-                marshal::query_rows(&batches).map_err(|e| e.to_string())
+                let reader = StreamReader::try_new(Cursor::new(r.arrow_ipc), None).map_err(bad)?;
+                let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(bad)?;
+                marshal::query_rows(&batches).map_err(bad)
             }
-            core_message::Body::QueryResult(r) => Err(r.error),
-            other => Err(format!("unexpected reply to a query: {other:?}")),
+            core_message::Body::QueryResult(r) => Err(UpstreamError::Refused(r.error)),
+            other => Err(UpstreamError::Protocol(format!("unexpected reply to a query: {other:?}"))),
         }
     }
 
@@ -156,7 +165,7 @@ impl Upstream for CoreLink {
         database: &str,
         lines: Vec<String>,
         no_sync: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), UpstreamError> {
         let body = host_message::Body::Write(pb::Write {
             database: database.to_string(),
             lines,
@@ -165,8 +174,8 @@ impl Upstream for CoreLink {
         });
         match self.request(body).await? {
             core_message::Body::WriteResult(r) if r.error.is_empty() => Ok(()),
-            core_message::Body::WriteResult(r) => Err(r.error),
-            other => Err(format!("unexpected reply to a write: {other:?}")),
+            core_message::Body::WriteResult(r) => Err(UpstreamError::Refused(r.error)),
+            other => Err(UpstreamError::Protocol(format!("unexpected reply to a write: {other:?}"))),
         }
     }
 
@@ -207,7 +216,7 @@ impl Upstream for TestUpstream {
         database: &str,
         sql: &str,
         params: BTreeMap<String, String>,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, UpstreamError> {
         self.link.query(trigger, database, sql, params).await
     }
 
@@ -217,8 +226,8 @@ impl Upstream for TestUpstream {
         _database: &str,
         _lines: Vec<String>,
         _no_sync: bool,
-    ) -> Result<(), String> {
-        Err("writes are captured in a dry run".to_string())
+    ) -> Result<(), UpstreamError> {
+        Err(UpstreamError::DryRun)
     }
 
     fn log(&self, _trigger: &TriggerId, l: Level, text: String) {

@@ -123,7 +123,8 @@ impl Host {
             return Ok(Arc::clone(w));
         }
         let mut spec = rt.spec.clone();
-        spec.plugin_path = self.plugin_path(&rt.def.plugin_filename).await.map_err(InvokeError::Plugin)?;
+        spec.plugin_path =
+            self.plugin_path(&rt.def.plugin_filename).await.map_err(|e| InvokeError::Plugin(e.to_string()))?;
         let upstream: Arc<dyn Upstream> = Arc::clone(&self.link) as Arc<dyn Upstream>;
         let w = Worker::spawn(spec, upstream, Arc::clone(&self.cache)).await?;
         *slot = Some(Arc::clone(&w));
