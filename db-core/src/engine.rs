@@ -227,9 +227,11 @@ impl Engine {
         });
         engine.catalog.subscribe(Arc::downgrade(&engine) as std::sync::Weak<dyn CatalogObserver>);
         let (url_tx, url_rx) = watch::channel(engine.config.host_url.clone());
+        let encoder = Arc::clone(&engine);
         let loops = vec![
             tokio::spawn(Arc::clone(&engine).connect_loop(url_rx)).abort_handle(),
             tokio::spawn(Arc::clone(&engine).housekeeping()).abort_handle(),
+            tokio::spawn(async move { encoder.delivery.encoder().await }).abort_handle(),
         ];
         if engine.config.host_url.is_none() {
             let stop = engine.host_stop.subscribe();

@@ -41,9 +41,9 @@ use crate::{
 
 /// Batches of one `log` trigger sent to the host before the oldest is answered.
 pub const WINDOW: usize = 4;
-/// Rows of the newest WAL files kept in memory for triggers that keep up, measured in WAL
-/// file bytes (the rows take a few times that).
-pub const CACHE_WAL_BYTES: u64 = 64 << 20;
+/// The newest WAL files kept in memory, encoded as Arrow IPC, for triggers that keep up
+/// (and backlogs that fit), measured in WAL file bytes (the IPC is about as large).
+pub const CACHE_WAL_BYTES: u64 = 256 << 20;
 
 /// Arrow IPC of one database's rows in a WAL file, per table.
 type Encoded = Arc<Vec<(Arc<str>, Vec<u8>)>>;
@@ -55,11 +55,23 @@ struct WalFile {
     bytes: u64,
     /// Tables with rows, per database; `None` until the file is read (after a restart).
     tables: Mutex<Option<HashMap<u32, Vec<Arc<str>>>>>,
-    /// The rows, while the file is among the newest.
+    /// The rows, from the flush until the encoder has turned them into IPC.
     rows: Mutex<Option<Arc<dyn WalRows>>>,
     /// Arrow IPC per database and table, built once for all the triggers of a database
-    /// while the rows are cached.
-    encoded: Mutex<HashMap<u32, Encoded>>,
+    /// while the rows are cached (right after the flush, off the flusher's path).
+    encoded: Mutex<HashMap<u32, Arc<tokio::sync::OnceCell<Encoded>>>>,
+}
+
+/// The rows of database `db_id` in `rows`, as Arrow IPC per table.
+fn encode_tables(rows: &dyn WalRows, db_id: u32) -> Result<Encoded, String> {
+    let mut out = Vec::new();
+    for (name, batch) in rows.tables(db_id) {
+        match ipc(std::slice::from_ref(&batch)) {
+            Ok(bytes) => out.push((name, bytes)),
+            Err(e) => return Err(format!("cannot encode the rows of table {name}: {e}")),
+        }
+    }
+    Ok(Arc::new(out))
 }
 
 fn tables_of(rows: &dyn WalRows) -> HashMap<u32, Vec<Arc<str>>> {
@@ -67,6 +79,10 @@ fn tables_of(rows: &dyn WalRows) -> HashMap<u32, Vec<Arc<str>>> {
 }
 
 impl WalFile {
+    fn encoded_cell(&self, db_id: u32) -> Arc<tokio::sync::OnceCell<Encoded>> {
+        Arc::clone(self.encoded.lock().entry(db_id).or_default())
+    }
+
     /// Whether the file may hold rows for a trigger of `db_id` with `spec` (an unread file
     /// may).
     fn may_concern(&self, db_id: u32, spec: &TriggerSpec) -> bool {
@@ -97,6 +113,9 @@ enum Fetch {
 #[derive(Debug)]
 pub(super) struct Delivery {
     files: Mutex<BTreeMap<u64, Arc<WalFile>>>,
+    /// Files waiting for the encoder (one at a time, off the flusher's path).
+    encode_tx: tokio::sync::mpsc::UnboundedSender<Arc<WalFile>>,
+    encode_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Arc<WalFile>>>>,
     /// Sequence numbers whose rows are cached, oldest first, and their total size.
     cached: Mutex<(VecDeque<u64>, u64)>,
     latest: watch::Sender<u64>,
@@ -105,8 +124,11 @@ pub(super) struct Delivery {
 
 impl Delivery {
     pub(super) fn new() -> Self {
+        let (encode_tx, encode_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             files: Mutex::new(BTreeMap::new()),
+            encode_tx,
+            encode_rx: Mutex::new(Some(encode_rx)),
             cached: Mutex::new((VecDeque::new(), 0)),
             latest: watch::channel(0).0,
             tasks: Mutex::new(HashMap::new()),
@@ -122,7 +144,12 @@ impl Delivery {
             rows: Mutex::new(Some(rows)),
             encoded: Mutex::new(HashMap::new()),
         });
-        self.files.lock().insert(seq, file);
+        self.files.lock().insert(seq, Arc::clone(&file));
+        // Encoded for the triggers right away by the encoder (a trigger that keeps up, or a
+        // backlog in the cache, finds its batch ready); the rows are dropped then.
+        if file.tables.lock().as_ref().is_some_and(|t| !t.is_empty()) {
+            let _ = self.encode_tx.send(Arc::clone(&file));
+        }
         {
             let mut cached = self.cached.lock();
             cached.0.push_back(seq);
@@ -142,6 +169,30 @@ impl Delivery {
             *l = (*l).max(seq);
             newer
         });
+    }
+
+    /// Encode flushed files one at a time on the blocking pool (like ingest, at most one
+    /// core's worth at once), then drop their rows: the cache holds Arrow IPC.
+    pub(super) async fn encoder(&self) {
+        let Some(mut rx) = self.encode_rx.lock().take() else { return };
+        while let Some(file) = rx.recv().await {
+            let Some(rows) = file.rows.lock().clone() else { continue };
+            let dbs: Vec<u32> = file.tables.lock().as_ref().map(|t| t.keys().copied().collect()).unwrap_or_default();
+            let f = Arc::clone(&file);
+            let done = tokio::task::spawn_blocking(move || {
+                dbs.into_iter().all(|db_id| {
+                    let cell = f.encoded_cell(db_id);
+                    cell.get().is_some()
+                        || encode_tables(rows.as_ref(), db_id)
+                            .is_ok_and(|e| cell.set(e).is_ok() || cell.get().is_some())
+                })
+            })
+            .await
+            .unwrap_or(false);
+            if done {
+                *file.rows.lock() = None;
+            }
+        }
     }
 
     /// Files found in storage at startup (read when a trigger reaches them).
@@ -331,39 +382,40 @@ impl Engine {
         Ok(())
     }
 
-    /// The rows of `file` for database `db_id`, as Arrow IPC per table.
+    /// The rows of `file` for database `db_id`, as Arrow IPC per table: from the cache
+    /// (encoded once for every trigger of the database), else read back from storage.
     async fn encoded(&self, file: &WalFile, db_id: u32) -> Result<Encoded, Fetch> {
-        if let Some(e) = file.encoded.lock().get(&db_id) {
+        if let Some(e) = file.encoded_cell(db_id).get() {
             return Ok(Arc::clone(e));
         }
         let cached = file.rows.lock().clone();
-        let rows = match &cached {
-            Some(r) => Arc::clone(r),
-            None => match self.writes.read_wal(file.seq).await {
-                Ok(Some(r)) => {
-                    let mut tables = file.tables.lock();
-                    if tables.is_none() {
-                        *tables = Some(tables_of(r.as_ref()));
-                    }
-                    r
-                }
-                Ok(None) => return Err(Fetch::Gone),
-                Err(e) => return Err(Fetch::Failed(e)),
-            },
+        if let Some(rows) = cached {
+            let cell = file.encoded_cell(db_id);
+            let encoded = cell
+                .get_or_try_init(|| async move {
+                    tokio::task::spawn_blocking(move || encode_tables(rows.as_ref(), db_id))
+                        .await
+                        .map_err(|e| e.to_string())?
+                })
+                .await
+                .map_err(|e| Fetch::Failed(e.clone()))?;
+            return Ok(Arc::clone(encoded));
+        }
+        let rows = match self.writes.read_wal(file.seq).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(Fetch::Gone),
+            Err(e) => return Err(Fetch::Failed(e)),
         };
-        let mut out = Vec::new();
-        for (name, batch) in rows.tables(db_id) {
-            match ipc(std::slice::from_ref(&batch)) {
-                Ok(bytes) => out.push((name, bytes)),
-                Err(e) => return Err(Fetch::Failed(format!("cannot encode the rows of table {name}: {e}"))),
+        {
+            let mut tables = file.tables.lock();
+            if tables.is_none() {
+                *tables = Some(tables_of(rows.as_ref()));
             }
         }
-        let out = Arc::new(out);
-        // Shared by the other triggers of the database while the file is cached.
-        if cached.is_some() && file.rows.lock().is_some() {
-            file.encoded.lock().insert(db_id, Arc::clone(&out));
-        }
-        Ok(out)
+        tokio::task::spawn_blocking(move || encode_tables(rows.as_ref(), db_id))
+            .await
+            .map_err(|e| Fetch::Failed(e.to_string()))?
+            .map_err(Fetch::Failed)
     }
 
     /// The next batch for a trigger after `after`: `Ok(Some)` a batch, `Ok(None)` no file

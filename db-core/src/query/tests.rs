@@ -1,4 +1,4 @@
-//! The SQL that real InfluxDB 3 plugins run (COMPAT.md §3a.9), and query-side behaviour.
+//! The SQL that real InfluxDB 3 plugins run (docs/COMPATIBILITY.md §3a.9), and query-side behaviour.
 
 use crate::{storage::Storage, test_util::TestDb};
 
