@@ -426,6 +426,17 @@ impl Engine {
         }
     }
 
+    /// Whether `--skip-to-now` applies to this trigger (a WAL trigger): checked before the
+    /// trigger is enabled, so a refused request changes nothing.
+    pub fn check_skip_to_now(&self, db: &str, name: &str) -> Result<()> {
+        match self.catalog.db(db).and_then(|d| d.triggers.get(name).cloned()) {
+            Some(t) if t.spec().is_wal() => Ok(()),
+            Some(_) => Err(EngineError::Invalid(format!("--skip-to-now applies to WAL triggers; {name:?} is not one"))),
+            // Not found: the enable itself says so.
+            None => Ok(()),
+        }
+    }
+
     /// Start a stopped WAL trigger again from the newest data (`enable --skip-to-now`).
     pub async fn skip_trigger_to_now(self: &Arc<Self>, db: &str, name: &str) -> Result<()> {
         let schema = self.catalog.db(db).ok_or_else(|| EngineError::Invalid(format!("database {db:?} not found")))?;
@@ -448,6 +459,17 @@ impl Engine {
         }
         .await;
         match result {
+            // The session carries messages up to its limit: a larger answer is the query's
+            // error, not a broken session.
+            Ok(arrow_ipc) if arrow_ipc.len() > delivery::MAX_BATCH_BYTES => pb::QueryResult {
+                error: format!(
+                    "the answer to this query is {} bytes of Arrow, over the {} bytes a plugin query may return; \
+                     select fewer rows or columns (LIMIT, WHERE)",
+                    arrow_ipc.len(),
+                    delivery::MAX_BATCH_BYTES
+                ),
+                arrow_ipc: Vec::new(),
+            },
             Ok(arrow_ipc) => pb::QueryResult { error: String::new(), arrow_ipc },
             Err(error) => pb::QueryResult { error, arrow_ipc: Vec::new() },
         }

@@ -726,7 +726,20 @@ impl Worker {
             }
             _ => return,
         };
-        if let Err(e) = self.send(&reply, &reply_body).await {
+        // An answer over the frame limit goes back as that request's error (the plugin
+        // raises it), never as nothing.
+        let sent = match frame(&reply, &reply_body) {
+            Ok(bytes) => self.writer.lock().await.write_all(&bytes).await,
+            Err(e) => {
+                let failed = match reply {
+                    ToWorker::QueryResult { id, .. } => ToWorker::QueryResult { id, error: Some(e.to_string()) },
+                    ToWorker::CacheResult { id, .. } => ToWorker::CacheResult { id, found: Some(false) },
+                    other => other,
+                };
+                self.send(&failed, &[]).await
+            }
+        };
+        if let Err(e) = sent {
             tracing::debug!(error = %e, "worker went away before its reply");
         }
     }

@@ -295,6 +295,56 @@ struct Queued {
     seq: u64,
     batch: pb::WalBatch,
     waiting: Option<Waiting>,
+    /// The last (or only) part of its WAL file: when it is done, the file is.
+    last_of_file: bool,
+}
+
+/// Most Arrow IPC bytes in one `WalBatch` (well under the session's message limit, with room
+/// for the envelope).
+pub const MAX_BATCH_BYTES: usize = weir_proto::MAX_MESSAGE_BYTES / 2;
+
+/// One WAL file's tables for a trigger, as one batch, or as several in order when they
+/// would not fit one message (tables apart, then a table's rows in slices): the plugin
+/// sees every row, in write order, over several calls.
+fn split_for_messages(tables: Vec<pb::TableRows>, limit: usize) -> Result<Vec<Vec<pb::TableRows>>, String> {
+    let mut parts: Vec<Vec<pb::TableRows>> = Vec::new();
+    let mut current: Vec<pb::TableRows> = Vec::new();
+    let mut size = 0;
+    for t in tables {
+        let pieces = if t.arrow_ipc.len() > limit { slice_table(&t, limit)? } else { vec![t] };
+        for p in pieces {
+            if size + p.arrow_ipc.len() > limit && !current.is_empty() {
+                parts.push(std::mem::take(&mut current));
+                size = 0;
+            }
+            size += p.arrow_ipc.len();
+            current.push(p);
+        }
+    }
+    if !current.is_empty() {
+        parts.push(current);
+    }
+    Ok(parts)
+}
+
+/// A table's IPC re-encoded in row slices of at most about `limit` bytes each.
+fn slice_table(t: &pb::TableRows, limit: usize) -> Result<Vec<pb::TableRows>, String> {
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(&t.arrow_ipc[..]), None)
+        .map_err(|e| e.to_string())?;
+    let batches: Vec<arrow::record_batch::RecordBatch> = reader.collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let per_slice = (rows * limit / t.arrow_ipc.len().max(1)).max(1);
+    let mut out = Vec::new();
+    for b in &batches {
+        let mut offset = 0;
+        while offset < b.num_rows() {
+            let len = per_slice.min(b.num_rows() - offset);
+            let bytes = ipc(&[b.slice(offset, len)]).map_err(|e| e.to_string())?;
+            out.push(pb::TableRows { table_name: t.table_name.clone(), arrow_ipc: bytes });
+            offset += len;
+        }
+    }
+    Ok(out)
 }
 
 impl Engine {
@@ -426,7 +476,7 @@ impl Engine {
         db_id: u32,
         def: &TriggerDef,
         after: &mut u64,
-    ) -> Result<Option<(u64, pb::WalBatch)>, (u64, Fetch)> {
+    ) -> Result<Option<(u64, Vec<pb::WalBatch>)>, (u64, Fetch)> {
         while let Some(file) = self.delivery.next_after(*after) {
             if !file.may_concern(db_id, def.spec()) {
                 *after = file.seq;
@@ -443,13 +493,19 @@ impl Engine {
             if chosen.is_empty() {
                 continue;
             }
-            let batch = pb::WalBatch {
-                database: db.to_string(),
-                trigger: def.name.to_string(),
-                wal_seq: file.seq,
-                tables: chosen,
-            };
-            return Ok(Some((file.seq, batch)));
+            let parts = split_for_messages(chosen, MAX_BATCH_BYTES).map_err(|e| {
+                (file.seq, Fetch::Failed(format!("cannot split an oversized WAL file for delivery: {e}")))
+            })?;
+            let batches = parts
+                .into_iter()
+                .map(|tables| pb::WalBatch {
+                    database: db.to_string(),
+                    trigger: def.name.to_string(),
+                    wal_seq: file.seq,
+                    tables,
+                })
+                .collect();
+            return Ok(Some((file.seq, batches)));
         }
         Ok(None)
     }
@@ -477,9 +533,12 @@ impl Engine {
             let mut read_failed = false;
             while queued.len() < window {
                 match self.next_batch(&db, db_id, &def, &mut after).await {
-                    Ok(Some((seq, batch))) => {
+                    Ok(Some((seq, batches))) => {
                         read_failures = 0;
-                        queued.push_back(Queued { seq, batch, waiting: None });
+                        let n = batches.len();
+                        for (i, batch) in batches.into_iter().enumerate() {
+                            queued.push_back(Queued { seq, batch, waiting: None, last_of_file: i + 1 == n });
+                        }
                     }
                     Ok(None) => break,
                     Err((seq, Fetch::Gone)) => {
@@ -591,8 +650,15 @@ impl Engine {
                 }
                 next => {
                     let Some(finished) = queued.pop_front() else { continue };
-                    // With nothing else in flight the cursor's position is done too.
-                    let through = if queued.is_empty() { after } else { finished.seq };
+                    // A file is done with its last part; with nothing else in flight the
+                    // cursor's position is done too.
+                    let through = if !finished.last_of_file {
+                        finished.seq.saturating_sub(1)
+                    } else if queued.is_empty() {
+                        after
+                    } else {
+                        finished.seq
+                    };
                     self.checkpoints.advance(&key, through);
                     attempt = 1;
                     if next == Next::Stop {
@@ -601,5 +667,59 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use std::sync::Arc;
+
+    use arrow::array::Int64Array;
+
+    use super::*;
+
+    fn table(name: &str, rows: i64) -> pb::TableRows {
+        let batch = arrow::record_batch::RecordBatch::try_from_iter([(
+            "v",
+            Arc::new(Int64Array::from_iter_values(0..rows)) as arrow::array::ArrayRef,
+        )])
+        .unwrap();
+        pb::TableRows { table_name: name.into(), arrow_ipc: ipc(&[batch]).unwrap() }
+    }
+
+    fn rows(parts: &[Vec<pb::TableRows>]) -> Vec<(String, i64)> {
+        parts
+            .iter()
+            .flatten()
+            .flat_map(|t| {
+                let reader =
+                    arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(&t.arrow_ipc[..]), None).unwrap();
+                reader
+                    .flat_map(|b| {
+                        let b = b.unwrap();
+                        let v = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().clone();
+                        v.values().iter().map(|x| (t.table_name.clone(), *x)).collect::<Vec<_>>()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// A WAL file too large for one message reaches the plugin in several, every row once,
+    /// in order.
+    #[test]
+    fn oversized_files_are_split_in_order_without_losing_rows() {
+        let tables = vec![table("a", 10), table("b", 100_000), table("c", 5)];
+        let whole = rows(std::slice::from_ref(&tables));
+        let limit = 64 * 1024;
+        let parts = split_for_messages(tables.clone(), limit).unwrap();
+        assert!(parts.len() > 2, "{} parts", parts.len());
+        for p in &parts {
+            let size: usize = p.iter().map(|t| t.arrow_ipc.len()).sum();
+            assert!(size <= limit * 2, "a part of {size} bytes");
+        }
+        assert_eq!(rows(&parts), whole);
+        // Small enough: one batch, untouched.
+        assert_eq!(split_for_messages(tables.clone(), usize::MAX).unwrap(), vec![tables]);
     }
 }

@@ -578,3 +578,14 @@ async fn a_breaker_stop_keeps_the_wal_trigger_input() {
     let seq = h.flush(&["temps"]);
     wait_for(|| h.checkpoint("crashy") == Some(seq)).await;
 }
+
+/// `--skip-to-now` is refused for other than WAL triggers before anything changes.
+#[tokio::test(start_paused = true)]
+async fn skip_to_now_is_only_for_wal_triggers() {
+    let h = harness().await;
+    h.trigger("tick", "every:1h", "log").await;
+    h.trigger("hot", "table:temps", "log").await;
+    let e = h.engine.check_skip_to_now("plant", "tick").unwrap_err();
+    assert!(e.to_string().contains("applies to WAL triggers"), "{e}");
+    h.engine.check_skip_to_now("plant", "hot").unwrap();
+}

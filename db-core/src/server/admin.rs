@@ -290,6 +290,10 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::SetTriggerDisabledResponse>, Status> {
         self.authorize(&req)?;
         let r = req.into_inner();
+        if r.skip_to_now && !r.disabled {
+            let engine = self.state.engine().map_err(IntoStatus::into_status)?;
+            engine.check_skip_to_now(&r.database, &r.name).map_err(IntoStatus::into_status)?;
+        }
         self.state
             .catalog
             .set_trigger_disabled(&r.database, &r.name, r.disabled)

@@ -122,11 +122,34 @@ impl CoreLink {
         }
     }
 
-    /// Send without waiting (events, replies).
+    /// Send without waiting (events, replies). A reply over the session's message limit
+    /// is replaced by that call's failure (a larger message would end the session).
     pub(super) async fn send(&self, id: u64, body: host_message::Body) {
-        if let Some(tx) = self.sender() {
-            let _ = tx.send(Ok(pb::HostMessage { id, body: Some(body) })).await;
+        let Some(tx) = self.sender() else { return };
+        let mut msg = pb::HostMessage { id, body: Some(body) };
+        let size = prost::Message::encoded_len(&msg);
+        if size > weir_proto::MAX_MESSAGE_BYTES {
+            let error = format!(
+                "the answer is {size} bytes, over the {}-byte limit of the session with weir serve",
+                weir_proto::MAX_MESSAGE_BYTES
+            );
+            tracing::warn!(id, "{error}");
+            msg.body = Some(match msg.body {
+                Some(host_message::Body::Done(_)) => {
+                    host_message::Body::Done(pb::Done { ok: false, error, ..Default::default() })
+                }
+                Some(host_message::Body::TestResult(_)) => {
+                    host_message::Body::TestResult(pb::TestResult { errors: vec![error], ..Default::default() })
+                }
+                _ => host_message::Body::AdminResult(pb::AdminResult {
+                    ok: false,
+                    error,
+                    error_kind: pb::ErrorKind::Failed as i32,
+                    ..Default::default()
+                }),
+            });
         }
+        let _ = tx.send(Ok(msg)).await;
     }
 }
 

@@ -150,6 +150,9 @@ async fn set_disabled(
     disabled: bool,
 ) -> Result<Response, ApiError> {
     let t = trigger_ref(&state, raw.as_deref(), &headers, body).await?;
+    if t.skip_to_now && !disabled {
+        state.engine()?.check_skip_to_now(&t.db, &t.name)?;
+    }
     state.catalog.set_trigger_disabled(&t.db, &t.name, disabled).await?;
     if t.skip_to_now && !disabled {
         state.engine()?.skip_trigger_to_now(&t.db, &t.name).await?;
