@@ -353,6 +353,31 @@ def process_writes(influxdb3_local, table_batches, args):
     let (status, body) = install(json!({"packages": []})).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("no packages given"), "{body}");
+    // `weir install package -r FILE` reads FILE here, not on the plugin host.
+    let local = tempfile::tempdir().unwrap();
+    let req = local.path().join("requirements.txt");
+    std::fs::write(&req, "# what the plugin needs
+
+tinydb==4.8.2  # pinned
+").unwrap();
+    let (ok, out, err) = weir_cli(&["install", "package", "-r", req.to_str().unwrap(), "--host", &s.url], None);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("Packages installed"), "{out}");
+    std::fs::write(&req, "-r other.txt
+").unwrap();
+    let (ok, _, err) = weir_cli(&["install", "package", "-r", req.to_str().unwrap(), "--host", &s.url], None);
+    assert!(!ok);
+    assert!(err.contains("requirements.txt:1") && err.contains("options in requirements files"), "{err}");
+    // A requirements file named on the host must be inside its plugin directory.
+    let r = s
+        .http()
+        .post(format!("{}/api/v3/configure/plugin_environment/install_requirements", s.url))
+        .json(&json!({"requirements_location": "/etc/hostname"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().await.unwrap().contains("Path traversal detected"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
-"""LineBuilder output, byte for byte (COMPAT.md §4)."""
+"""LineBuilder output, byte for byte (docs/COMPATIBILITY.md §4)."""
 
 import pytest
 

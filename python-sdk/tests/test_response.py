@@ -1,4 +1,4 @@
-"""Return-value conversion of request plugins (COMPAT.md §5)."""
+"""Return-value conversion of request plugins (docs/COMPATIBILITY.md §5)."""
 
 import json
 

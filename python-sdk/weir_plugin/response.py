@@ -1,4 +1,4 @@
-"""Turning what `process_request` returns into an HTTP answer (COMPAT.md §5).
+"""Turning what `process_request` returns into an HTTP answer (docs/COMPATIBILITY.md §5).
 
 In order:
 

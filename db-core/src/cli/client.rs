@@ -238,13 +238,42 @@ pub enum InstallCommand {
         #[command(flatten)]
         common: Common,
         /// Package specifiers, e.g. `requests==2.32.3`.
-        #[arg(required_unless_present = "requirements")]
+        #[arg(required_unless_present_any = ["requirements", "remote_requirements"])]
         packages: Vec<String>,
-        /// A requirements file on the plugin host (relative to its plugin directory, or
-        /// absolute).
+        /// A requirements file on this machine: its package lines are read here and sent
+        /// (comments and blank lines skipped; options such as `-r` or `--index-url` are
+        /// refused). `--remote-requirements` names a file in the plugin host's plugin
+        /// directory instead.
         #[arg(short = 'r', long = "requirements", conflicts_with = "packages")]
-        requirements: Option<String>,
+        requirements: Option<std::path::PathBuf>,
+        /// A requirements file in the plugin host's plugin directory.
+        #[arg(long, conflicts_with_all = ["packages", "requirements"])]
+        remote_requirements: Option<String>,
     },
+}
+
+/// The package lines of a requirements file (comments and blank lines skipped); options
+/// are refused with the line that holds them.
+fn requirement_lines(path: &std::path::Path, text: &str) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split(" #").next().unwrap_or("").trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with('-') {
+            anyhow::bail!(
+                "{}:{}: {line:?}: options in requirements files are not accepted (list packages only)",
+                path.display(),
+                i + 1
+            );
+        }
+        out.push(line.to_string());
+    }
+    if out.is_empty() {
+        anyhow::bail!("{}: no packages listed", path.display());
+    }
+    Ok(out)
 }
 
 /// What every dry run names: the server, the plugin, its database and its arguments.
@@ -441,12 +470,16 @@ pub async fn test(c: TestCommand) -> anyhow::Result<()> {
 
 /// `weir install package`
 pub async fn install(c: InstallCommand) -> anyhow::Result<()> {
-    let InstallCommand::Package { common, packages, requirements } = c;
+    let InstallCommand::Package { common, mut packages, requirements, remote_requirements } = c;
+    if let Some(path) = &requirements {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        packages = requirement_lines(path, &text)?;
+    }
     let r = connect(&common)
         .await?
         .install_packages(pb::InstallPackagesRequest {
             packages,
-            requirements_location: requirements.unwrap_or_default(),
+            requirements_location: remote_requirements.unwrap_or_default(),
         })
         .await
         .map_err(status_error)?
