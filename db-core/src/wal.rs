@@ -75,6 +75,18 @@ pub enum Error {
     /// The server is shutting down.
     #[error("wal is shut down")]
     Shutdown,
+    /// WAL files cannot be written at the moment and the `no_sync` writes waiting for a
+    /// retry have reached their limit: this write is refused (nothing was accepted).
+    #[error(
+        "the WAL cannot be written right now ({pending_bytes} bytes of no_sync writes are waiting for storage, \
+         the limit is {limit}); retry later"
+    )]
+    Backlog {
+        /// Bytes waiting.
+        pending_bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// Storage failure while listing or reading.
     #[error("wal storage: {0}")]
     Storage(String),
@@ -294,20 +306,39 @@ pub struct WalConfig {
     pub flush_interval: Duration,
     /// Minimum time between the starts of two flushes (0: flush as soon as possible).
     pub min_spacing: Duration,
+    /// `no_sync` writes waiting for storage (line-protocol bytes) past which new ones are
+    /// refused while WAL files cannot be written.
+    pub no_sync_backlog: usize,
 }
 
 impl Default for WalConfig {
     fn default() -> Self {
-        Self { flush_interval: Duration::from_secs(1), min_spacing: Duration::ZERO }
+        Self {
+            flush_interval: Duration::from_secs(1),
+            min_spacing: Duration::ZERO,
+            no_sync_backlog: NO_SYNC_BACKLOG_LIMIT,
+        }
     }
 }
 
 struct Pending<T> {
     entries: Vec<WalEntry>,
     items: Vec<T>,
-    waiters: Vec<oneshot::Sender<Result<u64>>>,
+    /// Per entry: its writer's receiver (durable), or `None` (`no_sync`: acknowledged
+    /// already, so a failed flush keeps it for the next one).
+    waiters: Vec<Option<oneshot::Sender<Result<u64>>>>,
+    /// Text bytes of the `no_sync` entries waiting (new ones are refused past the limit).
+    no_sync_bytes: usize,
     shutdown: bool,
 }
+
+/// Default [`WalConfig::no_sync_backlog`]: 256 MiB.
+pub const NO_SYNC_BACKLOG_LIMIT: usize = 256 << 20;
+/// First wait after a failed flush; it doubles per failure up to [`RETRY_CAP`].
+const RETRY_BASE: Duration = Duration::from_millis(100);
+const RETRY_CAP: Duration = Duration::from_secs(5);
+/// Failed attempts at shutdown before the waiting `no_sync` writes are given up (logged).
+const SHUTDOWN_ATTEMPTS: u32 = 5;
 
 /// Statistics of the last flushes, for metrics.
 #[derive(Debug, Clone, Copy, Default)]
@@ -356,6 +387,7 @@ impl<T: Send + 'static> Wal<T> {
                 entries: Vec::new(),
                 items: Vec::new(),
                 waiters: Vec::new(),
+                no_sync_bytes: 0,
                 shutdown: false,
             }),
             notify: Notify::new(),
@@ -381,10 +413,33 @@ impl<T: Send + 'static> Wal<T> {
             }
             p.entries.push(entry);
             p.items.push(item);
-            p.waiters.push(tx);
+            p.waiters.push(Some(tx));
         }
         self.notify.notify_one();
         rx
+    }
+
+    /// Queue a `no_sync` write: acknowledged now, written with the next flush, and kept for
+    /// the flush after that if storage fails (never dropped while the server runs). While
+    /// storage keeps failing and [`WalConfig::no_sync_backlog`] bytes wait, new ones are
+    /// refused.
+    pub fn write_no_sync(&self, entry: WalEntry, item: T) -> Result<()> {
+        {
+            let mut p = self.pending.lock();
+            if p.shutdown {
+                return Err(Error::Shutdown);
+            }
+            let limit = self.config.no_sync_backlog;
+            if p.no_sync_bytes + entry.text.len() > limit && p.no_sync_bytes > 0 {
+                return Err(Error::Backlog { pending_bytes: p.no_sync_bytes, limit });
+            }
+            p.no_sync_bytes += entry.text.len();
+            p.entries.push(entry);
+            p.items.push(item);
+            p.waiters.push(None);
+        }
+        self.notify.notify_one();
+        Ok(())
     }
 
     /// Flush what is waiting and stop the flusher.
@@ -398,6 +453,7 @@ impl<T: Send + 'static> Wal<T> {
     async fn flush_loop(self: Arc<Self>, mut seq: u64) {
         let spacing = self.config.min_spacing.min(self.config.flush_interval);
         let mut last_start: Option<Instant> = None;
+        let mut failures: u32 = 0;
         loop {
             let notified = self.notify.notified();
             let (has_work, shutdown) = {
@@ -417,6 +473,14 @@ impl<T: Send + 'static> Wal<T> {
                     tokio::time::sleep_until(due.into()).await;
                 }
             }
+            if failures > 0 {
+                if shutdown && failures >= SHUTDOWN_ATTEMPTS {
+                    self.abandon_at_shutdown();
+                    continue;
+                }
+                let wait = RETRY_BASE.saturating_mul(1 << (failures - 1).min(10)).min(RETRY_CAP);
+                tokio::time::sleep(wait).await;
+            }
             last_start = Some(Instant::now());
             let (entries, items, waiters) = {
                 let mut p = self.pending.lock();
@@ -433,24 +497,78 @@ impl<T: Send + 'static> Wal<T> {
             }
             match result {
                 Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(seq, after_failures = failures, "wal flushes work again");
+                    }
+                    failures = 0;
+                    let flushed_no_sync: usize =
+                        entries.iter().zip(&waiters).filter(|(_, w)| w.is_none()).map(|(e, _)| e.text.len()).sum();
+                    self.pending.lock().no_sync_bytes -= flushed_no_sync;
                     self.notifier.flushed(seq, stats.bytes as u64, items);
-                    for w in waiters {
+                    for w in waiters.into_iter().flatten() {
                         let _ = w.send(Ok(seq));
                     }
                 }
                 Err(e) => {
-                    tracing::error!(seq, error = %e, "wal flush failed; failing its writes");
+                    failures += 1;
                     // Best effort: a half-written file must not resurrect failed writes.
                     let _ = self.storage.delete(&path).await;
                     let err = Error::Write { seq, message: e.to_string() };
-                    for w in waiters {
-                        let _ = w.send(Err(err.clone()));
+                    // Durable writers get the error (nothing was acknowledged to them);
+                    // no_sync writes were acknowledged: they go back, first in line.
+                    let mut kept_entries = Vec::new();
+                    let mut kept_items = Vec::new();
+                    for ((entry, item), w) in entries.into_iter().zip(items).zip(waiters) {
+                        match w {
+                            Some(w) => {
+                                let _ = w.send(Err(err.clone()));
+                            }
+                            None => {
+                                kept_entries.push(entry);
+                                kept_items.push(item);
+                            }
+                        }
                     }
+                    let kept = kept_entries.len();
+                    tracing::error!(
+                        seq,
+                        error = %e,
+                        no_sync_kept = kept,
+                        attempt = failures,
+                        "wal flush failed: durable writes in it fail; no_sync writes are kept and written again"
+                    );
+                    let mut p = self.pending.lock();
+                    let newer_entries = std::mem::replace(&mut p.entries, kept_entries);
+                    let newer_items = std::mem::replace(&mut p.items, kept_items);
+                    let newer_waiters = std::mem::replace(&mut p.waiters, (0..kept).map(|_| None).collect());
+                    p.entries.extend(newer_entries);
+                    p.items.extend(newer_items);
+                    p.waiters.extend(newer_waiters);
                 }
             }
             seq += 1;
         }
         self.done.notify_waiters();
+    }
+
+    /// Shutdown while storage keeps failing: the durable writes fail, the no_sync ones (a
+    /// crash would lose them too) are given up, loudly.
+    fn abandon_at_shutdown(&self) {
+        let mut p = self.pending.lock();
+        let lost = p.waiters.iter().filter(|w| w.is_none()).count();
+        for w in std::mem::take(&mut p.waiters).into_iter().flatten() {
+            let _ = w.send(Err(Error::Shutdown));
+        }
+        p.entries.clear();
+        p.items.clear();
+        if lost > 0 {
+            tracing::error!(
+                lost,
+                bytes = p.no_sync_bytes,
+                "shutting down while WAL files cannot be written: {lost} acknowledged no_sync writes are lost"
+            );
+        }
+        p.no_sync_bytes = 0;
     }
 }
 

@@ -607,9 +607,11 @@ impl WriteBuffer {
         let accepted_bytes = v.accepted_text.len();
         let entry =
             WalEntry { db_id: db.id, db_name: db.name.to_string(), precision, default_time, text: v.accepted_text };
-        let rx = self.wal.write(entry, WriteItem { db_id: db.id, tables: v.tables });
-        if !no_sync {
-            rx.await.map_err(|_| wal::Error::Shutdown)??;
+        let item = WriteItem { db_id: db.id, tables: v.tables };
+        if no_sync {
+            self.wal.write_no_sync(entry, item)?;
+        } else {
+            self.wal.write(entry, item).await.map_err(|_| wal::Error::Shutdown)??;
         }
         Ok(WriteOutcome { accepted_lines: v.accepted_lines, errors: v.errors, accepted_bytes })
     }

@@ -320,7 +320,11 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         catalog: Arc::clone(&catalog),
         storage: storage.clone(),
         config: WriteBufferConfig {
-            wal: WalConfig { flush_interval: cfg.wal_flush_interval, min_spacing: cfg.wal_min_spacing },
+            wal: WalConfig {
+                flush_interval: cfg.wal_flush_interval,
+                min_spacing: cfg.wal_min_spacing,
+                no_sync_backlog: crate::wal::NO_SYNC_BACKLOG_LIMIT,
+            },
             snapshot_interval: cfg.snapshot_interval,
             snapshot_rows: cfg.snapshot_rows,
             hold_wal_for_listener: true,

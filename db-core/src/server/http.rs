@@ -176,6 +176,7 @@ impl From<write_buffer::Error> for ApiError {
                     Self::WriteRejected(errors.swap_remove(0))
                 }
             }
+            write_buffer::Error::Wal(w @ crate::wal::Error::Backlog { .. }) => Self::Unavailable(w.to_string()),
             write_buffer::Error::Wal(w) => Self::Internal(format!("write was not persisted: {w}")),
             write_buffer::Error::Persist(p) => Self::Internal(p.to_string()),
         }

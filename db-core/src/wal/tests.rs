@@ -148,7 +148,11 @@ async fn concurrent_writes_are_grouped_and_ordered() {
 async fn min_spacing_bounds_the_flush_rate() {
     let storage = Storage::in_memory();
     let rec = Arc::new(Recorder::default());
-    let cfg = WalConfig { flush_interval: Duration::from_secs(1), min_spacing: Duration::from_millis(200) };
+    let cfg = WalConfig {
+        flush_interval: Duration::from_secs(1),
+        min_spacing: Duration::from_millis(200),
+        ..WalConfig::default()
+    };
     let wal = Wal::start(storage, cfg, 1, rec.clone(), None);
     let start = tokio::time::Instant::now();
     wal.write(entry(1, "a v=1 1"), 1).await.unwrap().unwrap();
@@ -264,4 +268,35 @@ async fn writes_after_shutdown_are_refused() {
     wal.shutdown().await;
     let r = wal.write(entry(1, "a v=1 1"), 1).await.unwrap();
     assert!(matches!(r, Err(Error::Shutdown)));
+}
+
+/// A failed flush never drops an acknowledged `no_sync` write: it is written with the next
+/// flush that works, in order; durable writers in the failed flush get the error; while
+/// storage fails, `no_sync` writes past the backlog limit are refused, not accepted and lost.
+#[tokio::test]
+async fn no_sync_writes_survive_failed_flushes_and_are_bounded() {
+    let (storage, fail) = flaky_storage();
+    let rec = Arc::new(Recorder::default());
+    let config = WalConfig { no_sync_backlog: 40, ..WalConfig::default() };
+    let wal = Wal::start(storage.clone(), config, 1, rec.clone(), None);
+    fail.store(1, Ordering::SeqCst);
+    wal.write_no_sync(entry(1, "a v=1 1"), 1).unwrap();
+    let durable = wal.write(entry(1, "a v=2 2"), 2).await.unwrap();
+    assert!(matches!(durable, Err(Error::Write { .. })), "{durable:?}");
+    wal.write_no_sync(entry(1, "a v=3 3"), 3).unwrap();
+    // 14 bytes wait; one more of 7 is fine, then the limit of 40 refuses.
+    wal.write_no_sync(entry(1, "a v=4 4"), 4).unwrap();
+    wal.write_no_sync(entry(1, "a v=5 5"), 5).unwrap();
+    let e = wal.write_no_sync(entry(1, &format!("a v=6 {}", "6".repeat(30))), 6).unwrap_err();
+    assert!(matches!(e, Error::Backlog { limit: 40, .. }), "{e}");
+    assert!(rec.files.lock().is_empty());
+    // Storage recovers: everything acknowledged is written, in order.
+    fail.store(0, Ordering::SeqCst);
+    let seq = wal.write(entry(1, "a v=7 7"), 7).await.unwrap().unwrap();
+    let items: Vec<u32> = rec.files.lock().iter().flat_map(|(_, i)| i.clone()).collect();
+    assert_eq!(items, vec![1, 3, 4, 5, 7]);
+    assert!(storage.get(&storage.wal_path(seq)).await.unwrap().is_some());
+    // And the backlog is empty again.
+    wal.write_no_sync(entry(1, &format!("a v=8 {}", "8".repeat(30))), 8).unwrap();
+    wal.shutdown().await;
 }
