@@ -356,15 +356,23 @@ def process_writes(influxdb3_local, table_batches, args):
     // `weir install package -r FILE` reads FILE here, not on the plugin host.
     let local = tempfile::tempdir().unwrap();
     let req = local.path().join("requirements.txt");
-    std::fs::write(&req, "# what the plugin needs
+    std::fs::write(
+        &req,
+        "# what the plugin needs
 
 tinydb==4.8.2  # pinned
-").unwrap();
+",
+    )
+    .unwrap();
     let (ok, out, err) = weir_cli(&["install", "package", "-r", req.to_str().unwrap(), "--host", &s.url], None);
     assert!(ok, "{out}{err}");
     assert!(out.contains("Packages installed"), "{out}");
-    std::fs::write(&req, "-r other.txt
-").unwrap();
+    std::fs::write(
+        &req,
+        "-r other.txt
+",
+    )
+    .unwrap();
     let (ok, _, err) = weir_cli(&["install", "package", "-r", req.to_str().unwrap(), "--host", &s.url], None);
     assert!(!ok);
     assert!(err.contains("requirements.txt:1") && err.contains("options in requirements files"), "{err}");

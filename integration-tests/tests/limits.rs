@@ -80,3 +80,95 @@ fn slow_idle_and_surplus_connections_are_bounded() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A plugin cannot reach the database's files (catalog, WAL, another database's Parquet)
+/// or other processes' environments, and gets PermissionError; its normal work (writes,
+/// queries, its own files, temporary files) still succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_cannot_reach_the_databases_files() {
+    use serde_json::json;
+    // Outside /tmp, like a real data directory.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let s = Server::start(ServerConfig {
+        data_dir: Some(dir.path().to_path_buf()),
+        args: vec!["--snapshot-rows".into(), "1".into()],
+        ..Default::default()
+    });
+    s.create_db("other").await;
+    s.write("other", "secret,k=v value=42i 1000000000").await;
+    let store = dir.path().join("store").join("weir-node");
+    let parquet = integration_tests::eventually(Duration::from_secs(60), || async {
+        walk(&store.join("dbs")).into_iter().find(|p| p.extension().is_some_and(|e| e == "parquet"))
+    })
+    .await
+    .expect("the other database was persisted to Parquet");
+    s.create_db("app").await;
+    s.plugin("own.txt", "mine");
+    s.plugin(
+        "snoop.py",
+        r#"
+import os, tempfile
+def process_writes(influxdb3_local, table_batches, args):
+    for key in ("catalog", "wal", "parquet", "environ"):
+        try:
+            if key == "wal":
+                influxdb3_local.info(key, "LISTED", os.listdir(args[key]))
+                continue
+            with open(args[key], "rb") as f:
+                influxdb3_local.info(key, "READ", len(f.read()))
+        except PermissionError:
+            influxdb3_local.info(key, "PermissionError")
+        except Exception as e:
+            influxdb3_local.info(key, type(e).__name__)
+    with open(os.path.join(os.environ["PLUGIN_DIR"], "own.txt")) as f:
+        influxdb3_local.info("own", f.read())
+    with tempfile.NamedTemporaryFile() as t:
+        t.write(b"x")
+        influxdb3_local.info("tmp", "ok")
+    rows = influxdb3_local.query("SELECT count(*) AS n FROM m")
+    influxdb3_local.write(LineBuilder("seen").int64_field("n", rows[0]["n"]))
+"#,
+    );
+    let args = json!({
+        "catalog": store.join("catalog").join("catalog.json").display().to_string(),
+        "wal": store.join("wal").display().to_string(),
+        "parquet": parquet.display().to_string(),
+        "environ": "/proc/1/environ",
+    });
+    let (status, body) = s
+        .create_trigger(json!({"db": "app", "plugin_filename": "snoop.py", "trigger_name": "snoop",
+            "trigger_specification": "all_tables", "trigger_arguments": args}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.write("app", "m v=1i 1000000000").await;
+    let seen = s.rows_when("app", "SELECT n FROM seen", |r| !r.is_empty()).await;
+    assert_eq!(seen[0]["n"], 1, "the plugin's normal work succeeded");
+    let logs = s.engine_logs("app").await;
+    for want in [
+        "INFO: catalog PermissionError",
+        "INFO: wal PermissionError",
+        "INFO: parquet PermissionError",
+        "INFO: environ PermissionError",
+        "INFO: own mine",
+        "INFO: tmp ok",
+    ] {
+        assert!(logs.iter().any(|l| l == want), "missing {want:?} in {logs:?}");
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if !e.file_name().to_string_lossy().starts_with('.') {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}

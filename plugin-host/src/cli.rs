@@ -74,6 +74,15 @@ pub struct Args {
           value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
     pub worker_arena_cache: bool,
 
+    /// Confine plugin workers with Landlock (Linux 5.13+): they may read and write only the
+    /// plugin directory (its venv included) and /dev/shm, and read the interpreter and
+    /// system files; the database's files, other processes' /proc entries, the home
+    /// directory and /tmp are refused. Without Landlock support the host warns and runs
+    /// workers unconfined.
+    #[arg(long, env = "WEIR_CONFINE_WORKERS", default_value_t = true, action = clap::ArgAction::Set,
+          value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
+    pub confine_workers: bool,
+
     /// Environment variables passed from this process to plugin workers, beyond the fixed
     /// set (PATH, HOME, LANG, TZ, VIRTUAL_ENV, PLUGIN_DIR, INFLUXDB3_*): a name, or a prefix
     /// ending in `*`. Repeatable, or comma-separated. WEIR_* names are refused: no Weir
@@ -155,6 +164,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let venv = crate::venv::ensure(&args.plugin_dir, &args.python, args.worker_speedups).await?;
     tracing::info!(venv = %venv.dir.display(), python = %venv.version, "plugin venv ready");
     let plugin_dir = args.plugin_dir.canonicalize()?;
+    let confinement = if args.confine_workers {
+        let prefixes = crate::venv::base_prefixes(&venv.python).await;
+        crate::confine::Confinement::for_workers(&plugin_dir, &prefixes).map(Arc::new)
+    } else {
+        tracing::warn!("plugin workers run unconfined (--confine-workers false)");
+        None
+    };
     let host = Host::new(
         HostConfig {
             plugin_dir,
@@ -164,6 +180,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             plugin_repo: args.plugin_repo.clone(),
             plugin_env: args.plugin_env.clone(),
             arena_cache: args.worker_arena_cache,
+            confinement,
         },
         venv,
     );

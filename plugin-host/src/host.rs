@@ -56,6 +56,8 @@ pub struct HostConfig {
     pub plugin_env: Vec<String>,
     /// Workers with the speedups keep freed allocator arenas (`--worker-arena-cache`).
     pub arena_cache: bool,
+    /// Confinement of workers (`--confine-workers`; `None`: unconfined).
+    pub confinement: Option<Arc<crate::confine::Confinement>>,
 }
 
 /// Why a trigger's plugin cannot be found.
@@ -92,13 +94,23 @@ pub struct Host {
 impl Host {
     /// A host over a prepared venv.
     pub fn new(config: HostConfig, venv: Venv) -> Arc<Self> {
-        let worker_env = Arc::new(crate::env::worker_environment(
+        let mut env = crate::env::worker_environment(
             std::env::vars(),
             &venv.dir,
             &config.plugin_dir,
             &crate::venv::runtime_dir(&venv.dir),
             &config.plugin_env,
-        ));
+        );
+        if config.confinement.is_some() {
+            // A confined worker's home and temporary files live in the plugin directory.
+            for (var, dir) in [("HOME", ".home"), ("TMPDIR", ".tmp")] {
+                let path = config.plugin_dir.join(dir);
+                let _ = std::fs::create_dir_all(&path);
+                env.retain(|(k, _)| k != var);
+                env.push((var.to_string(), path.display().to_string()));
+            }
+        }
+        let worker_env = Arc::new(env);
         Arc::new(Self {
             venv,
             cache: Arc::new(GlobalCache::default()),
@@ -150,6 +162,7 @@ impl Host {
             columns: self.venv.native,
             arena_cache: self.config.arena_cache,
             env: Arc::clone(&self.worker_env),
+            confinement: self.config.confinement.clone(),
         }
     }
 

@@ -15,6 +15,7 @@
 
 pub mod cache;
 pub mod cli;
+pub mod confine;
 pub mod env;
 pub mod files;
 pub mod gh;

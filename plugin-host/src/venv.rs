@@ -74,6 +74,24 @@ pub struct Venv {
     pub native: bool,
 }
 
+/// Where the interpreter behind `python` is installed (`sys.base_prefix`,
+/// `sys.base_exec_prefix`): workers need to read it.
+pub async fn base_prefixes(python: &Path) -> Vec<PathBuf> {
+    let out = Command::new(python)
+        .args(["-c", "import sys; print(sys.base_prefix); print(sys.base_exec_prefix)"])
+        .stdin(Stdio::null())
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() => {
+            let mut dirs: Vec<PathBuf> = String::from_utf8_lossy(&o.stdout).lines().map(PathBuf::from).collect();
+            dirs.dedup();
+            dirs
+        }
+        _ => Vec::new(),
+    }
+}
+
 async fn python_version(python: &Path) -> Result<String, Error> {
     let out = Command::new(python)
         .args(["-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])

@@ -159,6 +159,8 @@ pub struct WorkerSpec {
     pub arena_cache: bool,
     /// The process's whole environment ([`crate::env::worker_environment`]).
     pub env: Arc<Vec<(String, String)>>,
+    /// Filesystem confinement applied to the process (`None`: unconfined).
+    pub confinement: Option<Arc<crate::confine::Confinement>>,
 }
 
 /// The outcome of one invocation, as the worker reports it.
@@ -428,6 +430,7 @@ fn start_process(spec: &WorkerSpec, child_fd: i32) -> std::io::Result<Child> {
         .process_group(0)
         .kill_on_drop(true);
     let memory = spec.memory_limit;
+    let confinement = spec.confinement.clone();
     #[cfg(target_os = "linux")]
     // SAFETY: getpid is async-signal-safe; read before fork.
     let parent = unsafe { libc::getpid() };
@@ -453,6 +456,9 @@ fn start_process(spec: &WorkerSpec, child_fd: i32) -> std::io::Result<Child> {
                 if libc::getppid() != parent {
                     return Err(std::io::Error::other("the plugin host exited while starting a worker"));
                 }
+            }
+            if let Some(c) = &confinement {
+                c.apply()?;
             }
             Ok(())
         });

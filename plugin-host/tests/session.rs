@@ -50,6 +50,7 @@ async fn start_with(timeout: Duration, speedups: bool) -> Core {
             plugin_repo: plugin_host::gh::DEFAULT_REPO.to_string(),
             plugin_env: Vec::new(),
             arena_cache: true,
+            confinement: None,
         },
         venv,
     );
