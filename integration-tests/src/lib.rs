@@ -355,3 +355,46 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A `weir-plugin-host` started on its own (as in the two-container deployment), killed on
+/// drop.
+#[derive(Debug)]
+pub struct PluginHost {
+    child: Child,
+    /// Its URL, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+}
+
+impl PluginHost {
+    /// Start a host on a free port with `token`, its plugins in `plugin_dir`.
+    pub fn start(plugin_dir: &Path, token: &str) -> Self {
+        std::fs::create_dir_all(plugin_dir).expect("plugin dir");
+        let mut child = Command::new(bin("weir-plugin-host"))
+            .args(["--bind", "127.0.0.1:0", "--plugin-dir"])
+            .arg(plugin_dir)
+            .env("WEIR_PLUGIN_HOST_TOKEN", token)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn weir-plugin-host");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("Weir plugin host listening on ") {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+        });
+        let url = rx.recv_timeout(Duration::from_secs(180)).expect("the plugin host started");
+        Self { child, url }
+    }
+}
+
+impl Drop for PluginHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

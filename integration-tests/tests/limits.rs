@@ -172,3 +172,57 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+/// Someone holding the session token (a plugin that stole it, say) cannot take the plugin
+/// host over from a live `weir serve`: the second session is refused and the engine keeps
+/// working. A wrong token is refused outright.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_session_cannot_take_the_plugin_host_over() {
+    use serde_json::json;
+    use weir_proto::plugin::v1::{self as pb, plugin_host_client::PluginHostClient};
+    const TOKEN: &str = "session-secret-for-test";
+    let plugins = tempfile::tempdir().unwrap();
+    let host = integration_tests::PluginHost::start(plugins.path(), TOKEN);
+    let s = Server::start(ServerConfig {
+        args: vec!["--plugin-host-url".into(), host.url.clone()],
+        env: vec![("WEIR_PLUGIN_HOST_TOKEN".into(), TOKEN.into())],
+        ..Default::default()
+    });
+    std::fs::write(
+        plugins.path().join("count.py"),
+        "def process_writes(influxdb3_local, table_batches, args):\n    influxdb3_local.write(LineBuilder('seen').int64_field('n', len(table_batches[0]['rows'])))\n",
+    )
+    .unwrap();
+    s.create_db("app").await;
+    let ready = integration_tests::eventually(Duration::from_secs(60), || async {
+        let r = s.http().get(format!("{}/ready", s.url)).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "the plugin host never connected");
+    let (status, body) = s
+        .create_trigger(json!({"db": "app", "plugin_filename": "count.py", "trigger_name": "c", "trigger_specification": "all_tables"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let attack = |token: &'static str| {
+        let url = host.url.clone();
+        async move {
+            let mut client = PluginHostClient::connect(url).await.unwrap();
+            let (_tx, rx) = tokio::sync::mpsc::channel::<pb::CoreMessage>(1);
+            let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+            client.session(request).await.map(|_| ()).unwrap_err()
+        }
+    };
+    let e = attack("guessed").await;
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let e = attack(TOKEN).await;
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+    // The engine still works through its own session.
+    s.write("app", "m v=1i 1000000000").await;
+    let seen = s.rows_when("app", "SELECT n FROM seen", |r| !r.is_empty()).await;
+    assert_eq!(seen[0]["n"], 1);
+    let row = s.rows("app", "SELECT state FROM system.processing_engine_triggers WHERE trigger_name = 'c'").await;
+    assert_eq!(row[0]["state"], "RUNNING");
+}
