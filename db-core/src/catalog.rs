@@ -63,6 +63,12 @@ pub enum Error {
     /// Token name already used.
     #[error("token {0:?} already exists")]
     TokenExists(String),
+    /// No token by this name.
+    #[error("token {0:?} not found")]
+    TokenNotFound(String),
+    /// A token request that cannot be granted as asked.
+    #[error("{0}")]
+    InvalidToken(String),
     /// A trigger with this name exists in the database.
     #[error("trigger {name:?} already exists in database {db:?}")]
     TriggerExists {
@@ -397,12 +403,22 @@ pub struct TokenInfo {
     pub id: u32,
     /// Token name.
     pub name: String,
-    /// Hex SHA-256 of the token text.
+    /// Hex SHA-256 of `salt:token` (of the bare token when `salt` is absent: tokens
+    /// made before salting).
     pub hash: String,
+    /// Random per-token salt, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
     /// Creation time, ns since the epoch.
     pub created_at: i64,
     /// Admin tokens may do everything.
     pub admin: bool,
+    /// What a resource (non-admin) token may do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permissions: Vec<crate::auth::Permission>,
+    /// When the token stops working, ns since the epoch; `None` never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
 }
 
 /// The persisted catalog document.
@@ -878,16 +894,40 @@ impl Catalog {
         })
     }
 
-    /// Add an admin token (by hash) and persist.
-    pub async fn add_token(&self, name: &str, hash: String, admin: bool, now_ns: i64) -> Result<TokenInfo> {
+    /// Add a token (its `id` is assigned here) and persist.
+    pub async fn add_token(&self, mut info: TokenInfo) -> Result<TokenInfo> {
         let info = self.mutate(|s| {
-            if s.tokens.iter().any(|t| t.name == name) {
-                return Err(Error::TokenExists(name.to_string()));
+            if s.tokens.iter().any(|t| t.name == info.name) {
+                return Err(Error::TokenExists(info.name.clone()));
             }
-            let info = TokenInfo { id: s.next_token_id, name: name.to_string(), hash, created_at: now_ns, admin };
+            info.id = s.next_token_id;
             s.next_token_id += 1;
             s.tokens.push(info.clone());
             Ok(info)
+        })?;
+        self.persist().await?;
+        Ok(info)
+    }
+
+    /// Remove a token by name and persist.
+    pub async fn delete_token(&self, name: &str) -> Result<TokenInfo> {
+        let info = self.mutate(|s| {
+            let i =
+                s.tokens.iter().position(|t| t.name == name).ok_or_else(|| Error::TokenNotFound(name.to_string()))?;
+            Ok(s.tokens.remove(i))
+        })?;
+        self.persist().await?;
+        Ok(info)
+    }
+
+    /// Give the token `name` a new secret (its salt and hash) and persist.
+    pub async fn replace_token_secret(&self, name: &str, salt: String, hash: String) -> Result<TokenInfo> {
+        let info = self.mutate(|s| {
+            let t =
+                s.tokens.iter_mut().find(|t| t.name == name).ok_or_else(|| Error::TokenNotFound(name.to_string()))?;
+            t.salt = Some(salt);
+            t.hash = hash;
+            Ok(t.clone())
         })?;
         self.persist().await?;
         Ok(info)
@@ -898,9 +938,14 @@ impl Catalog {
         self.state.read().tokens.iter().any(|t| t.admin)
     }
 
-    /// Token by hash.
-    pub fn token_by_hash(&self, hash: &str) -> Option<TokenInfo> {
-        self.state.read().tokens.iter().find(|t| t.hash == hash).cloned()
+    /// Every token.
+    pub fn tokens(&self) -> Vec<TokenInfo> {
+        self.state.read().tokens.clone()
+    }
+
+    /// Token by id.
+    pub fn token_by_id(&self, id: u32) -> Option<TokenInfo> {
+        self.state.read().tokens.iter().find(|t| t.id == id).cloned()
     }
 
     /// Whether there are changes not yet persisted.

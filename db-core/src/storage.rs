@@ -18,6 +18,7 @@
 use std::{
     fmt,
     io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path as FsPath, PathBuf},
     sync::Arc,
 };
@@ -256,7 +257,8 @@ fn write_file_durable(path: &FsPath, bytes: &[u8]) -> std::io::Result<()> {
         path.file_name().ok_or_else(|| std::io::Error::other("path has no file name"))?.to_string_lossy().into_owned();
     let tmp = dir.join(format!(".{file_name}.{TEMP_SUFFIX}"));
     let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        // Owner-only: the catalog holds token hashes, and no file here is anyone else's.
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -293,5 +295,19 @@ mod tests {
         std::fs::write(dir.path().join("keep.tmp"), b"not ours").unwrap();
         assert_eq!(remove_stale_temp_files(dir.path()).unwrap(), 2);
         assert!(dir.path().join("keep.tmp").exists());
+    }
+
+    /// Durable files (the catalog with its token hashes among them) are owner-only, even
+    /// when an older file in their place was not.
+    #[test]
+    fn durable_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("catalog.json");
+        std::fs::write(&target, b"old").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_file_durable(&target, b"new").unwrap();
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "mode {mode:o}");
     }
 }

@@ -153,3 +153,101 @@ async fn write_retries_until_the_server_is_up() {
     assert!(err.contains("accepted 1 of 1 line(s)"), "{err}");
     assert_eq!(s.query("late", "SELECT v FROM m", "csv").await, "v\n1.0\n");
 }
+
+/// Resource tokens, listing, deletion and admin regeneration through the CLI and a real
+/// server; the files holding token material are owner-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_through_the_cli() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let s = Server::start(ServerConfig { admin_token: Some(TOKEN.into()), ..Default::default() });
+    let host = s.url.clone();
+    let with = |token: &str, args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--host", host.as_str(), "--token", token]);
+        weir_cli(&all, None)
+    };
+    let (ok, _, err) = with(TOKEN, &["write", "-d", "sensors", "m v=1 1"]);
+    assert!(ok, "{err}");
+
+    // A read-only token for one database, expiring in an hour.
+    let (ok, out, err) = with(
+        TOKEN,
+        &["create", "token", "--name", "dash", "--permission", "db:sensors:read", "--expiry", "1h", "--format", "json"],
+    );
+    assert!(ok, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["permissions"], serde_json::json!(["db:sensors:read"]));
+    assert!(created["expiry"].is_string(), "{created}");
+    let dash = created["token"].as_str().unwrap().to_string();
+
+    let (ok, out, err) = with(&dash, &["query", "-d", "sensors", "--format", "csv", "SELECT v FROM m"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "v\n1.0\n");
+    let (ok, _, err) = with(&dash, &["write", "-d", "sensors", "m v=2 2"]);
+    assert!(!ok && err.contains("may not write database \"sensors\""), "{err}");
+    let (ok, _, err) = with(&dash, &["query", "-d", "other", "SELECT 1"]);
+    assert!(!ok && err.contains("may not read database \"other\""), "{err}");
+    let (ok, _, err) = with(&dash, &["create", "database", "x"]);
+    assert!(!ok && err.contains("admin token"), "{err}");
+    let (ok, _, err) = with(&dash, &["show", "tokens"]);
+    assert!(!ok && err.contains("admin token"), "{err}");
+    // A bad permission is explained.
+    let (ok, _, err) = with(TOKEN, &["create", "token", "--name", "bad", "--permission", "db:sensors:delete"]);
+    assert!(!ok && err.contains("unknown action \"delete\""), "{err}");
+
+    let (ok, out, err) = with(TOKEN, &["show", "tokens", "--format", "json"]);
+    assert!(ok, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let dash_row = list.as_array().unwrap().iter().find(|t| t["name"] == "dash").expect("dash listed");
+    assert_eq!(dash_row["permissions"], "db:sensors:read");
+    assert_eq!(dash_row["expired"], false);
+    assert!(!out.contains(&dash), "the list never shows a secret");
+
+    let (ok, _, err) = with(TOKEN, &["delete", "token", "dash"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = with(&dash, &["query", "-d", "sensors", "SELECT 1"]);
+    assert!(!ok && err.contains("invalid token"), "a deleted token is refused at once: {err}");
+
+    // Files holding token material are owner-only.
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let catalog = s.data_dir.join("store/weir-node/catalog/catalog.json");
+    assert_eq!(mode(&catalog), 0o600, "{}", catalog.display());
+    let recovery = s.data_dir.join("admin-token-recovery");
+    assert_eq!(mode(&recovery), 0o600);
+
+    // The admin token is lost: whoever can read the server's recovery file renews it.
+    let (ok, _, err) = weir_cli(&["create", "token", "--admin", "--regenerate", "--host", &host], None);
+    assert!(!ok && err.contains("recovery file"), "no token and no file: {err}");
+    let wrong = s.data_dir.join("wrong-secret");
+    std::fs::write(&wrong, "weir-recovery_guess\n").unwrap();
+    let (ok, _, err) = weir_cli(
+        &["create", "token", "--admin", "--regenerate", "--host", &host, "--recovery-file", wrong.to_str().unwrap()],
+        None,
+    );
+    assert!(!ok && err.contains("does not match"), "{err}");
+    let (ok, out, err) = weir_cli(
+        &["create", "token", "--admin", "--regenerate", "--host", &host, "--recovery-file", recovery.to_str().unwrap()],
+        None,
+    );
+    assert!(ok, "{err}");
+    let renewed = out.lines().find(|l| l.starts_with("apiv3_")).expect("new token printed").to_string();
+    let (ok, _, err) = with(TOKEN, &["show", "databases"]);
+    assert!(!ok && err.contains("invalid token"), "the old admin token is refused at once: {err}");
+    let (ok, out, err) = with(&renewed, &["show", "databases", "--format", "csv"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "iox::database\nsensors\n");
+
+    // After a restart the renewed token still works and the old recovery secret does not.
+    let old_secret = std::fs::read_to_string(&recovery).unwrap();
+    let s = s.restart();
+    let host = s.url.clone();
+    let (ok, _, err) = weir_cli(&["show", "databases", "--host", &host, "--token", &renewed], None);
+    assert!(ok, "{err}");
+    assert_ne!(std::fs::read_to_string(&recovery).unwrap(), old_secret, "a new secret at every start");
+    std::fs::write(&wrong, &old_secret).unwrap();
+    let (ok, _, err) = weir_cli(
+        &["create", "token", "--admin", "--regenerate", "--host", &host, "--recovery-file", wrong.to_str().unwrap()],
+        None,
+    );
+    assert!(!ok && err.contains("does not match"), "{err}");
+}

@@ -117,8 +117,11 @@ fn golden_state() -> CatalogState {
             id: 1,
             name: "_admin".into(),
             hash: "ab".repeat(32),
+            salt: None,
             created_at: 1_700_000_000_000_000_000,
             admin: true,
+            permissions: vec![],
+            expires_at: None,
         }],
         next_token_id: 2,
     }
@@ -203,4 +206,29 @@ fn many_columns_at_once_and_the_limits() {
     cat.db_or_create("second").unwrap();
     let e = cat.db_or_create("third").unwrap_err();
     assert_eq!(e.to_string(), "Adding a new database would exceed limit of 2 databases");
+}
+
+/// Resource tokens keep their salt, permissions and expiry across a reload.
+#[tokio::test]
+async fn resource_tokens_round_trip() {
+    let storage = Storage::in_memory();
+    let cat = Catalog::load(storage.clone()).await.unwrap();
+    let info = TokenInfo {
+        id: 0,
+        name: "reader".into(),
+        hash: "cd".repeat(32),
+        salt: Some("00ff".into()),
+        created_at: 5,
+        admin: false,
+        permissions: vec!["db:a,b:read".parse().unwrap(), "system:metrics:read".parse().unwrap()],
+        expires_at: Some(99),
+    };
+    let stored = cat.add_token(info.clone()).await.unwrap();
+    let again = Catalog::load(storage.clone()).await.unwrap();
+    assert_eq!(again.tokens(), vec![stored.clone()]);
+    let text = String::from_utf8(again.snapshot().encode()).unwrap();
+    assert!(text.contains("\"db:a,b:read\""), "permissions are stored in their text form: {text}");
+    again.delete_token("reader").await.unwrap();
+    assert!(Catalog::load(storage).await.unwrap().tokens().is_empty());
+    assert!(matches!(again.delete_token("reader").await, Err(Error::TokenNotFound(_))));
 }

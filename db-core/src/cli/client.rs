@@ -92,20 +92,56 @@ pub enum CreateCommand {
         /// Database name (letters, digits, `_`, `-`; at most 64 characters).
         name: String,
     },
-    /// Create a token.
-    Token {
-        #[command(flatten)]
-        common: Common,
-        /// Create an admin token (the only kind today). The first one needs no --token.
-        #[arg(long, required = true)]
-        admin: bool,
-        /// Token name (default `_admin` for the first one).
-        #[arg(long)]
-        name: Option<String>,
-    },
+    /// Create a token: an admin token (--admin) or a resource token (--permission).
+    ///
+    /// The token text is printed once; the server keeps only a salted hash.
+    #[command(after_help = "Examples:
+  weir create token --admin                  the first admin token (needs no --token)
+  weir create token --admin --name ci        another admin token
+  weir create token --admin --regenerate     a new secret for _admin: with the current --token,
+                                             or beside the server, with its recovery file
+  weir create token --name dash --permission db:sensors:read --expiry 30d
+  weir create token --name ingest --permission db:sensors,fleet:write --permission system:metrics:read")]
+    Token(CreateTokenArgs),
     /// Create a processing-engine trigger.
     Trigger(CreateTriggerArgs),
 }
+
+/// `weir create token`
+#[derive(Debug, Args)]
+pub struct CreateTokenArgs {
+    #[command(flatten)]
+    common: Common,
+    /// An admin token: may do everything (databases, triggers, plugins, tokens).
+    #[arg(long, conflicts_with = "permissions", required_unless_present = "permissions")]
+    admin: bool,
+    /// With --admin: give the admin token `_admin` a new secret; the old one is refused at
+    /// once. Needs the current admin token (--token) or, when that is lost, the server's
+    /// recovery file (--recovery-file).
+    #[arg(long, requires = "admin", conflicts_with = "name")]
+    regenerate: bool,
+    /// With --regenerate: the server's recovery file (`weir serve --admin-token-recovery-file`,
+    /// default `.weir/admin-token-recovery` beside the data directory). Only someone who can
+    /// read the server's files can regenerate without the current token.
+    #[arg(long, requires = "regenerate", env = "WEIR_ADMIN_TOKEN_RECOVERY_FILE")]
+    recovery_file: Option<PathBuf>,
+    /// What the token may do, `RESOURCE_TYPE:RESOURCE_NAMES:ACTIONS` (repeatable):
+    /// `db:sensors,fleet:read,write`, `db:*:read`, `system:metrics:read`.
+    #[arg(long = "permission", value_name = "PERMISSION")]
+    permissions: Vec<String>,
+    /// Token name: required for a resource token; an admin token defaults to `_admin`.
+    #[arg(long, required_unless_present_any = ["admin"])]
+    name: Option<String>,
+    /// Lifetime, e.g. `1h`, `7d`, `1y`; the token is refused once it passes (default: never).
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "regenerate")]
+    expiry: Option<Duration>,
+    /// Output: text, or json (`{"name", "token", "expiry", ...}`).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    format: String,
+}
+
+/// Where `weir serve` keeps the admin recovery secret unless told otherwise.
+pub const DEFAULT_RECOVERY_FILE: &str = ".weir/admin-token-recovery";
 
 /// `weir create trigger`
 #[derive(Debug, Args)]
@@ -566,6 +602,14 @@ pub enum ShowCommand {
         #[arg(long, default_value = "pretty")]
         format: String,
     },
+    /// List tokens (name, kind, permissions, creation, expiry; never the secret). Admin only.
+    Tokens {
+        #[command(flatten)]
+        common: Common,
+        /// Output format: pretty, json, jsonl, csv.
+        #[arg(long, default_value = "pretty")]
+        format: String,
+    },
 }
 
 /// `weir delete ...`
@@ -577,6 +621,18 @@ pub enum DeleteCommand {
         common: Common,
         /// Database name.
         name: String,
+    },
+    /// Delete a token; requests with it are refused from then on. (The admin token
+    /// `_admin` cannot be deleted: regenerate it with `weir create token --admin --regenerate`.)
+    Token {
+        #[command(flatten)]
+        common: Common,
+        /// Token name.
+        #[arg(required_unless_present = "token_name")]
+        name: Option<String>,
+        /// Token name (InfluxDB 3 spelling).
+        #[arg(long = "token-name", conflicts_with = "name")]
+        token_name: Option<String>,
     },
     /// Delete a processing-engine trigger.
     Trigger {
@@ -859,16 +915,7 @@ pub async fn create(c: CreateCommand) -> anyhow::Result<()> {
                 .map_err(status_error)?;
             println!("Database {name:?} created");
         }
-        CreateCommand::Token { common, admin: _, name } => {
-            let r = connect(&common)
-                .await?
-                .create_admin_token(pb::CreateAdminTokenRequest { name: name.unwrap_or_default() })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            println!("Token {:?} created (shown once; the server keeps only its hash):", r.name);
-            println!("{}", r.token);
-        }
+        CreateCommand::Token(a) => create_token(a).await?,
         CreateCommand::Trigger(a) => {
             let arguments = key_values(&a.trigger_arguments)?;
             let plugin_filename = if a.upload {
@@ -1037,6 +1084,101 @@ pub async fn show(c: ShowCommand) -> anyhow::Result<()> {
             let bytes = encode_batches(fmt, vec![batch], schema).await?;
             write_output(None, &bytes)?;
         }
+        ShowCommand::Tokens { common, format: f } => {
+            use arrow::{
+                array::{ArrayRef, BooleanArray, StringArray, UInt32Array},
+                datatypes::{DataType, Field, Schema},
+            };
+            let fmt: Format = f.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let r =
+                connect(&common).await?.list_tokens(pb::ListTokensRequest {}).await.map_err(status_error)?.into_inner();
+            let t = r.tokens;
+            let schema = std::sync::Arc::new(Schema::new(vec![
+                Field::new("name", DataType::Utf8, false),
+                Field::new("id", DataType::UInt32, false),
+                Field::new("admin", DataType::Boolean, false),
+                Field::new("permissions", DataType::Utf8, false),
+                Field::new("created_at", DataType::Utf8, false),
+                Field::new("expiry", DataType::Utf8, true),
+                Field::new("expired", DataType::Boolean, false),
+            ]));
+            let columns: Vec<ArrayRef> = vec![
+                std::sync::Arc::new(StringArray::from_iter_values(t.iter().map(|t| t.name.as_str()))),
+                std::sync::Arc::new(UInt32Array::from_iter_values(t.iter().map(|t| t.id))),
+                std::sync::Arc::new(BooleanArray::from_iter(t.iter().map(|t| Some(t.admin)))),
+                std::sync::Arc::new(StringArray::from_iter_values(
+                    t.iter().map(|t| if t.admin { "*".to_string() } else { t.permissions.join(" ") }),
+                )),
+                std::sync::Arc::new(StringArray::from_iter_values(t.iter().map(|t| t.created_at.as_str()))),
+                std::sync::Arc::new(StringArray::from_iter(
+                    t.iter().map(|t| (!t.expiry.is_empty()).then_some(t.expiry.as_str())),
+                )),
+                std::sync::Arc::new(BooleanArray::from_iter(t.iter().map(|t| Some(t.expired)))),
+            ];
+            let batch = RecordBatch::try_new(std::sync::Arc::clone(&schema), columns)?;
+            let bytes = encode_batches(fmt, vec![batch], schema).await?;
+            write_output(None, &bytes)?;
+        }
+    }
+    Ok(())
+}
+
+async fn create_token(a: CreateTokenArgs) -> anyhow::Result<()> {
+    let mut client = connect(&a.common).await?;
+    let r = if a.regenerate {
+        let recovery_secret = if a.common.token.is_some() && a.recovery_file.is_none() {
+            String::new()
+        } else {
+            let path = a.recovery_file.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_RECOVERY_FILE));
+            std::fs::read_to_string(&path)
+                .with_context(|| {
+                    format!(
+                        "cannot read the recovery file {}: regenerating needs the current admin token (--token) \
+                         or the file `weir serve` wrote (--admin-token-recovery-file)",
+                        path.display()
+                    )
+                })?
+                .trim()
+                .to_string()
+        };
+        client.regenerate_admin_token(pb::RegenerateAdminTokenRequest { recovery_secret }).await
+    } else if a.admin {
+        if a.expiry.is_some() {
+            bail!("--expiry is for resource tokens (--permission); admin tokens do not expire");
+        }
+        client.create_admin_token(pb::CreateAdminTokenRequest { name: a.name.unwrap_or_default() }).await
+    } else {
+        client
+            .create_token(pb::CreateTokenRequest {
+                name: a.name.unwrap_or_default(),
+                permissions: a.permissions,
+                expiry_secs: a.expiry.map(|d| d.as_secs().max(1)).unwrap_or(0),
+            })
+            .await
+    }
+    .map_err(status_error)?
+    .into_inner();
+    let expiry = (r.expires_at != 0).then(|| crate::time::format_rfc3339(r.expires_at));
+    if a.format == "json" {
+        let json = serde_json::json!({
+            "id": r.id,
+            "name": r.name,
+            "token": r.token,
+            "admin": r.admin,
+            "permissions": r.permissions,
+            "expiry": expiry,
+        });
+        println!("{json}");
+        return Ok(());
+    }
+    let verb = if a.regenerate { "regenerated" } else { "created" };
+    println!("Token {:?} {verb} (shown once; the server keeps only a salted hash):", r.name);
+    println!("{}", r.token);
+    if !r.admin {
+        println!("Permissions: {}", r.permissions.join(" "));
+    }
+    if let Some(e) = expiry {
+        println!("Expires: {e}");
     }
     Ok(())
 }
@@ -1051,6 +1193,15 @@ pub async fn delete(c: DeleteCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?;
             println!("Database {name:?} deleted");
+        }
+        DeleteCommand::Token { common, name, token_name } => {
+            let name = name.or(token_name).context("give the token name")?;
+            connect(&common)
+                .await?
+                .delete_token(pb::DeleteTokenRequest { name: name.clone() })
+                .await
+                .map_err(status_error)?;
+            println!("Token {name:?} deleted");
         }
         DeleteCommand::Trigger { common, name, database, force } => {
             connect(&common)

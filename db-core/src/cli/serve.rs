@@ -114,6 +114,13 @@ pub struct ServeConfig {
     #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Where to write the admin recovery secret (new at every start, readable by this
+    /// user only): `weir create token --admin --regenerate --recovery-file FILE` on a
+    /// machine that can read it renews a lost admin token [default:
+    /// `admin-token-recovery` beside --data-dir].
+    #[arg(long, env = "WEIR_ADMIN_TOKEN_RECOVERY_FILE")]
+    pub admin_token_recovery_file: Option<PathBuf>,
+
     /// Largest request body accepted, after decompression (bytes; suffixes KiB, MiB).
     #[arg(long, env = "WEIR_MAX_HTTP_REQUEST_SIZE", default_value = "10MiB", value_parser = parse_bytes)]
     pub max_http_request_size: usize,
@@ -201,17 +208,49 @@ pub struct ServeConfig {
 impl ServeConfig {
     /// `--plugin-dir`, or `plugins` beside the data directory.
     pub fn plugin_dir(&self) -> PathBuf {
-        if let Some(d) = &self.plugin_dir {
-            return d.clone();
-        }
-        match self.store.object_store {
-            ObjectStoreKind::File => match self.store.data_dir.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.join("plugins"),
-                _ => PathBuf::from("plugins"),
-            },
-            _ => PathBuf::from(".weir/plugins"),
+        match &self.plugin_dir {
+            Some(d) => d.clone(),
+            None => self.beside_data("plugins"),
         }
     }
+
+    /// `--admin-token-recovery-file`, or `admin-token-recovery` beside the data directory.
+    pub fn recovery_file(&self) -> PathBuf {
+        match &self.admin_token_recovery_file {
+            Some(f) => f.clone(),
+            None => self.beside_data("admin-token-recovery"),
+        }
+    }
+
+    /// `name` in the directory holding the data directory (`.weir` for object stores).
+    fn beside_data(&self, name: &str) -> PathBuf {
+        match self.store.object_store {
+            ObjectStoreKind::File => match self.store.data_dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.join(name),
+                _ => PathBuf::from(name),
+            },
+            _ => PathBuf::from(".weir").join(name),
+        }
+    }
+}
+
+/// Write the admin recovery secret to `path`, readable by this user only.
+fn write_recovery_file(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    // A fresh file each time: an old one (maybe with looser permissions) is replaced.
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write the admin recovery file {}", path.display()))?;
+    f.write_all(format!("{secret}\n").as_bytes())
+        .with_context(|| format!("cannot write the admin recovery file {}", path.display()))?;
+    Ok(())
 }
 
 /// Parse a byte size: `1024`, `64KiB`, `10MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of
@@ -349,6 +388,11 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                 println!("Use it as: Authorization: Bearer <token>   or   weir --token <token> / WEIR_TOKEN");
             }
         }
+    }
+    if auth.enabled() {
+        let path = cfg.recovery_file();
+        write_recovery_file(&path, &auth.new_recovery_secret())?;
+        tracing::info!(file = %path.display(), "admin recovery secret written (lost admin token: weir create token --admin --regenerate)");
     }
 
     let executor = SqlExecutor::new(SqlExecutorArgs {

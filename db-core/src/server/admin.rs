@@ -3,7 +3,7 @@
 //! Authentication: `authorization: Bearer <token>` metadata, same tokens as HTTP. The
 //! first admin token may be created without one.
 
-use std::{collections::HashMap, pin::Pin, sync::Arc};
+use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
 
 use arrow::ipc::writer::StreamWriter;
 use futures::{Stream, StreamExt};
@@ -15,7 +15,7 @@ use weir_proto::admin::v1::{
 
 use super::SharedState;
 use crate::{
-    auth::{self, ADMIN_TOKEN_NAME, AuthError},
+    auth::{self, ADMIN_TOKEN_NAME, Action, AuthError, NewToken, Principal},
     catalog,
     lp::Precision,
     query, write_buffer,
@@ -42,7 +42,11 @@ pub trait IntoStatus {
 
 impl IntoStatus for AuthError {
     fn into_status(self) -> Status {
-        Status::unauthenticated(self.to_string())
+        if self.is_forbidden() {
+            Status::permission_denied(self.to_string())
+        } else {
+            Status::unauthenticated(self.to_string())
+        }
     }
 }
 
@@ -55,9 +59,10 @@ impl IntoStatus for catalog::Error {
             | catalog::Error::TriggerExists { .. }
             | catalog::Error::RequestPathTaken { .. } => Status::already_exists(self.to_string()),
             catalog::Error::TriggerEnabled { .. } => Status::failed_precondition(self.to_string()),
-            catalog::Error::DbNotFound(_) | catalog::Error::TriggerNotFound { .. } => {
-                Status::not_found(self.to_string())
-            }
+            catalog::Error::DbNotFound(_)
+            | catalog::Error::TriggerNotFound { .. }
+            | catalog::Error::TokenNotFound(_) => Status::not_found(self.to_string()),
+            catalog::Error::InvalidToken(_) => Status::invalid_argument(self.to_string()),
             catalog::Error::InvalidTrigger(_) => Status::invalid_argument(self.to_string()),
             catalog::Error::TooManyColumns(_) | catalog::Error::TooManyTables(_) | catalog::Error::TooManyDbs(_) => {
                 Status::resource_exhausted(self.to_string())
@@ -126,12 +131,36 @@ pub(crate) fn metadata_token(md: &tonic::metadata::MetadataMap) -> Result<Option
 }
 
 impl AdminService {
-    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    /// Who is calling.
+    fn authorize<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
         if !self.state.auth.enabled() {
-            return Ok(());
+            return Ok(Principal::Open);
         }
         let token = metadata_token(req.metadata()).map_err(IntoStatus::into_status)?;
-        self.state.auth.check_token(token.as_deref()).map(|_| ()).map_err(IntoStatus::into_status)
+        self.state.auth.authenticate(token.as_deref()).map_err(IntoStatus::into_status)
+    }
+
+    /// Refuse unless the caller holds an admin token (or auth is off); `what` names the call.
+    fn admin<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
+        self.authorize(req)?.require_admin(what).map_err(IntoStatus::into_status)
+    }
+
+    /// Token management: an admin token once one exists, even with auth off.
+    fn token_admin<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
+        let token = metadata_token(req.metadata()).map_err(IntoStatus::into_status)?;
+        self.state.auth.require_token_admin(token.as_deref(), what).map_err(IntoStatus::into_status)
+    }
+}
+
+/// A created token's answer (its secret is in this answer only).
+fn created(info: &catalog::TokenInfo, token: String) -> pb::CreateAdminTokenResponse {
+    pb::CreateAdminTokenResponse {
+        name: info.name.clone(),
+        token,
+        id: info.id,
+        expires_at: info.expires_at.unwrap_or_default(),
+        admin: info.admin,
+        permissions: info.permissions.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -167,7 +196,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::CreateDatabaseRequest>,
     ) -> Result<Response<pb::CreateDatabaseResponse>, Status> {
-        self.authorize(&req)?;
+        self.admin(&req, "create a database")?;
         self.state.catalog.create_db(&req.into_inner().name).await.map_err(IntoStatus::into_status)?;
         Ok(Response::new(pb::CreateDatabaseResponse {}))
     }
@@ -176,13 +205,14 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ListDatabasesRequest>,
     ) -> Result<Response<pb::ListDatabasesResponse>, Status> {
-        self.authorize(&req)?;
+        let principal = self.authorize(&req)?;
         let include_deleted = req.into_inner().include_deleted;
         let snapshot = self.state.catalog.snapshot();
         let mut databases: Vec<pb::DatabaseInfo> = snapshot
             .databases
             .values()
             .filter(|d| include_deleted || !d.deleted)
+            .filter(|d| principal.sees_db(&d.name))
             .map(|d| pb::DatabaseInfo {
                 name: d.name.to_string(),
                 id: d.id,
@@ -198,7 +228,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DeleteDatabaseRequest>,
     ) -> Result<Response<pb::DeleteDatabaseResponse>, Status> {
-        self.authorize(&req)?;
+        self.admin(&req, "delete a database")?;
         let name = req.into_inner().name;
         self.state.delete_database(&name).await.map_err(IntoStatus::into_status)?;
         Ok(Response::new(pb::DeleteDatabaseResponse {}))
@@ -209,25 +239,101 @@ impl Admin for AdminService {
         req: Request<pb::CreateAdminTokenRequest>,
     ) -> Result<Response<pb::CreateAdminTokenResponse>, Status> {
         if self.state.auth.has_admin_token() {
-            let token = metadata_token(req.metadata()).map_err(IntoStatus::into_status)?;
-            let info = token
-                .and_then(|t| self.state.catalog.token_by_hash(&auth::hash_token(&t)))
-                .ok_or_else(|| AuthError::Invalid.into_status())?;
-            if !info.admin {
-                return Err(Status::permission_denied("creating tokens requires an admin token"));
-            }
+            self.token_admin(&req, "create tokens")?;
         }
         let name = match req.into_inner().name {
             n if n.is_empty() => ADMIN_TOKEN_NAME.to_string(),
             n => n,
         };
-        let token = self.state.auth.create_admin_token(&name).await.map_err(IntoStatus::into_status)?;
-        Ok(Response::new(pb::CreateAdminTokenResponse { name, token }))
+        let (info, token) = self
+            .state
+            .auth
+            .create_token(NewToken { name, admin: true, ..NewToken::default() })
+            .await
+            .map_err(IntoStatus::into_status)?;
+        Ok(Response::new(created(&info, token)))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateAdminTokenResponse>, Status> {
+        self.token_admin(&req, "create tokens")?;
+        let r = req.into_inner();
+        let permissions = r
+            .permissions
+            .iter()
+            .map(|p| p.parse::<auth::Permission>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Status::invalid_argument)?;
+        let (info, token) = self
+            .state
+            .auth
+            .create_token(NewToken {
+                name: r.name,
+                admin: false,
+                permissions,
+                expiry: (r.expiry_secs > 0).then(|| Duration::from_secs(r.expiry_secs)),
+            })
+            .await
+            .map_err(IntoStatus::into_status)?;
+        Ok(Response::new(created(&info, token)))
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        self.token_admin(&req, "list tokens")?;
+        let tokens = self
+            .state
+            .auth
+            .list_tokens()
+            .into_iter()
+            .map(|t| pb::TokenSummary {
+                id: t.id,
+                name: t.name,
+                admin: t.admin,
+                permissions: t.permissions,
+                created_at: t.created_at,
+                expiry: t.expiry.unwrap_or_default(),
+                expired: t.expired,
+            })
+            .collect();
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn delete_token(
+        &self,
+        req: Request<pb::DeleteTokenRequest>,
+    ) -> Result<Response<pb::DeleteTokenResponse>, Status> {
+        self.token_admin(&req, "delete tokens")?;
+        self.state.auth.delete_token(&req.into_inner().name).await.map_err(IntoStatus::into_status)?;
+        Ok(Response::new(pb::DeleteTokenResponse {}))
+    }
+
+    async fn regenerate_admin_token(
+        &self,
+        req: Request<pb::RegenerateAdminTokenRequest>,
+    ) -> Result<Response<pb::CreateAdminTokenResponse>, Status> {
+        let secret = req.get_ref().recovery_secret.clone();
+        if secret.is_empty() {
+            self.token_admin(&req, "regenerate the admin token")?;
+        } else if !self.state.auth.check_recovery_secret(&secret) {
+            return Err(Status::permission_denied(
+                "the recovery secret does not match: read it from the server's current recovery file \
+                 (it changes at every start)",
+            ));
+        }
+        let (info, token) = self.state.auth.regenerate_admin_token().await.map_err(IntoStatus::into_status)?;
+        tracing::warn!(name = %info.name, by_recovery = !secret.is_empty(), "admin token regenerated");
+        Ok(Response::new(created(&info, token)))
     }
 
     async fn write(&self, req: Request<pb::WriteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
-        self.authorize(&req)?;
+        let principal = self.authorize(&req)?;
         let r = req.into_inner();
+        principal.require_db(&r.database, Action::Write).map_err(IntoStatus::into_status)?;
         let outcome = self
             .state
             .buffer
@@ -252,7 +358,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::CreateTriggerRequest>,
     ) -> Result<Response<pb::CreateTriggerResponse>, Status> {
-        self.authorize(&req)?;
+        self.admin(&req, "create a trigger")?;
         let r = req.into_inner();
         let t = r.trigger.ok_or_else(|| Status::invalid_argument("missing trigger"))?;
         let new = crate::trigger::NewTrigger {
@@ -278,7 +384,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DeleteTriggerRequest>,
     ) -> Result<Response<pb::DeleteTriggerResponse>, Status> {
-        self.authorize(&req)?;
+        self.admin(&req, "delete a trigger")?;
         let r = req.into_inner();
         self.state.catalog.delete_trigger(&r.database, &r.name, r.force).await.map_err(IntoStatus::into_status)?;
         Ok(Response::new(pb::DeleteTriggerResponse {}))
@@ -288,7 +394,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::SetTriggerDisabledRequest>,
     ) -> Result<Response<pb::SetTriggerDisabledResponse>, Status> {
-        self.authorize(&req)?;
+        self.admin(&req, "enable or disable a trigger")?;
         let r = req.into_inner();
         if r.skip_to_now && !r.disabled {
             let engine = self.state.engine().map_err(IntoStatus::into_status)?;
@@ -310,7 +416,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ListTriggersRequest>,
     ) -> Result<Response<pb::ListTriggersResponse>, Status> {
-        self.authorize(&req)?;
+        self.admin(&req, "list triggers")?;
         let r = req.into_inner();
         let db = self
             .state
@@ -342,7 +448,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::InstallPackagesRequest>,
     ) -> Result<Response<pb::InstallPackagesResponse>, Status> {
-        self.authorize(&req)?;
+        self.admin(&req, "install packages")?;
         let r = req.into_inner();
         let engine = self.state.engine().map_err(IntoStatus::into_status)?;
         let output = engine.install(r.packages, r.requirements_location).await.map_err(IntoStatus::into_status)?;
@@ -353,7 +459,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::TestWalPluginRequest>,
     ) -> Result<Response<pb::TestWalPluginResponse>, Status> {
-        self.authorize(&req)?;
+        self.admin(&req, "test a plugin")?;
         let r = req.into_inner();
         let engine = self.state.engine().map_err(IntoStatus::into_status)?;
         let args = r.arguments.map(|a| a.values.into_iter().collect());
@@ -368,7 +474,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::TestSchedulePluginRequest>,
     ) -> Result<Response<pb::TestWalPluginResponse>, Status> {
-        self.authorize(&req)?;
+        self.admin(&req, "test a plugin")?;
         let r = req.into_inner();
         let engine = self.state.engine().map_err(IntoStatus::into_status)?;
         let args = r.arguments.map(|a| a.values.into_iter().collect());
@@ -381,7 +487,7 @@ impl Admin for AdminService {
 
     async fn put_plugin(&self, req: Request<pb::PutPluginRequest>) -> Result<Response<pb::PutPluginResponse>, Status> {
         use weir_proto::plugin::v1 as host;
-        self.authorize(&req)?;
+        self.admin(&req, "write plugin files")?;
         let r = req.into_inner();
         let mode = match r.mode.as_str() {
             "" => host::put_plugin::Mode::CreateOrReplace,
@@ -412,7 +518,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ListPluginFilesRequest>,
     ) -> Result<Response<pb::ListPluginFilesResponse>, Status> {
-        self.authorize(&req)?;
+        self.admin(&req, "list plugin files")?;
         let engine = self.state.engine().map_err(IntoStatus::into_status)?;
         let files = engine.plugin_files().await.map_err(IntoStatus::into_status)?;
         Ok(Response::new(pb::ListPluginFilesResponse {
@@ -433,7 +539,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::TestRequestPluginRequest>,
     ) -> Result<Response<pb::TestRequestPluginResponse>, Status> {
-        self.authorize(&req)?;
+        self.admin(&req, "test a plugin")?;
         let r = req.into_inner();
         let engine = self.state.engine().map_err(IntoStatus::into_status)?;
         let args = r.arguments.map(|a| a.values.into_iter().collect());
@@ -461,8 +567,9 @@ impl Admin for AdminService {
     type QueryStream = QueryStream;
 
     async fn query(&self, req: Request<pb::QueryRequest>) -> Result<Response<Self::QueryStream>, Status> {
-        self.authorize(&req)?;
+        let principal = self.authorize(&req)?;
         let r = req.into_inner();
+        principal.require_db(&r.database, Action::Read).map_err(IntoStatus::into_status)?;
         let params: HashMap<String, String> = r.params.into_iter().map(|p| (p.name, p.value)).collect();
         let stream = self
             .state

@@ -53,7 +53,10 @@ use super::{
     SharedState,
     admin::{IntoStatus, metadata_token},
 };
-use crate::query::{self, CATALOG_NAME, QueryParams, SYSTEM_SCHEMA, USER_SCHEMA};
+use crate::{
+    auth::{Action as Access, Principal},
+    query::{self, CATALOG_NAME, QueryParams, SYSTEM_SCHEMA, USER_SCHEMA},
+};
 
 /// gRPC headers that name the database, in the order they are consulted.
 const DATABASE_HEADERS: [&str; 4] = ["database", "bucket", "bucket-name", "iox-namespace-name"];
@@ -95,6 +98,14 @@ pub struct WeirFlightSql {
 
 fn database_header(md: &MetadataMap) -> Option<String> {
     DATABASE_HEADERS.iter().filter_map(|h| md.get(*h)?.to_str().ok()).find(|v| !v.is_empty()).map(str::to_string)
+}
+
+/// Who is calling: attached by [`FlightFront`] to every call it lets through.
+fn principal<T>(request: &Request<T>) -> Result<&Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .ok_or_else(|| Status::unauthenticated("this call reached Flight SQL without authentication"))
 }
 
 fn require_database(md: &MetadataMap) -> Result<String, Status> {
@@ -344,15 +355,19 @@ static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
 });
 
 impl FlightFront {
-    fn authorize(&self, md: &MetadataMap) -> Result<Option<String>, Status> {
+    /// Authenticate a call and attach who is calling ([`Principal`]) to it, for the
+    /// handlers' database checks; also returns the token presented.
+    fn authorize<T>(&self, request: &mut Request<T>) -> Result<Option<String>, Status> {
         let auth = &self.sql.state.auth;
         if !auth.enabled() {
             // Like HTTP: with auth off, whatever `authorization` holds (even an empty
             // `Bearer `) is ignored.
+            request.extensions_mut().insert(Principal::Open);
             return Ok(None);
         }
-        let token = metadata_token(md).map_err(IntoStatus::into_status)?;
-        auth.check_token(token.as_deref()).map_err(IntoStatus::into_status)?;
+        let token = metadata_token(request.metadata()).map_err(IntoStatus::into_status)?;
+        let principal = auth.authenticate(token.as_deref()).map_err(IntoStatus::into_status)?;
+        request.extensions_mut().insert(principal);
         Ok(token)
     }
 
@@ -376,7 +391,7 @@ impl FlightFront {
             None => require_database(request.metadata())?,
         };
         let params = QueryParams::from_json(ticket.params.unwrap_or_default()).map_err(Status::invalid_argument)?;
-        self.sql.run(&database, &ticket.sql_query, params).await
+        self.sql.run(principal(&request)?, &database, &ticket.sql_query, params).await
     }
 }
 
@@ -394,9 +409,9 @@ impl FlightService for FlightFront {
     /// token as password) gets it back as `authorization: Bearer` for later calls.
     async fn handshake(
         &self,
-        request: Request<Streaming<HandshakeRequest>>,
+        mut request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        let token = self.authorize(request.metadata())?;
+        let token = self.authorize(&mut request)?;
         let reply = HandshakeResponse { protocol_version: 0, payload: Default::default() };
         let mut response: Response<Self::HandshakeStream> = Response::new(Box::pin(futures::stream::iter([Ok(reply)])));
         if let Some(token) = token.filter(|t| !t.is_empty())
@@ -407,28 +422,28 @@ impl FlightService for FlightFront {
         Ok(response)
     }
 
-    async fn list_flights(&self, request: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
-        self.authorize(request.metadata())?;
+    async fn list_flights(&self, mut request: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
+        self.authorize(&mut request)?;
         self.sql.list_flights(request).await
     }
 
-    async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
-        self.authorize(request.metadata())?;
+    async fn get_flight_info(&self, mut request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        self.authorize(&mut request)?;
         self.sql.get_flight_info(request).await
     }
 
-    async fn poll_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
-        self.authorize(request.metadata())?;
+    async fn poll_flight_info(&self, mut request: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
+        self.authorize(&mut request)?;
         self.sql.poll_flight_info(request).await
     }
 
-    async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
-        self.authorize(request.metadata())?;
+    async fn get_schema(&self, mut request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
+        self.authorize(&mut request)?;
         self.sql.get_schema(request).await
     }
 
-    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        self.authorize(request.metadata())?;
+    async fn do_get(&self, mut request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        self.authorize(&mut request)?;
         // A protobuf `Any` starts with field 1's tag (0x0a); the InfluxDB ticket is a JSON
         // object (clients send it without leading whitespace).
         if request.get_ref().ticket.first() == Some(&b'{') {
@@ -437,44 +452,53 @@ impl FlightService for FlightFront {
         self.sql.do_get(request).await
     }
 
-    async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
-        self.authorize(request.metadata())?;
+    async fn do_put(&self, mut request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
+        self.authorize(&mut request)?;
         self.sql.do_put(request).await
     }
 
     async fn do_exchange(
         &self,
-        request: Request<Streaming<FlightData>>,
+        mut request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        self.authorize(request.metadata())?;
+        self.authorize(&mut request)?;
         self.sql.do_exchange(request).await
     }
 
-    async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
-        self.authorize(request.metadata())?;
+    async fn do_action(&self, mut request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+        self.authorize(&mut request)?;
         self.sql.do_action(request).await
     }
 
-    async fn list_actions(&self, request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
-        self.authorize(request.metadata())?;
+    async fn list_actions(&self, mut request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+        self.authorize(&mut request)?;
         self.sql.list_actions(request).await
     }
 }
 
 impl WeirFlightSql {
-    async fn run(&self, database: &str, sql: &str, params: QueryParams) -> Result<Response<DoGetStream>, Status> {
+    async fn run(
+        &self,
+        principal: &Principal,
+        database: &str,
+        sql: &str,
+        params: QueryParams,
+    ) -> Result<Response<DoGetStream>, Status> {
+        principal.require_db(database, Access::Read).map_err(IntoStatus::into_status)?;
         let stream = self.state.query.query_sql(database, sql, params).await.map_err(IntoStatus::into_status)?;
         Ok(stream_response(stream))
     }
 
-    async fn wire_shape(&self, database: &str, sql: &str) -> Result<query::QueryShape, Status> {
+    async fn wire_shape(&self, principal: &Principal, database: &str, sql: &str) -> Result<query::QueryShape, Status> {
+        principal.require_db(database, Access::Read).map_err(IntoStatus::into_status)?;
         let mut shape = self.state.query.describe(database, sql).await.map_err(IntoStatus::into_status)?;
         shape.schema = Arc::new(wire_schema(&shape.schema));
         Ok(shape)
     }
 
-    async fn tables_batch(&self, md: &MetadataMap, query: CommandGetTables) -> Result<RecordBatch, Status> {
-        let database = require_database(md)?;
+    async fn tables_batch<T>(&self, request: &Request<T>, query: CommandGetTables) -> Result<RecordBatch, Status> {
+        let database = require_database(request.metadata())?;
+        principal(request)?.require_db(&database, Access::Read).map_err(IntoStatus::into_status)?;
         let tables = self.state.query.list_tables(&database).await.map_err(IntoStatus::into_status)?;
         let mut builder = query.into_builder();
         for t in tables {
@@ -518,7 +542,7 @@ impl FlightSqlService for WeirFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let database = require_database(request.metadata())?;
-        let shape = self.wire_shape(&database, &query.query).await?;
+        let shape = self.wire_shape(principal(&request)?, &database, &query.query).await?;
         let handle = serde_json::to_vec(&StatementHandle { database, sql: query.query })
             .map_err(|e| internal("encoding statement handle", e))?;
         let ticket = TicketStatementQuery { statement_handle: handle.into() };
@@ -529,11 +553,11 @@ impl FlightSqlService for WeirFlightSql {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let handle: StatementHandle = serde_json::from_slice(&ticket.statement_handle)
             .map_err(|e| Status::invalid_argument(format!("invalid statement ticket: {e}")))?;
-        self.run(&handle.database, &handle.sql, QueryParams::default()).await
+        self.run(principal(&request)?, &handle.database, &handle.sql, QueryParams::default()).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -542,7 +566,7 @@ impl FlightSqlService for WeirFlightSql {
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let database = require_database(request.metadata())?;
-        let shape = self.wire_shape(&database, &query.query).await?;
+        let shape = self.wire_shape(principal(&request)?, &database, &query.query).await?;
         let handle = self.prepared.lock().insert(database, query.query);
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.into(),
@@ -600,17 +624,17 @@ impl FlightSqlService for WeirFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let (database, sql, _) = self.prepared.lock().get(&query.prepared_statement_handle)?;
-        let shape = self.wire_shape(&database, &sql).await?;
+        let shape = self.wire_shape(principal(&request)?, &database, &sql).await?;
         command_info(&shape.schema, &query, request)
     }
 
     async fn do_get_prepared_statement(
         &self,
         query: CommandPreparedStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let (database, sql, params) = self.prepared.lock().get(&query.prepared_statement_handle)?;
-        self.run(&database, &sql, QueryParams::Positional(params)).await
+        self.run(principal(&request)?, &database, &sql, QueryParams::Positional(params)).await
     }
 
     async fn get_flight_info_catalogs(
@@ -654,6 +678,7 @@ impl FlightSqlService for WeirFlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         // Check the database now so a typo fails here rather than at DoGet.
         let database = require_database(request.metadata())?;
+        principal(&request)?.require_db(&database, Access::Read).map_err(IntoStatus::into_status)?;
         if self.state.catalog.db(&database).is_none() {
             return Err(query::Error::DbNotFound(database).into_status());
         }
@@ -666,7 +691,7 @@ impl FlightSqlService for WeirFlightSql {
         query: CommandGetTables,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        Ok(batch_response(self.tables_batch(request.metadata(), query).await?))
+        Ok(batch_response(self.tables_batch(&request, query).await?))
     }
 
     async fn get_flight_info_table_types(

@@ -9,7 +9,7 @@ pub mod write;
 use std::{collections::HashMap, io::Read};
 
 use axum::{
-    Router,
+    Extension, Router,
     body::Body,
     extract::{Request, State},
     http::{HeaderMap, StatusCode, header},
@@ -23,7 +23,7 @@ use serde_json::json;
 
 use super::SharedState;
 use crate::{
-    auth::{self, AuthError},
+    auth::{self, AuthError, Principal},
     catalog,
     lp::LineError,
     query as q, write_buffer,
@@ -94,6 +94,7 @@ impl IntoResponse for ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unauthorized(e) if e.is_forbidden() => StatusCode::FORBIDDEN,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -153,8 +154,11 @@ impl From<catalog::Error> for ApiError {
             | catalog::Error::TriggerExists { .. }
             | catalog::Error::RequestPathTaken { .. }
             | catalog::Error::TriggerEnabled { .. } => Self::Conflict(e.to_string()),
-            catalog::Error::DbNotFound(_) | catalog::Error::TriggerNotFound { .. } => Self::NotFound(e.to_string()),
+            catalog::Error::DbNotFound(_)
+            | catalog::Error::TriggerNotFound { .. }
+            | catalog::Error::TokenNotFound(_) => Self::NotFound(e.to_string()),
             catalog::Error::InvalidTrigger(_)
+            | catalog::Error::InvalidToken(_)
             | catalog::Error::TooManyColumns(_)
             | catalog::Error::TooManyTables(_)
             | catalog::Error::TooManyDbs(_) => Self::BadRequest(e.to_string()),
@@ -195,17 +199,15 @@ impl From<q::Error> for ApiError {
 }
 
 /// Build the HTTP router.
+///
+/// Every route but health, readiness, ping and token management needs a valid token (or
+/// `--without-auth`). Routes that change the server (databases, triggers, plugins,
+/// packages, dry runs) need an admin token; data routes (writes, queries, request
+/// triggers, the database list, `/metrics`) check the token's permission on the database
+/// or system resource they touch, in their handler.
 pub fn router(state: SharedState) -> Router {
-    let protected = Router::new()
-        .route("/api/v3/write_lp", post(write::write_lp))
-        .route("/api/v2/write", post(write::write_v2))
-        .route("/write", post(write::write_v1))
-        .route("/api/v3/query_sql", get(query::query_sql_get).post(query::query_sql_post))
-        .route("/api/v3/query_influxql", get(query::query_influxql).post(query::query_influxql))
-        .route(
-            "/api/v3/configure/database",
-            get(configure::list_databases).post(configure::create_database).delete(configure::delete_database),
-        )
+    let admin = Router::new()
+        .route("/api/v3/configure/database", post(configure::create_database).delete(configure::delete_database))
         .route(
             "/api/v3/configure/processing_engine_trigger",
             post(engine::create_trigger).delete(engine::delete_trigger),
@@ -213,19 +215,34 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/v3/configure/processing_engine_trigger/enable", post(engine::enable_trigger))
         .route("/api/v3/configure/processing_engine_trigger/disable", post(engine::disable_trigger))
         .route("/api/v3/configure/plugin_environment/install_packages", post(engine::install_packages))
+        .route("/api/v3/configure/plugin_environment/install_requirements", post(engine::install_requirements))
         .route("/api/v3/plugin_test/wal", post(engine::test_wal))
         .route("/api/v3/plugin_test/schedule", post(engine::test_schedule))
         .route("/api/v3/plugin_test/request", post(engine::test_request))
-        .route("/api/v3/engine/{*path}", any(engine::engine_request))
         .route("/api/v3/plugins/files", post(engine::upload_file).put(engine::update_file))
         .route("/api/v3/plugins/directory", axum::routing::put(engine::update_directory))
-        .route("/api/v3/configure/plugin_environment/install_requirements", post(engine::install_requirements))
-        .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
+        .route_layer(middleware::from_fn(require_admin));
+    let data = Router::new()
+        .route("/api/v3/write_lp", post(write::write_lp))
+        .route("/api/v2/write", post(write::write_v2))
+        .route("/write", post(write::write_v1))
+        .route("/api/v3/query_sql", get(query::query_sql_get).post(query::query_sql_post))
+        .route("/api/v3/query_influxql", get(query::query_influxql).post(query::query_influxql))
+        .route("/api/v3/configure/database", get(configure::list_databases))
+        .route("/api/v3/engine/{*path}", any(engine::engine_request))
+        .route("/metrics", get(metrics));
+    let protected = admin.merge(data).route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
     Router::new()
         .merge(protected)
-        // Creating the first admin token needs no token; later ones do (checked inside).
+        // Token management checks its own token: the first admin token needs none, and the
+        // rest need an admin token even with --without-auth.
         .route("/api/v3/configure/token/admin", post(configure::create_admin_token))
+        .route("/api/v3/configure/token/admin/regenerate", post(configure::regenerate_admin_token))
+        .route(
+            "/api/v3/configure/token",
+            post(configure::create_token).get(configure::list_tokens).delete(configure::delete_token),
+        )
+        .route("/api/v3/enterprise/configure/token", post(configure::create_token))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/ping", get(ping).head(ping))
@@ -283,16 +300,33 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn require_auth(State(state): State<SharedState>, req: Request, next: Next) -> Response {
-    if !state.auth.enabled() {
-        return next.run(req).await;
-    }
-    let token = match presented_token(req.headers(), req.uri().query()) {
-        Ok(t) => t,
-        Err(e) => return ApiError::Unauthorized(e).into_response(),
+/// Authenticate, and hand the handler who is asking ([`Principal`]).
+async fn require_auth(State(state): State<SharedState>, mut req: Request, next: Next) -> Response {
+    let principal = if state.auth.enabled() {
+        let token = match presented_token(req.headers(), req.uri().query()) {
+            Ok(t) => t,
+            Err(e) => return ApiError::Unauthorized(e).into_response(),
+        };
+        match state.auth.authenticate(token.as_deref()) {
+            Ok(p) => p,
+            Err(e) => return ApiError::Unauthorized(e).into_response(),
+        }
+    } else {
+        Principal::Open
     };
-    match state.auth.check_token(token.as_deref()) {
-        Ok(_) => next.run(req).await,
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+/// Refuse a non-admin token (runs after [`require_auth`]).
+async fn require_admin(req: Request, next: Next) -> Response {
+    let what = format!("{} {}", req.method(), req.uri().path());
+    let allowed = match req.extensions().get::<Principal>() {
+        Some(p) => p.require_admin(&what),
+        None => Err(AuthError::Missing),
+    };
+    match allowed {
+        Ok(()) => next.run(req).await,
         Err(e) => ApiError::Unauthorized(e).into_response(),
     }
 }
@@ -397,7 +431,11 @@ async fn ping() -> Response {
         .into_response()
 }
 
-async fn metrics(State(state): State<SharedState>) -> Response {
+/// `GET /metrics`: Prometheus text; an admin token or `system:metrics:read`.
+async fn metrics(State(state): State<SharedState>, Extension(principal): Extension<Principal>) -> Response {
+    if let Err(e) = principal.require_system("metrics") {
+        return ApiError::Unauthorized(e).into_response();
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 

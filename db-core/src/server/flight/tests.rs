@@ -21,6 +21,7 @@ const TOKEN: &str = "apiv3_flight-test";
 
 struct Fixture {
     addr: std::net::SocketAddr,
+    state: SharedState,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -36,7 +37,7 @@ async fn start(auth: bool) -> Fixture {
     tokio::spawn(crate::server::serve(listener, Arc::clone(&state), Default::default(), async {
         let _ = rx.await;
     }));
-    Fixture { addr, _stop: tx }
+    Fixture { addr, state, _stop: tx }
 }
 
 async fn channel(f: &Fixture) -> Channel {
@@ -366,4 +367,61 @@ fn prepared_statements_evict_the_least_recently_used() {
     let mut forged = first.clone();
     forged[15] ^= 1;
     assert_eq!(open.get(&forged).unwrap_err().code(), Code::NotFound);
+}
+
+/// A resource token reads only the databases it names, whichever way the database
+/// arrives: header, JSON ticket, a statement ticket made for another token, a prepared
+/// statement, or the table listing.
+#[tokio::test]
+async fn resource_tokens_read_only_their_databases() {
+    let f = start(true).await;
+    f.state.buffer.write_lp("other", "m v=1 1", crate::lp::Precision::Nanosecond, true, false).await.unwrap();
+    let token = |perm: &'static str| {
+        let auth = f.state.auth.clone();
+        async move {
+            auth.create_token(crate::auth::NewToken {
+                name: perm.to_string(),
+                permissions: vec![perm.parse().unwrap()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .1
+        }
+    };
+    let reader = token("db:other:read").await;
+    let writer = token("db:db:write").await;
+
+    // Allowed: its own database.
+    let mut c = sql_client(&f, Some(&reader), Some("other")).await;
+    let info = c.execute("SELECT v FROM m".into(), None).await.unwrap();
+    assert_eq!(fetch(&mut c, info).await[0].num_rows(), 1);
+
+    for (t, db) in [(&reader, "db"), (&writer, "db")] {
+        let mut c = sql_client(&f, Some(t), Some(db)).await;
+        let (code_, msg) = code(c.execute("SELECT * FROM cpu".into(), None).await);
+        assert_eq!(code_, Code::PermissionDenied, "{msg}");
+        assert!(msg.contains("read database \"db\""), "{msg}");
+        let (code_, msg) = code(c.prepare("SELECT * FROM cpu".into(), None).await);
+        assert_eq!(code_, Code::PermissionDenied, "{msg}");
+        let (code_, msg) = code(c.get_tables(CommandGetTables { include_schema: false, ..Default::default() }).await);
+        assert_eq!(code_, Code::PermissionDenied, "{msg}");
+        let q = serde_json::json!({"database": "db", "sql_query": "SELECT 1", "query_type": "sql"}).to_string();
+        let s = json_ticket_error(&f, Some(t), &q).await;
+        assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    }
+
+    // A statement ticket obtained by the admin does not carry the admin's rights.
+    let mut admin = sql_client(&f, Some(TOKEN), Some("db")).await;
+    let info = admin.execute("SELECT * FROM cpu".into(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut c = sql_client(&f, Some(&reader), Some("other")).await;
+    let (code_, msg) = code(c.do_get(ticket).await);
+    assert_eq!(code_, Code::PermissionDenied, "{msg}");
+
+    // Nor does a table-listing ticket: DoGet checks the caller's database again.
+    let info = admin.get_tables(CommandGetTables { include_schema: false, ..Default::default() }).await.unwrap();
+    let mut c = sql_client(&f, Some(&reader), Some("db")).await;
+    let (code_, msg) = code(c.do_get(info.endpoint[0].ticket.clone().unwrap()).await);
+    assert_eq!(code_, Code::PermissionDenied, "{msg}");
 }

@@ -1,6 +1,6 @@
-//! `/api/v3/configure/...`: databases and admin tokens.
+//! `/api/v3/configure/...`: databases and tokens.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use arrow::{
     array::StringArray,
@@ -8,7 +8,7 @@ use arrow::{
     record_batch::RecordBatch,
 };
 use axum::{
-    Json,
+    Extension, Json,
     body::Body,
     extract::{RawQuery, State},
     http::{HeaderMap, StatusCode, header},
@@ -20,20 +20,27 @@ use serde_json::json;
 
 use super::{ApiError, json_body_or_default, presented_token, query_map, read_body};
 use crate::{
-    auth::ADMIN_TOKEN_NAME,
+    auth::{ADMIN_TOKEN_NAME, NewToken, Permission, Principal},
+    catalog::TokenInfo,
     query::format::{self, Format},
     server::SharedState,
 };
 
 /// `GET /api/v3/configure/database?format=` lists databases as a table with the column
 /// `iox::database`, in any query output format.
-pub async fn list_databases(State(state): State<SharedState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+/// A resource token sees only the databases it holds a permission on.
+pub async fn list_databases(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let p = query_map(raw.as_deref());
     let fmt: Format = match p.get("format").map(|s| s.as_str()) {
         None | Some("") => Format::Json,
         Some(f) => f.parse().map_err(ApiError::BadRequest)?,
     };
-    let names: Vec<String> = state.catalog.databases().iter().map(|d| d.name.to_string()).collect();
+    let names: Vec<String> =
+        state.catalog.databases().iter().filter(|d| principal.sees_db(&d.name)).map(|d| d.name.to_string()).collect();
     let schema = Arc::new(Schema::new(vec![Field::new("iox::database", DataType::Utf8, false)]));
     let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(StringArray::from(names))])
         .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -72,40 +79,19 @@ pub async fn delete_database(State(state): State<SharedState>, RawQuery(raw): Ra
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct CreateToken {
+struct CreateAdminToken {
     #[serde(default)]
     token_name: Option<String>,
 }
 
-/// `POST /api/v3/configure/token/admin`: the first admin token can be created without
-/// authentication; after that an admin token is required and a new name must be given.
-pub async fn create_admin_token(
-    State(state): State<SharedState>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let bytes = read_body(&headers, body, state.max_request_bytes).await?;
-    let req: CreateToken = json_body_or_default(&bytes)?;
-    if state.auth.has_admin_token() {
-        // Token management always needs an admin token once one exists, even with
-        // --without-auth, so a dev server cannot mint credentials for anyone.
-        let token = presented_token(&headers, raw.as_deref())?;
-        let info = state
-            .catalog
-            .token_by_hash(&crate::auth::hash_token(token.as_deref().ok_or(crate::auth::AuthError::Missing)?))
-            .ok_or(crate::auth::AuthError::Invalid)?;
-        if !info.admin {
-            return Err(ApiError::Forbidden("creating tokens requires an admin token".to_string()));
-        }
-    }
-    let name = req.token_name.unwrap_or_else(|| ADMIN_TOKEN_NAME.to_string());
-    let token = state.auth.create_admin_token(&name).await?;
-    let info = state
-        .catalog
-        .token_by_hash(&crate::auth::hash_token(&token))
-        .ok_or_else(|| ApiError::Internal("token vanished after creation".to_string()))?;
-    Ok((
+/// The token a request presents, if any.
+fn request_token(headers: &HeaderMap, raw: Option<&str>) -> Result<Option<String>, ApiError> {
+    Ok(presented_token(headers, raw)?)
+}
+
+/// A created token as InfluxDB 3 answers it (the secret is in this answer only).
+fn created(info: &TokenInfo, token: &str) -> Response {
+    (
         StatusCode::CREATED,
         Json(json!({
             "id": info.id,
@@ -113,8 +99,152 @@ pub async fn create_admin_token(
             "token": token,
             "hash": info.hash,
             "created_at": crate::time::format_rfc3339(info.created_at),
-            "expiry": null,
+            "expiry": info.expires_at.map(crate::time::format_rfc3339),
+            "admin": info.admin,
+            "permissions": info.permissions.iter().map(ToString::to_string).collect::<Vec<_>>(),
         })),
     )
-        .into_response())
+        .into_response()
+}
+
+/// `POST /api/v3/configure/token/admin {"token_name"?}`: the first admin token can be
+/// created without authentication; after that an admin token is required and a new name
+/// must be given.
+pub async fn create_admin_token(
+    State(state): State<SharedState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, state.max_request_bytes).await?;
+    let req: CreateAdminToken = json_body_or_default(&bytes)?;
+    if state.auth.has_admin_token() {
+        let token = request_token(&headers, raw.as_deref())?;
+        state.auth.require_token_admin(token.as_deref(), "create tokens")?;
+    }
+    let name = req.token_name.unwrap_or_else(|| ADMIN_TOKEN_NAME.to_string());
+    let (info, token) = state.auth.create_token(NewToken { name, admin: true, ..NewToken::default() }).await?;
+    Ok(created(&info, &token))
+}
+
+/// The header carrying the admin recovery secret (the content of the server's recovery
+/// file) to `POST /api/v3/configure/token/admin/regenerate`.
+pub const RECOVERY_HEADER: &str = "x-weir-recovery-secret";
+
+/// `POST /api/v3/configure/token/admin/regenerate`: a new secret for the admin token
+/// `_admin`, the old one refused at once. Needs the current admin token, or, when that is
+/// lost, the recovery secret the server keeps in a file only its user can read (sent as
+/// `X-Weir-Recovery-Secret`), so regenerating needs access to the server's files.
+pub async fn regenerate_admin_token(
+    State(state): State<SharedState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let recovery = headers.get(RECOVERY_HEADER).and_then(|v| v.to_str().ok());
+    match recovery {
+        Some(secret) if state.auth.check_recovery_secret(secret) => {}
+        Some(_) => {
+            return Err(ApiError::Forbidden(
+                "the recovery secret does not match: read it from the server's current recovery file \
+                 (it changes at every start)"
+                    .to_string(),
+            ));
+        }
+        None => {
+            let token = request_token(&headers, raw.as_deref())?;
+            state.auth.require_token_admin(token.as_deref(), "regenerate the admin token")?;
+        }
+    }
+    let (info, token) = state.auth.regenerate_admin_token().await?;
+    tracing::warn!(name = %info.name, by_recovery = recovery.is_some(), "admin token regenerated");
+    Ok(created(&info, &token))
+}
+
+/// A permission in a request: InfluxDB 3's object, or Weir's text form.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PermissionBody {
+    Text(String),
+    Object { resource_type: String, resource_identifier: Vec<String>, actions: Vec<String> },
+}
+
+impl PermissionBody {
+    fn parse(self) -> Result<Permission, ApiError> {
+        let text = match self {
+            Self::Text(t) => t,
+            Self::Object { resource_type, resource_identifier, actions } => {
+                format!("{resource_type}:{}:{}", resource_identifier.join(","), actions.join(","))
+            }
+        };
+        text.parse().map_err(ApiError::BadRequest)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateToken {
+    token_name: String,
+    #[serde(default)]
+    permissions: Vec<PermissionBody>,
+    #[serde(default)]
+    expiry_secs: Option<u64>,
+}
+
+/// `POST /api/v3/configure/token` (also `/api/v3/enterprise/configure/token`):
+/// `{"token_name", "permissions": [{"resource_type": "db", "resource_identifier": ["a"],
+/// "actions": ["read"]}] or ["db:a:read"], "expiry_secs"?}` creates a resource token.
+pub async fn create_token(
+    State(state): State<SharedState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let token = request_token(&headers, raw.as_deref())?;
+    state.auth.require_token_admin(token.as_deref(), "create tokens")?;
+    let bytes = read_body(&headers, body, state.max_request_bytes).await?;
+    let req: CreateToken = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "invalid JSON body, expected {{\"token_name\": \"name\", \"permissions\": [\"db:NAME:read,write\"], \
+             \"expiry_secs\": 3600}}: {e}"
+        ))
+    })?;
+    let permissions = req.permissions.into_iter().map(PermissionBody::parse).collect::<Result<Vec<_>, _>>()?;
+    let (info, token) = state
+        .auth
+        .create_token(NewToken {
+            name: req.token_name,
+            admin: false,
+            permissions,
+            expiry: req.expiry_secs.map(Duration::from_secs),
+        })
+        .await?;
+    Ok(created(&info, &token))
+}
+
+/// `GET /api/v3/configure/token`: every token (never a secret or hash), admin only.
+pub async fn list_tokens(
+    State(state): State<SharedState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let token = request_token(&headers, raw.as_deref())?;
+    state.auth.require_token_admin(token.as_deref(), "list tokens")?;
+    Ok(Json(state.auth.list_tokens()).into_response())
+}
+
+/// `DELETE /api/v3/configure/token?token_name=NAME`: the token is refused from its next
+/// request on.
+pub async fn delete_token(
+    State(state): State<SharedState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let token = request_token(&headers, raw.as_deref())?;
+    state.auth.require_token_admin(token.as_deref(), "delete tokens")?;
+    let p = query_map(raw.as_deref());
+    let name = p
+        .get("token_name")
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("missing required query parameter 'token_name'".to_string()))?;
+    state.auth.delete_token(name).await?;
+    Ok(StatusCode::OK.into_response())
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::{
+    Extension,
     body::Body,
     extract::{Path, RawQuery, State},
     http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode},
@@ -14,7 +15,12 @@ use serde::Deserialize;
 use super::{ApiError, bool_param, json_body_or_default, query_map, read_body};
 use weir_proto::plugin::v1::{self as pb, put_plugin::Mode as PutMode};
 
-use crate::{engine::HttpCall, server::SharedState, trigger::NewTrigger};
+use crate::{
+    auth::{AuthError, Principal},
+    engine::HttpCall,
+    server::SharedState,
+    trigger::NewTrigger,
+};
 
 #[derive(Debug, Default, Deserialize)]
 struct TriggerSettings {
@@ -329,6 +335,7 @@ pub async fn test_request(
 /// `/api/v3/engine/<path>`, every method: the request trigger serving `<path>` answers.
 pub async fn engine_request(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     Path(path): Path<String>,
     method: Method,
     RawQuery(raw): RawQuery,
@@ -339,6 +346,15 @@ pub async fn engine_request(
     let Some((db, def)) = state.catalog.request_trigger(&path) else {
         return Err(ApiError::NotFound(format!("no request trigger serves /api/v3/engine/{path}")));
     };
+    // A request trigger answers for its database: any permission on it will do (a
+    // read-only dashboard token and a write-only ingest token both call plugins).
+    if !principal.sees_db(&db.name) {
+        return Err(AuthError::Forbidden(format!(
+            "this token has no permission on database {:?}, whose trigger {} serves /api/v3/engine/{path}",
+            db.name, def.name
+        ))
+        .into());
+    }
     if def.disabled {
         return Err(ApiError::NotFound(format!(
             "the request trigger {} serving /api/v3/engine/{path} in database {} is disabled",

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use axum::{
+    Extension,
     body::Body,
     extract::{RawQuery, State},
     http::{HeaderMap, header},
@@ -18,6 +19,7 @@ use serde::Deserialize;
 
 use super::{ApiError, json_body_or_default, query_map, read_body};
 use crate::{
+    auth::{Action, Principal},
     query::{
         QueryParams,
         format::{self, Format},
@@ -42,11 +44,12 @@ pub struct QueryRequest {
     pub params: Option<HashMap<String, serde_json::Value>>,
 }
 
-async fn run(state: SharedState, req: QueryRequest) -> Result<Response, ApiError> {
+async fn run(state: SharedState, principal: &Principal, req: QueryRequest) -> Result<Response, ApiError> {
     let db = req
         .db
         .filter(|d| !d.is_empty())
         .ok_or_else(|| ApiError::BadRequest("missing required parameter 'db'".to_string()))?;
+    principal.require_db(&db, Action::Read)?;
     let sql = req
         .q
         .filter(|q| !q.trim().is_empty())
@@ -80,7 +83,11 @@ async fn run(state: SharedState, req: QueryRequest) -> Result<Response, ApiError
 }
 
 /// `GET /api/v3/query_sql?db=&q=&format=&params=`
-pub async fn query_sql_get(State(state): State<SharedState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub async fn query_sql_get(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let p = query_map(raw.as_deref());
     let params = match p.get("params") {
         Some(s) if !s.is_empty() => Some(
@@ -91,12 +98,13 @@ pub async fn query_sql_get(State(state): State<SharedState>, RawQuery(raw): RawQ
     };
     let req =
         QueryRequest { db: p.get("db").cloned(), q: p.get("q").cloned(), format: p.get("format").cloned(), params };
-    run(state, req).await
+    run(state, &principal, req).await
 }
 
 /// `POST /api/v3/query_sql` with a JSON body.
 pub async fn query_sql_post(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
@@ -111,7 +119,7 @@ pub async fn query_sql_post(
     if req.format.is_none() {
         req.format = p.get("format").cloned();
     }
-    run(state, req).await
+    run(state, &principal, req).await
 }
 
 /// `/api/v3/query_influxql`: not supported yet.

@@ -360,7 +360,7 @@ async fn admin_token_bootstrap() {
     assert_eq!(j["name"], "_admin");
     let token = j["token"].as_str().unwrap().to_string();
     assert!(token.starts_with("apiv3_"));
-    assert_eq!(fresh.catalog.token_by_hash(&crate::auth::hash_token(&token)).unwrap().hash, j["hash"]);
+    assert_eq!(fresh.auth.verify(&token).unwrap().hash, j["hash"]);
     // Now it needs an admin token.
     let r = call(&fresh, req(Method::POST, "/api/v3/configure/token/admin", Body::empty(), None)).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
@@ -464,4 +464,187 @@ async fn large_answers_stream_or_are_refused_up_front() {
     let r = call(&s, get(&format!("/api/v3/query_sql?db=q&q={bad}&format=csv"))).await;
     assert!(r.status.is_client_error() || r.status.is_server_error(), "{:?} {}", r.status, r.text());
     assert!(r.json()["error"].is_string(), "{}", r.text());
+}
+
+/// Every route that changes the server: each must refuse a resource token with 403.
+fn admin_routes() -> Vec<(Method, &'static str)> {
+    vec![
+        (Method::POST, "/api/v3/configure/database"),
+        (Method::DELETE, "/api/v3/configure/database?db=a"),
+        (Method::POST, "/api/v3/configure/processing_engine_trigger"),
+        (Method::DELETE, "/api/v3/configure/processing_engine_trigger?db=a&trigger_name=t"),
+        (Method::POST, "/api/v3/configure/processing_engine_trigger/enable?db=a&trigger_name=t"),
+        (Method::POST, "/api/v3/configure/processing_engine_trigger/disable?db=a&trigger_name=t"),
+        (Method::POST, "/api/v3/configure/plugin_environment/install_packages"),
+        (Method::POST, "/api/v3/configure/plugin_environment/install_requirements"),
+        (Method::POST, "/api/v3/plugin_test/wal"),
+        (Method::POST, "/api/v3/plugin_test/schedule"),
+        (Method::POST, "/api/v3/plugin_test/request"),
+        (Method::POST, "/api/v3/plugins/files"),
+        (Method::PUT, "/api/v3/plugins/files"),
+        (Method::PUT, "/api/v3/plugins/directory"),
+        (Method::POST, "/api/v3/configure/token/admin"),
+        (Method::POST, "/api/v3/configure/token/admin/regenerate"),
+        (Method::POST, "/api/v3/configure/token"),
+        (Method::POST, "/api/v3/enterprise/configure/token"),
+        (Method::GET, "/api/v3/configure/token"),
+        (Method::DELETE, "/api/v3/configure/token?token_name=x"),
+    ]
+}
+
+/// Create a resource token through the API as the admin.
+async fn resource_token(s: &SharedState, name: &str, permissions: &[&str]) -> String {
+    let body = serde_json::json!({"token_name": name, "permissions": permissions}).to_string();
+    let r = call(s, post("/api/v3/configure/token", &body)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    r.json()["token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn resource_tokens_are_held_to_their_permissions() {
+    let s = state(true).await;
+    for db in ["a", "b"] {
+        s.buffer.write_lp(db, "m v=1 1", crate::lp::Precision::Nanosecond, true, false).await.unwrap();
+    }
+    let rw = resource_token(&s, "rw-a", &["db:a:read,write"]).await;
+    let ro = resource_token(&s, "ro-a", &["db:a:read"]).await;
+    let prom = resource_token(&s, "prom", &["system:metrics:read"]).await;
+
+    for (method, uri) in admin_routes() {
+        let r = call(&s, req(method.clone(), uri, "{}", Some(&rw))).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{method} {uri}: {}", r.text());
+        assert!(r.json()["error"].as_str().unwrap().contains("admin token"), "{method} {uri}: {}", r.text());
+    }
+    let expect = |token: &str, method: Method, uri: &str, body: &str, status: StatusCode| {
+        let s = Arc::clone(&s);
+        let (token, uri, body) = (token.to_string(), uri.to_string(), body.to_string());
+        async move {
+            let r = call(&s, req(method.clone(), &uri, body, Some(&token))).await;
+            assert_eq!(r.status, status, "{method} {uri}: {}", r.text());
+            r
+        }
+    };
+    use StatusCode as S;
+    for uri in ["/api/v3/write_lp?db=a", "/api/v2/write?bucket=a", "/write?db=a"] {
+        expect(&rw, Method::POST, uri, "m v=2 2", S::NO_CONTENT).await;
+        let r = expect(&ro, Method::POST, uri, "m v=2 2", S::FORBIDDEN).await;
+        assert!(r.text().contains("ro-a") && r.text().contains("write database"), "{}", r.text());
+        expect(&rw, Method::POST, &uri.replace("=a", "=b"), "m v=2 2", S::FORBIDDEN).await;
+        // A write may not create a database the token does not cover either.
+        expect(&rw, Method::POST, &uri.replace("=a", "=new"), "m v=2 2", S::FORBIDDEN).await;
+    }
+    assert!(s.catalog.db("new").is_none());
+    expect(&ro, Method::GET, "/api/v3/query_sql?db=a&q=SELECT%20count(*)%20FROM%20m", "", S::OK).await;
+    expect(&ro, Method::GET, "/api/v3/query_sql?db=b&q=SELECT%201", "", S::FORBIDDEN).await;
+    expect(&ro, Method::POST, "/api/v3/query_sql", r#"{"db":"a","q":"SELECT 1"}"#, S::OK).await;
+    expect(&ro, Method::POST, "/api/v3/query_sql", r#"{"db":"b","q":"SELECT 1"}"#, S::FORBIDDEN).await;
+    expect(&prom, Method::GET, "/api/v3/query_sql?db=a&q=SELECT%201", "", S::FORBIDDEN).await;
+    // The database list shows what the token covers.
+    let r = expect(&ro, Method::GET, "/api/v3/configure/database?format=csv", "", S::OK).await;
+    assert_eq!(r.text(), "iox::database\na\n");
+    let r = expect(&prom, Method::GET, "/api/v3/configure/database?format=csv", "", S::OK).await;
+    assert_eq!(r.text(), "iox::database\n");
+    // Metrics need system:metrics:read (or admin).
+    expect(&ro, Method::GET, "/metrics", "", S::FORBIDDEN).await;
+    expect(&prom, Method::GET, "/metrics", "", S::OK).await;
+    expect(TOKEN, Method::GET, "/metrics", "", S::OK).await;
+    // Request triggers answer for their database: a token without any permission on it
+    // is refused before the plugin is reached (here there is no plugin host: 503).
+    let def = crate::trigger::TriggerDef {
+        name: Arc::from("hook"),
+        plugin_filename: "hook.py".into(),
+        specification: crate::trigger::TriggerSpec::parse("request:hook").unwrap(),
+        arguments: None,
+        run_async: false,
+        error_behavior: Default::default(),
+        max_retries: None,
+        workers: 0,
+        disabled: false,
+    };
+    s.catalog.create_trigger("a", def).await.unwrap();
+    expect(&prom, Method::GET, "/api/v3/engine/hook", "", S::FORBIDDEN).await;
+    expect(&ro, Method::GET, "/api/v3/engine/hook", "", S::SERVICE_UNAVAILABLE).await;
+}
+
+#[tokio::test]
+async fn tokens_are_created_listed_deleted_and_regenerated_over_http() {
+    let s = state(true).await;
+    // InfluxDB 3 Enterprise's body, on its path.
+    let body = serde_json::json!({
+        "token_name": "fleet-writer",
+        "permissions": [{"resource_type": "db", "resource_identifier": ["fleet", "sensors"], "actions": ["write"]}],
+        "expiry_secs": 3600,
+    });
+    let r = call(&s, post("/api/v3/enterprise/configure/token", &body.to_string())).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["permissions"], serde_json::json!(["db:fleet,sensors:write"]));
+    assert!(j["expiry"].as_str().unwrap().ends_with('Z'), "{j}");
+    let writer = j["token"].as_str().unwrap().to_string();
+    let r = call(&s, req(Method::POST, "/api/v3/write_lp?db=fleet", "m v=1 1", Some(&writer))).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+
+    // Bad requests say what is wrong.
+    for (body, says) in [
+        (r#"{"token_name":"x","permissions":["db:a"]}"#, "three parts"),
+        (r#"{"token_name":"x","permissions":[]}"#, "at least one --permission"),
+        (r#"{"token_name":"fleet-writer","permissions":["db:a:read"]}"#, "already exists"),
+        (r#"{"permissions":["db:a:read"]}"#, "token_name"),
+        (r#"{"token_name":"x","permissions":["db:a:read"],"expiry_secs":0}"#, "longer than zero"),
+    ] {
+        let r = call(&s, post("/api/v3/configure/token", body)).await;
+        assert!(r.status.is_client_error(), "{body}: {}", r.status);
+        assert!(r.text().contains(says), "{body}: {}", r.text());
+    }
+
+    // The list never shows a secret or hash.
+    let r = call(&s, get("/api/v3/configure/token")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let list = r.json();
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["_admin", "fleet-writer"]);
+    assert!(!r.text().contains(&writer) && !r.text().contains("hash") && !r.text().contains("salt"), "{}", r.text());
+    assert_eq!(list[1]["expired"], false);
+
+    // Deleted: refused at once.
+    let r =
+        call(&s, req(Method::DELETE, "/api/v3/configure/token?token_name=fleet-writer", Body::empty(), Some(TOKEN)))
+            .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = call(&s, req(Method::POST, "/api/v3/write_lp?db=fleet", "m v=1 1", Some(&writer))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r =
+        call(&s, req(Method::DELETE, "/api/v3/configure/token?token_name=fleet-writer", Body::empty(), Some(TOKEN)))
+            .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r =
+        call(&s, req(Method::DELETE, "/api/v3/configure/token?token_name=_admin", Body::empty(), Some(TOKEN))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("--regenerate"), "{}", r.text());
+
+    // Regenerating with a wrong recovery secret is refused; with the right one (the file's
+    // content) the old admin token stops working at once and the new one works.
+    let secret = s.auth.new_recovery_secret();
+    let regen = |secret: &str| {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/api/v3/configure/token/admin/regenerate")
+            .header("x-weir-recovery-secret", secret)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let r = call(&s, regen("weir-recovery_guess")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    let r = call(&s, req(Method::POST, "/api/v3/configure/token/admin/regenerate", Body::empty(), None)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    let r = call(&s, regen(&secret)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let renewed = r.json()["token"].as_str().unwrap().to_string();
+    assert_eq!(call(&s, get("/api/v3/configure/database")).await.status, StatusCode::UNAUTHORIZED);
+    let r = call(&s, req(Method::GET, "/api/v3/configure/database", Body::empty(), Some(&renewed))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    // And with the current admin token, no secret needed.
+    let r =
+        call(&s, req(Method::POST, "/api/v3/configure/token/admin/regenerate", Body::empty(), Some(&renewed))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
 }

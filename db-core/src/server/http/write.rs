@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use axum::{
+    Extension,
     body::Body,
     extract::{RawQuery, State},
     http::{HeaderMap, StatusCode},
@@ -14,7 +15,11 @@ use axum::{
 };
 
 use super::{ApiError, bool_param, query_map, read_body};
-use crate::{lp::Precision, server::SharedState};
+use crate::{
+    auth::{Action, Principal},
+    lp::Precision,
+    server::SharedState,
+};
 
 struct WriteParams {
     db: String,
@@ -37,7 +42,14 @@ fn precision(p: &HashMap<String, String>, default: Precision) -> Result<Precisio
     }
 }
 
-async fn write(state: SharedState, headers: HeaderMap, body: Body, p: WriteParams) -> Result<Response, ApiError> {
+async fn write(
+    state: SharedState,
+    principal: &Principal,
+    headers: HeaderMap,
+    body: Body,
+    p: WriteParams,
+) -> Result<Response, ApiError> {
+    principal.require_db(&p.db, Action::Write)?;
     let bytes = read_body(&headers, body, state.max_request_bytes).await?;
     let text = std::str::from_utf8(&bytes).map_err(|e| {
         ApiError::BadRequest(format!("request body is not valid UTF-8 (first bad byte at offset {})", e.valid_up_to()))
@@ -53,6 +65,7 @@ async fn write(state: SharedState, headers: HeaderMap, body: Body, p: WriteParam
 /// `POST /api/v3/write_lp?db=&precision=&accept_partial=&no_sync=`
 pub async fn write_lp(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
@@ -64,13 +77,14 @@ pub async fn write_lp(
         accept_partial: bool_param(&p, "accept_partial", true)?,
         no_sync: bool_param(&p, "no_sync", false)?,
     };
-    write(state, headers, body, wp).await
+    write(state, &principal, headers, body, wp).await
 }
 
 /// The v1 and v2 endpoints: the database comes from `db_param`, precision defaults to ns
 /// (as in those APIs), partial writes are always accepted and writes are always durable.
 async fn write_compat(
     state: SharedState,
+    principal: Principal,
     raw: Option<String>,
     headers: HeaderMap,
     body: Body,
@@ -83,25 +97,27 @@ async fn write_compat(
         accept_partial: true,
         no_sync: false,
     };
-    write(state, headers, body, wp).await
+    write(state, &principal, headers, body, wp).await
 }
 
 /// `POST /api/v2/write?bucket=&org=&precision=`
 pub async fn write_v2(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    write_compat(state, raw, headers, body, "bucket").await
+    write_compat(state, principal, raw, headers, body, "bucket").await
 }
 
 /// `POST /write?db=&precision=` (v1; `rp` is ignored).
 pub async fn write_v1(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    write_compat(state, raw, headers, body, "db").await
+    write_compat(state, principal, raw, headers, body, "db").await
 }
