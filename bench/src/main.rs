@@ -8,6 +8,7 @@
 mod client;
 mod datagen;
 mod engine;
+mod hostile;
 mod ingest;
 mod query;
 mod report;
@@ -47,6 +48,10 @@ enum Scenario {
     /// Request triggers (sync, async, async with 2 workers × 1/8/32 clients) and
     /// `every:1s` schedule jitter under that load.
     Requests,
+    /// Hostile input (wide lines, huge lines, table floods, gzip bombs, abandoned and
+    /// endless queries, slowloris and idle connections) with `/health` probed throughout
+    /// (must answer within 100 ms) and a data set checked after.
+    Hostile,
 }
 
 /// Benchmark a Weir server: ingest throughput, query latency, lone-write latency.
@@ -436,6 +441,16 @@ async fn scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> anyhow:
             let api = fleet.acquire("requests").await?;
             let dir = fleet.plugin_dir().context("plugin directory of the started server")?;
             report.requests = Some(requests::run(&api, &dir, cli.request_seconds).await?);
+            release(fleet, report).await?;
+        }
+    }
+    if cli.runs(Scenario::Hostile) {
+        if cli.host.is_some() {
+            println!("\n== hostile input: skipped (needs a server this benchmark starts, with small limits) ==");
+        } else {
+            println!("\n== hostile input, /health probed every 20 ms ==");
+            let api = fleet.acquire_with("hostile", &hostile::server_args()).await?;
+            report.hostile = Some(hostile::run(&api, fleet.pid()).await?);
             release(fleet, report).await?;
         }
     }

@@ -107,6 +107,7 @@ pub(crate) struct Report {
     pub(crate) scan: Vec<scan::ScanOutcome>,
     pub(crate) engine: Option<crate::engine::EngineOutcome>,
     pub(crate) requests: Option<crate::requests::RequestOutcome>,
+    pub(crate) hostile: Option<crate::hostile::HostileOutcome>,
     /// Server processes started by the benchmark.
     pub(crate) servers: Vec<ProcStats>,
 }
@@ -155,6 +156,9 @@ impl Report {
         }
         if let Some(r) = &self.requests {
             p.extend(r.problems());
+        }
+        if let Some(h) = &self.hostile {
+            p.extend(h.problems());
         }
         p
     }
@@ -391,6 +395,39 @@ impl Report {
                 );
             }
         }
+        if let Some(h) = &self.hostile {
+            s.push_str("\nHostile input (each must end in its expected answer; /health probed every 20 ms):\n");
+            let rows: Vec<Vec<String>> = h
+                .attacks
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.name.clone(),
+                        format!("{:.0}", a.elapsed.as_secs_f64() * 1e3),
+                        if a.ok { "ok".to_string() } else { "FAILED".to_string() },
+                        a.answer.clone(),
+                    ]
+                })
+                .collect();
+            s.push_str(&table(&["attack", "ms", "check", "answer"], &rows));
+            let _ = writeln!(
+                s,
+                "  /health throughout: {} probes, p50 {} ms, p99 {} ms, max {} ms (bound {} ms: {} over, {} failed)",
+                h.health.count,
+                ms(h.health.p50),
+                ms(h.health.p99),
+                ms(h.health.max),
+                crate::hostile::HEALTH_BOUND.as_millis(),
+                h.health_slow,
+                h.health_failed
+            );
+            let _ = writeln!(
+                s,
+                "  data written before: {} ({})",
+                if h.data_intact { "intact" } else { "CHANGED" },
+                h.data_detail
+            );
+        }
         if !self.lone.is_empty() {
             s.push_str("\nLone writes (one line per request, sequential):\n");
             let rows: Vec<Vec<String>> = self
@@ -462,6 +499,7 @@ impl Report {
             "scan": self.scan.iter().map(scan::ScanOutcome::to_json).collect::<Vec<_>>(),
             "engine": self.engine.as_ref().map(crate::engine::EngineOutcome::to_json),
             "requests": self.requests.as_ref().map(crate::requests::RequestOutcome::to_json),
+            "hostile": self.hostile.as_ref().map(crate::hostile::HostileOutcome::to_json),
             "servers": self.servers.iter().map(ProcStats::to_json).collect::<Vec<_>>(),
             "problems": self.problems(),
             "generated_at_unix_ns": query::now_ns(),

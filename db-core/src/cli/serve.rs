@@ -234,6 +234,16 @@ impl ServeConfig {
     }
 }
 
+/// Listen on `addr` with a deep accept queue (the kernel caps it at `somaxconn`): a burst of
+/// connections waits to be accepted (and, over `--max-connections`, refused with a 503)
+/// instead of having its handshakes dropped and retried for seconds.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// Write the admin recovery secret to `path`, readable by this user only.
 fn write_recovery_file(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
     use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
@@ -452,9 +462,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         engine: Some(Arc::clone(&engine)),
     });
 
-    let listener = tokio::net::TcpListener::bind(cfg.http_bind)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.http_bind))?;
+    let listener = listen(cfg.http_bind).with_context(|| format!("cannot listen on {}", cfg.http_bind))?;
     let addr = listener.local_addr()?;
     println!("Weir listening on http://{addr}");
     let _ = std::io::stdout().flush();
