@@ -31,6 +31,12 @@ pub struct Args {
     #[arg(long, env = "WEIR_PLUGIN_DIR", default_value = "plugins")]
     pub plugin_dir: PathBuf,
 
+    /// The plugins' virtualenv, created here if missing (influxdb3's
+    /// `--virtual-env-location`) [default: `<plugin-dir>/.venv`]. Outside the plugin
+    /// directory, workers may read it but not write it.
+    #[arg(long, env = "WEIR_VIRTUAL_ENV", visible_alias = "virtual-env-location", value_name = "DIR")]
+    pub virtual_env: Option<PathBuf>,
+
     /// Python interpreter the venv is made from.
     #[arg(long, env = "WEIR_PYTHON", default_value = "python3")]
     pub python: String,
@@ -82,6 +88,30 @@ pub struct Args {
     #[arg(long, env = "WEIR_CONFINE_WORKERS", default_value_t = true, action = clap::ArgAction::Set,
           value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
     pub confine_workers: bool,
+
+    /// Start workers by forking a pre-started Python process that has already imported the
+    /// worker runtime (and --worker-preload): a worker starts in milliseconds and shares
+    /// those pages with the others. `false` starts each worker with exec.
+    #[arg(long, env = "WEIR_WORKER_FORK_SERVER", default_value_t = true, action = clap::ArgAction::Set,
+          value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
+    pub worker_fork_server: bool,
+
+    /// Modules the fork server imports once for every worker (comma-separated), e.g.
+    /// `numpy,pandas`: plugins that import them start faster and share their memory. A
+    /// module that fails to import is logged and skipped.
+    #[arg(long, env = "WEIR_WORKER_PRELOAD", value_delimiter = ',', value_name = "MODULE")]
+    pub worker_preload: Vec<String>,
+
+    /// Most trigger worker processes alive at once (0: no cap). Past it, a call that needs
+    /// a new worker stops the least recently used idle one (whose module globals and
+    /// trigger cache start over), or waits for one: calls are queued, never failed.
+    #[arg(long, env = "WEIR_MAX_WORKERS", default_value_t = 512)]
+    pub max_workers: usize,
+
+    /// Stop a worker after it has been idle this long (`0s`: never); the next call starts it
+    /// again (its module globals and trigger cache start over).
+    #[arg(long, env = "WEIR_WORKER_IDLE_TIMEOUT", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub worker_idle_timeout: Duration,
 
     /// Environment variables passed from this process to plugin workers, beyond the fixed
     /// set (PATH, HOME, LANG, TZ, VIRTUAL_ENV, PLUGIN_DIR, INFLUXDB3_*): a name, or a prefix
@@ -142,6 +172,11 @@ pub fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log_filter))
         .with_writer(std::io::stderr)
+        // Colour only on a terminal, never with NO_COLOR set (no-color.org).
+        .with_ansi({
+            use std::io::IsTerminal as _;
+            std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        })
         .init();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -161,11 +196,14 @@ pub fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     crate::env::check_allowed(&args.plugin_env).map_err(anyhow::Error::msg)?;
-    let venv = crate::venv::ensure(&args.plugin_dir, &args.python, args.worker_speedups).await?;
+    let venv =
+        crate::venv::ensure(&args.plugin_dir, args.virtual_env.as_deref(), &args.python, args.worker_speedups).await?;
     tracing::info!(venv = %venv.dir.display(), python = %venv.version, "plugin venv ready");
     let plugin_dir = args.plugin_dir.canonicalize()?;
     let confinement = if args.confine_workers {
-        let prefixes = crate::venv::base_prefixes(&venv.python).await;
+        let mut prefixes = crate::venv::base_prefixes(&venv.python).await;
+        // A venv outside the plugin directory (--virtual-env) is read-only to workers.
+        prefixes.push(venv.dir.canonicalize().unwrap_or_else(|_| venv.dir.clone()));
         crate::confine::Confinement::for_workers(&plugin_dir, &prefixes).map(Arc::new)
     } else {
         tracing::warn!("plugin workers run unconfined (--confine-workers false)");
@@ -181,6 +219,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             plugin_env: args.plugin_env.clone(),
             arena_cache: args.worker_arena_cache,
             confinement,
+            fork_server: args.worker_fork_server,
+            preload: args.worker_preload.iter().map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect(),
+            max_workers: args.max_workers,
+            idle_timeout: (!args.worker_idle_timeout.is_zero()).then_some(args.worker_idle_timeout),
         },
         venv,
     );

@@ -6,6 +6,7 @@
 //! | [`link`] | the link to the core: requests up (queries, writes), log lines |
 //! | [`session`] | serving one core session: admission, the message dispatcher |
 //! | [`runtime`] | a trigger's workers, call order, the crash-loop breaker, ticks and requests |
+//! | [`pool`] | the cap on live workers (`--max-workers`) and the idle reaper |
 //! | [`pipeline`] | a WAL trigger's batches: encoding, order, staging |
 //! | [`dry_run`] | dry runs in fresh workers |
 //! | [`admin`] | installs, plugin files and uploads |
@@ -14,6 +15,7 @@ mod admin;
 mod dry_run;
 mod link;
 mod pipeline;
+mod pool;
 mod runtime;
 mod session;
 
@@ -58,6 +60,14 @@ pub struct HostConfig {
     pub arena_cache: bool,
     /// Confinement of workers (`--confine-workers`; `None`: unconfined).
     pub confinement: Option<Arc<crate::confine::Confinement>>,
+    /// Fork workers from a pre-started fork server (`--worker-fork-server`).
+    pub fork_server: bool,
+    /// Modules the fork server imports before forking (`--worker-preload`).
+    pub preload: Vec<String>,
+    /// Most live trigger workers (`--max-workers`; 0: no cap).
+    pub max_workers: usize,
+    /// Stop workers idle this long (`--worker-idle-timeout`; `None`: never).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Why a trigger's plugin cannot be found.
@@ -90,6 +100,10 @@ pub struct Host {
     admission: tokio::sync::Mutex<()>,
     /// The environment of every worker ([`crate::env`]).
     worker_env: Arc<Vec<(String, String)>>,
+    /// Forks workers (`None`: `--worker-fork-server false`).
+    fork: Option<Arc<crate::forkserver::ForkServer>>,
+    /// The cap on live workers and the idle reaper.
+    pool: Arc<pool::WorkerPool>,
 }
 impl Host {
     /// A host over a prepared venv.
@@ -111,6 +125,16 @@ impl Host {
             }
         }
         let worker_env = Arc::new(env);
+        let fork = config.fork_server.then(|| {
+            Arc::new(crate::forkserver::ForkServer::new(crate::forkserver::ForkServerConfig {
+                python: venv.python.clone(),
+                plugin_dir: config.plugin_dir.clone(),
+                env: Arc::clone(&worker_env),
+                confinement: config.confinement.clone(),
+                preload: config.preload.clone(),
+            }))
+        });
+        let pool = pool::WorkerPool::new(config.max_workers, config.idle_timeout);
         Arc::new(Self {
             venv,
             cache: Arc::new(GlobalCache::default()),
@@ -121,6 +145,8 @@ impl Host {
             gh: crate::gh::GhCache::new(&config.plugin_repo, &config.plugin_dir),
             admission: tokio::sync::Mutex::new(()),
             worker_env,
+            fork,
+            pool,
             config,
         })
     }
@@ -163,6 +189,7 @@ impl Host {
             arena_cache: self.config.arena_cache,
             env: Arc::clone(&self.worker_env),
             confinement: self.config.confinement.clone(),
+            fork: self.fork.clone(),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod confine;
 pub mod env;
 pub mod files;
+pub mod forkserver;
 pub mod gh;
 pub mod host;
 pub mod marshal;

@@ -14,11 +14,12 @@ use std::{
 use tokio::process::Command;
 
 /// The `weir_plugin` package files, embedded at build time.
-const RUNTIME_FILES: [(&str, &str); 12] = [
+const RUNTIME_FILES: [(&str, &str); 13] = [
     ("__init__.py", include_str!("../../python-sdk/weir_plugin/__init__.py")),
     ("api.py", include_str!("../../python-sdk/weir_plugin/api.py")),
     ("cache.py", include_str!("../../python-sdk/weir_plugin/cache.py")),
     ("engine.py", include_str!("../../python-sdk/weir_plugin/engine.py")),
+    ("forkserver.py", include_str!("../../python-sdk/weir_plugin/forkserver.py")),
     ("line_builder.py", include_str!("../../python-sdk/weir_plugin/line_builder.py")),
     ("native.py", include_str!("../../python-sdk/weir_plugin/native.py")),
     ("_native.c", include_str!("../../python-sdk/weir_plugin/_native.c")),
@@ -128,11 +129,14 @@ fn io<'a>(context: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) 
     move |source| Error::Io { context, path: path.to_path_buf(), source }
 }
 
-/// Make sure `<plugin_dir>/.venv` exists for `python` and holds the current runtime, with
-/// its C speedups built if `speedups` (and removed if not).
-pub async fn ensure(plugin_dir: &Path, python: &str, speedups: bool) -> Result<Venv, Error> {
+/// Make sure the venv (`venv`, default `<plugin_dir>/.venv`) exists for `python` and holds
+/// the current runtime, with its C speedups built if `speedups` (and removed if not).
+pub async fn ensure(plugin_dir: &Path, venv: Option<&Path>, python: &str, speedups: bool) -> Result<Venv, Error> {
     tokio::fs::create_dir_all(plugin_dir).await.map_err(io("creating the plugin directory", plugin_dir))?;
-    let dir = plugin_dir.join(".venv");
+    let dir = venv.map_or_else(|| plugin_dir.join(".venv"), Path::to_path_buf);
+    if let Some(parent) = dir.parent() {
+        tokio::fs::create_dir_all(parent).await.map_err(io("creating the venv's parent directory", parent))?;
+    }
     let wanted = python_version(Path::new(python)).await?;
     let cfg_path = dir.join("pyvenv.cfg");
     if let Ok(cfg) = tokio::fs::read_to_string(&cfg_path).await {

@@ -161,6 +161,9 @@ pub struct WorkerSpec {
     pub env: Arc<Vec<(String, String)>>,
     /// Filesystem confinement applied to the process (`None`: unconfined).
     pub confinement: Option<Arc<crate::confine::Confinement>>,
+    /// Fork the worker from this fork server (`None`, or the fork server unavailable:
+    /// start it with exec).
+    pub fork: Option<Arc<crate::forkserver::ForkServer>>,
 }
 
 /// The outcome of one invocation, as the worker reports it.
@@ -466,12 +469,48 @@ fn start_process(spec: &WorkerSpec, child_fd: i32) -> std::io::Result<Child> {
     cmd.spawn()
 }
 
+type Pipe = Box<dyn AsyncRead + Unpin + Send>;
+
+/// A worker process: a child of the host (exec), or of the fork server.
+enum Process {
+    Exec(Child),
+    Forked(oneshot::Receiver<String>),
+}
+
+impl Process {
+    /// Wait for the process to end; its exit status as text.
+    async fn wait(self) -> String {
+        match self {
+            Self::Exec(mut child) => match child.wait().await {
+                Ok(s) => s.to_string(),
+                Err(e) => e.to_string(),
+            },
+            Self::Forked(exit) => exit.await.unwrap_or_else(|_| "the fork server went away".to_string()),
+        }
+    }
+}
+
+/// Start the worker's process: forked from the fork server when there is one, else with
+/// exec. Returns the process, its pid and its stdout and stderr.
+async fn start(spec: &WorkerSpec, channel: &OwnedFd) -> std::io::Result<(Process, Option<u32>, [Option<Pipe>; 2])> {
+    if let Some(fork) = &spec.fork
+        && let Some(f) = fork.spawn(&spec.python, channel, spec.memory_limit).await
+    {
+        let out = tokio::net::unix::pipe::Receiver::from_owned_fd(f.stdout)?;
+        let err = tokio::net::unix::pipe::Receiver::from_owned_fd(f.stderr)?;
+        return Ok((Process::Forked(f.exit), Some(f.pid), [Some(Box::new(out)), Some(Box::new(err))]));
+    }
+    let mut child = start_process(spec, channel.as_raw_fd())?;
+    let pid = child.id();
+    let pipes: [Option<Pipe>; 2] =
+        [child.stdout.take().map(|s| Box::new(s) as Pipe), child.stderr.take().map(|s| Box::new(s) as Pipe)];
+    Ok((Process::Exec(child), pid, pipes))
+}
+
 /// Re-emit a worker's stdout (INFO) and stderr (WARN) lines as its trigger's log lines.
-fn forward_output(child: &mut Child, trigger: &TriggerId, upstream: &Arc<dyn Upstream>) {
-    let pipes: [(Option<Box<dyn AsyncRead + Unpin + Send>>, Level); 2] = [
-        (child.stdout.take().map(|s| Box::new(s) as Box<dyn AsyncRead + Unpin + Send>), Level::Info),
-        (child.stderr.take().map(|s| Box::new(s) as Box<dyn AsyncRead + Unpin + Send>), Level::Warn),
-    ];
+fn forward_output(pipes: [Option<Pipe>; 2], trigger: &TriggerId, upstream: &Arc<dyn Upstream>) {
+    let [out, err] = pipes;
+    let pipes: [(Option<Pipe>, Level); 2] = [(out, Level::Info), (err, Level::Warn)];
     for (pipe, level) in pipes {
         if let Some(pipe) = pipe {
             let upstream = Arc::clone(upstream);
@@ -510,12 +549,11 @@ impl Worker {
         let spawn_err = |e: std::io::Error| InvokeError::Spawn(e.to_string());
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(spawn_err)?;
         let theirs: OwnedFd = theirs.into();
-        let mut child = start_process(&spec, theirs.as_raw_fd()).map_err(spawn_err)?;
+        let (process, pid, pipes) = start(&spec, &theirs).await.map_err(spawn_err)?;
         drop(theirs);
-        let pid = child.id();
         ours.set_nonblocking(true).map_err(spawn_err)?;
         let (mut reader, mut writer) = UnixStream::from_std(ours).map_err(spawn_err)?.into_split();
-        forward_output(&mut child, &spec.trigger, &upstream);
+        forward_output(pipes, &spec.trigger, &upstream);
 
         let init = ToWorker::Init {
             trigger: &spec.trigger.name,
@@ -537,7 +575,7 @@ impl Worker {
             }
             Ok(Err(e)) => {
                 kill_group(pid);
-                let status = child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                let status = process.wait().await;
                 return Err(InvokeError::Spawn(format!("the worker exited before it was ready ({status}; {e})")));
             }
             Err(_) => {
@@ -556,7 +594,7 @@ impl Worker {
             pid,
         });
         tokio::spawn(Self::watch(
-            child,
+            process,
             pid,
             Arc::clone(&worker.pending),
             Arc::clone(&worker.exited),
@@ -569,16 +607,13 @@ impl Worker {
     /// Wait for the process itself to end (not only its channel: a child it forked may
     /// hold that open), then kill what is left of its group and fail its calls.
     async fn watch(
-        mut child: Child,
+        process: Process,
         pid: Option<u32>,
         pending: Pending,
         exited: Arc<Mutex<Option<String>>>,
         killed: Arc<AtomicBool>,
     ) {
-        let status = match child.wait().await {
-            Ok(s) => s.to_string(),
-            Err(e) => e.to_string(),
-        };
+        let status = process.wait().await;
         kill_group(pid);
         *exited.lock() = Some(status.clone());
         fail_pending(&pending, &status, killed.load(Ordering::Acquire));

@@ -33,27 +33,35 @@ async fn start(timeout: Duration) -> Core {
 
 /// A host whose venv has the worker speedups built (`speedups`) or not.
 async fn start_with(timeout: Duration, speedups: bool) -> Core {
+    start_opts(timeout, speedups, |_| {}).await
+}
+
+/// A host with its configuration adjusted by `tweak`.
+async fn start_opts(timeout: Duration, speedups: bool, tweak: impl FnOnce(&mut HostConfig)) -> Core {
     let dir = tempfile::tempdir().unwrap();
     let plugin_dir = dir.path().join("plugins");
     std::fs::create_dir_all(&plugin_dir).unwrap();
     // Reuse one venv (with the speedups): link it into this plugin dir.
     let venv_root = if speedups { shared_venv_dir() } else { dir.path().join("plain") };
-    let venv = plugin_host::venv::ensure(&venv_root, "python3", speedups).await.unwrap();
+    let venv = plugin_host::venv::ensure(&venv_root, None, "python3", speedups).await.unwrap();
     assert_eq!(venv.native, speedups, "this machine has a C compiler: the speedups build");
     std::os::unix::fs::symlink(&venv.dir, plugin_dir.join(".venv")).unwrap();
-    let host = Host::new(
-        HostConfig {
-            plugin_dir: plugin_dir.canonicalize().unwrap(),
-            plugin_timeout: timeout,
-            worker_memory: Some(4 << 30),
-            package_manager: plugin_host::packages::PackageManager::Pip,
-            plugin_repo: plugin_host::gh::DEFAULT_REPO.to_string(),
-            plugin_env: Vec::new(),
-            arena_cache: true,
-            confinement: None,
-        },
-        venv,
-    );
+    let mut config = HostConfig {
+        plugin_dir: plugin_dir.canonicalize().unwrap(),
+        plugin_timeout: timeout,
+        worker_memory: Some(4 << 30),
+        package_manager: plugin_host::packages::PackageManager::Pip,
+        plugin_repo: plugin_host::gh::DEFAULT_REPO.to_string(),
+        plugin_env: Vec::new(),
+        arena_cache: true,
+        confinement: None,
+        fork_server: true,
+        preload: Vec::new(),
+        max_workers: 0,
+        idle_timeout: None,
+    };
+    tweak(&mut config);
+    let host = Host::new(config, venv);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(plugin_host::cli::serve(listener, host, Some("s3cret".to_string()), std::future::pending()));
@@ -442,4 +450,89 @@ def process_request(influxdb3_local, query_parameters, request_headers, request_
     assert!(again.ok, "{again:?}");
     let body = |d: &pb::Done| String::from_utf8(d.response.clone().unwrap().body).unwrap();
     assert_eq!(body(&first), body(&again), "the same worker served both");
+}
+
+/// The pid and parent pid of the worker that ran the call, from its log lines.
+fn worker_pids(logs: &[String], tag: &str) -> Vec<(i32, i32)> {
+    logs.iter()
+        .filter_map(|l| l.split_once(&format!("{tag} ")))
+        .map(|(_, rest)| {
+            let mut it = rest.split_whitespace().map(|n| n.parse::<i32>().unwrap());
+            (it.next().unwrap(), it.next().unwrap())
+        })
+        .collect()
+}
+
+const PIDS_PLUGIN: &str = r#"
+import os
+def process_writes(influxdb3_local, table_batches, args):
+    influxdb3_local.info("pids", os.getpid(), os.getppid())
+"#;
+
+/// Workers come from the fork server (their parent is not the host), start again after a
+/// crash, and the exec fallback still works when the fork server is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_are_forked_from_the_fork_server_or_started_with_exec() {
+    for fork in [true, false] {
+        let mut core = start_opts(Duration::from_secs(30), true, |c| c.fork_server = fork).await;
+        core.trigger("p", "p.py", PIDS_PLUGIN, None).await;
+        core.wal(1, "p", &cpu()).await;
+        assert!(done(core.next().await.1).ok);
+        let pids = worker_pids(&core.logs, "pids");
+        let (pid, parent) = pids[0];
+        let host = std::process::id() as i32;
+        if fork {
+            assert_ne!(parent, host, "a forked worker's parent is the fork server");
+            let stat = std::fs::read_to_string(format!("/proc/{parent}/cmdline")).unwrap();
+            assert!(stat.contains("weir_plugin.forkserver"), "{stat:?}");
+        } else {
+            assert_eq!(parent, host, "an exec'd worker is the host's child");
+        }
+        // Each worker is its own process group.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        assert_eq!(fields[2], pid.to_string(), "pgid of {pid}: {stat}");
+    }
+}
+
+/// With `--max-workers 2`, four triggers called in turn all get their calls run (queued,
+/// never failed) while at most two worker processes are alive at any time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_cap_queues_calls_and_stops_idle_workers_for_others() {
+    let mut core = start_opts(Duration::from_secs(30), true, |c| c.max_workers = 2).await;
+    for t in ["a", "b", "c", "d"] {
+        core.trigger(t, &format!("{t}.py"), PIDS_PLUGIN, None).await;
+    }
+    let mut id = 0;
+    for round in 0..3 {
+        for t in ["a", "b", "c", "d"] {
+            id += 1;
+            core.wal(id, t, &cpu()).await;
+            let d = done(core.next().await.1);
+            assert!(d.ok, "round {round} trigger {t}: {d:?}");
+            let live = worker_pids(&core.logs, "pids").into_iter().filter(|(p, _)| alive(*p)).count();
+            assert!(live <= 2, "round {round} trigger {t}: {live} workers alive");
+        }
+    }
+    assert_eq!(worker_pids(&core.logs, "pids").len(), 12);
+}
+
+/// A worker idle past `--worker-idle-timeout` is stopped; the next call starts a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_workers_are_stopped_and_started_again_on_the_next_call() {
+    let mut core =
+        start_opts(Duration::from_secs(30), true, |c| c.idle_timeout = Some(Duration::from_millis(300))).await;
+    core.trigger("p", "p.py", PIDS_PLUGIN, None).await;
+    core.wal(1, "p", &cpu()).await;
+    assert!(done(core.next().await.1).ok);
+    let (first, _) = worker_pids(&core.logs, "pids")[0];
+    let gone = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        !alive(first)
+    });
+    assert!(gone, "the idle worker {first} was not stopped");
+    core.wal(2, "p", &cpu()).await;
+    assert!(done(core.next().await.1).ok);
+    let (second, _) = worker_pids(&core.logs, "pids")[1];
+    assert_ne!(first, second);
 }

@@ -32,7 +32,13 @@ impl Host {
         };
         tracing::info!(?what, "installing packages into the plugin venv");
         match install(self.config.package_manager, &self.venv.python, what).await {
-            Ok(output) => success(output),
+            Ok(output) => {
+                // A preloaded module may have changed: new workers come from a new fork server.
+                if let Some(fork) = &self.fork {
+                    fork.restart().await;
+                }
+                success(output)
+            }
             Err(e @ InstallError::Disabled) => failure(pb::ErrorKind::Refused, e.to_string()),
             Err(e @ InstallError::Invalid(_)) => failure(pb::ErrorKind::Invalid, e.to_string()),
             Err(e @ InstallError::Failed(_)) => failure(pb::ErrorKind::Failed, e.to_string()),

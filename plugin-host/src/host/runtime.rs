@@ -9,7 +9,7 @@ use std::{
 use parking_lot::Mutex;
 use weir_proto::plugin::v1::{self as pb, host_message};
 
-use super::Host;
+use super::{Host, pool::WorkerSlot};
 use crate::{
     marshal,
     worker::{Done, InvokeError, Level, TriggerId, Upstream, Worker, WorkerSpec},
@@ -22,7 +22,7 @@ pub struct TriggerRuntime {
     spec: WorkerSpec,
     /// One slot per worker process (`workers`, at least 1); a synchronous trigger only
     /// uses the first, so its calls share one trigger cache in strict order.
-    workers: Vec<WorkerSlot>,
+    workers: Vec<Arc<WorkerSlot>>,
     /// Held across an invocation of a synchronous trigger: strict order, one at a time.
     order: tokio::sync::Mutex<()>,
     /// Worker failures (could not start, or died during a call) in a row.
@@ -35,27 +35,20 @@ pub struct TriggerRuntime {
 /// disabled and enabled).
 pub const CRASH_LIMIT: u32 = 5;
 
-#[derive(Debug, Default)]
-pub(super) struct WorkerSlot {
-    worker: tokio::sync::Mutex<Option<Arc<Worker>>>,
-    /// Invocations running on it (an asynchronous trigger picks the least busy slot).
-    busy: std::sync::atomic::AtomicUsize,
-}
-
 impl TriggerRuntime {
     pub(super) fn new(def: pb::Trigger, spec: WorkerSpec) -> Self {
         let n = if def.run_async { def.workers.clamp(1, 64) as usize } else { 1 };
         Self {
             def,
             spec,
-            workers: (0..n).map(|_| WorkerSlot::default()).collect(),
+            workers: (0..n).map(|_| Arc::new(WorkerSlot::default())).collect(),
             order: tokio::sync::Mutex::new(()),
             crashes: std::sync::atomic::AtomicU32::new(0),
             stopped: Mutex::new(None),
         }
     }
 
-    pub(super) fn least_busy(&self) -> &WorkerSlot {
+    pub(super) fn least_busy(&self) -> &Arc<WorkerSlot> {
         self.workers.iter().min_by_key(|w| w.busy.load(Ordering::Relaxed)).expect("at least one worker slot")
     }
 }
@@ -117,17 +110,24 @@ pub(super) struct Call<'a> {
 }
 
 impl Host {
-    pub(super) async fn worker(&self, rt: &TriggerRuntime, slot: &WorkerSlot) -> Result<Arc<Worker>, InvokeError> {
-        let mut slot = slot.worker.lock().await;
-        if let Some(w) = slot.as_ref().filter(|w| !w.is_dead()) {
+    /// The slot's live worker, or a new one (under `--max-workers`: see [`super::pool`]).
+    pub(super) async fn worker(&self, rt: &TriggerRuntime, slot: &Arc<WorkerSlot>) -> Result<Arc<Worker>, InvokeError> {
+        let mut held = slot.worker.lock().await;
+        self.pool.touch(slot);
+        if let Some((w, _)) = held.as_ref().filter(|(w, _)| !w.is_dead()) {
             return Ok(Arc::clone(w));
         }
+        // A dead worker's permit goes back before a new one is taken.
+        *held = None;
         let mut spec = rt.spec.clone();
         spec.plugin_path =
             self.plugin_path(&rt.def.plugin_filename).await.map_err(|e| InvokeError::Plugin(e.to_string()))?;
+        let permit = self.pool.acquire().await;
         let upstream: Arc<dyn Upstream> = Arc::clone(&self.link) as Arc<dyn Upstream>;
         let w = Worker::spawn(spec, upstream, Arc::clone(&self.cache)).await?;
-        *slot = Some(Arc::clone(&w));
+        *held = Some((Arc::clone(&w), permit));
+        self.pool.touch(slot);
+        self.pool.register(slot);
         Ok(w)
     }
 
