@@ -80,6 +80,23 @@ impl Api {
         Ok(())
     }
 
+    /// Put a plugin file on the server through the API (`POST /api/v3/plugins/files`, or
+    /// `PUT` when it exists): how plugins reach a plugin host in another container.
+    pub(crate) async fn upload_plugin(&self, name: &str, source: &str) -> anyhow::Result<()> {
+        let body = serde_json::json!({"plugin_name": name, "content": source});
+        let url = format!("{}/api/v3/plugins/files", self.base);
+        let resp = self.auth(self.client.post(&url).json(&body)).send().await.context("POST /api/v3/plugins/files")?;
+        let resp = if resp.status() == reqwest::StatusCode::CONFLICT {
+            self.auth(self.client.put(&url).json(&body)).send().await.context("PUT /api/v3/plugins/files")?
+        } else {
+            resp
+        };
+        if !resp.status().is_success() {
+            bail!("uploading {name} returned {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+        }
+        Ok(())
+    }
+
     /// `GET path` (with the token): status and body.
     pub(crate) async fn get(&self, path: &str) -> anyhow::Result<(u16, Bytes)> {
         let resp = self.auth(self.client.get(format!("{}{path}", self.base))).send().await?;
@@ -310,5 +327,28 @@ mod tests {
         assert_eq!(d.snapshots, Some(1.0));
         assert!((d.mean_flush_ms().unwrap() - 50.0).abs() < 1e-9);
         assert_eq!(d.wal_bytes, None);
+    }
+}
+
+/// Where a scenario puts its plugins: into the plugin directory of a server this benchmark
+/// started, or uploaded through the API (a server elsewhere, e.g. two containers).
+#[derive(Debug, Clone)]
+pub(crate) enum Plugins {
+    /// Written into this directory.
+    Dir(std::path::PathBuf),
+    /// Uploaded with `POST`/`PUT /api/v3/plugins/files`.
+    Upload,
+}
+
+impl Plugins {
+    /// Make `name` hold `source`.
+    pub(crate) async fn put(&self, api: &Api, name: &str, source: &str) -> anyhow::Result<()> {
+        match self {
+            Self::Dir(dir) => {
+                std::fs::create_dir_all(dir)?;
+                std::fs::write(dir.join(name), source).with_context(|| format!("writing {name}"))
+            }
+            Self::Upload => api.upload_plugin(name, source).await,
+        }
     }
 }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::{
-    client::Api,
+    client::{Api, Plugins},
     datagen,
     stats::{Latency, round3, thousands},
 };
@@ -233,8 +233,7 @@ async fn setup_trigger_with(
     spec: &str,
     arguments: Option<Value>,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(plugin_dir)?;
-    std::fs::write(plugin_dir.join(file), source).with_context(|| format!("writing {file}"))?;
+    Plugins::Dir(plugin_dir.to_path_buf()).put(api, file, source).await?;
     api.post_json("/api/v3/configure/database", &json!({"db": db})).await?;
     let mut trigger = json!({"db": db, "plugin_filename": file, "trigger_name": file.trim_end_matches(".py"), "trigger_specification": spec});
     if let Some(arguments) = arguments {
@@ -304,8 +303,24 @@ async fn write_cpu(api: &Api, db: &str, bodies: Vec<Bytes>) -> anyhow::Result<()
 /// Write `rows` cpu lines (4 senders, `no_sync`, 10,000-line batches) into a counting
 /// plugin and time until it has seen them all.
 pub(crate) async fn throughput(api: &Api, plugin_dir: &Path, rows: u64, hosts: u32) -> anyhow::Result<Throughput> {
-    let db = "bench_engine_tp";
-    setup_trigger(api, plugin_dir, db, "count.py", COUNT_PLUGIN, "table:cpu").await?;
+    throughput_with(api, &Plugins::Dir(plugin_dir.to_path_buf()), rows, hosts, "bench_engine_tp").await
+}
+
+/// [`throughput`] with the plugin placed by `plugins`, in `db`.
+pub(crate) async fn throughput_with(
+    api: &Api,
+    plugins: &Plugins,
+    rows: u64,
+    hosts: u32,
+    db: &str,
+) -> anyhow::Result<Throughput> {
+    plugins.put(api, "count.py", COUNT_PLUGIN).await?;
+    api.post_json("/api/v3/configure/database", &json!({"db": db})).await?;
+    api.post_json(
+        "/api/v3/configure/processing_engine_trigger",
+        &json!({"db": db, "plugin_filename": "count.py", "trigger_name": "count", "trigger_specification": "table:cpu"}),
+    )
+    .await?;
     // One row first, so the worker is running (and the plugin host's venv ready) before
     // timing starts: the figure is a running trigger's, not a cold start's.
     let target = api.write_target(db, true, false);

@@ -7,6 +7,7 @@
 
 mod client;
 mod datagen;
+mod deploy;
 mod engine;
 mod hostile;
 mod ingest;
@@ -16,6 +17,7 @@ mod requests;
 mod scan;
 mod server;
 mod stats;
+mod workers;
 
 use std::path::{Path, PathBuf};
 
@@ -48,10 +50,17 @@ enum Scenario {
     /// Request triggers (sync, async, async with 2 workers × 1/8/32 clients) and
     /// `every:1s` schedule jitter under that load.
     Requests,
+    /// Many triggers on one plugin host: cold request-trigger latency, and the memory of
+    /// a thousand live WAL-trigger workers.
+    Workers,
     /// Hostile input (wide lines, huge lines, table floods, gzip bombs, abandoned and
     /// endless queries, slowloris and idle connections) with `/health` probed throughout
     /// (must answer within 100 ms) and a data set checked after.
     Hostile,
+    /// Two containers vs embedded: request triggers at 8 clients and WAL delivery through
+    /// the deployment at --compose-host and through an embedded server started here, in
+    /// one run (`scripts/bench-compose` brings the deployment up and runs this).
+    Deploy,
 }
 
 /// Benchmark a Weir server: ingest throughput, query latency, lone-write latency.
@@ -133,6 +142,15 @@ struct Cli {
     #[arg(long, default_value_t = 3)]
     scan_runs: usize,
 
+    /// The two-container deployment to compare with embedded (deploy scenario), e.g.
+    /// http://127.0.0.1:8181.
+    #[arg(long, env = "WEIR_BENCH_COMPOSE_HOST")]
+    compose_host: Option<String>,
+
+    /// Admin token of the --compose-host deployment.
+    #[arg(long, env = "WEIR_BENCH_COMPOSE_TOKEN", hide_env_values = true)]
+    compose_token: Option<String>,
+
     /// Rows written into the counting plugin (engine scenario).
     #[arg(long, default_value_t = 1_000_000)]
     engine_rows: u64,
@@ -140,6 +158,19 @@ struct Cli {
     /// Seconds of load per request-trigger cell.
     #[arg(long, default_value_t = 5.0)]
     request_seconds: f64,
+
+    /// Request triggers called cold (first call starts the worker) in the workers scenario.
+    #[arg(long, default_value_t = 50)]
+    workers_cold: usize,
+
+    /// WAL triggers (one table each) in the workers scenario.
+    #[arg(long, default_value_t = 1000)]
+    workers_triggers: usize,
+
+    /// The plugin host's --max-workers in the workers scenario (0: no cap, so every
+    /// trigger's worker stays alive and the memory figure is per live worker).
+    #[arg(long, default_value_t = 0)]
+    workers_max_workers: usize,
 
     /// Single-line writes timed from write to plugin (engine scenario).
     #[arg(long, default_value_t = 200)]
@@ -208,6 +239,9 @@ impl Cli {
             "engine_latency_writes": self.engine_latency_writes,
             "engine_latency_rate": self.engine_latency_rate,
             "engine_ingest_lines": self.engine_ingest_lines,
+            "workers_cold": self.workers_cold,
+            "workers_triggers": self.workers_triggers,
+            "workers_max_workers": self.workers_max_workers,
             "scan_runs": self.scan_runs,
             "server_args": self.server_args,
             "fresh_server_per_scenario": self.host.is_none() && !self.shared_server,
@@ -444,6 +478,50 @@ async fn scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> anyhow:
             release(fleet, report).await?;
         }
     }
+    if cli.runs(Scenario::Workers) {
+        if cli.host.is_some() {
+            println!("\n== many triggers: skipped (needs a server this benchmark starts, to place plugins) ==");
+        } else {
+            println!(
+                "\n== many triggers on one plugin host: {} cold request triggers, {} WAL triggers ==",
+                cli.workers_cold, cli.workers_triggers
+            );
+            let env = [("WEIR_MAX_WORKERS".to_string(), cli.workers_max_workers.to_string())];
+            let api = fleet.acquire_with_env("workers", &[], &env).await?;
+            let dir = fleet.plugin_dir().context("plugin directory of the started server")?;
+            report.workers = Some(workers::run(&api, &dir, fleet.pid(), cli.workers_cold, cli.workers_triggers).await?);
+            release(fleet, report).await?;
+        }
+    }
+
+    if cli.runs(Scenario::Deploy) {
+        match &cli.compose_host {
+            None => println!(
+                "\n== two containers vs embedded: skipped (no --compose-host; scripts/bench-compose runs it) =="
+            ),
+            Some(url) => {
+                println!("\n== two containers ({url}) vs embedded, in one run ==");
+                let api = fleet.acquire("deploy").await?;
+                let embedded =
+                    deploy::side(&api, "embedded", cli.request_seconds, cli.engine_rows, cli.hosts, &suffix).await?;
+                release(fleet, report).await?;
+                let compose_api = client::Api::new(url, cli.compose_token.clone(), 64)?;
+                compose_api.wait_healthy(std::time::Duration::from_secs(120)).await?;
+                let compose_suffix = format!("_{}", query::now_ns() / 1_000_000_000);
+                let compose = deploy::side(
+                    &compose_api,
+                    "two containers",
+                    cli.request_seconds,
+                    cli.engine_rows,
+                    cli.hosts,
+                    &compose_suffix,
+                )
+                .await?;
+                report.deploy = Some(deploy::DeployOutcome { embedded, compose });
+            }
+        }
+    }
+
     if cli.runs(Scenario::Hostile) {
         if cli.host.is_some() {
             println!("\n== hostile input: skipped (needs a server this benchmark starts, with small limits) ==");

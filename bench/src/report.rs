@@ -108,6 +108,8 @@ pub(crate) struct Report {
     pub(crate) engine: Option<crate::engine::EngineOutcome>,
     pub(crate) requests: Option<crate::requests::RequestOutcome>,
     pub(crate) hostile: Option<crate::hostile::HostileOutcome>,
+    pub(crate) workers: Option<crate::workers::WorkersOutcome>,
+    pub(crate) deploy: Option<crate::deploy::DeployOutcome>,
     /// Server processes started by the benchmark.
     pub(crate) servers: Vec<ProcStats>,
 }
@@ -159,6 +161,12 @@ impl Report {
         }
         if let Some(h) = &self.hostile {
             p.extend(h.problems());
+        }
+        if let Some(w) = &self.workers {
+            p.extend(w.problems());
+        }
+        if let Some(d) = &self.deploy {
+            p.extend(d.problems());
         }
         p
     }
@@ -395,6 +403,26 @@ impl Report {
                 );
             }
         }
+        if let Some(w) = &self.workers {
+            let _ = writeln!(
+                s,
+                "\nMany triggers on one plugin host:\n  request trigger, first call (its worker starts): p50 {} ms, p90 {} ms, max {} ms over {} triggers (target p50 <= 20 ms)\n  the same triggers, second call: p50 {} ms\n  {} WAL triggers: {} recorded their row after {:.1} s; {} plugin processes (workers and fork server): PSS {:.0} MB, RSS {:.0} MB (target for 1,000: PSS <= 2,000 MB)",
+                ms(w.cold.p50),
+                ms(w.cold.p90),
+                ms(w.cold.max),
+                w.cold.count,
+                ms(w.warm.p50),
+                thousands(w.triggers as u64),
+                thousands(w.delivered as u64),
+                w.delivered_after.as_secs_f64(),
+                w.processes,
+                w.pss_bytes as f64 / 1e6,
+                w.rss_bytes as f64 / 1e6
+            );
+        }
+        if let Some(d) = &self.deploy {
+            s.push_str(&d.render());
+        }
         if let Some(h) = &self.hostile {
             s.push_str("\nHostile input (each must end in its expected answer; /health probed every 20 ms):\n");
             let rows: Vec<Vec<String>> = h
@@ -500,6 +528,8 @@ impl Report {
             "engine": self.engine.as_ref().map(crate::engine::EngineOutcome::to_json),
             "requests": self.requests.as_ref().map(crate::requests::RequestOutcome::to_json),
             "hostile": self.hostile.as_ref().map(crate::hostile::HostileOutcome::to_json),
+            "workers": self.workers.as_ref().map(crate::workers::WorkersOutcome::to_json),
+            "deploy": self.deploy.as_ref().map(crate::deploy::DeployOutcome::to_json),
             "servers": self.servers.iter().map(ProcStats::to_json).collect::<Vec<_>>(),
             "problems": self.problems(),
             "generated_at_unix_ns": query::now_ns(),

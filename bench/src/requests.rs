@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use crate::{
-    client::Api,
+    client::{Api, Plugins},
     stats::{Latency, thousands},
 };
 
@@ -83,10 +83,9 @@ impl RequestOutcome {
     }
 }
 
-async fn setup(api: &Api, plugin_dir: &Path, db: &str) -> anyhow::Result<()> {
-    std::fs::create_dir_all(plugin_dir)?;
-    std::fs::write(plugin_dir.join("ok.py"), OK_PLUGIN)?;
-    std::fs::write(plugin_dir.join("jitter.py"), JITTER_PLUGIN)?;
+async fn setup(api: &Api, plugins: &Plugins, db: &str) -> anyhow::Result<()> {
+    plugins.put(api, "ok.py", OK_PLUGIN).await?;
+    plugins.put(api, "jitter.py", JITTER_PLUGIN).await?;
     api.post_json("/api/v3/configure/database", &json!({"db": db})).await?;
     for (kind, run_async, workers) in KINDS {
         api.post_json(
@@ -100,7 +99,7 @@ async fn setup(api: &Api, plugin_dir: &Path, db: &str) -> anyhow::Result<()> {
 }
 
 /// Call `url` from `clients` tasks for `duration`; every answer must be 200.
-async fn load(api: &Api, url: &str, clients: usize, duration: Duration) -> (Vec<Duration>, u64, Duration) {
+pub(crate) async fn load(api: &Api, url: &str, clients: usize, duration: Duration) -> (Vec<Duration>, u64, Duration) {
     let started = Instant::now();
     let deadline = started + duration;
     let tasks: Vec<_> = (0..clients)
@@ -132,8 +131,18 @@ async fn load(api: &Api, url: &str, clients: usize, duration: Duration) -> (Vec<
 
 /// Run the scenario: `seconds` per cell after a short warm-up.
 pub(crate) async fn run(api: &Api, plugin_dir: &Path, seconds: f64) -> anyhow::Result<RequestOutcome> {
-    let db = "bench_requests";
-    setup(api, plugin_dir, db).await?;
+    run_with(api, &Plugins::Dir(plugin_dir.to_path_buf()), seconds, &CLIENTS, "bench_requests").await
+}
+
+/// [`run`] with the plugins placed by `plugins`, at the given client counts, in `db`.
+pub(crate) async fn run_with(
+    api: &Api,
+    plugins: &Plugins,
+    seconds: f64,
+    client_counts: &[usize],
+    db: &str,
+) -> anyhow::Result<RequestOutcome> {
+    setup(api, plugins, db).await?;
     // Wait for the plugin host and the first worker of each trigger.
     for (kind, _, _) in KINDS {
         let path = format!("/api/v3/engine/bench/{kind}");
@@ -155,7 +164,7 @@ pub(crate) async fn run(api: &Api, plugin_dir: &Path, seconds: f64) -> anyhow::R
     let duration = Duration::from_secs_f64(seconds);
     for (kind, _, _) in KINDS {
         let path = format!("/api/v3/engine/bench/{kind}");
-        for clients in CLIENTS {
+        for &clients in client_counts {
             // Warm-up: connections open, every worker process started.
             load(api, &path, clients, Duration::from_millis(500)).await;
             let (samples, errors, elapsed) = load(api, &path, clients, duration).await;

@@ -36,6 +36,8 @@ pub(crate) struct SpawnArgs<'a> {
     pub(crate) bin: &'a Path,
     pub(crate) data_dir: Option<&'a Path>,
     pub(crate) extra_args: &'a [String],
+    /// Extra environment of the server (and so of the plugin host it starts).
+    pub(crate) env: &'a [(String, String)],
     pub(crate) startup_timeout: Duration,
 }
 
@@ -69,6 +71,7 @@ impl Server {
             .arg(&data_dir)
             .arg("--without-auth")
             .args(args.extra_args)
+            .envs(args.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -299,6 +302,17 @@ impl Fleet {
         id: &str,
         scenario_args: &[String],
     ) -> anyhow::Result<crate::client::Api> {
+        self.acquire_with_env(id, scenario_args, &[]).await
+    }
+
+    /// Like [`Fleet::acquire_with`], with extra environment for a server started for this
+    /// scenario.
+    pub(crate) async fn acquire_with_env(
+        &mut self,
+        id: &str,
+        scenario_args: &[String],
+        scenario_env: &[(String, String)],
+    ) -> anyhow::Result<crate::client::Api> {
         const POOL: usize = 64;
         if let Some(url) = &self.external {
             if self.external_api.is_none() {
@@ -326,6 +340,7 @@ impl Fleet {
             bin: &self.bin,
             data_dir: data_dir.as_deref(),
             extra_args: &extra_args,
+            env: if self.fresh { scenario_env } else { &[] },
             startup_timeout: Duration::from_secs(120),
         })
         .await?;
