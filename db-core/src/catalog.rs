@@ -346,6 +346,10 @@ pub struct DatabaseSchema {
     /// Processing-engine triggers by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub triggers: BTreeMap<Arc<str>, Arc<TriggerDef>>,
+    /// Retention period (ns): rows older than now minus this are not queryable and their
+    /// Parquet files are removed. `None`: kept until the database is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_period_ns: Option<i64>,
     /// Table ids by name (derived; rebuilt by [`DatabaseSchema::reindex`]).
     #[serde(skip)]
     table_ids: FastMap<Arc<str>, u32>,
@@ -359,6 +363,7 @@ impl PartialEq for DatabaseSchema {
             && self.next_table_id == other.next_table_id
             && self.tables == other.tables
             && self.triggers == other.triggers
+            && self.retention_period_ns == other.retention_period_ns
     }
 }
 
@@ -372,8 +377,14 @@ impl DatabaseSchema {
             next_table_id: 1,
             tables: BTreeMap::new(),
             triggers: BTreeMap::new(),
+            retention_period_ns: None,
             table_ids: FastMap::default(),
         }
+    }
+
+    /// The oldest time (ns) still kept at `now_ns`, if the database has a retention period.
+    pub fn retention_cutoff(&self, now_ns: i64) -> Option<i64> {
+        self.retention_period_ns.map(|p| now_ns.saturating_sub(p))
     }
 
     fn reindex(&mut self) {
@@ -562,6 +573,33 @@ impl Limits {
     pub const NONE: Self = Self { databases: None, tables: None, columns_per_table: usize::MAX };
 }
 
+/// A retention period as users write it (`30d`, `12h`, `1w`; `none` or `infinite` for no
+/// retention): nanoseconds, or `None`.
+pub fn parse_retention_period(text: &str) -> std::result::Result<Option<i64>, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("none") || t.eq_ignore_ascii_case("infinite") {
+        return Ok(None);
+    }
+    let d = humantime::parse_duration(t)
+        .map_err(|e| format!("invalid retention period {t:?}: {e} (examples: 30d, 12h, 1w, none)"))?;
+    let ns = i64::try_from(d.as_nanos()).map_err(|_| format!("retention period {t:?} is too long"))?;
+    if ns < 1_000_000_000 {
+        return Err(format!("retention period {t:?} is shorter than one second"));
+    }
+    Ok(Some(ns))
+}
+
+/// What [`Catalog::update_trigger`] changes (`None`: keep).
+#[derive(Debug, Clone, Default)]
+pub struct TriggerUpdate {
+    /// New `trigger_arguments` (`Some(None)` removes them).
+    pub arguments: Option<Option<BTreeMap<String, String>>>,
+    /// New error behaviour.
+    pub error_behavior: Option<crate::trigger::ErrorBehavior>,
+    /// Disable (`true`) or enable (`false`).
+    pub disabled: Option<bool>,
+}
+
 /// A change to triggers, announced to [`CatalogObserver`]s once it is persisted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CatalogChange {
@@ -739,6 +777,11 @@ impl Catalog {
 
     /// Create a database explicitly and persist the catalog.
     pub async fn create_db(&self, name: &str) -> Result<Arc<DatabaseSchema>> {
+        self.create_db_with_retention(name, None).await
+    }
+
+    /// [`Catalog::create_db`] with a retention period (ns, positive).
+    pub async fn create_db_with_retention(&self, name: &str, retention_ns: Option<i64>) -> Result<Arc<DatabaseSchema>> {
         validate_db_name(name)?;
         let limit = self.limits().databases;
         let db = self.mutate(|s| {
@@ -746,7 +789,9 @@ impl Catalog {
                 return Err(Error::DbExists(name.to_string()));
             }
             check_db_limit(s, limit)?;
-            let db = Arc::new(DatabaseSchema::new(s.next_db_id, Arc::from(name)));
+            let mut db = DatabaseSchema::new(s.next_db_id, Arc::from(name));
+            db.retention_period_ns = retention_ns;
+            let db = Arc::new(db);
             s.next_db_id += 1;
             s.databases.insert(db.id, Arc::clone(&db));
             Ok(db)
@@ -824,8 +869,9 @@ impl Catalog {
         Ok(removed)
     }
 
-    /// Enable or disable a trigger (idempotent) and persist the catalog.
-    pub async fn set_trigger_disabled(&self, db: &str, name: &str, disabled: bool) -> Result<Arc<TriggerDef>> {
+    /// Change a trigger's arguments, error behaviour or enabled state in place (its WAL
+    /// checkpoint is kept) and persist the catalog; the engine gets the new definition.
+    pub async fn update_trigger(&self, db: &str, name: &str, update: TriggerUpdate) -> Result<Arc<TriggerDef>> {
         let t = self.mutate(|s| {
             let id = s.db(db).map(|d| d.id).ok_or_else(|| Error::DbNotFound(db.to_string()))?;
             let d = Arc::make_mut(s.databases.get_mut(&id).expect("looked up above"));
@@ -833,13 +879,27 @@ impl Catalog {
                 .triggers
                 .get_mut(name)
                 .ok_or_else(|| Error::TriggerNotFound { db: db.to_string(), name: name.to_string() })?;
-            Arc::make_mut(t).disabled = disabled;
+            let def = Arc::make_mut(t);
+            if let Some(arguments) = update.arguments {
+                def.arguments = arguments;
+            }
+            if let Some(behavior) = update.error_behavior {
+                def.error_behavior = behavior;
+            }
+            if let Some(disabled) = update.disabled {
+                def.disabled = disabled;
+            }
             Ok((Arc::clone(t), (Arc::clone(&d.name), id)))
         })?;
         let (t, db) = t;
         self.persist().await?;
         self.trigger_changed(db, name).await;
         Ok(t)
+    }
+
+    /// Enable or disable a trigger (idempotent) and persist the catalog.
+    pub async fn set_trigger_disabled(&self, db: &str, name: &str, disabled: bool) -> Result<Arc<TriggerDef>> {
+        self.update_trigger(db, name, TriggerUpdate { disabled: Some(disabled), ..Default::default() }).await
     }
 
     /// Apply column additions to a database under the catalog lock. Tables are created as

@@ -81,6 +81,8 @@ pub struct EngineConfig {
     pub host_token: Option<String>,
     /// `--plugin-repo` for a host this process starts.
     pub plugin_repo: Option<String>,
+    /// `--virtual-env` for a host this process starts (default: `<plugin_dir>/.venv`).
+    pub virtual_env: Option<PathBuf>,
     /// A WAL trigger holding more WAL than this is stopped (`None`: never).
     pub max_wal_lag_bytes: Option<u64>,
 }
@@ -97,6 +99,7 @@ impl EngineConfig {
             package_manager: "pip".to_string(),
             host_token: None,
             plugin_repo: None,
+            virtual_env: None,
             max_wal_lag_bytes: Some(DEFAULT_MAX_WAL_LAG),
         }
     }

@@ -65,6 +65,12 @@ pub const USER_SCHEMA: &str = "iox";
 /// Schema of system tables.
 pub const SYSTEM_SCHEMA: &str = "system";
 
+/// The database name InfluxDB 3 users query engine logs from
+/// (`SELECT * FROM system.processing_engine_logs` with `db=_internal`): when no real
+/// database has that name, it is an empty database whose `system.processing_engine_logs`
+/// holds every database's rows.
+pub const INTERNAL_DB: &str = "_internal";
+
 /// Query errors.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -434,7 +440,11 @@ impl QueryExecutor for SqlExecutor {
 
 impl SqlExecutor {
     fn db(&self, name: &str) -> Result<Arc<DatabaseSchema>> {
-        self.catalog.db(name).ok_or_else(|| Error::DbNotFound(name.to_string()))
+        match self.catalog.db(name) {
+            Some(db) => Ok(db),
+            None if name == INTERNAL_DB => Ok(Arc::new(DatabaseSchema::new(u32::MAX, Arc::from(INTERNAL_DB)))),
+            None => Err(Error::DbNotFound(name.to_string())),
+        }
     }
 }
 
@@ -645,12 +655,66 @@ impl SchemaProvider for UserSchema {
     }
 
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        Ok(self.db.table(name).map(|t| {
-            Arc::new(WeirTable::new(self.db.id, Arc::clone(t), Arc::clone(&self.buffer))) as Arc<dyn TableProvider>
-        }))
+        let Some(t) = self.db.table(name) else { return Ok(None) };
+        let table: Arc<dyn TableProvider> =
+            Arc::new(WeirTable::new(self.db.id, Arc::clone(t), Arc::clone(&self.buffer)));
+        let now = crate::time::TimeProvider::now_ns(&crate::time::SystemTime);
+        match self.db.retention_cutoff(now) {
+            None => Ok(Some(table)),
+            Some(cutoff) => Ok(Some(Arc::new(Retained::new(name, table, cutoff)?))),
+        }
     }
 
     fn table_exist(&self, name: &str) -> bool {
         self.db.table(name).is_some()
+    }
+}
+
+/// A table of a database with a retention period: the table with `time >= cutoff` applied
+/// (a view, reported as a base table). The cutoff is pushed down to the table, which then
+/// skips files and buffer segments wholly older than it.
+#[derive(Debug)]
+struct Retained {
+    view: datafusion::datasource::ViewTable,
+}
+
+impl Retained {
+    fn new(name: &str, table: Arc<dyn TableProvider>, cutoff: i64) -> datafusion::error::Result<Self> {
+        use datafusion::{
+            datasource::provider_as_source,
+            logical_expr::{LogicalPlanBuilder, col, lit},
+        };
+        let plan = LogicalPlanBuilder::scan(name, provider_as_source(table), None)?
+            .filter(col(crate::catalog::TIME_COLUMN).gt_eq(lit(ScalarValue::TimestampNanosecond(Some(cutoff), None))))?
+            .build()?;
+        Ok(Self { view: datafusion::datasource::ViewTable::new(plan, None) })
+    }
+}
+
+#[async_trait]
+impl TableProvider for Retained {
+    fn schema(&self) -> arrow::datatypes::SchemaRef {
+        self.view.schema()
+    }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        datafusion::datasource::TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&datafusion::logical_expr::Expr],
+    ) -> datafusion::error::Result<Vec<datafusion::logical_expr::TableProviderFilterPushDown>> {
+        self.view.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::logical_expr::Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        self.view.scan(state, projection, filters, limit).await
     }
 }

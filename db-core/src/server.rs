@@ -72,10 +72,17 @@ impl ServerState {
         Ok(())
     }
 
-    /// Delete a database: catalog (which stops its triggers), then buffered data.
-    pub async fn delete_database(&self, name: &str) -> crate::catalog::Result<()> {
+    /// Delete a database: catalog (which stops its triggers), then buffered data; its
+    /// Parquet files go with the next snapshot, or at once with `hard`.
+    pub async fn delete_database(&self, name: &str, hard: bool) -> crate::catalog::Result<()> {
         let id = self.catalog.delete_db(name).await?;
         self.buffer.drop_db(id);
+        if hard {
+            let now = crate::time::TimeProvider::now_ns(&crate::time::SystemTime);
+            if let Err(e) = self.buffer.expire_files(now).await {
+                tracing::error!(database = name, error = %e, "hard delete: removing the Parquet files failed; they go with the next snapshot");
+            }
+        }
         Ok(())
     }
 }

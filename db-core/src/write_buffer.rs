@@ -47,6 +47,9 @@ use crate::{
 #[cfg(test)]
 mod tests;
 
+/// How often Parquet files past their database's retention period are looked for.
+const RETENTION_CHECK_EVERY: Duration = Duration::from_secs(60);
+
 /// Write buffer errors.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -572,6 +575,7 @@ impl WriteBuffer {
             replayed_files: AtomicU64::new(count as u64),
         });
         tokio::spawn(Self::snapshot_loop(Arc::downgrade(&wb)));
+        tokio::spawn(Self::retention_loop(Arc::downgrade(&wb)));
         Ok(wb)
     }
 
@@ -838,6 +842,56 @@ impl WriteBuffer {
         }
         tracing::info!(wal_seq = frozen.wal_seq, "snapshot persisted");
         Ok(())
+    }
+
+    /// Remove the Parquet files of deleted databases and the files wholly older than their
+    /// database's retention period at `now_ns`: a new manifest without them is written
+    /// first, then the objects are deleted. Returns how many files went. (Rows of a file
+    /// that is only partly expired stay on storage until the whole file is; queries never
+    /// return them.)
+    pub async fn expire_files(&self, now_ns: i64) -> Result<usize> {
+        let _guard = self.snapshot_lock.lock().await;
+        let catalog = self.shared.catalog.snapshot();
+        let base = Arc::clone(&self.shared.state.read().manifest);
+        let expired = |f: &ParquetFile| match catalog.databases.get(&f.db_id) {
+            None => true,
+            Some(d) if d.deleted => true,
+            Some(d) => d.retention_cutoff(now_ns).is_some_and(|cutoff| f.max_time < cutoff),
+        };
+        let (dropped, kept): (Vec<ParquetFile>, Vec<ParquetFile>) = base.files.iter().cloned().partition(expired);
+        if dropped.is_empty() {
+            return Ok(0);
+        }
+        let manifest = Manifest {
+            format_version: persist::MANIFEST_FORMAT_VERSION,
+            wal_seq: base.wal_seq,
+            next_file_id: base.next_file_id,
+            files: kept,
+        };
+        // Same WAL sequence as the manifest it replaces: written durably over it.
+        self.storage
+            .put_durable(&self.storage.snapshot_path(base.wal_seq), bytes::Bytes::from(manifest.encode()))
+            .await
+            .map_err(persist::Error::from)?;
+        self.shared.state.write().manifest = Arc::new(manifest);
+        for f in &dropped {
+            if let Err(e) = self.storage.delete(&object_store::path::Path::from(f.path.as_str())).await {
+                tracing::warn!(file = %f.path, error = %e, "cannot delete an expired Parquet file");
+            }
+        }
+        tracing::info!(files = dropped.len(), "expired Parquet files removed (retention or deleted databases)");
+        Ok(dropped.len())
+    }
+
+    async fn retention_loop(this: std::sync::Weak<Self>) {
+        loop {
+            tokio::time::sleep(RETENTION_CHECK_EVERY).await;
+            let Some(wb) = this.upgrade() else { return };
+            let now = wb.time.now_ns();
+            if let Err(e) = wb.expire_files(now).await {
+                tracing::error!(error = %e, "removing expired Parquet files failed; will retry");
+            }
+        }
     }
 
     /// Flush the WAL and stop accepting writes.

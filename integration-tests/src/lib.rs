@@ -99,6 +99,8 @@ impl Server {
             Some(t) => {
                 cmd.arg("--admin-token").arg(t);
             }
+            // A test that gives the token another way (--admin-token-file) keeps auth on.
+            None if config.args.iter().any(|a| a == "--admin-token-file") => {}
             None => {
                 cmd.arg("--without-auth");
             }
@@ -315,15 +317,29 @@ impl Drop for Server {
 
 /// Run the `weir` CLI with arguments; returns (success, stdout, stderr).
 pub fn weir_cli(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    weir_cli_env(args, stdin, &[])
+}
+
+/// [`weir_cli`] with extra environment variables (the client ones of the calling
+/// environment, `WEIR_*` and `INFLUXDB3_*`, are removed first).
+pub fn weir_cli_env(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> (bool, String, String) {
     use std::io::Write;
     let mut cmd = Command::new(bin("weir"));
     cmd.args(args)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env_remove("WEIR_TOKEN")
-        .env_remove("WEIR_HOST")
-        .env_remove("WEIR_DATABASE");
+        .stderr(Stdio::piped());
+    for k in [
+        "WEIR_TOKEN",
+        "WEIR_HOST",
+        "WEIR_DATABASE",
+        "INFLUXDB3_HOST_URL",
+        "INFLUXDB3_AUTH_TOKEN",
+        "INFLUXDB3_DATABASE_NAME",
+    ] {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().copied());
     let mut child = cmd.spawn().expect("spawn weir");
     if let Some(input) = stdin
         && let Some(mut si) = child.stdin.take()

@@ -251,3 +251,262 @@ async fn tokens_through_the_cli() {
     );
     assert!(!ok && err.contains("does not match"), "{err}");
 }
+
+/// What an influxdb3 user types: its environment variables, `w`/`q`, SQL from a file or
+/// standard input, `--accept-partial`, a bare cron for `test schedule_plugin`, dry runs
+/// that fail when the plugin raised, nanosecond `plugin_test` timestamps, engine logs
+/// from `_internal`, and `serve`'s `--admin-token-file` and `--virtual-env-location`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn influxdb3_habits() {
+    use integration_tests::weir_cli_env;
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("admin-token.json");
+    std::fs::write(&token_file, format!(r#"{{"token": "{TOKEN}", "name": "_admin"}}"#)).unwrap();
+    let venv = tmp.path().join("elsewhere/venv");
+    let s = Server::start(ServerConfig {
+        admin_token: None,
+        args: vec![
+            "--admin-token-file".into(),
+            token_file.to_str().unwrap().into(),
+            "--virtual-env-location".into(),
+            venv.to_str().unwrap().into(),
+        ],
+        ..Default::default()
+    });
+    let env =
+        [("INFLUXDB3_HOST_URL", s.url.as_str()), ("INFLUXDB3_AUTH_TOKEN", TOKEN), ("INFLUXDB3_DATABASE_NAME", "h")];
+    let cli = |args: &[&str], stdin: Option<&str>| weir_cli_env(args, stdin, &env);
+
+    let (ok, _, err) = cli(&["w", "m,k=a v=1i 1"], None);
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&["q", "--format", "csv", "SELECT k, v FROM m"], None);
+    assert!(ok, "{err}");
+    assert_eq!(out, "k,v\na,1\n");
+    let sql = tmp.path().join("q.sql");
+    std::fs::write(&sql, "SELECT count(*) AS n FROM m\n").unwrap();
+    let (ok, out, err) = cli(&["query", "--format", "csv", "-f", sql.to_str().unwrap()], None);
+    assert!(ok, "{err}");
+    assert_eq!(out, "n\n1\n");
+    let (ok, out, err) = cli(&["query", "--format", "csv"], Some("SELECT v FROM m"));
+    assert!(ok, "{err}");
+    assert_eq!(out, "v\n1\n");
+    let (ok, _, err) = cli(&["query"], Some("  \n"));
+    assert!(!ok && err.contains("the query is empty"), "{err}");
+
+    // --accept-partial=false writes nothing of a batch with a bad line; the default writes
+    // the good ones.
+    let (ok, _, err) = cli(&["write", "--accept-partial=false", "m,k=b v=2i 2", "m,k=c v=oops 3"], None);
+    assert!(!ok, "{err}");
+    let (_, out, _) = cli(&["q", "--format", "csv", "SELECT count(*) AS n FROM m"], None);
+    assert_eq!(out, "n\n1\n");
+    let (ok, _, err) = cli(&["write", "m,k=b v=2i 2", "m,k=c v=oops 3"], None);
+    assert!(!ok && err.contains("accepted 1 of 2 line(s)"), "{err}");
+    let (_, out, _) = cli(&["q", "--format", "csv", "SELECT count(*) AS n FROM m"], None);
+    assert_eq!(out, "n\n2\n");
+
+    // Dry runs: a bare cron, nanosecond timestamps, a plugin that raises fails the command.
+    s.plugin(
+        "tick.py",
+        "def process_scheduled_call(influxdb3_local, call_time, args=None):\n    influxdb3_local.info('tick')\n",
+    );
+    let (ok, out, err) = cli(&["test", "schedule_plugin", "tick.py", "--schedule", "0 0 * * *"], None);
+    assert!(ok, "{err}\n{out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(answer["trigger_time"].as_str().is_some_and(|t| t.ends_with("T00:00:00.000Z")), "{answer}");
+    s.plugin(
+        "times.py",
+        "def process_writes(influxdb3_local, table_batches, args=None):\n    \
+         for b in table_batches:\n        for r in b['rows']:\n            influxdb3_local.info(f\"time={r['time']}\")\n",
+    );
+    let (ok, out, err) = cli(&["test", "wal_plugin", "times.py", "--lp", "t,a=1 v=1i 500"], None);
+    assert!(ok, "{err}\n{out}");
+    assert!(out.contains("time=500\""), "{out}");
+    s.plugin(
+        "boom.py",
+        "def process_writes(influxdb3_local, table_batches, args=None):\n    raise ValueError('boom')\n",
+    );
+    let (ok, out, err) = cli(&["test", "wal_plugin", "boom.py", "--lp", "t v=1"], None);
+    assert!(!ok, "a plugin that raised must fail the command: {out}");
+    assert!(out.contains("boom") && err.contains("the plugin reported 1 error(s)"), "{out}\n{err}");
+
+    // Retention: rows older than the period are not queryable; a bad period is refused.
+    let hour_ns: i64 = 3_600_000_000_000;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    let (ok, _, err) = cli(&["create", "database", "r", "--retention-period", "1h"], None);
+    assert!(ok, "{err}");
+    let old_line = format!("m,k=old v=1i {}", now - 3 * hour_ns);
+    let new_line = format!("m,k=new v=2i {}", now - hour_ns / 6);
+    let (ok, _, err) = cli(&["write", "-d", "r", "--precision", "ns", &old_line, &new_line], None);
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&["q", "-d", "r", "--format", "csv", "SELECT k FROM m"], None);
+    assert!(ok, "{err}");
+    assert_eq!(out, "k\nnew\n");
+    let (ok, _, err) = cli(&["create", "database", "r2", "--retention-period", "soon"], None);
+    assert!(!ok && err.contains("invalid retention period"), "{err}");
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v3/configure/database", s.url))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"db": "r3", "retention_period": "7d"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (ok, out, err) = cli(&["delete", "database", "r", "--hard-delete"], None);
+    assert!(ok && out.contains("its files removed"), "{err}{out}");
+
+    // Engine logs from _internal, across databases.
+    s.plugin(
+        "hello.py",
+        "def process_request(influxdb3_local, query_parameters, request_headers, request_body, args=None):\n    \
+         influxdb3_local.info('hello from h')\n    return {'ok': True}\n",
+    );
+    let (ok, _, err) =
+        cli(&["create", "trigger", "hello", "--path", "hello.py", "--trigger-spec", "request:hello"], None);
+    assert!(ok, "{err}");
+    let r =
+        reqwest::Client::new().get(format!("{}/api/v3/engine/hello", s.url)).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (ok, out, err) = weir_cli_env(
+        &[
+            "q",
+            "-d",
+            "_internal",
+            "--format",
+            "csv",
+            "SELECT trigger_name, log_text FROM system.processing_engine_logs",
+        ],
+        None,
+        &env[..2],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("hello,hello from h"), "{out}");
+
+    // The token came from --admin-token-file (a wrong one is refused), the venv is where
+    // --virtual-env-location put it, and log lines carry no colour codes when not a terminal.
+    let (ok, _, err) = weir_cli_env(&["show", "databases"], None, &[("INFLUXDB3_HOST_URL", s.url.as_str())]);
+    assert!(!ok && err.contains("authorization required"), "{err}");
+    assert!(venv.join("pyvenv.cfg").is_file(), "no venv at {}", venv.display());
+    assert!(!s.log().contains('\u{1b}'), "ANSI escape codes in a log that is not a terminal");
+}
+
+/// `weir` alone prints its help, which explains the shared flags and influxdb3's variables.
+#[test]
+fn bare_weir_prints_help() {
+    let (ok, out, err) = weir_cli(&[], None);
+    assert!(!ok, "no command is a usage error");
+    let text = format!("{out}{err}");
+    for want in ["Usage: weir", "serve", "--log-filter", "INFLUXDB3_HOST_URL", "[alias: w]", "[alias: q]"] {
+        assert!(text.contains(want), "`weir` alone lacks {want:?}:\n{text}");
+    }
+    let (ok, out, _) = weir_cli(&["serve", "--help"], None);
+    assert!(ok);
+    for flag in ["--admin-token-file", "--virtual-env-location", "--aws-default-region", "discover"] {
+        assert!(out.contains(flag), "serve --help lacks {flag}");
+    }
+    // --log-filter is explained once, in `weir --help`, not in every subcommand.
+    let (_, out, _) = weir_cli(&["write", "--help"], None);
+    assert!(!out.contains("--log-filter"), "{out}");
+}
+
+/// `weir update trigger` changes arguments, error behaviour and state in place, and will
+/// not silently replace a plugin file another trigger uses; `show databases
+/// --show-deleted` lists deleted ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_trigger_in_place() {
+    let s = Server::start(ServerConfig { admin_token: Some(TOKEN.into()), ..Default::default() });
+    let host = s.url.clone();
+    let cli = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--host", host.as_str(), "--token", TOKEN]);
+        weir_cli(&all, None)
+    };
+    let call = |path: &'static str| {
+        let url = format!("{}/api/v3/engine/{path}", s.url);
+        async move {
+            let r = reqwest::Client::new().get(url).bearer_auth(TOKEN).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let plugin = |version: u32| {
+        format!(
+            "def process_request(influxdb3_local, query_parameters, request_headers, request_body, args=None):\n    \
+             return {{'v': {version}, 'args': args}}\n"
+        )
+    };
+    s.plugin("echo.py", &plugin(1));
+    assert!(cli(&["create", "database", "u"]).0);
+    for (name, args) in [("echo", "a=1"), ("echo2", "z=9")] {
+        let spec = format!("request:{name}");
+        let (ok, _, err) = cli(&[
+            "create",
+            "trigger",
+            name,
+            "-d",
+            "u",
+            "--path",
+            "echo.py",
+            "--trigger-spec",
+            &spec,
+            "--trigger-arguments",
+            args,
+        ]);
+        assert!(ok, "{err}");
+    }
+    let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+    let (status, body) = call("echo").await;
+    assert_eq!((status, json(&body)), (200, serde_json::json!({"v": 1, "args": {"a": "1"}})));
+
+    let (ok, out, err) = cli(&["update", "trigger", "-d", "u", "-t", "echo", "--trigger-arguments", "a=2,b=3"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("arguments a=2,b=3"), "{out}");
+    let (_, body) = call("echo").await;
+    assert_eq!(json(&body)["args"], serde_json::json!({"a": "2", "b": "3"}));
+
+    let (ok, out, err) =
+        cli(&["update", "trigger", "-d", "u", "-t", "echo", "--error-behavior", "retry", "--disabled"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("error behavior retry, disabled"), "{out}");
+    assert_eq!(call("echo").await.0, 404, "a disabled request trigger is not served");
+    let (ok, _, err) = cli(&["update", "trigger", "-d", "u", "-t", "echo", "--enabled"]);
+    assert!(ok, "{err}");
+    assert_eq!(call("echo").await.0, 200);
+    let (ok, _, err) = cli(&["update", "trigger", "-d", "u", "-t", "echo", "--error-behavior", "sometimes"]);
+    assert!(!ok && err.contains("sometimes"), "{err}");
+    let (ok, _, err) = cli(&["update", "trigger", "-d", "u", "-t", "echo"]);
+    assert!(!ok && err.contains("nothing to update"), "{err}");
+
+    // The plugin file is shared with echo2: replacing it needs --force.
+    let dir = tempfile::tempdir().unwrap();
+    let new = dir.path().join("echo_v2.py");
+    std::fs::write(&new, plugin(2)).unwrap();
+    let (ok, _, err) = cli(&["update", "trigger", "-d", "u", "-t", "echo", "-p", new.to_str().unwrap()]);
+    assert!(!ok && err.contains("also used by u/echo2") && err.contains("--force"), "{err}");
+    assert_eq!(json(&call("echo2").await.1)["v"], 1, "refused: nothing changed");
+    let (ok, out, err) = cli(&["update", "trigger", "-d", "u", "-t", "echo", "-p", new.to_str().unwrap(), "--force"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("Also changed for: u/echo2"), "{out}");
+    assert!(
+        integration_tests::eventually(std::time::Duration::from_secs(30), || async {
+            (json(&call("echo2").await.1)["v"] == 2).then_some(())
+        })
+        .await
+        .is_some()
+    );
+
+    // Arguments removed: the plugin gets None.
+    let (ok, _, err) = cli(&["update", "trigger", "-d", "u", "-t", "echo", "--trigger-arguments", ""]);
+    assert!(ok, "{err}");
+    assert_eq!(json(&call("echo").await.1)["args"], serde_json::Value::Null);
+
+    // Deleted databases are listed on request.
+    assert!(cli(&["create", "database", "gone"]).0);
+    assert!(cli(&["delete", "database", "gone"]).0);
+    let (ok, out, _) = cli(&["show", "databases", "--format", "csv"]);
+    assert!(ok && !out.contains("gone"), "{out}");
+    let (ok, out, err) = cli(&["show", "databases", "--show-deleted", "--format", "csv"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("iox::database,deleted\n") && out.contains(",true\n") && out.contains("u,false\n"),
+        "{out}"
+    );
+}

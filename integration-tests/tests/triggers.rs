@@ -493,7 +493,8 @@ async fn schedule_and_request_dry_runs_over_http_and_the_cli() {
     assert_eq!(v["response"]["body"], "ping", "{v}");
     let (ok, out, err) =
         weir_cli(&["test", "request_plugin", "web.py", "-d", "dry", "--query", "mode=raise", "--host", &s.url], None);
-    assert!(ok, "{out}{err}");
+    // The answer is printed, and the command fails: a dry run can gate a CI job.
+    assert!(!ok && err.contains("the plugin reported 1 error(s)"), "{out}{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert!(v["errors"][0].as_str().unwrap().contains("bad mode requested"), "{v}");
 }

@@ -57,6 +57,11 @@ pub struct WriteArgs {
     /// Acknowledge before the WAL is durable (faster, may lose the newest writes on a crash).
     #[arg(long)]
     no_sync: bool,
+    /// Write the good lines of a batch that has bad ones (the default, as in influxdb3);
+    /// `--accept-partial=false` writes nothing of a batch with a bad line.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", value_name = "BOOL")]
+    accept_partial: bool,
     /// Line protocol lines (when neither --file nor standard input is used).
     lines: Vec<String>,
 }
@@ -78,8 +83,11 @@ pub struct QueryArgs {
     /// Bind a `$name` placeholder: `--param name=value` (repeatable).
     #[arg(long = "param", value_name = "NAME=VALUE")]
     params: Vec<String>,
-    /// The SQL query.
-    sql: String,
+    /// Read the SQL from this file (`-` for standard input).
+    #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "sql")]
+    file: Option<PathBuf>,
+    /// The SQL query. Without it and without --file, it is read from standard input.
+    sql: Option<String>,
 }
 
 /// `weir create ...`
@@ -91,6 +99,10 @@ pub enum CreateCommand {
         common: Common,
         /// Database name (letters, digits, `_`, `-`; at most 64 characters).
         name: String,
+        /// Keep data this long (`30d`, `12h`, `1w`): older rows stop being queryable and
+        /// their Parquet files are removed. Default: kept until the database is deleted.
+        #[arg(long, value_name = "DURATION")]
+        retention_period: Option<String>,
     },
     /// Create a token: an admin token (--admin) or a resource token (--permission).
     ///
@@ -190,9 +202,14 @@ pub struct CreateTriggerArgs {
 /// `weir update ...`
 #[derive(Debug, Subcommand)]
 pub enum UpdateCommand {
-    /// Replace the plugin of a trigger with a local `.py` file or package directory. The
-    /// new version is written aside and swapped in (the old one stays if anything fails);
-    /// the trigger picks it up on its next call.
+    /// Change a trigger in place: its plugin (a local `.py` file or package directory,
+    /// written aside and swapped in; the trigger picks it up on its next call), its
+    /// arguments, its error behaviour, or whether it is enabled. A WAL trigger keeps its
+    /// place in the WAL.
+    #[command(after_help = "Examples:
+  weir update trigger -d sensors -t hot_rooms --trigger-arguments limit=25
+  weir update trigger -d sensors -t hot_rooms --error-behavior retry --disabled
+  weir update trigger -d sensors -t status -p ./status.py")]
     Trigger {
         #[command(flatten)]
         common: Common,
@@ -202,9 +219,26 @@ pub enum UpdateCommand {
         /// Trigger name.
         #[arg(short = 't', long = "trigger-name")]
         name: String,
-        /// Local file or directory with the new plugin.
+        /// Local file or directory with the new plugin. It replaces the trigger's plugin
+        /// file, so other triggers using the same file would change too: that needs --force.
         #[arg(short = 'p', long = "path")]
-        path: PathBuf,
+        path: Option<PathBuf>,
+        /// With --path: replace the file even though other triggers use it.
+        #[arg(long, requires = "path")]
+        force: bool,
+        /// New arguments for the plugin, `key=value[,key=value...]` (they replace the old
+        /// ones); `--trigger-arguments ''` removes them (the plugin gets None).
+        #[arg(long = "trigger-arguments", value_delimiter = ',', num_args = 0..)]
+        trigger_arguments: Option<Vec<String>>,
+        /// New error behaviour: log, retry or disable.
+        #[arg(long = "error-behavior")]
+        error_behavior: Option<String>,
+        /// Enable the trigger.
+        #[arg(long, conflicts_with = "disabled")]
+        enabled: bool,
+        /// Disable the trigger.
+        #[arg(long)]
+        disabled: bool,
     },
 }
 
@@ -250,9 +284,26 @@ async fn upload(common: &Common, path: &std::path::Path, name: &str, mode: &str)
 
 /// `weir update trigger`
 pub async fn update(c: UpdateCommand) -> anyhow::Result<()> {
-    let UpdateCommand::Trigger { common, database, name, path } = c;
-    let triggers = connect(&common)
-        .await?
+    let UpdateCommand::Trigger {
+        common,
+        database,
+        name,
+        path,
+        force,
+        trigger_arguments,
+        error_behavior,
+        enabled,
+        disabled,
+    } = c;
+    let settings = trigger_arguments.is_some() || error_behavior.is_some() || enabled || disabled;
+    if path.is_none() && !settings {
+        bail!(
+            "nothing to update: give --path, --trigger-arguments, --error-behavior, --enabled or --disabled \
+             (weir update trigger --help)"
+        );
+    }
+    let mut client = connect(&common).await?;
+    let triggers = client
         .list_triggers(pb::ListTriggersRequest { database: database.clone() })
         .await
         .map_err(status_error)?
@@ -261,8 +312,78 @@ pub async fn update(c: UpdateCommand) -> anyhow::Result<()> {
     let Some(t) = triggers.into_iter().find(|t| t.name == name) else {
         bail!("trigger {name:?} not found in database {database:?}");
     };
-    upload(&common, &path, &t.plugin_filename, "replace").await?;
-    println!("Trigger {name} updated: {} replaced with {}", t.plugin_filename, path.display());
+    if let Some(path) = &path {
+        // The file belongs to every trigger that names it: replacing it for one changes them all.
+        let mut sharing = Vec::new();
+        let dbs = client.list_databases(pb::ListDatabasesRequest::default()).await.map_err(status_error)?;
+        for db in dbs.into_inner().databases.into_iter().map(|d| d.name) {
+            let others = client
+                .list_triggers(pb::ListTriggersRequest { database: db.clone() })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .triggers;
+            sharing.extend(
+                others
+                    .into_iter()
+                    .filter(|o| o.plugin_filename == t.plugin_filename && !(db == database && o.name == name))
+                    .map(|o| format!("{db}/{}", o.name)),
+            );
+        }
+        if !sharing.is_empty() && !force {
+            bail!(
+                "plugin file {} is also used by {}; replacing it would change them too. Pass --force to \
+                 replace it for all of them, or give this trigger its own file (weir create trigger ... --upload)",
+                t.plugin_filename,
+                sharing.join(", ")
+            );
+        }
+        upload(&common, path, &t.plugin_filename, "replace").await?;
+        println!("Trigger {name} updated: {} replaced with {}", t.plugin_filename, path.display());
+        if !sharing.is_empty() {
+            println!("Also changed for: {}", sharing.join(", "));
+        }
+    }
+    if settings {
+        let (arguments, clear_arguments) = match &trigger_arguments {
+            None => (None, false),
+            Some(kv) if kv.iter().all(|s| s.is_empty()) => (None, true),
+            Some(kv) => {
+                let kv: Vec<String> = kv.iter().filter(|s| !s.is_empty()).cloned().collect();
+                (key_values(&kv)?, false)
+            }
+        };
+        let state = match (enabled, disabled) {
+            (true, _) => "enabled",
+            (_, true) => "disabled",
+            _ => "",
+        };
+        let updated = client
+            .update_trigger(pb::UpdateTriggerRequest {
+                database: database.clone(),
+                name: name.clone(),
+                arguments,
+                clear_arguments,
+                error_behavior: error_behavior.unwrap_or_default(),
+                state: state.to_string(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .trigger
+            .context("the server sent no trigger")?;
+        let args = updated.arguments.map(|a| {
+            let mut kv: Vec<String> = a.values.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+            kv.sort();
+            kv.join(",")
+        });
+        println!(
+            "Trigger {name} updated: arguments {}, error behavior {}, {}",
+            args.as_deref().unwrap_or("none"),
+            updated.error_behavior,
+            if updated.disabled { "disabled" } else { "enabled" }
+        );
+    }
     Ok(())
 }
 
@@ -352,8 +473,9 @@ pub enum TestCommand {
     SchedulePlugin {
         #[command(flatten)]
         run: DryRun,
-        /// A schedule (`every:10s`, `cron:0 * * * * *`): the call time is its next fire
-        /// time. Without it, now.
+        /// A schedule (`every:10s`, `cron:0 * * * * *`, or a bare cron expression such as
+        /// `0 0 * * *`, as influxdb3 takes it): the call time is its next fire time. Without
+        /// it, now.
         #[arg(long)]
         schedule: Option<String>,
         /// Accepted for compatibility with influxdb3; every dry run gets a fresh cache.
@@ -501,6 +623,11 @@ pub async fn test(c: TestCommand) -> anyhow::Result<()> {
         }
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
+    // A plugin that raised fails the command, so a dry run can gate a CI job.
+    let errors = out["errors"].as_array().map_or(0, Vec::len);
+    if errors > 0 {
+        bail!("the plugin reported {errors} error(s) (printed above under \"errors\")");
+    }
     Ok(())
 }
 
@@ -601,6 +728,9 @@ pub enum ShowCommand {
         /// Output format: pretty, json, jsonl, csv.
         #[arg(long, default_value = "pretty")]
         format: String,
+        /// Also list deleted databases (with a `deleted` column).
+        #[arg(long)]
+        show_deleted: bool,
     },
     /// List tokens (name, kind, permissions, creation, expiry; never the secret). Admin only.
     Tokens {
@@ -615,12 +745,18 @@ pub enum ShowCommand {
 /// `weir delete ...`
 #[derive(Debug, Subcommand)]
 pub enum DeleteCommand {
-    /// Delete a database and all its data.
+    /// Delete a database and all its data (its Parquet files go with the next snapshot;
+    /// --hard-delete removes them now).
     Database {
         #[command(flatten)]
         common: Common,
         /// Database name.
         name: String,
+        /// When the Parquet files are removed: `now`, or `default` (with the next
+        /// snapshot). A bare `--hard-delete` means now.
+        #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "now",
+              value_parser = ["now", "default"])]
+        hard_delete: Option<String>,
     },
     /// Delete a token; requests with it are refused from then on. (The admin token
     /// `_admin` cannot be deleted: regenerate it with `weir create token --admin --regenerate`.)
@@ -784,7 +920,7 @@ pub async fn write(a: WriteArgs) -> anyhow::Result<()> {
             database: a.database.clone(),
             lines: batch.body.clone(),
             precision,
-            reject_partial: false,
+            reject_partial: !a.accept_partial,
             no_sync: a.no_sync,
         };
         let mut attempt = 0;
@@ -876,7 +1012,24 @@ pub async fn query(a: QueryArgs) -> anyhow::Result<()> {
         let (k, v) = p.split_once('=').with_context(|| format!("--param {p:?} must be NAME=VALUE"))?;
         params.push(pb::QueryParam { name: k.to_string(), value: v.to_string() });
     }
-    let (schema, batches) = run_sql(&a.common, &a.database, &a.sql, params).await?;
+    let sql = match (a.sql, a.file) {
+        (Some(sql), _) => sql,
+        (None, Some(f)) if f.as_os_str() != "-" => {
+            std::fs::read_to_string(&f).with_context(|| format!("cannot read the query file {}", f.display()))?
+        }
+        (None, _) => {
+            if std::io::stdin().is_terminal() {
+                bail!("give the SQL as an argument, with --file FILE, or on standard input");
+            }
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("cannot read the query from standard input")?;
+            s
+        }
+    };
+    if sql.trim().is_empty() {
+        bail!("the query is empty");
+    }
+    let (schema, batches) = run_sql(&a.common, &a.database, &sql, params).await?;
     let bytes = encode_batches(fmt, batches, schema).await?;
     write_output(a.output.as_ref(), &bytes)
 }
@@ -907,10 +1060,13 @@ async fn run_sql(
 /// `weir create ...`
 pub async fn create(c: CreateCommand) -> anyhow::Result<()> {
     match c {
-        CreateCommand::Database { common, name } => {
+        CreateCommand::Database { common, name, retention_period } => {
             connect(&common)
                 .await?
-                .create_database(pb::CreateDatabaseRequest { name: name.clone() })
+                .create_database(pb::CreateDatabaseRequest {
+                    name: name.clone(),
+                    retention_period: retention_period.clone().unwrap_or_default(),
+                })
                 .await
                 .map_err(status_error)?;
             println!("Database {name:?} created");
@@ -1063,24 +1219,27 @@ pub async fn show(c: ShowCommand) -> anyhow::Result<()> {
             let bytes = encode_batches(fmt, batches, schema).await?;
             write_output(None, &bytes)?;
         }
-        ShowCommand::Databases { common, format: f } => {
+        ShowCommand::Databases { common, format: f, show_deleted } => {
+            use arrow::{
+                array::{ArrayRef, BooleanArray, StringArray},
+                datatypes::{DataType, Field, Schema},
+            };
             let fmt: Format = f.parse().map_err(|e: String| anyhow::anyhow!(e))?;
             let r = connect(&common)
                 .await?
-                .list_databases(pb::ListDatabasesRequest { include_deleted: false })
+                .list_databases(pb::ListDatabasesRequest { include_deleted: show_deleted })
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
-                "iox::database",
-                arrow::datatypes::DataType::Utf8,
-                false,
-            )]));
-            let names: Vec<String> = r.databases.into_iter().map(|d| d.name).collect();
-            let batch = RecordBatch::try_new(
-                std::sync::Arc::clone(&schema),
-                vec![std::sync::Arc::new(arrow::array::StringArray::from(names))],
-            )?;
+            let mut fields = vec![Field::new("iox::database", DataType::Utf8, false)];
+            let mut columns: Vec<ArrayRef> =
+                vec![std::sync::Arc::new(StringArray::from_iter_values(r.databases.iter().map(|d| d.name.as_str())))];
+            if show_deleted {
+                fields.push(Field::new("deleted", DataType::Boolean, false));
+                columns.push(std::sync::Arc::new(BooleanArray::from_iter(r.databases.iter().map(|d| Some(d.deleted)))));
+            }
+            let schema = std::sync::Arc::new(Schema::new(fields));
+            let batch = RecordBatch::try_new(std::sync::Arc::clone(&schema), columns)?;
             let bytes = encode_batches(fmt, vec![batch], schema).await?;
             write_output(None, &bytes)?;
         }
@@ -1186,13 +1345,18 @@ async fn create_token(a: CreateTokenArgs) -> anyhow::Result<()> {
 /// `weir delete ...`
 pub async fn delete(c: DeleteCommand) -> anyhow::Result<()> {
     match c {
-        DeleteCommand::Database { common, name } => {
+        DeleteCommand::Database { common, name, hard_delete } => {
+            let hard = hard_delete.as_deref() == Some("now");
             connect(&common)
                 .await?
-                .delete_database(pb::DeleteDatabaseRequest { name: name.clone() })
+                .delete_database(pb::DeleteDatabaseRequest { name: name.clone(), hard_delete: hard })
                 .await
                 .map_err(status_error)?;
-            println!("Database {name:?} deleted");
+            if hard {
+                println!("Database {name:?} deleted, its files removed");
+            } else {
+                println!("Database {name:?} deleted");
+            }
         }
         DeleteCommand::Token { common, name, token_name } => {
             let name = name.or(token_name).context("give the token name")?;

@@ -55,7 +55,7 @@ pub struct ObjectStoreConfig {
     pub aws_endpoint: Option<String>,
 
     /// S3 region.
-    #[arg(long, env = "WEIR_AWS_REGION", default_value = "us-east-1")]
+    #[arg(long, visible_alias = "aws-default-region", env = "WEIR_AWS_REGION", default_value = "us-east-1")]
     pub aws_region: String,
 
     /// S3 access key id (also read from AWS_ACCESS_KEY_ID).
@@ -114,6 +114,11 @@ pub struct ServeConfig {
     #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Read the first admin token from this file instead (the token alone, or influxdb3's
+    /// offline token file: JSON with a "token" field). Ignored once an admin token exists.
+    #[arg(long, env = "WEIR_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
+
     /// Where to write the admin recovery secret (new at every start, readable by this
     /// user only): `weir create token --admin --regenerate --recovery-file FILE` on a
     /// machine that can read it renews a lost admin token [default:
@@ -135,6 +140,11 @@ pub struct ServeConfig {
     #[arg(long, env = "WEIR_PLUGIN_HOST_URL")]
     pub plugin_host_url: Option<String>,
 
+    /// The plugins' virtualenv for the started plugin host, created if missing (as
+    /// influxdb3's flag) [default: `.venv` in --plugin-dir].
+    #[arg(long, env = "WEIR_VIRTUAL_ENV", value_name = "DIR")]
+    pub virtual_env_location: Option<PathBuf>,
+
     /// Python interpreter the plugin venv is made from (for the started plugin host).
     #[arg(long, env = "WEIR_PYTHON", default_value = "python3")]
     pub python: String,
@@ -149,8 +159,10 @@ pub struct ServeConfig {
     pub plugin_timeout: Duration,
 
     /// How `weir install package` installs into the plugin venv (for the started plugin
-    /// host): pip, uv, or disabled (installs are refused and nothing is run).
-    #[arg(long, env = "WEIR_PACKAGE_MANAGER", default_value = "pip", value_parser = ["pip", "uv", "disabled"])]
+    /// host): pip, uv, discover (uv when it is on the PATH, else pip, as influxdb3 does), or
+    /// disabled (installs are refused and nothing is run).
+    #[arg(long, env = "WEIR_PACKAGE_MANAGER", default_value = "pip",
+          value_parser = ["pip", "uv", "discover", "disabled"])]
     pub package_manager: String,
 
     /// Where `gh:<path>` plugins are fetched from (for the started plugin host; default
@@ -386,12 +398,17 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
 
     let auth = Authenticator::new(Arc::clone(&catalog), !cfg.without_auth);
     if auth.enabled() && !auth.has_admin_token() {
-        match &cfg.admin_token {
-            Some(t) => {
+        match (&cfg.admin_token, &cfg.admin_token_file) {
+            (Some(t), _) => {
                 auth.register_admin_token(ADMIN_TOKEN_NAME, t).await?;
                 tracing::info!("admin token registered from --admin-token");
             }
-            None => {
+            (None, Some(file)) => {
+                let t = read_admin_token_file(file)?;
+                auth.register_admin_token(ADMIN_TOKEN_NAME, &t).await?;
+                tracing::info!(file = %file.display(), "admin token registered from --admin-token-file");
+            }
+            (None, None) => {
                 let token = auth.create_admin_token(ADMIN_TOKEN_NAME).await?;
                 println!("Admin token (shown once; store it safely, the server keeps only its hash):");
                 println!("  {token}");
@@ -428,8 +445,9 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             python: cfg.python.clone(),
             plugin_timeout: cfg.plugin_timeout,
             host_bin: None,
-            package_manager: cfg.package_manager.clone(),
+            package_manager: resolve_package_manager(&cfg.package_manager),
             plugin_repo: cfg.plugin_repo.clone(),
+            virtual_env: cfg.virtual_env_location.as_ref().map(std::path::absolute).transpose()?,
             host_token: match &cfg.plugin_host_url {
                 Some(_) => cfg.plugin_host_token.clone(),
                 None => Some(crate::auth::generate_token()),
@@ -499,4 +517,38 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
+}
+
+/// `--admin-token-file`: the token alone on a line, or JSON with a `token` field
+/// (influxdb3's `create token --admin --offline` file).
+fn read_admin_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
+    let text = text.trim();
+    let token = if text.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(text)
+            .with_context(|| format!("the admin token file {} is not valid JSON", path.display()))?;
+        v.get("token")
+            .and_then(|t| t.as_str())
+            .with_context(|| format!("the admin token file {} has no \"token\" string", path.display()))?
+            .to_string()
+    } else {
+        text.to_string()
+    };
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        anyhow::bail!("the admin token file {} holds no token (empty, or more than one word)", path.display());
+    }
+    Ok(token)
+}
+
+/// `--package-manager discover`: uv when it is on the PATH, else pip.
+fn resolve_package_manager(choice: &str) -> String {
+    if choice != "discover" {
+        return choice.to_string();
+    }
+    let uv =
+        std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("uv").is_file()));
+    let chosen = if uv { "uv" } else { "pip" };
+    tracing::info!(package_manager = chosen, "--package-manager discover");
+    chosen.to_string()
 }

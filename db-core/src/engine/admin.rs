@@ -118,6 +118,13 @@ impl Engine {
     ) -> Result<TestOutcome> {
         let at = match schedule.filter(|s| !s.is_empty()) {
             Some(spec) => {
+                // influxdb3 takes a bare cron expression here (`0 0 * * *`); so do we.
+                let spec = if spec.starts_with("every:") || spec.starts_with("cron:") {
+                    spec.to_string()
+                } else {
+                    format!("cron:{}", spec.trim())
+                };
+                let spec = spec.as_str();
                 let parsed = Schedule::parse(spec).map_err(EngineError::Invalid)?;
                 parsed.check_fires().map_err(EngineError::Invalid)?;
                 parsed.next_after(self.now()).ok_or_else(|| EngineError::Invalid(format!("{spec:?} never fires")))?

@@ -67,6 +67,7 @@ pub(super) async fn supervise(
             .arg("--package-manager")
             .arg(&config.package_manager)
             .args(config.plugin_repo.iter().flat_map(|r| ["--plugin-repo", r.as_str()]))
+            .args(config.virtual_env.iter().flat_map(|v| [std::ffi::OsStr::new("--virtual-env"), v.as_os_str()]))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

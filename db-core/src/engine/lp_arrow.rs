@@ -82,7 +82,8 @@ pub fn tables(lp: &str, default_time: i64) -> Result<(Tables, Vec<String>), Arro
             }
         };
         let time = match line.timestamp {
-            Some(ts) => match Precision::Auto.to_nanos(ts) {
+            // Nanoseconds, as InfluxDB 3's plugin_test reads them (not the write path's `auto`).
+            Some(ts) => match Precision::Nanosecond.to_nanos(ts) {
                 Some(t) => t,
                 None => {
                     errors.push(format!("line {line_no}: timestamp {ts} is out of range"));
@@ -236,5 +237,15 @@ mod tests {
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with("line 4: column \"usage\" is a string here but a float"), "{errors:?}");
         assert!(errors[1].starts_with("line 5:"), "{errors:?}");
+    }
+
+    /// A small timestamp is nanoseconds, as in InfluxDB 3's plugin_test (the write path's
+    /// `auto` would read 500 as seconds).
+    #[test]
+    fn timestamps_are_nanoseconds() {
+        let (tables, errors) = tables("t,a=1 v=1i 500", 7).unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        let t = pretty_format_batches(&[tables[0].1.clone()]).unwrap().to_string();
+        assert!(t.contains("1970-01-01T00:00:00.000000500"), "{t}");
     }
 }

@@ -184,8 +184,10 @@ impl EngineState {
     }
 
     /// The lines of `database`, oldest first.
+    /// `_internal` ([`crate::query::INTERNAL_DB`]) sees every database's rows, as in InfluxDB 3.
     pub fn log_rows(&self, database: &str) -> Vec<EngineLogRow> {
-        self.rows.lock().iter().filter(|r| r.database.as_ref() == database).map(|r| r.line.clone()).collect()
+        let all = database == crate::query::INTERNAL_DB;
+        self.rows.lock().iter().filter(|r| all || r.database.as_ref() == database).map(|r| r.line.clone()).collect()
     }
 
     /// Change a trigger's state (created as default when new).

@@ -197,7 +197,12 @@ impl Admin for AdminService {
         req: Request<pb::CreateDatabaseRequest>,
     ) -> Result<Response<pb::CreateDatabaseResponse>, Status> {
         self.admin(&req, "create a database")?;
-        self.state.catalog.create_db(&req.into_inner().name).await.map_err(IntoStatus::into_status)?;
+        let r = req.into_inner();
+        let retention = match r.retention_period.trim() {
+            "" => None,
+            text => catalog::parse_retention_period(text).map_err(Status::invalid_argument)?,
+        };
+        self.state.catalog.create_db_with_retention(&r.name, retention).await.map_err(IntoStatus::into_status)?;
         Ok(Response::new(pb::CreateDatabaseResponse {}))
     }
 
@@ -218,6 +223,7 @@ impl Admin for AdminService {
                 id: d.id,
                 deleted: d.deleted,
                 table_count: d.tables.len() as u32,
+                retention_period_s: d.retention_period_ns.map_or(0, |ns| (ns / 1_000_000_000) as u64),
             })
             .collect();
         databases.sort_by(|a, b| a.name.cmp(&b.name));
@@ -229,8 +235,8 @@ impl Admin for AdminService {
         req: Request<pb::DeleteDatabaseRequest>,
     ) -> Result<Response<pb::DeleteDatabaseResponse>, Status> {
         self.admin(&req, "delete a database")?;
-        let name = req.into_inner().name;
-        self.state.delete_database(&name).await.map_err(IntoStatus::into_status)?;
+        let r = req.into_inner();
+        self.state.delete_database(&r.name, r.hard_delete).await.map_err(IntoStatus::into_status)?;
         Ok(Response::new(pb::DeleteDatabaseResponse {}))
     }
 
@@ -423,25 +429,43 @@ impl Admin for AdminService {
             .catalog
             .db(&r.database)
             .ok_or_else(|| catalog::Error::DbNotFound(r.database.clone()).into_status())?;
-        let triggers = db
-            .triggers
-            .values()
-            .map(|t| pb::TriggerInfo {
-                name: t.name.to_string(),
-                plugin_filename: t.plugin_filename.clone(),
-                specification: t.specification.to_string(),
-                arguments: t
-                    .arguments
-                    .as_ref()
-                    .map(|a| pb::TriggerArguments { values: a.clone().into_iter().collect() }),
-                run_async: t.run_async,
-                error_behavior: t.error_behavior.as_str().to_string(),
-                disabled: t.disabled,
-                max_retries: t.max_retries(),
-                workers: t.workers.max(1),
-            })
-            .collect();
+        let triggers = db.triggers.values().map(|t| trigger_info(t)).collect();
         Ok(Response::new(pb::ListTriggersResponse { triggers }))
+    }
+
+    async fn update_trigger(
+        &self,
+        req: Request<pb::UpdateTriggerRequest>,
+    ) -> Result<Response<pb::UpdateTriggerResponse>, Status> {
+        self.admin(&req, "update a trigger")?;
+        let r = req.into_inner();
+        let mut update = catalog::TriggerUpdate::default();
+        if r.clear_arguments {
+            update.arguments = Some(None);
+        } else if let Some(a) = r.arguments {
+            update.arguments = Some(Some(a.values.into_iter().collect()));
+        }
+        if !r.error_behavior.is_empty() {
+            let behavior =
+                r.error_behavior.parse().map_err(|e: crate::trigger::Error| Status::invalid_argument(e.to_string()))?;
+            update.error_behavior = Some(behavior);
+        }
+        update.disabled = match r.state.as_str() {
+            "" => None,
+            "enabled" => Some(false),
+            "disabled" => Some(true),
+            other => {
+                return Err(Status::invalid_argument(format!("state {other:?}: expected \"enabled\" or \"disabled\"")));
+            }
+        };
+        if update.arguments.is_none() && update.error_behavior.is_none() && update.disabled.is_none() {
+            return Err(Status::invalid_argument(
+                "nothing to change: give new arguments, an error behaviour or a state",
+            ));
+        }
+        let t =
+            self.state.catalog.update_trigger(&r.database, &r.name, update).await.map_err(IntoStatus::into_status)?;
+        Ok(Response::new(pb::UpdateTriggerResponse { trigger: Some(trigger_info(&t)) }))
     }
 
     async fn install_packages(
@@ -589,6 +613,21 @@ impl Admin for AdminService {
             Ok(pb::QueryResponse { arrow_ipc: std::mem::take(w.get_mut()) })
         });
         Ok(Response::new(Box::pin(first.chain(batches))))
+    }
+}
+
+/// A trigger as the admin service reports it.
+fn trigger_info(t: &crate::trigger::TriggerDef) -> pb::TriggerInfo {
+    pb::TriggerInfo {
+        name: t.name.to_string(),
+        plugin_filename: t.plugin_filename.clone(),
+        specification: t.specification.to_string(),
+        arguments: t.arguments.as_ref().map(|a| pb::TriggerArguments { values: a.clone().into_iter().collect() }),
+        run_async: t.run_async,
+        error_behavior: t.error_behavior.as_str().to_string(),
+        disabled: t.disabled,
+        max_retries: t.max_retries(),
+        workers: t.workers.max(1),
     }
 }
 

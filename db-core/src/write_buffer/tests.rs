@@ -324,3 +324,45 @@ async fn a_wide_line_is_written_and_a_huge_bad_line_is_not_echoed_whole() {
     assert!(e.original_line.len() < 1_100, "{} bytes echoed", e.original_line.len());
     assert!(e.original_line.ends_with(&format!("... ({} bytes in all)", bad.len())), "{}", &e.original_line[1000..]);
 }
+
+/// A database's retention period: older rows are not queryable (buffer and Parquet), and
+/// files wholly older than it are removed from the manifest and the store, for good.
+#[tokio::test]
+async fn retention_hides_old_rows_and_expires_their_files() {
+    const HOUR: i64 = 3_600_000_000_000;
+    let storage = Storage::in_memory();
+    let now = crate::time::TimeProvider::now_ns(&crate::time::SystemTime);
+    {
+        let db = open(&storage).await.unwrap();
+        db.buffer.catalog().create_db_with_retention("db", Some(HOUR)).await.unwrap();
+        db.write(&format!("cpu,host=old usage=1 {}\ncpu,host=new usage=2 {}", now - 2 * HOUR, now - HOUR / 6)).await;
+        let out = db.sql("SELECT host FROM cpu").await;
+        assert!(out.contains("new") && !out.contains("old"), "{out}");
+        db.buffer.snapshot().await.unwrap();
+        let files = db.buffer.parquet_files();
+        assert_eq!(files.len(), 2, "{files:?}");
+        let out = db.sql("SELECT count(*) AS n FROM cpu").await;
+        assert!(out.contains("| 1 |"), "{out}");
+        assert_eq!(db.buffer.expire_files(now).await.unwrap(), 1);
+        let left = db.buffer.parquet_files();
+        assert_eq!(left.len(), 1);
+        assert!(left[0].max_time >= now - HOUR, "{left:?}");
+        let gone = files.iter().find(|f| f.max_time < now - HOUR).unwrap();
+        assert!(
+            storage.get(&object_store::path::Path::from(gone.path.as_str())).await.unwrap().is_none(),
+            "file still stored"
+        );
+        assert_eq!(db.buffer.expire_files(now).await.unwrap(), 0, "nothing more to expire");
+        db.buffer.shutdown().await;
+    }
+    // The shorter manifest is the one a restart loads.
+    let db = open(&storage).await.unwrap();
+    assert_eq!(db.buffer.parquet_files().len(), 1);
+    let out = db.sql("SELECT host FROM cpu").await;
+    assert!(out.contains("new") && !out.contains("old"), "{out}");
+    // A deleted database's files go at once with the next expiry (hard delete).
+    let id = db.buffer.catalog().delete_db("db").await.unwrap();
+    db.buffer.drop_db(id);
+    assert_eq!(db.buffer.expire_files(now).await.unwrap(), 1);
+    assert!(db.buffer.parquet_files().is_empty());
+}

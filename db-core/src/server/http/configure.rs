@@ -52,9 +52,12 @@ pub async fn list_databases(
 #[derive(Debug, Deserialize)]
 struct CreateDb {
     db: String,
+    /// `30d`, `12h`, ...: rows older than this expire (not queryable, files removed).
+    #[serde(default)]
+    retention_period: Option<String>,
 }
 
-/// `POST /api/v3/configure/database {"db": "name"}`
+/// `POST /api/v3/configure/database {"db": "name", "retention_period"?: "30d"}`
 pub async fn create_database(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -63,18 +66,23 @@ pub async fn create_database(
     let bytes = read_body(&headers, body, state.max_request_bytes).await?;
     let req: CreateDb = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body, expected {{\"db\": \"name\"}}: {e}")))?;
-    state.catalog.create_db(&req.db).await?;
+    let retention = match req.retention_period.as_deref() {
+        Some(text) => crate::catalog::parse_retention_period(text).map_err(ApiError::BadRequest)?,
+        None => None,
+    };
+    state.catalog.create_db_with_retention(&req.db, retention).await?;
     Ok(StatusCode::OK.into_response())
 }
 
-/// `DELETE /api/v3/configure/database?db=name`
+/// `DELETE /api/v3/configure/database?db=name[&hard_delete=true|now]`
 pub async fn delete_database(State(state): State<SharedState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let p = query_map(raw.as_deref());
     let db = p
         .get("db")
         .filter(|d| !d.is_empty())
         .ok_or_else(|| ApiError::BadRequest("missing required query parameter 'db'".to_string()))?;
-    state.delete_database(db).await?;
+    let hard = p.get("hard_delete").is_some_and(|v| matches!(v.as_str(), "true" | "now" | "1"));
+    state.delete_database(db, hard).await?;
     Ok(StatusCode::OK.into_response())
 }
 
