@@ -90,7 +90,7 @@ async fn setup(api: &Api, plugins: &Plugins, db: &str) -> anyhow::Result<()> {
     for (kind, run_async, workers) in KINDS {
         api.post_json(
             "/api/v3/configure/processing_engine_trigger",
-            &json!({"db": db, "plugin_filename": "ok.py", "trigger_name": kind, "trigger_specification": format!("request:bench/{kind}"),
+            &json!({"db": db, "plugin_filename": "ok.py", "trigger_name": kind, "trigger_specification": format!("request:{db}/{kind}"),
                     "trigger_settings": {"run_async": run_async, "workers": workers}}),
         )
         .await?;
@@ -145,7 +145,7 @@ pub(crate) async fn run_with(
     setup(api, plugins, db).await?;
     // Wait for the plugin host and the first worker of each trigger.
     for (kind, _, _) in KINDS {
-        let path = format!("/api/v3/engine/bench/{kind}");
+        let path = format!("/api/v3/engine/{db}/{kind}");
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             match api.get(&path).await {
@@ -163,7 +163,7 @@ pub(crate) async fn run_with(
     let mut out = RequestOutcome::default();
     let duration = Duration::from_secs_f64(seconds);
     for (kind, _, _) in KINDS {
-        let path = format!("/api/v3/engine/bench/{kind}");
+        let path = format!("/api/v3/engine/{db}/{kind}");
         for &clients in client_counts {
             // Warm-up: connections open, every worker process started.
             load(api, &path, clients, Duration::from_millis(500)).await;
