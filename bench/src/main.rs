@@ -16,6 +16,7 @@ mod report;
 mod requests;
 mod scan;
 mod server;
+mod soak;
 mod stats;
 mod workers;
 
@@ -61,6 +62,9 @@ enum Scenario {
     /// the deployment at --compose-host and through an embedded server started here, in
     /// one run (`scripts/bench-compose` brings the deployment up and runs this).
     Deploy,
+    /// Memory soak (not part of `all`): writes and a query loop for --soak-minutes; RSS
+    /// and threads sampled every 10 s must level off.
+    Soak,
 }
 
 /// Benchmark a Weir server: ingest throughput, query latency, lone-write latency.
@@ -150,6 +154,10 @@ struct Cli {
     /// Admin token of the --compose-host deployment.
     #[arg(long, env = "WEIR_BENCH_COMPOSE_TOKEN", hide_env_values = true)]
     compose_token: Option<String>,
+
+    /// Length of the soak scenario, minutes.
+    #[arg(long, default_value_t = 30.0)]
+    soak_minutes: f64,
 
     /// Rows written into the counting plugin (engine scenario).
     #[arg(long, default_value_t = 1_000_000)]
@@ -519,6 +527,19 @@ async fn scenarios(cli: &Cli, fleet: &mut Fleet, report: &mut Report) -> anyhow:
                 .await?;
                 report.deploy = Some(deploy::DeployOutcome { embedded, compose });
             }
+        }
+    }
+
+    // Not part of `all`: it takes half an hour.
+    if cli.scenario == Scenario::Soak {
+        if cli.host.is_some() {
+            println!("\n== memory soak: skipped (needs a server this benchmark starts, to read its memory) ==");
+        } else {
+            println!("\n== memory soak: {} min of writes and queries, RSS sampled every 10 s ==", cli.soak_minutes);
+            let api = fleet.acquire_with("soak", &["--snapshot-rows=1000000".to_string()]).await?;
+            let pid = fleet.pid().context("pid of the started server")?;
+            report.soak = Some(soak::run(&api, pid, cli.soak_minutes).await?);
+            release(fleet, report).await?;
         }
     }
 

@@ -110,6 +110,7 @@ pub(crate) struct Report {
     pub(crate) hostile: Option<crate::hostile::HostileOutcome>,
     pub(crate) workers: Option<crate::workers::WorkersOutcome>,
     pub(crate) deploy: Option<crate::deploy::DeployOutcome>,
+    pub(crate) soak: Option<crate::soak::SoakOutcome>,
     /// Server processes started by the benchmark.
     pub(crate) servers: Vec<ProcStats>,
 }
@@ -167,6 +168,9 @@ impl Report {
         }
         if let Some(d) = &self.deploy {
             p.extend(d.problems());
+        }
+        if let Some(x) = &self.soak {
+            p.extend(x.problems());
         }
         p
     }
@@ -423,6 +427,9 @@ impl Report {
         if let Some(d) = &self.deploy {
             s.push_str(&d.render());
         }
+        if let Some(x) = &self.soak {
+            s.push_str(&x.render());
+        }
         if let Some(h) = &self.hostile {
             s.push_str("\nHostile input (each must end in its expected answer; /health probed every 20 ms):\n");
             let rows: Vec<Vec<String>> = h
@@ -530,6 +537,7 @@ impl Report {
             "hostile": self.hostile.as_ref().map(crate::hostile::HostileOutcome::to_json),
             "workers": self.workers.as_ref().map(crate::workers::WorkersOutcome::to_json),
             "deploy": self.deploy.as_ref().map(crate::deploy::DeployOutcome::to_json),
+            "soak": self.soak.as_ref().map(crate::soak::SoakOutcome::to_json),
             "servers": self.servers.iter().map(ProcStats::to_json).collect::<Vec<_>>(),
             "problems": self.problems(),
             "generated_at_unix_ns": query::now_ns(),

@@ -403,6 +403,13 @@ fn bare_weir_prints_help() {
     for flag in ["--admin-token-file", "--virtual-env-location", "--aws-default-region", "discover"] {
         assert!(out.contains(flag), "serve --help lacks {flag}");
     }
+    // Help and errors that say what to do.
+    let (ok, out, _) = weir_cli(&["enable", "trigger", "--help"], None);
+    assert!(ok && out.contains("run again from the next flush") && out.contains("Examples:"), "{out}");
+    let (ok, out, _) = weir_cli(&["disable", "trigger", "--help"], None);
+    assert!(ok && out.contains("does not run"), "{out}");
+    let (ok, _, err) = weir_cli(&["install", "package"], None);
+    assert!(!ok && err.contains("no packages given") && err.contains("-r requirements.txt"), "{err}");
     // --log-filter is explained once, in `weir --help`, not in every subcommand.
     let (_, out, _) = weir_cli(&["write", "--help"], None);
     assert!(!out.contains("--log-filter"), "{out}");

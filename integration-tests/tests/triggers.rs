@@ -694,6 +694,16 @@ async fn plugins_are_uploaded_updated_and_listed_with_an_admin_token() {
     );
     let (ok, out, err) = weir_cli(&["show", "plugins", "--host", &s.url, "--token", TOKEN], None);
     assert!(ok && out.contains("uploaded.py"), "{out}{err}");
+    // last_modified reads as a time, not epoch milliseconds.
+    let is_date = |w: &[u8]| {
+        w.len() == 11
+            && w.iter().enumerate().all(|(i, c)| match i {
+                4 | 7 => *c == b'-',
+                10 => *c == b'T',
+                _ => c.is_ascii_digit(),
+            })
+    };
+    assert!(out.lines().any(|l| l.contains("uploaded.py") && l.as_bytes().windows(11).any(is_date)), "{out}");
     let (ok, out, err) =
         weir_cli(&["show", "summary", "-d", "up", "--host", &s.url, "--token", TOKEN, "--format", "json"], None);
     assert!(ok, "{out}{err}");

@@ -394,8 +394,7 @@ pub enum InstallCommand {
     Package {
         #[command(flatten)]
         common: Common,
-        /// Package specifiers, e.g. `requests==2.32.3`.
-        #[arg(required_unless_present_any = ["requirements", "remote_requirements"])]
+        /// Package specifiers, e.g. `requests==2.32.3` (or give -r FILE).
         packages: Vec<String>,
         /// A requirements file on this machine: its package lines are read here and sent
         /// (comments and blank lines skipped; options such as `-r` or `--index-url` are
@@ -634,6 +633,12 @@ pub async fn test(c: TestCommand) -> anyhow::Result<()> {
 /// `weir install package`
 pub async fn install(c: InstallCommand) -> anyhow::Result<()> {
     let InstallCommand::Package { common, mut packages, requirements, remote_requirements } = c;
+    if packages.is_empty() && requirements.is_none() && remote_requirements.is_none() {
+        bail!(
+            "no packages given: name them (`weir install package requests==2.32.3 pandas`) or give a \
+             requirements file (`weir install package -r requirements.txt`)"
+        );
+    }
     if let Some(path) = &requirements {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         packages = requirement_lines(path, &text)?;
@@ -655,7 +660,12 @@ pub async fn install(c: InstallCommand) -> anyhow::Result<()> {
 /// `weir enable trigger NAME -d DB [--skip-to-now]`
 #[derive(Debug, Subcommand)]
 pub enum EnableCommand {
-    /// A processing-engine trigger.
+    /// Enable a trigger: WAL triggers run again from the next flush (or where the
+    /// retention policy stopped them), schedules from their next fire time, request paths
+    /// are served at once.
+    #[command(after_help = "Examples:
+  weir enable trigger hot_rooms -d sensors
+  weir enable trigger hot_rooms -d sensors --skip-to-now   # a trigger the retention policy stopped")]
     Trigger {
         #[command(flatten)]
         common: Common,
@@ -675,7 +685,11 @@ pub enum EnableCommand {
 /// `weir disable trigger NAME -d DB`
 #[derive(Debug, Subcommand)]
 pub enum ToggleCommand {
-    /// A processing-engine trigger.
+    /// Disable a trigger: it stays in the catalog with its settings but does not run (a
+    /// request path answers 404) and holds no WAL back; `weir enable trigger` starts it
+    /// again.
+    #[command(after_help = "Example:
+  weir disable trigger hot_rooms -d sensors")]
     Trigger {
         #[command(flatten)]
         common: Common,
@@ -1188,15 +1202,15 @@ pub async fn show(c: ShowCommand) -> anyhow::Result<()> {
                 .into_inner()
                 .files;
             use arrow::{
-                array::{Int64Array, StringArray},
-                datatypes::{DataType, Field, Schema},
+                array::{Int64Array, StringArray, TimestampMillisecondArray},
+                datatypes::{DataType, Field, Schema, TimeUnit},
             };
             let schema = std::sync::Arc::new(Schema::new(vec![
                 Field::new("plugin_name", DataType::Utf8, false),
                 Field::new("file_name", DataType::Utf8, false),
                 Field::new("file_path", DataType::Utf8, false),
                 Field::new("size_bytes", DataType::Int64, false),
-                Field::new("last_modified", DataType::Int64, false),
+                Field::new("last_modified", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
             ]));
             let batch = RecordBatch::try_new(
                 std::sync::Arc::clone(&schema),
@@ -1205,7 +1219,10 @@ pub async fn show(c: ShowCommand) -> anyhow::Result<()> {
                     std::sync::Arc::new(StringArray::from_iter_values(files.iter().map(|f| f.file_name.as_str()))),
                     std::sync::Arc::new(StringArray::from_iter_values(files.iter().map(|f| f.file_path.as_str()))),
                     std::sync::Arc::new(Int64Array::from_iter_values(files.iter().map(|f| f.size_bytes as i64))),
-                    std::sync::Arc::new(Int64Array::from_iter_values(files.iter().map(|f| f.last_modified_ms))),
+                    std::sync::Arc::new(
+                        TimestampMillisecondArray::from_iter_values(files.iter().map(|f| f.last_modified_ms))
+                            .with_timezone("UTC"),
+                    ),
                 ],
             )?;
             let bytes = encode_batches(fmt, vec![batch], schema).await?;
