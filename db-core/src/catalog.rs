@@ -88,6 +88,14 @@ pub enum Error {
         /// That trigger.
         trigger: String,
     },
+    /// No such table.
+    #[error("table {table:?} not found in database {db:?}")]
+    TableNotFound {
+        /// Database.
+        db: String,
+        /// Table.
+        table: String,
+    },
     /// No such trigger.
     #[error("trigger {name:?} not found in database {db:?}")]
     TriggerNotFound {
@@ -350,6 +358,11 @@ pub struct DatabaseSchema {
     /// Parquet files are removed. `None`: kept until the database is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_period_ns: Option<i64>,
+    /// Deleted tables by name: the newest WAL file (sequence) whose rows of that table
+    /// were deleted with it. WAL replay and trigger catch-up leave those rows out; rows in
+    /// later files belong to a table created again under the name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dropped_tables: BTreeMap<Arc<str>, u64>,
     /// Table ids by name (derived; rebuilt by [`DatabaseSchema::reindex`]).
     #[serde(skip)]
     table_ids: FastMap<Arc<str>, u32>,
@@ -364,6 +377,7 @@ impl PartialEq for DatabaseSchema {
             && self.tables == other.tables
             && self.triggers == other.triggers
             && self.retention_period_ns == other.retention_period_ns
+            && self.dropped_tables == other.dropped_tables
     }
 }
 
@@ -378,8 +392,26 @@ impl DatabaseSchema {
             tables: BTreeMap::new(),
             triggers: BTreeMap::new(),
             retention_period_ns: None,
+            dropped_tables: BTreeMap::new(),
             table_ids: FastMap::default(),
         }
+    }
+
+    /// `text` (line protocol of WAL file `seq`) without the lines of tables deleted after
+    /// that file was written.
+    pub fn without_dropped<'a>(&self, text: &'a str, seq: u64) -> std::borrow::Cow<'a, str> {
+        if !self.dropped_tables.values().any(|&s| s >= seq) {
+            return std::borrow::Cow::Borrowed(text);
+        }
+        let mut out = String::with_capacity(text.len());
+        for (_, raw, line) in crate::lp::parse_lines(text).flatten() {
+            if self.dropped_tables.get(line.measurement.as_ref()).is_some_and(|&s| s >= seq) {
+                continue;
+            }
+            out.push_str(raw);
+            out.push('\n');
+        }
+        std::borrow::Cow::Owned(out)
     }
 
     /// The oldest time (ns) still kept at `now_ns`, if the database has a retention period.
@@ -798,6 +830,25 @@ impl Catalog {
         })?;
         self.persist().await?;
         Ok(db)
+    }
+
+    /// Delete a table: it leaves the database (its name is free again) and the rows of WAL
+    /// files up to `wal_seq` are left out of replays. Returns its id.
+    pub async fn delete_table(&self, db: &str, table: &str, wal_seq: u64) -> Result<u32> {
+        let id = self.mutate(|s| {
+            let db_id = s.db(db).map(|d| d.id).ok_or_else(|| Error::DbNotFound(db.to_string()))?;
+            let d = Arc::make_mut(s.databases.get_mut(&db_id).expect("looked up above"));
+            let not_found = || Error::TableNotFound { db: db.to_string(), table: table.to_string() };
+            let id = d.table(table).map(|t| t.id).ok_or_else(not_found)?;
+            d.tables.remove(&id);
+            let name: Arc<str> = Arc::from(table);
+            let seq = d.dropped_tables.get(&name).copied().unwrap_or(0).max(wal_seq);
+            d.dropped_tables.insert(name, seq);
+            d.reindex();
+            Ok(id)
+        })?;
+        self.persist().await?;
+        Ok(id)
     }
 
     /// Soft-delete a database and persist the catalog. Returns its id.

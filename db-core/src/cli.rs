@@ -54,7 +54,7 @@ pub enum Command {
     /// Show databases, triggers, a trigger summary, or the plugin files.
     #[command(subcommand)]
     Show(client::ShowCommand),
-    /// Delete a database or a trigger (an enabled trigger needs --force).
+    /// Delete a database, a table, a token or a trigger (an enabled trigger needs --force).
     #[command(subcommand)]
     Delete(client::DeleteCommand),
     /// Change a trigger in place: its plugin file, arguments, error behaviour or state.

@@ -72,6 +72,20 @@ impl ServerState {
         Ok(())
     }
 
+    /// Delete a table: the catalog (its name is free again and WAL replay leaves its rows
+    /// out), its buffered rows, then its Parquet files.
+    pub async fn delete_table(&self, db: &str, table: &str) -> crate::catalog::Result<()> {
+        let db_id =
+            self.catalog.db(db).map(|d| d.id).ok_or_else(|| crate::catalog::Error::DbNotFound(db.to_string()))?;
+        let table_id = self.catalog.delete_table(db, table, self.buffer.last_wal_seq()).await?;
+        self.buffer.drop_table(db_id, table_id);
+        let now = crate::time::TimeProvider::now_ns(&crate::time::SystemTime);
+        if let Err(e) = self.buffer.expire_files(now).await {
+            tracing::error!(database = db, table, error = %e, "delete table: removing the Parquet files failed; they go at the next check");
+        }
+        Ok(())
+    }
+
     /// Delete a database: catalog (which stops its triggers), then buffered data; its
     /// Parquet files go with the next snapshot, or at once with `hard`.
     pub async fn delete_database(&self, name: &str, hard: bool) -> crate::catalog::Result<()> {

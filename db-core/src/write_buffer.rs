@@ -529,10 +529,11 @@ impl WriteBuffer {
                 let Some(db) = catalog.db_for_replay(entry.db_id, &entry.db_name)? else {
                     continue;
                 };
+                let text = db.without_dropped(&entry.text, *seq);
                 let v = validate::validate(
                     &catalog,
                     &db.name,
-                    &entry.text,
+                    &text,
                     entry.precision,
                     entry.default_time,
                     true,
@@ -698,10 +699,11 @@ impl WriteBuffer {
             let Some(db) = catalog.db_by_id(entry.db_id).filter(|d| !d.deleted) else {
                 continue;
             };
+            let text = db.without_dropped(&entry.text, seq);
             let v = validate::validate(
                 catalog,
                 &db.name,
-                &entry.text,
+                &text,
                 entry.precision,
                 entry.default_time,
                 true,
@@ -725,6 +727,14 @@ impl WriteBuffer {
     /// Rows in the open buffer.
     pub fn buffered_rows(&self) -> usize {
         self.shared.state.read().open_rows
+    }
+
+    /// Forget buffered rows of a deleted table (buffers being persisted skip it: it is no
+    /// longer in the catalog).
+    pub fn drop_table(&self, db_id: u32, table_id: u32) {
+        let mut state = self.shared.state.write();
+        let removed = state.open.get_mut(&db_id).and_then(|tables| tables.remove(&table_id)).map_or(0, |t| t.len());
+        state.open_rows = state.open_rows.saturating_sub(removed);
     }
 
     /// Forget buffered data of a deleted database.
@@ -855,7 +865,7 @@ impl WriteBuffer {
         let base = Arc::clone(&self.shared.state.read().manifest);
         let expired = |f: &ParquetFile| match catalog.databases.get(&f.db_id) {
             None => true,
-            Some(d) if d.deleted => true,
+            Some(d) if d.deleted || d.table_by_id(f.table_id).is_none() => true,
             Some(d) => d.retention_cutoff(now_ns).is_some_and(|cutoff| f.max_time < cutoff),
         };
         let (dropped, kept): (Vec<ParquetFile>, Vec<ParquetFile>) = base.files.iter().cloned().partition(expired);

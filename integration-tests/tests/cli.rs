@@ -505,6 +505,25 @@ async fn update_trigger_in_place() {
     assert!(ok, "{err}");
     assert_eq!(json(&call("echo").await.1)["args"], serde_json::Value::Null);
 
+    // delete table: the data goes, the name is free again.
+    assert!(cli(&["write", "-d", "u", "old,k=a v=1i 1"]).0);
+    let (ok, out, err) = cli(&["delete", "table", "old", "-d", "u"]);
+    assert!(ok && out.contains("Table u.old deleted"), "{err}");
+    let (ok, _, err) = cli(&["query", "-d", "u", "SELECT * FROM old"]);
+    assert!(!ok && err.contains("not found"), "{err}");
+    let (ok, _, err) = cli(&["delete", "table", "old", "-d", "u"]);
+    assert!(!ok && err.contains("table \"old\" not found"), "{err}");
+    assert!(cli(&["write", "-d", "u", "old,k=b v=2i 2"]).0);
+    let (_, out, _) = cli(&["query", "-d", "u", "--format", "csv", "SELECT k FROM old"]);
+    assert_eq!(out, "k\nb\n");
+    let r = reqwest::Client::new()
+        .delete(format!("{}/api/v3/configure/table?db=u&table=nope", s.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
     // Deleted databases are listed on request.
     assert!(cli(&["create", "database", "gone"]).0);
     assert!(cli(&["delete", "database", "gone"]).0);

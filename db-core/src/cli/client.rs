@@ -772,6 +772,17 @@ pub enum DeleteCommand {
               value_parser = ["now", "default"])]
         hard_delete: Option<String>,
     },
+    /// Delete a table and its data (buffered rows and Parquet files); its name is free
+    /// for a new table.
+    Table {
+        #[command(flatten)]
+        common: Common,
+        /// Table name.
+        name: String,
+        /// Database.
+        #[arg(short = 'd', long, env = "WEIR_DATABASE")]
+        database: String,
+    },
     /// Delete a token; requests with it are refused from then on. (The admin token
     /// `_admin` cannot be deleted: regenerate it with `weir create token --admin --regenerate`.)
     Token {
@@ -1374,6 +1385,14 @@ pub async fn delete(c: DeleteCommand) -> anyhow::Result<()> {
             } else {
                 println!("Database {name:?} deleted");
             }
+        }
+        DeleteCommand::Table { common, name, database } => {
+            connect(&common)
+                .await?
+                .delete_table(pb::DeleteTableRequest { database: database.clone(), table: name.clone() })
+                .await
+                .map_err(status_error)?;
+            println!("Table {database}.{name} deleted");
         }
         DeleteCommand::Token { common, name, token_name } => {
             let name = name.or(token_name).context("give the token name")?;

@@ -60,6 +60,7 @@ impl IntoStatus for catalog::Error {
             | catalog::Error::RequestPathTaken { .. } => Status::already_exists(self.to_string()),
             catalog::Error::TriggerEnabled { .. } => Status::failed_precondition(self.to_string()),
             catalog::Error::DbNotFound(_)
+            | catalog::Error::TableNotFound { .. }
             | catalog::Error::TriggerNotFound { .. }
             | catalog::Error::TokenNotFound(_) => Status::not_found(self.to_string()),
             catalog::Error::InvalidToken(_) => Status::invalid_argument(self.to_string()),
@@ -238,6 +239,16 @@ impl Admin for AdminService {
         let r = req.into_inner();
         self.state.delete_database(&r.name, r.hard_delete).await.map_err(IntoStatus::into_status)?;
         Ok(Response::new(pb::DeleteDatabaseResponse {}))
+    }
+
+    async fn delete_table(
+        &self,
+        req: Request<pb::DeleteTableRequest>,
+    ) -> Result<Response<pb::DeleteTableResponse>, Status> {
+        self.admin(&req, "delete a table")?;
+        let r = req.into_inner();
+        self.state.delete_table(&r.database, &r.table).await.map_err(IntoStatus::into_status)?;
+        Ok(Response::new(pb::DeleteTableResponse {}))
     }
 
     async fn create_admin_token(

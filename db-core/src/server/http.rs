@@ -155,6 +155,7 @@ impl From<catalog::Error> for ApiError {
             | catalog::Error::RequestPathTaken { .. }
             | catalog::Error::TriggerEnabled { .. } => Self::Conflict(e.to_string()),
             catalog::Error::DbNotFound(_)
+            | catalog::Error::TableNotFound { .. }
             | catalog::Error::TriggerNotFound { .. }
             | catalog::Error::TokenNotFound(_) => Self::NotFound(e.to_string()),
             catalog::Error::InvalidTrigger(_)
@@ -208,6 +209,7 @@ impl From<q::Error> for ApiError {
 pub fn router(state: SharedState) -> Router {
     let admin = Router::new()
         .route("/api/v3/configure/database", post(configure::create_database).delete(configure::delete_database))
+        .route("/api/v3/configure/table", axum::routing::delete(configure::delete_table))
         .route(
             "/api/v3/configure/processing_engine_trigger",
             post(engine::create_trigger).delete(engine::delete_trigger),

@@ -74,6 +74,18 @@ pub async fn create_database(
     Ok(StatusCode::OK.into_response())
 }
 
+/// `DELETE /api/v3/configure/table?db=name&table=name`: the table and its data.
+pub async fn delete_table(State(state): State<SharedState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    let p = query_map(raw.as_deref());
+    let get = |k: &str| {
+        p.get(k)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ApiError::BadRequest(format!("missing required query parameter '{k}'")))
+    };
+    state.delete_table(get("db")?, get("table")?).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
 /// `DELETE /api/v3/configure/database?db=name[&hard_delete=true|now]`
 pub async fn delete_database(State(state): State<SharedState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let p = query_map(raw.as_deref());
