@@ -270,7 +270,12 @@ async fn influxdb3_habits() {
             token_file.to_str().unwrap().into(),
             "--virtual-env-location".into(),
             venv.to_str().unwrap().into(),
+            "--package-manager".into(),
+            "discover".into(),
+            "--aws-default-region".into(),
+            "eu-west-1".into(),
         ],
+        env: vec![("INFLUXDB3_NODE_IDENTIFIER_PREFIX".into(), "habits-node".into())],
         ..Default::default()
     });
     let env =
@@ -386,6 +391,10 @@ async fn influxdb3_habits() {
     let (ok, _, err) = weir_cli_env(&["show", "databases"], None, &[("INFLUXDB3_HOST_URL", s.url.as_str())]);
     assert!(!ok && err.contains("authorization required"), "{err}");
     assert!(venv.join("pyvenv.cfg").is_file(), "no venv at {}", venv.display());
+    // influxdb3's serve variable names the node (its files live under it); discover chose
+    // a package manager.
+    assert!(s.data_dir.join("store/habits-node").is_dir(), "INFLUXDB3_NODE_IDENTIFIER_PREFIX was not used");
+    assert!(s.log().contains("--package-manager discover"), "{}", s.log());
     assert!(!s.log().contains('\u{1b}'), "ANSI escape codes in a log that is not a terminal");
 }
 
