@@ -308,6 +308,9 @@ async fn influxdb3_habits() {
     assert!(!ok && err.contains("accepted 1 of 2 line(s)"), "{err}");
     let (_, out, _) = cli(&["q", "--format", "csv", "SELECT count(*) AS n FROM m"], None);
     assert_eq!(out, "n\n2\n");
+    // As a bare flag (influxdb3's spelling) it takes no value: the next word is a line.
+    let (ok, _, err) = cli(&["write", "--accept-partial", "m,k=d v=4i 4"], None);
+    assert!(ok, "{err}");
 
     // Dry runs: a bare cron, nanosecond timestamps, a plugin that raises fails the command.
     s.plugin(

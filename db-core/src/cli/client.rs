@@ -60,7 +60,7 @@ pub struct WriteArgs {
     /// Write the good lines of a batch that has bad ones (the default, as in influxdb3);
     /// `--accept-partial=false` writes nothing of a batch with a bad line.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
-          default_missing_value = "true", value_name = "BOOL")]
+          require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     accept_partial: bool,
     /// Line protocol lines (when neither --file nor standard input is used).
     lines: Vec<String>,
@@ -766,9 +766,9 @@ pub enum DeleteCommand {
         common: Common,
         /// Database name.
         name: String,
-        /// When the Parquet files are removed: `now`, or `default` (with the next
-        /// snapshot). A bare `--hard-delete` means now.
-        #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "now",
+        /// When the Parquet files are removed: `--hard-delete=now`, or `=default` (with the
+        /// next snapshot). A bare `--hard-delete` means now.
+        #[arg(long, value_name = "WHEN", num_args = 0..=1, require_equals = true, default_missing_value = "now",
               value_parser = ["now", "default"])]
         hard_delete: Option<String>,
     },
