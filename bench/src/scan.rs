@@ -303,12 +303,7 @@ async fn load(api: &Api, db: &str, args: &ScanArgs, start_ns: i64) -> anyhow::Re
 
 fn rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
+    Some(crate::server::proc_field(&status, "VmRSS:")? * 1024)
 }
 
 /// Samples a process's RSS every 20 ms until dropped; reports the peak.

@@ -119,15 +119,7 @@ impl Server {
     /// Resident memory of the server process now and at its peak (VmRSS, VmHWM), in bytes.
     pub(crate) fn memory(&self) -> Option<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()?)).ok()?;
-        let kb = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(|v| v * 1024)
-        };
-        Some((kb("VmRSS:")?, kb("VmHWM:")?))
+        Some((proc_field(&status, "VmRSS:")? * 1024, proc_field(&status, "VmHWM:")? * 1024))
     }
 
     /// Keep the scratch directory (log, data) after exit.
@@ -428,4 +420,13 @@ impl Server {
         }
         started.elapsed()
     }
+}
+
+/// The number after `key` in a `/proc/<pid>/status` or `smaps_rollup` text (`VmRSS:`,
+/// `Threads:`, `Pss:`; sizes there are in kB).
+pub(crate) fn proc_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }

@@ -134,9 +134,7 @@ impl SoakOutcome {
 
 fn sample(pid: u32) -> Option<(f64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-    };
+    let field = |key| crate::server::proc_field(&status, key);
     Some((field("VmRSS:")? as f64 / 1024.0, field("Threads:")?))
 }
 

@@ -110,12 +110,7 @@ fn plugin_processes(root: u32) -> Vec<u32> {
 /// (PSS, RSS) of a process in bytes, from `smaps_rollup`.
 fn memory(pid: u32) -> Option<(u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let kb = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-    };
-    Some((kb("Pss:")? * 1024, kb("Rss:")? * 1024))
+    Some((crate::server::proc_field(&text, "Pss:")? * 1024, crate::server::proc_field(&text, "Rss:")? * 1024))
 }
 
 async fn create(api: &Api, db: &str, name: &str, file: &str, spec: &str) -> anyhow::Result<()> {

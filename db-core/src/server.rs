@@ -79,10 +79,7 @@ impl ServerState {
             self.catalog.db(db).map(|d| d.id).ok_or_else(|| crate::catalog::Error::DbNotFound(db.to_string()))?;
         let table_id = self.catalog.delete_table(db, table, self.buffer.last_wal_seq()).await?;
         self.buffer.drop_table(db_id, table_id);
-        let now = crate::time::TimeProvider::now_ns(&crate::time::SystemTime);
-        if let Err(e) = self.buffer.expire_files(now).await {
-            tracing::error!(database = db, table, error = %e, "delete table: removing the Parquet files failed; they go at the next check");
-        }
+        self.buffer.expire_files_now().await;
         Ok(())
     }
 
@@ -92,10 +89,7 @@ impl ServerState {
         let id = self.catalog.delete_db(name).await?;
         self.buffer.drop_db(id);
         if hard {
-            let now = crate::time::TimeProvider::now_ns(&crate::time::SystemTime);
-            if let Err(e) = self.buffer.expire_files(now).await {
-                tracing::error!(database = name, error = %e, "hard delete: removing the Parquet files failed; they go with the next snapshot");
-            }
+            self.buffer.expire_files_now().await;
         }
         Ok(())
     }

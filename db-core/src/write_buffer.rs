@@ -47,6 +47,11 @@ use crate::{
 #[cfg(test)]
 mod tests;
 
+/// Whether `f` belongs to a deleted database or table (or one the catalog no longer has).
+fn deleted_data(catalog: &catalog::CatalogState, f: &ParquetFile) -> bool {
+    catalog.databases.get(&f.db_id).is_none_or(|d| d.deleted || d.table_by_id(f.table_id).is_none())
+}
+
 /// How often Parquet files past their database's retention period are looked for.
 const RETENTION_CHECK_EVERY: Duration = Duration::from_secs(60);
 
@@ -805,8 +810,8 @@ impl WriteBuffer {
         // The catalog must know every table a file belongs to before the WAL that could
         // re-create them is retired.
         self.shared.catalog.persist().await?;
-        let live = |f: &ParquetFile| catalog.databases.get(&f.db_id).is_some_and(|d| !d.deleted);
-        let (kept, dropped): (Vec<ParquetFile>, Vec<ParquetFile>) = base.files.iter().cloned().partition(|f| live(f));
+        let (dropped, kept): (Vec<ParquetFile>, Vec<ParquetFile>) =
+            base.files.iter().cloned().partition(|f| deleted_data(&catalog, f));
         let manifest = Manifest {
             format_version: persist::MANIFEST_FORMAT_VERSION,
             wal_seq: frozen.wal_seq,
@@ -863,10 +868,13 @@ impl WriteBuffer {
         let _guard = self.snapshot_lock.lock().await;
         let catalog = self.shared.catalog.snapshot();
         let base = Arc::clone(&self.shared.state.read().manifest);
-        let expired = |f: &ParquetFile| match catalog.databases.get(&f.db_id) {
-            None => true,
-            Some(d) if d.deleted || d.table_by_id(f.table_id).is_none() => true,
-            Some(d) => d.retention_cutoff(now_ns).is_some_and(|cutoff| f.max_time < cutoff),
+        let expired = |f: &ParquetFile| {
+            deleted_data(&catalog, f)
+                || catalog
+                    .databases
+                    .get(&f.db_id)
+                    .and_then(|d| d.retention_cutoff(now_ns))
+                    .is_some_and(|c| f.max_time < c)
         };
         let (dropped, kept): (Vec<ParquetFile>, Vec<ParquetFile>) = base.files.iter().cloned().partition(expired);
         if dropped.is_empty() {
@@ -893,14 +901,24 @@ impl WriteBuffer {
         Ok(dropped.len())
     }
 
+    /// [`WriteBuffer::expire_files`] at the buffer's clock's now. A failure is logged (the
+    /// files stay listed and are tried again at the next check): the answer is how many
+    /// files went.
+    pub async fn expire_files_now(&self) -> usize {
+        match self.expire_files(self.time.now_ns()).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "removing expired or deleted Parquet files failed; tried again within a minute");
+                0
+            }
+        }
+    }
+
     async fn retention_loop(this: std::sync::Weak<Self>) {
         loop {
             tokio::time::sleep(RETENTION_CHECK_EVERY).await;
             let Some(wb) = this.upgrade() else { return };
-            let now = wb.time.now_ns();
-            if let Err(e) = wb.expire_files(now).await {
-                tracing::error!(error = %e, "removing expired Parquet files failed; will retry");
-            }
+            wb.expire_files_now().await;
         }
     }
 

@@ -191,29 +191,14 @@ impl Zygote {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let child_fd = theirs.as_raw_fd();
-        let confinement = config.confinement.clone();
-        // SAFETY: getpid is async-signal-safe; read before fork.
-        let parent = unsafe { libc::getpid() };
-        // SAFETY: only async-signal-safe calls (fcntl, prctl, getppid, the Landlock system
-        // calls) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::fcntl(child_fd, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() != parent {
-                    return Err(std::io::Error::other("the plugin host exited while starting the fork server"));
-                }
-                if let Some(c) = &confinement {
-                    c.apply()?;
-                }
-                Ok(())
-            });
-        }
+        // No memory cap on the fork server itself: each worker it forks sets its own.
+        crate::worker::child_setup(
+            &mut cmd,
+            theirs.as_raw_fd(),
+            None,
+            config.confinement.clone(),
+            "the plugin host exited while starting the fork server",
+        );
         let mut child = cmd.spawn()?;
         drop(theirs);
         for (pipe, warn) in [

@@ -432,13 +432,32 @@ fn start_process(spec: &WorkerSpec, child_fd: i32) -> std::io::Result<Child> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let memory = spec.memory_limit;
-    let confinement = spec.confinement.clone();
+    child_setup(
+        &mut cmd,
+        child_fd,
+        spec.memory_limit,
+        spec.confinement.clone(),
+        "the plugin host exited while starting a worker",
+    );
+    cmd.spawn()
+}
+
+/// Set up a Python child of the host (a worker, or the fork server) between fork and exec:
+/// `child_fd` is kept across exec, the address space is capped at `memory`, the child is
+/// killed with the host (parent-death signal, checked against a host that already exited:
+/// the spawn then fails with `host_gone`) and confined.
+pub(crate) fn child_setup(
+    cmd: &mut Command,
+    child_fd: i32,
+    memory: Option<u64>,
+    confinement: Option<Arc<crate::confine::Confinement>>,
+    host_gone: &'static str,
+) {
     #[cfg(target_os = "linux")]
     // SAFETY: getpid is async-signal-safe; read before fork.
     let parent = unsafe { libc::getpid() };
-    // SAFETY: only async-signal-safe calls (fcntl, setrlimit, prctl, getppid) between fork
-    // and exec.
+    // SAFETY: only async-signal-safe calls (fcntl, setrlimit, prctl, getppid, the Landlock
+    // system calls) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             // Let the child keep its end of the socket across exec.
@@ -457,7 +476,7 @@ fn start_process(spec: &WorkerSpec, child_fd: i32) -> std::io::Result<Child> {
                     return Err(std::io::Error::last_os_error());
                 }
                 if libc::getppid() != parent {
-                    return Err(std::io::Error::other("the plugin host exited while starting a worker"));
+                    return Err(std::io::Error::other(host_gone));
                 }
             }
             if let Some(c) = &confinement {
@@ -466,7 +485,6 @@ fn start_process(spec: &WorkerSpec, child_fd: i32) -> std::io::Result<Child> {
             Ok(())
         });
     }
-    cmd.spawn()
 }
 
 type Pipe = Box<dyn AsyncRead + Unpin + Send>;
